@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
+# qconvert names the ONNX inputs and outputs after these when they are present.
+INPUT_NAMES = ("input",)
+OUTPUT_NAMES = ("logits",)
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
@@ -32,8 +33,8 @@ IMAGE_SIZE = 8
 #: Mean and standard deviation of the training-split pixels after scaling to
 #: [0, 1] (rounded to 4 decimals). ``train_digits.py`` recomputes them and
 #: refuses to run if they drift from these values.
-PIXEL_MEAN = 0.3053
-PIXEL_STD = 0.3792
+PIXEL_MEAN = 0.3054
+PIXEL_STD = 0.3759
 
 WEIGHTS_PATH = Path(__file__).with_name("digits_cnn.pt")
 
@@ -54,7 +55,7 @@ class DigitsCNN(nn.Module):
 
     Shapes: ``[N, 1, 8, 8]`` -> conv 16 -> conv 32 -> maxpool -> ``[N, 32, 4, 4]``
     -> conv 32 -> flatten 512 -> linear 64 -> linear 10 (logits).
-    Only Conv, Relu, MaxPool, Flatten and Gemm/MatMul appear after export.
+    Exported to ONNX it uses only Conv, Relu, MaxPool, Reshape and Gemm.
     """
 
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
