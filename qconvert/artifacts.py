@@ -1,0 +1,181 @@
+"""The output folder: built in a temporary sibling folder and moved into place at the end.
+
+This module is the only place that writes files. Nothing the user had is lost: an existing
+output folder is refused unless `force` is set, and even then it is replaced only once the new
+one is complete; a failed run removes its temporary folder and leaves no trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from qconvert.errors import ConfigError
+
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger(__name__)
+
+# protobuf cannot serialise a single message over 2 GiB; stay clear of it.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
+    """Save `model`, with its weights as external data when it is too large for one protobuf."""
+    import onnx
+
+    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=f"{Path(path).name}.data" if external else None,
+    )
+    return Path(path)
+
+
+def onnx_files(path: Path) -> list[Path]:
+    """The model file and its external-data file, if it has one."""
+    data = path.with_name(f"{path.name}.data")
+    return [path, data] if data.exists() else [path]
+
+
+def onnx_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in onnx_files(path))
+
+
+def check_output_dir(out_dir: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
+    """Refuse an output folder that would overwrite or lose something the user has."""
+    out = out_dir.resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out_dir}: exists and is a file, not a folder. Choose another -o.")
+    if out.exists() and not force:
+        raise ConfigError(
+            f"-o {out_dir}: the output folder already exists. Pass --force to replace it, or choose "
+            "another -o. It was left untouched."
+        )
+    for given in inputs:
+        p = Path(given).resolve()
+        if p == out or out in p.parents:
+            raise ConfigError(
+                f"-o {out_dir}: the input {given} lies inside the output folder and would be lost when "
+                "it is replaced. Choose an -o outside it."
+            )
+
+
+class ArtifactDir:
+    """A temporary folder beside OUT_DIR that becomes OUT_DIR on `commit()`.
+
+    Use as a context manager; leaving it by an exception, or without committing, removes
+    everything it made.
+    """
+
+    def __init__(self, out_dir: Path, force: bool = False, inputs: Iterable[Path] = ()) -> None:
+        self.out_dir = Path(out_dir)
+        self.force = force
+        check_output_dir(self.out_dir, force, inputs)
+        self._made_parents: list[Path] = []
+        self.root: Path | None = None
+        self.committed = False
+
+    def __enter__(self) -> ArtifactDir:
+        parent = self.out_dir.resolve().parent
+        missing = [p for p in [parent, *parent.parents] if not p.exists()]
+        parent.mkdir(parents=True, exist_ok=True)
+        self._made_parents = missing  # deepest first, so they can be removed in order
+        self.root = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=parent))
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.root is not None and self.root.exists():
+            shutil.rmtree(self.root, ignore_errors=True)
+        if not self.committed:
+            for p in self._made_parents:
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+
+    @property
+    def work(self) -> Path:
+        """A scratch folder inside the temporary folder, dropped before commit."""
+        path = self._root() / "_work"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def _root(self) -> Path:
+        if self.root is None:
+            raise RuntimeError("ArtifactDir used outside its `with` block")
+        return self.root
+
+    def path(self, name: str) -> Path:
+        return self._root() / name
+
+    def write_json(self, name: str, data: Any) -> Path:
+        path = self.path(name)
+        path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.path(name)
+        path.write_text(text)
+        return path
+
+    def copy_onnx(self, src: Path, name: str) -> Path:
+        """Copy a model (and its external data) in under `name`, fixing the data location."""
+        import onnx
+
+        dest = self.path(name)
+        if len(onnx_files(src)) == 1:
+            shutil.copyfile(src, dest)
+        else:
+            save_onnx(onnx.load(str(src)), dest)
+        return dest
+
+    def hashes(self) -> dict[str, str]:
+        root = self._root()
+        return {
+            str(p.relative_to(root)): sha256_file(p)
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and "_work" not in p.relative_to(root).parts
+        }
+
+    def commit(self) -> Path:
+        """Move the finished folder into place; an old OUT_DIR (with --force) goes only now."""
+        root = self._root()
+        shutil.rmtree(root / "_work", ignore_errors=True)
+        backup: Path | None = None
+        if self.out_dir.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.old-", dir=root.parent))
+            os.replace(self.out_dir, backup / "old")
+        try:
+            os.replace(root, self.out_dir)
+        except OSError:
+            if backup is not None:
+                os.replace(backup / "old", self.out_dir)
+            raise
+        self.committed = True
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+        log.info("artifacts written to %s", self.out_dir)
+        return self.out_dir

@@ -1,0 +1,204 @@
+"""Settings for every stage, as frozen dataclasses. Defaults live here and only here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from qconvert.errors import ConfigError
+
+DEFAULT_OPSET = 18
+DEFAULT_BITS = 8
+DEFAULT_TARGET = "cpu"
+DEFAULT_OUT_ROOT = Path("qconvert-out")
+DEFAULT_LATENCY_REPEATS = 50
+DEFAULT_LATENCY_BATCH = 1
+# When no held-out data is given, this share of the calibration samples is set aside (never used
+# for calibration) and the model is validated on it.
+HOLDOUT_FRACTION = 0.2
+
+SUPPORTED_BITS = (16, 8, 4)
+MODES = ("static", "dynamic", "weight-only")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+_DTYPES = {
+    "float32": "float32", "float": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+    "int64": "int64", "long": "int64", "int32": "int32", "int": "int32", "bool": "bool", "uint8": "uint8",
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: `--input NAME:SHAPE[:DTYPE]`, e.g. `pixels:1x3x32x32:float32`.
+
+    The first axis is the batch axis and is exported as dynamic.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    @classmethod
+    def parse(cls, text: str) -> InputSpec:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[0]:
+            raise ConfigError(
+                f"--input {text!r} is not NAME:SHAPE[:DTYPE]. Example: --input pixels:1x3x32x32:float32"
+            )
+        name, shape_text = parts[0], parts[1]
+        dims = [d for d in re.split(r"[x,]", shape_text.strip("[]()")) if d]
+        if not dims or not all(d.isdigit() and int(d) > 0 for d in dims):
+            raise ConfigError(
+                f"--input {text!r}: shape {shape_text!r} must be positive integers joined by 'x', "
+                "e.g. 1x3x32x32"
+            )
+        dtype = _DTYPES.get(parts[2].lower()) if len(parts) == 3 else "float32"
+        if dtype is None:
+            raise ConfigError(f"--input {text!r}: unknown dtype {parts[2]!r}. Valid: {', '.join(sorted(_DTYPES))}")
+        return cls(name=name, shape=tuple(int(d) for d in dims), dtype=dtype)
+
+
+# metric name -> "min" (the value must be at least the bound) or "max" (at most the bound)
+METRIC_BOUNDS: dict[str, str] = {
+    "cosine": "min",
+    "sqnr_db": "min",
+    "top1_agreement": "min",
+    "max_abs": "max",
+    "mean_abs": "max",
+    "accuracy_drop": "max",
+}
+
+# Defaults per bit width. A default for a metric that does not apply to an output (top-1 on a
+# non-classifier, accuracy without labels) is skipped; an explicit one is an error.
+DEFAULT_TOLERANCES: dict[int, dict[str, float]] = {
+    16: {"cosine": 0.9999, "top1_agreement": 0.995, "accuracy_drop": 0.005},
+    8: {"cosine": 0.99, "top1_agreement": 0.97, "accuracy_drop": 0.01},
+    4: {"cosine": 0.95, "top1_agreement": 0.90, "accuracy_drop": 0.03},
+}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One tolerance: `metric >= value` (min) or `metric <= value` (max), for one output or all."""
+
+    metric: str
+    value: float
+    output: str | None = None  # None: every output the metric applies to
+    explicit: bool = False  # given by the user (must apply) rather than a default (may be skipped)
+
+    @property
+    def kind(self) -> str:
+        return METRIC_BOUNDS[self.metric]
+
+    def holds(self, measured: float) -> bool:
+        return measured >= self.value if self.kind == "min" else measured <= self.value
+
+    def describe(self) -> str:
+        op = ">=" if self.kind == "min" else "<="
+        where = f"{self.output}:" if self.output else ""
+        return f"{where}{self.metric}{op}{self.value:g}"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    bounds: tuple[Bound, ...]
+
+    @classmethod
+    def for_bits(cls, bits: int, spec: str | None = None) -> Tolerance:
+        """The bit width's defaults, with `spec` (`--tolerance`) overriding metric by metric."""
+        given = parse_tolerance(spec) if spec else ()
+        overridden = {b.metric for b in given if b.output is None}
+        defaults = tuple(
+            Bound(m, v) for m, v in DEFAULT_TOLERANCES[bits].items() if m not in overridden
+        )
+        return cls(bounds=defaults + given)
+
+
+def parse_tolerance(spec: str) -> tuple[Bound, ...]:
+    """Parse `--tolerance`: comma-separated `[OUTPUT:]METRIC>=VALUE` or `<=VALUE`.
+
+    Example: `top1_agreement>=0.99,logits:max_abs<=0.5`.
+    """
+    bounds = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        m = re.fullmatch(r"(?:(?P<out>[^:<>=]+):)?(?P<metric>\w+)\s*(?P<op>>=|<=)\s*(?P<val>[-+0-9.eE]+)", item)
+        if not m:
+            raise ConfigError(
+                f"--tolerance item {item!r} is not [OUTPUT:]METRIC>=VALUE or <=VALUE. "
+                f"Example: --tolerance 'top1_agreement>=0.99,max_abs<=0.5'"
+            )
+        metric, op = m["metric"], m["op"]
+        if metric not in METRIC_BOUNDS:
+            raise ConfigError(
+                f"--tolerance: unknown metric {metric!r}. Valid metrics: {', '.join(METRIC_BOUNDS)}"
+            )
+        want = ">=" if METRIC_BOUNDS[metric] == "min" else "<="
+        if op != want:
+            raise ConfigError(f"--tolerance: {metric} is bounded with {want} (got {item!r})")
+        try:
+            value = float(m["val"])
+        except ValueError:
+            raise ConfigError(f"--tolerance: {m['val']!r} in {item!r} is not a number") from None
+        bounds.append(Bound(metric, value, output=m["out"], explicit=True))
+    return tuple(bounds)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `qconvert export` does, as one value. The CLI builds exactly this."""
+
+    source: str | None = None  # None: the built-in default model
+    bits: int = DEFAULT_BITS
+    target: str = DEFAULT_TARGET
+    mode: str | None = None  # None: the target's default for these bits
+    calibration: str | None = None  # None: the built-in model's calibration set, if any
+    calibration_method: str = "minmax"
+    samples: int | None = None  # calibration samples to use; None: all
+    data: str | None = None  # held-out validation data; None: built-in set, or a split of calibration
+    inputs: tuple[InputSpec, ...] = ()
+    opset: int = DEFAULT_OPSET
+    out_dir: Path | None = None  # None: DEFAULT_OUT_ROOT / <model>-<target>-<format>
+    tolerance: str | None = None
+    force: bool = False
+    latency_repeats: int = DEFAULT_LATENCY_REPEATS
+    latency_batch: int = DEFAULT_LATENCY_BATCH
+
+    def __post_init__(self) -> None:
+        if self.bits not in SUPPORTED_BITS:
+            raise ConfigError(f"--bits {self.bits} is not supported. Valid: {', '.join(map(str, SUPPORTED_BITS))}")
+        if self.mode is not None and self.mode not in MODES:
+            raise ConfigError(f"--mode {self.mode!r} is not a mode. Valid: {', '.join(MODES)}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ConfigError(
+                f"--calibration-method {self.calibration_method!r} is not supported. "
+                f"Valid: {', '.join(CALIBRATION_METHODS)}"
+            )
+        if self.samples is not None and self.samples < 1:
+            raise ConfigError(f"--samples must be at least 1 (got {self.samples})")
+        if not 7 <= self.opset <= 23:
+            raise ConfigError(f"--opset {self.opset} is outside the range qconvert supports (7..23)")
+        if self.latency_repeats < 1:
+            raise ConfigError("latency_repeats must be at least 1")
+        Tolerance.for_bits(self.bits, self.tolerance)  # fail early on a malformed --tolerance
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How to quantize, as the target decides it: format, types, symmetry, granularity."""
+
+    bits: int
+    mode: str  # static | dynamic
+    format: str = "qdq"  # qdq | qoperator
+    activation_type: str = "uint8"  # int8 | uint8
+    weight_type: str = "int8"
+    per_channel: bool = True
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    reduce_range: bool = False
+    quantize_bias: bool = True
+    calibration_method: str = "minmax"
+    forbidden_ops: frozenset[str] = frozenset()
+    nodes_to_exclude: tuple[str, ...] = ()

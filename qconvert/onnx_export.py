@@ -1,0 +1,131 @@
+"""LoadedModel -> fp32 ONNX, with a dynamic batch axis.
+
+torch's dynamo exporter first; if it fails, the TorchScript exporter, and the result records
+which one was used and why. The output is checked with `onnx.checker` before it is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qconvert.artifacts import save_onnx
+from qconvert.errors import ExportError
+from qconvert.sources import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    exporter: str  # "dynamo" | "torchscript" | "none (ONNX source)"
+    fallback_reason: str | None
+    opset: int
+
+
+def onnx_from_torch(loaded: LoadedModel, opset: int, workdir: Path) -> ExportResult:
+    """Export `loaded` to `workdir/fp32.onnx`; an ONNX source is checked and copied."""
+    path = workdir / "fp32.onnx"
+    if loaded.onnx_path is not None:
+        shutil.copyfile(loaded.onnx_path, path)
+        data = loaded.onnx_path.with_name(loaded.onnx_path.name + ".data")
+        if data.exists():
+            shutil.copyfile(data, workdir / data.name)
+        return ExportResult(path, "none (ONNX source)", None, _opset_of(path))
+    try:
+        _export_dynamo(loaded, opset, path)
+        exporter, reason = "dynamo", None
+    except Exception as e:  # the dynamo exporter fails in many ways; all of them mean "try the other"
+        reason = f"{type(e).__name__}: {_first_line(e)}"
+        log.warning("dynamo exporter failed (%s); falling back to the TorchScript exporter", reason)
+        try:
+            _export_torchscript(loaded, opset, path)
+        except Exception as e2:
+            raise ExportError(
+                f"exporting {loaded.origin} to ONNX failed with both exporters. dynamo: {reason}. "
+                f"TorchScript: {type(e2).__name__}: {_first_line(e2)}"
+            ) from e2
+        exporter = "torchscript"
+    _check(path)
+    return ExportResult(path, exporter, reason, opset)
+
+
+def _batch2(examples: tuple[np.ndarray, ...]) -> tuple[object, ...]:
+    """Example inputs with a batch of 2, so the exporter cannot specialise the batch axis to 1."""
+    import torch
+
+    out = []
+    for a in examples:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        out.append(torch.cat([t[:1], t[:1]], dim=0) if t.ndim > 0 else t)
+    return tuple(out)
+
+
+def _export_dynamo(loaded: LoadedModel, opset: int, path: Path) -> None:
+    import torch
+
+    args = _batch2(loaded.example_inputs)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    dynamic = tuple({0: batch} if getattr(a, "ndim", 0) > 0 else None for a in args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            loaded.module,
+            args,
+            None,
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(loaded.input_names),
+            output_names=list(loaded.output_names),
+            dynamic_shapes=dynamic,
+            external_data=False,
+            verbose=False,
+        )
+    if program is None:
+        raise ExportError("the dynamo exporter returned nothing")
+    save_onnx(program.model_proto, path)
+
+
+def _export_torchscript(loaded: LoadedModel, opset: int, path: Path) -> None:
+    import torch
+
+    axes = {n: {0: "batch"} for n in (*loaded.input_names, *loaded.output_names)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            loaded.module,
+            _batch2(loaded.example_inputs),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(loaded.input_names),
+            output_names=list(loaded.output_names),
+            dynamic_axes=axes,
+        )
+
+
+def _check(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise ExportError(f"the exported model does not pass onnx.checker: {_first_line(e)}") from e
+
+
+def _opset_of(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__

@@ -1,0 +1,36 @@
+"""Dynamic int8: weights quantized ahead of time, activations at run time (no calibration)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from qconvert.calibrate import Dataset
+from qconvert.config import QuantizeConfig
+from qconvert.errors import QuantizationError
+from qconvert.quantize._common import check_output, quant_type
+
+
+def quantize_dynamic_int8(
+    src: Path,
+    dest: Path,
+    qc: QuantizeConfig,
+    calibration: Dataset | None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Calibration data is not used: activation ranges are computed per batch at run time."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dest),
+            per_channel=qc.per_channel,
+            reduce_range=qc.reduce_range,
+            weight_type=quant_type(qc.weight_type),
+            nodes_to_exclude=list(qc.nodes_to_exclude) or None,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    except Exception as e:
+        raise QuantizationError(f"dynamic int8 quantization failed: {type(e).__name__}: {e}") from e
+    return check_output(dest)

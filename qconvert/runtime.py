@@ -1,0 +1,86 @@
+"""onnxruntime sessions from a provider list, and running a dataset through one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qconvert.calibrate import Dataset
+from qconvert.targets import Provider
+
+log = logging.getLogger(__name__)
+
+CPU = Provider("CPUExecutionProvider")
+RUN_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Session:
+    """An onnxruntime session plus which provider it actually runs on."""
+
+    inner: Any
+    wanted: str  # the first provider the target asked for
+    used: str  # the provider onnxruntime actually put first
+    optimized: bool  # False: graph optimizations off, so Q/DQ nodes run exactly as written
+
+    @property
+    def fell_back(self) -> bool:
+        return self.used != self.wanted
+
+    def run(self, data: Dataset, batch: int = RUN_BATCH) -> list[np.ndarray]:
+        """Run every sample; a fixed batch axis in the model is respected (last batch padded)."""
+        fixed = {i.name: i.shape[0] for i in self.inner.get_inputs() if isinstance(i.shape[0], int)}
+        size = min(fixed.values()) if fixed else batch
+        outs: list[list[np.ndarray]] = []
+        for feeds in data.batches(size):
+            n = len(next(iter(feeds.values())))
+            if fixed and n < size:
+                feeds = {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in feeds.items()}
+            result = self.inner.run(None, feeds)
+            outs.append([r[:n] for r in result])
+        return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.inner.get_outputs()]
+
+
+def available(provider: str) -> bool:
+    import onnxruntime as ort
+
+    return provider in ort.get_available_providers()
+
+
+def make_session(
+    path: Path, providers: Sequence[Provider] = (CPU,), threads: int | None = None, optimize: bool = True
+) -> Session:
+    """A session on the first of `providers` that is installed here, else on the CPU provider.
+
+    With `optimize=False` onnxruntime runs the graph as written: QuantizeLinear/DequantizeLinear
+    compute the quantized arithmetic exactly in float instead of being fused into the CPU's own
+    integer kernels (which on CPUs without VNNI can saturate and differ from what other
+    hardware computes)."""
+    import onnxruntime as ort
+
+    chosen = [p for p in providers if available(p.name)] or [CPU]
+    if all(p.name != CPU.name for p in chosen):
+        chosen.append(CPU)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    inner = ort.InferenceSession(
+        str(path),
+        sess_options=opts,
+        providers=[p.name for p in chosen],
+        provider_options=[dict(p.options) for p in chosen],
+    )
+    wanted = providers[0].name if providers else CPU.name
+    return Session(inner, wanted, inner.get_providers()[0], optimize)

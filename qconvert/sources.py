@@ -1,0 +1,416 @@
+"""SOURCE -> LoadedModel: a PyTorch module (or an ONNX file) with example inputs and names.
+
+Forms of SOURCE: `path/file.py:factory`, `package.module:factory`, a `.onnx` file, a TorchScript
+archive, a `torch.export` archive (`.pt2`), or None for the built-in default model. A plain
+pickle is loaded weights-only, so it can never run code; a full pickled module is refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import logging
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qconvert.config import InputSpec
+from qconvert.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "digits_cnn"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    factory: str  # file name under models/, ":" factory name
+    calibration: str  # file name under calibration/
+    heldout: str
+
+
+BUILTIN_MODELS = {
+    "digits_cnn": BuiltinModel(
+        "digits_cnn", "digits_cnn.py:digits_cnn", "digits_calib.npz", "digits_heldout.npz"
+    ),
+}
+
+
+def zoo_root() -> Path:
+    """Where `models/` and `calibration/` live: inside the installed package, or the source tree."""
+    here = Path(__file__).resolve().parent
+    for root in (here / "_zoo", here.parent):
+        if (root / "models").is_dir() and (root / "calibration").is_dir():
+            return root
+    raise SourceError(
+        "the built-in models were not found next to the qconvert package. Install qconvert from a "
+        "source checkout (pip install .), or pass a SOURCE."
+    )
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to export: what it is, where it came from, and how to call it."""
+
+    name: str
+    kind: str  # builtin | factory | onnx | torchscript | exported-program
+    origin: str
+    files: tuple[Path, ...]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    example_inputs: tuple[np.ndarray, ...]
+    # per input, its dims with None where any size is accepted (always the batch axis)
+    input_dims: tuple[tuple[int | None, ...], ...] = ()
+    module: Any = None  # a callable torch module for torch sources
+    exported_program: Any = None
+    onnx_path: Path | None = None
+    default_calibration: Path | None = None
+    default_data: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.input_dims:
+            self.input_dims = tuple((None, *a.shape[1:]) if a.ndim else () for a in self.example_inputs)
+
+    @property
+    def is_torch(self) -> bool:
+        return self.module is not None
+
+    def run_torch(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the PyTorch module on numpy feeds (keyed by input name); return numpy outputs."""
+        import torch
+
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        with torch.no_grad():
+            out = self.module(*args)
+        return [t.detach().cpu().numpy() for t in _flatten_outputs(out, self.origin)]
+
+
+def load_source(source: str | None, inputs: tuple[InputSpec, ...] = ()) -> LoadedModel:
+    """Resolve SOURCE and load it without running untrusted pickles."""
+    if source is None:
+        return _load_builtin(DEFAULT_MODEL, inputs)
+    if source in BUILTIN_MODELS:
+        return _load_builtin(source, inputs)
+    path_part, _, attr = source.rpartition(":")
+    if path_part and attr.isidentifier() and not Path(source).exists():
+        return _load_factory(source, path_part, attr, inputs)
+    path = Path(source)
+    if not path.exists():
+        raise SourceError(
+            f"SOURCE {source}: no such file. Give a .onnx file, a TorchScript or torch.export archive, "
+            "path/file.py:factory or package.module:factory."
+        )
+    if path.is_dir():
+        if (path / "config.json").exists():
+            raise SourceError(
+                f"SOURCE {source}: Hugging Face model folders are not supported yet. Export it to ONNX "
+                "first and pass the .onnx file, or wrap it in a file.py:factory."
+            )
+        raise SourceError(f"SOURCE {source}: is a folder, not a model file.")
+    if path.suffix == ".onnx":
+        return _load_onnx(path, inputs)
+    return _load_torch_archive(path, inputs)
+
+
+# --- factories -------------------------------------------------------------------------------
+
+
+def _load_builtin(name: str, inputs: tuple[InputSpec, ...]) -> LoadedModel:
+    spec = BUILTIN_MODELS[name]
+    root = zoo_root()
+    file_name, factory = spec.factory.split(":")
+    loaded = _load_factory(str(root / "models" / spec.factory), str(root / "models" / file_name), factory, inputs)
+    loaded.kind = "builtin"
+    loaded.name = name
+    loaded.origin = f"built-in model {name}"
+    loaded.files = (*loaded.files, *sorted((root / "models").glob(f"{name}*.pt")))
+    loaded.default_calibration = root / "calibration" / spec.calibration
+    loaded.default_data = root / "calibration" / spec.heldout
+    return loaded
+
+
+def _import_factory_module(source: str, where: str) -> tuple[Any, tuple[Path, ...]]:
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise SourceError(f"SOURCE {source}: no such file {where}. Check the path before the ':'.")
+        mod_name = f"_qconvert_source_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise SourceError(f"SOURCE {source}: {where} cannot be imported as a Python file.")
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            sys.modules[mod_name] = module
+            spec.loader.exec_module(module)
+        except Exception as e:
+            sys.modules.pop(mod_name, None)
+            raise SourceError(f"SOURCE {source}: importing {where} raised {type(e).__name__}: {e}") from e
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+        return module, (path,)
+    try:
+        module = importlib.import_module(where)
+    except ImportError as e:
+        raise SourceError(
+            f"SOURCE {source}: cannot import module {where!r} ({e}). Install it, or give path/file.py:factory."
+        ) from e
+    except Exception as e:
+        raise SourceError(f"SOURCE {source}: importing {where} raised {type(e).__name__}: {e}") from e
+    file = getattr(module, "__file__", None)
+    return module, ((Path(file),) if file else ())
+
+
+def _load_factory(source: str, where: str, attr: str, inputs: tuple[InputSpec, ...]) -> LoadedModel:
+    import torch
+
+    module, files = _import_factory_module(source, where)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise SourceError(
+            f"SOURCE {source}: {where} has no callable {attr!r}. Callables there: {', '.join(found) or 'none'}."
+        )
+    try:
+        model = factory()
+    except Exception as e:
+        raise SourceError(f"SOURCE {source}: the factory {attr}() raised {type(e).__name__}: {e}") from e
+    if not isinstance(model, torch.nn.Module):
+        raise SourceError(
+            f"SOURCE {source}: {attr}() returned {type(model).__name__}, not a torch.nn.Module."
+        )
+    model.eval()
+    examples = _example_inputs(source, module, inputs)
+    declared = tuple(getattr(module, "INPUT_NAMES", ()))
+    names = declared if not inputs and len(declared) == len(examples) else _input_names(model, inputs, len(examples))
+    return _finish_torch(
+        name=Path(where).stem if where.endswith(".py") else where.rsplit(".", 1)[-1],
+        kind="factory",
+        origin=source,
+        files=files,
+        model=model,
+        examples=examples,
+        input_names=names,
+        output_names=tuple(getattr(module, "OUTPUT_NAMES", ())),
+    )
+
+
+def _example_inputs(source: str, module: Any, inputs: tuple[InputSpec, ...]) -> tuple[np.ndarray, ...]:
+    if inputs:
+        return tuple(_zeros_for(spec) for spec in inputs)
+    make = getattr(module, "example_inputs", None)
+    if make is None:
+        raise SourceError(
+            f"SOURCE {source}: no example inputs. Add an example_inputs() function beside the factory, "
+            "or pass --input NAME:SHAPE[:DTYPE] once per model input (e.g. --input x:1x3x32x32)."
+        )
+    try:
+        made = make()
+    except Exception as e:
+        raise SourceError(f"SOURCE {source}: example_inputs() raised {type(e).__name__}: {e}") from e
+    return tuple(_to_numpy(t, source) for t in (made if isinstance(made, (tuple, list)) else (made,)))
+
+
+def _zeros_for(spec: InputSpec) -> np.ndarray:
+    return np.zeros(spec.shape, dtype=np.dtype(spec.dtype))
+
+
+def _to_numpy(value: Any, source: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return value.detach().cpu().numpy()
+    except AttributeError:
+        raise SourceError(
+            f"SOURCE {source}: example inputs must be tensors or arrays, got {type(value).__name__}."
+        ) from None
+
+
+def _input_names(model: Any, inputs: tuple[InputSpec, ...], count: int) -> tuple[str, ...]:
+    if inputs:
+        return tuple(s.name for s in inputs)
+    try:
+        params = [
+            p.name
+            for p in inspect.signature(model.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        params = []
+    if len(params) >= count:
+        return tuple(params[:count])
+    return tuple(f"input_{i}" for i in range(count)) if count > 1 else ("input",)
+
+
+def _flatten_outputs(out: Any, origin: str) -> list[Any]:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in out):
+        return list(out)
+    raise SourceError(
+        f"SOURCE {origin}: forward returned {type(out).__name__}; qconvert needs a tensor or a tuple of "
+        "tensors. Wrap the model so forward returns tensors."
+    )
+
+
+def _finish_torch(
+    *,
+    name: str,
+    kind: str,
+    origin: str,
+    files: tuple[Path, ...],
+    model: Any,
+    examples: tuple[np.ndarray, ...],
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...] = (),
+    exported_program: Any = None,
+) -> LoadedModel:
+    loaded = LoadedModel(
+        name=name,
+        kind=kind,
+        origin=origin,
+        files=files,
+        input_names=input_names,
+        output_names=(),
+        example_inputs=examples,
+        module=model,
+        exported_program=exported_program,
+    )
+    try:  # run once, so a broken forward is reported as such and not as an export failure
+        outs = loaded.run_torch(dict(zip(input_names, examples, strict=True)))
+    except SourceError:
+        raise
+    except Exception as e:
+        raise SourceError(
+            f"SOURCE {origin}: the model's forward raised {type(e).__name__}: {e}. Fix the model or its "
+            "example inputs (check shapes and dtypes; --input overrides them)."
+        ) from e
+    if output_names and len(output_names) != len(outs):
+        output_names = ()
+    loaded.output_names = output_names or (
+        ("output",) if len(outs) == 1 else tuple(f"output_{i}" for i in range(len(outs)))
+    )
+    return loaded
+
+
+# --- archives -------------------------------------------------------------------------------
+
+
+def _load_onnx(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(str(path))
+    except Exception as e:
+        raise SourceError(
+            f"SOURCE {path}: not a valid ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            "Re-export it, or check the file is complete."
+        ) from e
+    init = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in init]
+    specs = {s.name: s for s in inputs}
+    unknown = set(specs) - {i.name for i in graph_inputs}
+    if unknown:
+        raise SourceError(
+            f"--input names {sorted(unknown)} are not inputs of {path}. Its inputs: "
+            f"{', '.join(i.name for i in graph_inputs)}"
+        )
+    examples, all_dims = [], []
+    for i in graph_inputs:
+        t = i.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim)
+        all_dims.append(dims)
+        if i.name in specs:
+            examples.append(_zeros_for(specs[i.name]))
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+        examples.append(np.zeros([d or 1 for d in dims], dtype=dtype))
+    return LoadedModel(
+        name=path.stem,
+        kind="onnx",
+        origin=str(path),
+        files=(path,),
+        input_names=tuple(i.name for i in graph_inputs),
+        output_names=tuple(o.name for o in model.graph.output),
+        example_inputs=tuple(examples),
+        input_dims=tuple(all_dims),
+        onnx_path=path,
+    )
+
+
+def _archive_kind(path: Path) -> str:
+    if not zipfile.is_zipfile(path):
+        return "pickle"
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "torchscript"
+    if path.suffix == ".pt2" or any("serialized_exported_program" in n or n.endswith("archive_format") for n in names):
+        return "exported-program"
+    return "pickle"
+
+
+def _load_torch_archive(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
+    import torch
+
+    kind = _archive_kind(path)
+    if kind == "torchscript":
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:
+            raise SourceError(f"SOURCE {path}: cannot load this TorchScript archive: {e}") from e
+        if not inputs:
+            raise SourceError(
+                f"SOURCE {path}: a TorchScript file does not record its input shapes. Pass --input "
+                "NAME:SHAPE[:DTYPE] once per input, e.g. --input x:1x3x32x32."
+            )
+        examples = tuple(_zeros_for(s) for s in inputs)
+        return _finish_torch(
+            name=path.stem, kind=kind, origin=str(path), files=(path,), model=model,
+            examples=examples, input_names=tuple(s.name for s in inputs),
+        )
+    if kind == "exported-program":
+        try:
+            program = torch.export.load(str(path))
+        except Exception as e:
+            raise SourceError(f"SOURCE {path}: cannot load this torch.export archive: {e}") from e
+        stored = getattr(program, "example_inputs", None)
+        if inputs:
+            examples = tuple(_zeros_for(s) for s in inputs)
+        elif stored and stored[0]:
+            examples = tuple(_to_numpy(t, str(path)) for t in stored[0])
+        else:
+            raise SourceError(f"SOURCE {path}: no example inputs stored; pass --input NAME:SHAPE[:DTYPE].")
+        names = tuple(s.name for s in inputs) or tuple(
+            spec.arg.name
+            for spec in program.graph_signature.input_specs
+            if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
+        )
+        return _finish_torch(
+            name=path.stem, kind=kind, origin=str(path), files=(path,), model=program.module(),
+            examples=examples, input_names=names, exported_program=program,
+        )
+    # A pickle: weights only, never code.
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SourceError(
+            f"SOURCE {path}: refused. This file is a pickle that needs to run code to load "
+            f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}), and qconvert never runs code "
+            "from a pickle. Save the model with torch.export.save(...) (a .pt2) or torch.jit.save(...), or "
+            "give a path/file.py:factory that builds the module and loads its weights."
+        ) from e
+    raise SourceError(
+        f"SOURCE {path}: holds only weights ({type(obj).__name__}), not a model. Give a path/file.py:factory "
+        "that builds the module and loads these weights (torch.load(..., weights_only=True))."
+    )

@@ -1,0 +1,139 @@
+"""What a target is: the graph rules it needs and the execution-provider settings it runs with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from qconvert.config import QuantizeConfig
+from qconvert.errors import ConfigError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from qconvert.calibrate import ModelInput
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+INTEGER_ONLY_OPS = frozenset(
+    {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
+     "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax",
+     "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
+)
+WEIGHT_CONSUMERS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+@dataclass(frozen=True)
+class Provider:
+    """An onnxruntime execution provider with its options (values as onnxruntime takes them)."""
+
+    name: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, object]:
+        return {"name": self.name, "options": dict(self.options)}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A hardware target. Subclasses declare their capabilities as data and build their settings."""
+
+    name: str
+    description: str
+    # bits -> modes it supports, the first being the default
+    modes: dict[int, tuple[str, ...]]
+
+    def resolve_mode(self, bits: int, mode: str | None) -> str:
+        """The mode to use for `bits`, or a ConfigError naming what this target supports."""
+        supported = self.modes.get(bits)
+        if not supported:
+            valid = ", ".join(str(b) for b in sorted(self.modes, reverse=True))
+            raise ConfigError(
+                f"--bits {bits} is not supported by --target {self.name}. Valid --bits for {self.name}: {valid}."
+            )
+        if mode is None:
+            return supported[0]
+        if mode not in supported:
+            raise ConfigError(
+                f"--mode {mode} is not supported by --target {self.name} at --bits {bits}"
+                f"{self.why_not(bits, mode)}. Valid modes: {', '.join(supported)}."
+            )
+        return mode
+
+    def why_not(self, bits: int, mode: str) -> str:
+        """A short reason a mode is refused (override to explain)."""
+        return ""
+
+    def quantize_config(self, bits: int, mode: str, calibration_method: str) -> QuantizeConfig:
+        raise NotImplementedError
+
+    def providers(self, inputs: Sequence[ModelInput]) -> list[Provider]:
+        raise NotImplementedError
+
+    def facts(self) -> dict[str, object]:
+        """What this target detected or assumed about the machine, for the manifest."""
+        return {}
+
+    def graph_violations(self, model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
+        return graph_violations(model, qc)
+
+    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
+        return []
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in QDQ_OPS for n in model.graph.node)
+
+
+def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
+    """Check a quantized graph against the rules in `qc`; return one line per violation."""
+    from onnx import helper, numpy_helper
+
+    problems: list[str] = []
+    init = _initializers(model)
+    for node in model.graph.node:
+        if node.op_type in qc.forbidden_ops:
+            problems.append(f"node {node.name or '?'} is {node.op_type}, which this target cannot run")
+    consumers: dict[str, list[tuple[str, int]]] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, i))
+    act_type = helper.np_dtype_to_tensor_dtype(np.dtype(qc.activation_type))
+    w_type = helper.np_dtype_to_tensor_dtype(np.dtype(qc.weight_type))
+    for node in model.graph.node:
+        if node.op_type not in QDQ_OPS or len(node.input) < 3:
+            continue
+        zp = init.get(node.input[2])
+        if zp is None:
+            continue
+        is_weight = node.op_type == "DequantizeLinear" and node.input[0] in init
+        zp_values = numpy_helper.to_array(zp)
+        if is_weight and zp.data_type == 6:  # int32: a quantized bias
+            if not qc.quantize_bias:
+                problems.append(f"{node.name}: bias is quantized to int32, but this target wants float bias")
+            continue
+        want = w_type if is_weight else act_type
+        kind = "weight" if is_weight else "activation"
+        if zp.data_type != want:
+            got = helper.tensor_dtype_to_np_dtype(zp.data_type)
+            problems.append(
+                f"{node.name}: {kind} quantized as {got}, but this target needs "
+                f"{qc.weight_type if is_weight else qc.activation_type}"
+            )
+        symmetric = qc.weight_symmetric if is_weight else qc.activation_symmetric
+        if symmetric and zp.data_type in (3, 5) and zp_values.any():  # signed: symmetric means zp == 0
+            problems.append(f"{node.name}: {kind} zero point is not 0, but this target needs symmetric {kind}s")
+        if is_weight and qc.per_channel:
+            scale = init.get(node.input[1])
+            uses = consumers.get(node.output[0], [])
+            feeds_weight = any(WEIGHT_CONSUMERS.get(op) == i for op, i in uses)
+            channels = numpy_helper.to_array(init[node.input[0]]).shape
+            if feeds_weight and scale is not None and len(scale.dims) == 0 and len(channels) > 1:
+                problems.append(f"{node.name}: weight is quantized per tensor; this target wants per-channel")
+    return problems

@@ -1,0 +1,112 @@
+"""Validation: the candidate against the reference on the very same held-out inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qconvert.config import Bound, Tolerance
+from qconvert.errors import ConfigError
+from qconvert.validate.metrics import accuracy, compare, is_classifier_output
+
+__all__ = ["Check", "ValidationResult", "compare", "evaluate"]
+
+
+@dataclass(frozen=True)
+class Check:
+    output: str
+    bound: Bound
+    measured: float
+
+    @property
+    def passed(self) -> bool:
+        return self.bound.holds(self.measured)
+
+    def describe(self) -> str:
+        verdict = "ok" if self.passed else "FAILED"
+        return f"{self.output}: {self.bound.metric} = {self.measured:.6g} (needs {self.bound.describe()}) {verdict}"
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "output": self.output,
+            "metric": self.bound.metric,
+            "bound": self.bound.describe(),
+            "measured": self.measured,
+            "passed": self.passed,
+            # the tolerance that would have let this check pass
+            "needed": f"{self.bound.metric}{'>=' if self.bound.kind == 'min' else '<='}{self.measured:.6g}",
+        }
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Per-output metrics, task accuracy when labels exist, and the tolerance checks.
+
+    Truthy when every check passes.
+    """
+
+    samples: int
+    outputs: dict[str, dict[str, float]]
+    checks: tuple[Check, ...]
+    accuracy: dict[str, float] | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __bool__(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "passed": bool(self),
+            "samples": self.samples,
+            "outputs": self.outputs,
+            "accuracy": self.accuracy,
+            "checks": [c.as_json() for c in self.checks],
+            "notes": list(self.notes),
+        }
+
+
+def evaluate(
+    names: Sequence[str],
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    tolerance: Tolerance,
+    labels: np.ndarray | None = None,
+) -> ValidationResult:
+    """Compare outputs name by name and apply `tolerance` (see `config.Tolerance`)."""
+    if len(reference) != len(candidate) or len(names) != len(reference):
+        raise ValueError("reference, candidate and names must have the same length")
+    outputs = {n: compare(r, c) for n, r, c in zip(names, reference, candidate, strict=True)}
+    acc = None
+    task_output = next((n for n, r in zip(names, reference, strict=True) if is_classifier_output(r)), None)
+    if labels is not None and task_output is not None:
+        i = list(names).index(task_output)
+        ref_acc, cand_acc = accuracy(reference[i], labels), accuracy(candidate[i], labels)
+        acc = {"output": task_output, "reference": ref_acc, "candidate": cand_acc, "drop": ref_acc - cand_acc}
+    checks = []
+    for bound in tolerance.bounds:
+        if bound.output is not None and bound.output not in outputs:
+            raise ConfigError(
+                f"--tolerance names output {bound.output!r}, which the model does not have. "
+                f"Its outputs: {', '.join(names)}"
+            )
+        targets = [bound.output] if bound.output else list(names)
+        applied = False
+        for out in targets:
+            if bound.metric == "accuracy_drop":
+                if acc is not None and out == acc["output"]:
+                    checks.append(Check(out, bound, acc["drop"]))
+                    applied = True
+            elif bound.metric in outputs[out]:
+                checks.append(Check(out, bound, outputs[out][bound.metric]))
+                applied = True
+        if bound.explicit and not applied:
+            why = "no labels in the data" if bound.metric == "accuracy_drop" else "no output it applies to"
+            raise ConfigError(f"--tolerance {bound.describe()} cannot be checked: {why}.")
+    n = len(reference[0]) if reference and reference[0].ndim else 1
+    return ValidationResult(samples=n, outputs=outputs, checks=tuple(checks), accuracy=acc)
