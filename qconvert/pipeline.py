@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qconvert.artifacts import ArtifactDir, onnx_size, sha256_file
+from qconvert.artifacts import ArtifactDir, check_output_dir, onnx_size, sha256_file
 from qconvert.benchmark import interleaved_latency
 from qconvert.calibrate import Dataset, ModelInput, load_dataset
 from qconvert.config import DEFAULT_OUT_ROOT, HOLDOUT_FRACTION, RunConfig, Tolerance
@@ -174,6 +174,8 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
     mode = target.resolve_mode(config.bits, config.mode)
     tolerance = Tolerance.for_bits(config.bits, config.tolerance)
     qc = target.quantize_config(config.bits, mode, config.calibration_method)
+    if config.out_dir is not None:  # refuse early, before any expensive work
+        check_output_dir(config.out_dir, config.force)
 
     with _stage("load", report_progress, "loading the model"):
         loaded = load_source(config.source, config.inputs)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
-from collections.abc import Callable
 
 from qconvert.calibrate import Dataset
 from qconvert.config import QuantizeConfig
 from qconvert.quantize.dynamic import quantize_dynamic_int8
 from qconvert.quantize.static import quantize_static_int8
 from qconvert.registry import Registry
-
 
 
 class Quantizer(Protocol):

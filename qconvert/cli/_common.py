@@ -1,0 +1,94 @@
+"""What every command shares: consoles, the progress view, error rendering, the summary line."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from qconvert.errors import QConvertError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+STATE = {"debug": False}
+
+
+def command(fn: Callable[..., int]) -> Callable[..., None]:
+    """The error boundary: a QConvertError becomes one clean message and its exit code (2 for bad
+    input, 1 for out of tolerance); `--debug` shows the traceback instead."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = fn(*args, **kwargs)
+        except QConvertError as e:
+            if STATE["debug"]:
+                raise
+            err.print(f"[bold red]error[/] ({e.stage}): {e}", soft_wrap=True, markup=True)
+            raise typer.Exit(e.exit_code) from None
+        raise typer.Exit(code)
+
+    return run
+
+
+class ProgressView:
+    """Draws the library's progress callbacks: one line per stage, a bar where there is a count."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            SpinnerColumn(finished_text="[green]✓"),
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._current: str | None = None
+
+    def __enter__(self) -> ProgressView:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self._finish_current()
+        self._progress.__exit__(exc_type, exc, tb)
+
+    def _finish_current(self) -> None:
+        if self._current is not None:
+            task = self._tasks[self._current]
+            total = self._progress.tasks[task].total or 1
+            self._progress.update(task, total=total, completed=total)
+
+    def __call__(self, stage: str, message: str, done: int | None = None, total: int | None = None) -> None:
+        if stage not in self._tasks:
+            self._finish_current()
+            self._tasks[stage] = self._progress.add_task(message, total=total)
+            self._current = stage
+        self._progress.update(self._tasks[stage], description=message, completed=done or 0, total=total)
+
+
+def summary_line(passed: bool, started: float) -> None:
+    verdict = "[bold green]PASSED[/]" if passed else "[bold red]FAILED[/]"
+    command = shlex.join(["qconvert", *sys.argv[1:]])
+    out.print(f"{verdict} | {time.perf_counter() - started:.1f} s | {command}")

@@ -1,0 +1,99 @@
+"""`qconvert export`: build a RunConfig, run the pipeline, draw the result."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from qconvert.cli._common import ProgressView, err, out, summary_line
+from qconvert.config import CALIBRATION_METHODS, DEFAULT_OPSET, DEFAULT_TARGET, MODES, InputSpec, RunConfig
+from qconvert.report import failure_lines, quantized_label, summary_rows
+from qconvert.targets import TARGETS
+
+# Choices come from the registries, so the help can never drift from what exists.
+TargetName = Enum("TargetName", {n: n for n in TARGETS.names()}, type=str)  # type: ignore[misc]
+Bits = Enum("Bits", {f"b{b}": str(b) for b in (16, 8, 4)}, type=str)  # type: ignore[misc]
+Mode = Enum("Mode", {m: m for m in MODES}, type=str)  # type: ignore[misc]
+CalibrationMethod = Enum("CalibrationMethod", {m: m for m in CALIBRATION_METHODS}, type=str)  # type: ignore[misc]
+
+
+def export(
+    source: str = typer.Argument(
+        None, help="file.py:factory, package.module:factory, .onnx, TorchScript or .pt2 file. "
+        "Omitted: the built-in digits CNN."
+    ),
+    bits: Bits = typer.Option("8", "--bits", help="Bit width."),
+    target: TargetName = typer.Option(DEFAULT_TARGET, "--target", help="Hardware target."),
+    mode: Mode = typer.Option(None, "--mode", help="Quantization mode. Default: the target's for these bits."),
+    calibration: str = typer.Option(None, "--calibration", help="Calibration data (.npz, .npy or a folder)."),
+    calibration_method: CalibrationMethod = typer.Option("minmax", "--calibration-method"),
+    samples: int = typer.Option(None, "--samples", min=1, help="Use the first N calibration samples."),
+    data: str = typer.Option(
+        None, "--data", help="Held-out validation data. Default: the built-in set, or 20% set aside from --calibration."
+    ),
+    inputs: list[str] = typer.Option(
+        [], "--input", help="NAME:SHAPE[:DTYPE], once per model input, e.g. x:1x3x32x32:float32."
+    ),
+    opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset to export with."),
+    out_dir: Path = typer.Option(None, "-o", "--out", help="Output folder. Default: qconvert-out/<model>-<target>-<format>."),
+    tolerance: str = typer.Option(
+        None, "--tolerance", help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Default: per bit width."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+) -> int:
+    """Export, quantize for a target, validate against the original, and write OUT_DIR."""
+    from qconvert.pipeline import export as run_export
+
+    _quiet_torch()
+
+    started = time.perf_counter()
+    config = RunConfig(
+        source=source,
+        bits=int(bits.value),
+        target=target.value,
+        mode=mode.value if mode else None,
+        calibration=calibration,
+        calibration_method=calibration_method.value,
+        samples=samples,
+        data=data,
+        inputs=tuple(InputSpec.parse(s) for s in inputs),
+        opset=opset,
+        out_dir=out_dir,
+        tolerance=tolerance,
+        force=force,
+    )
+    with ProgressView() as progress:
+        result = run_export(config, progress=progress)
+    report = result.report
+    table = Table(title=f"{result.manifest['source']['origin']} -> {report['target']} ({report['mode']})")
+    table.add_column("")
+    table.add_column("fp32", justify="right")
+    table.add_column(quantized_label(report), justify="right")
+    table.add_column("change", justify="right")
+    for row in summary_rows(report):
+        table.add_row(*row)
+    out.print(table)
+    for note in report["notes"]:
+        err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    for line in failure_lines(report):
+        err.print(f"[red]out of tolerance:[/] {line}", soft_wrap=True)
+    out.print(f"artifacts: {result.out_dir}")
+    summary_line(result.passed, started)
+    return 0 if result.passed else 1
+
+
+def _quiet_torch() -> None:
+    """torch configures its own loggers on import; quieten them afterwards (unless --debug)."""
+    import logging
+
+    import torch  # noqa: F401  (imported for its logging set-up)
+
+    from qconvert.cli._common import STATE
+
+    if not STATE["debug"]:
+        for name in ("torch", "torch.onnx", "onnxscript", "onnx_ir"):
+            logging.getLogger(name).setLevel(logging.ERROR)

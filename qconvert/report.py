@@ -1,0 +1,66 @@
+"""Renders results that the pipeline measured. Computes nothing new."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def quantized_label(report: dict[str, Any]) -> str:
+    return {16: "fp16", 8: "int8", 4: "int4"}.get(report["bits"], f"{report['bits']}-bit")
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Rows of (what, fp32, quantized, change) for the closing table of `qconvert export`."""
+    rows: list[tuple[str, str, str, str]] = []
+    acc = report.get("accuracy")
+    if acc:
+        change_pt = -100 * acc["drop"] + 0.0  # + 0.0 turns -0.0 into 0.0
+        rows.append(
+            (
+                f"accuracy ({acc['samples']} held-out, labels)",
+                _pct(acc["reference"]),
+                _pct(acc["model"]),
+                f"{change_pt:+.2f} pt",
+            )
+        )
+    for name, m in report["validation"]["outputs"].items():
+        if "top1_agreement" in m:
+            rows.append((f"top-1 agreement with fp32 [{name}]", "", _pct(m["top1_agreement"]), ""))
+        rows.append((f"cosine (mean / worst) [{name}]", "", f"{m['cosine']:.5f} / {m['cosine_min']:.4f}", ""))
+        rows.append((f"SQNR / max abs error [{name}]", "", f"{m['sqnr_db']:.1f} dB / {m['max_abs']:.3g}", ""))
+    size = report["size"]
+    rows.append(
+        ("size", human_bytes(size["fp32_bytes"]), human_bytes(size["model_bytes"]), f"{size['ratio']:.2f}x")
+    )
+    lat = report["latency"]
+    rows.append(
+        (
+            f"latency p50 (batch {lat['batch']}, {lat['provider'].replace('ExecutionProvider', '')})",
+            f"{lat['fp32']['p50_ms']:.3f} ms",
+            f"{lat['model']['p50_ms']:.3f} ms",
+            f"{lat['ratio_p50']:.2f}x",
+        )
+    )
+    return rows
+
+
+def failure_lines(report: dict[str, Any]) -> list[str]:
+    """One line per failed check, with the tolerance that would have passed."""
+    return [
+        f"{c['output']}: {c['metric']} = {c['measured']:.6g}, needs {c['bound']} "
+        f"(would pass with --tolerance '{c['needed']}')"
+        for c in report["validation"]["checks"]
+        if not c["passed"]
+    ]
