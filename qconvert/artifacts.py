@@ -37,11 +37,30 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held in initializers (computing ByteSize() of a >2 GiB proto can itself fail)."""
+    import numpy as np
+    from onnx import helper
+
+    total = 0
+    for t in model.graph.initializer:
+        if t.raw_data:
+            total += len(t.raw_data)
+        else:
+            count = int(np.prod(t.dims)) if t.dims else 1
+            total += count * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    return total
+
+
+def needs_external_data(size_bytes: int) -> bool:
+    return size_bytes > EXTERNAL_DATA_THRESHOLD
+
+
 def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
     """Save `model`, with its weights as external data when it is too large for one protobuf."""
     import onnx
 
-    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    external = needs_external_data(weight_bytes(model))
     onnx.save_model(
         model,
         str(path),

@@ -202,3 +202,4 @@ class QuantizeConfig:
     calibration_method: str = "minmax"
     forbidden_ops: frozenset[str] = frozenset()
     nodes_to_exclude: tuple[str, ...] = ()
+    external_data: bool = False  # write weights beside the model (models over 2 GB)

@@ -12,7 +12,7 @@ import platform
 import shlex
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from qconvert import artifacts
 from qconvert.artifacts import ArtifactDir, check_output_dir, onnx_size, sha256_file
 from qconvert.benchmark import interleaved_latency
 from qconvert.calibrate import Dataset, ModelInput, load_dataset
@@ -188,8 +189,10 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
     with ArtifactDir(out_dir, force=config.force, inputs=user_files) as art:
         with _stage("export", report_progress, "exporting to ONNX"):
             exported = onnx_from_torch(loaded, config.opset, art.work)
+        large = artifacts.needs_external_data(onnx_size(exported.path))
+        qc = replace(qc, external_data=large)
         with _stage("prepare", report_progress, "shape inference and graph clean-up"):
-            prepared = prepared_from_onnx(exported.path, art.work / "prepared.onnx")
+            prepared = prepared_from_onnx(exported.path, art.work / "prepared.onnx", external_data=large)
 
         def on_batch(done: int, total: int) -> None:
             report_progress("calibrate", "calibrating", done, total)
@@ -202,7 +205,7 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
 
         providers = target.providers(inputs)
         with _stage("target", report_progress, f"checking the graph against the {target.name} rules"):
-            quantized = onnx.load(str(model_path), load_external_data=False)
+            quantized = onnx.load(str(model_path))
             problems = target.graph_violations(quantized, qc) + target.provider_violations(quantized, providers)
             if problems:
                 raise TargetError(

@@ -209,7 +209,7 @@ def ort_reader(
     `on_batch(samples_done, samples_total)` is called as batches are handed out."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    class _Reader(CalibrationDataReader):  # type: ignore[misc]
+    class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.rewind()
 

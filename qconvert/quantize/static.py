@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,17 +38,23 @@ def quantize_static_int8(
         "QuantizeBias": qc.quantize_bias,
     }
     log.info("static quantization: %s, %d calibration samples", qc, len(calibration))
+    # onnxruntime's histogram calibrators (entropy, percentile) stack the batches into one array,
+    # so every batch must have the same size: use a batch size that divides the sample count.
+    batch = CALIBRATION_BATCH
+    if qc.calibration_method != "minmax":
+        batch = math.gcd(len(calibration), CALIBRATION_BATCH)
     try:
         quantize_static(
             str(src),
             str(dest),
-            ort_reader(calibration, batch_size=CALIBRATION_BATCH, on_batch=on_batch),
+            ort_reader(calibration, batch_size=batch, on_batch=on_batch),
             quant_format=QuantFormat.QDQ if qc.format == "qdq" else QuantFormat.QOperator,
             per_channel=qc.per_channel,
             reduce_range=qc.reduce_range,
             activation_type=quant_type(qc.activation_type),
             weight_type=quant_type(qc.weight_type),
             nodes_to_exclude=list(qc.nodes_to_exclude) or None,
+            use_external_data_format=qc.external_data,
             calibrate_method=getattr(CalibrationMethod, _METHODS[qc.calibration_method]),
             extra_options=extra,
         )

@@ -133,7 +133,7 @@ def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
             scale = init.get(node.input[1])
             uses = consumers.get(node.output[0], [])
             feeds_weight = any(WEIGHT_CONSUMERS.get(op) == i for op, i in uses)
-            channels = numpy_helper.to_array(init[node.input[0]]).shape
-            if feeds_weight and scale is not None and len(scale.dims) == 0 and len(channels) > 1:
+            weight_dims = init[node.input[0]].dims
+            if feeds_weight and scale is not None and len(scale.dims) == 0 and len(weight_dims) > 1:
                 problems.append(f"{node.name}: weight is quantized per tensor; this target wants per-channel")
     return problems

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class ValidationResult:
     samples: int
     outputs: dict[str, dict[str, float]]
     checks: tuple[Check, ...]
-    accuracy: dict[str, float] | None = None
+    accuracy: dict[str, Any] | None = None  # output, reference, candidate, drop
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def __bool__(self) -> bool:
@@ -82,7 +83,7 @@ def evaluate(
     if len(reference) != len(candidate) or len(names) != len(reference):
         raise ValueError("reference, candidate and names must have the same length")
     outputs = {n: compare(r, c) for n, r, c in zip(names, reference, candidate, strict=True)}
-    acc = None
+    acc: dict[str, Any] | None = None
     task_output = next((n for n, r in zip(names, reference, strict=True) if is_classifier_output(r)), None)
     if labels is not None and task_output is not None:
         i = list(names).index(task_output)
