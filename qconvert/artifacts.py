@@ -121,6 +121,11 @@ class ArtifactDir:
         parent.mkdir(parents=True, exist_ok=True)
         self._made_parents = missing  # deepest first, so they can be removed in order
         self.root = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=parent))
+        # mkdtemp makes the folder owner-only (0700); the finished OUT_DIR gets the permissions
+        # any folder the user makes would get (0777 less the umask)
+        umask = os.umask(0)
+        os.umask(umask)
+        self.root.chmod(0o777 & ~umask)
         return self
 
     def __exit__(
@@ -192,6 +197,7 @@ class ArtifactDir:
         except OSError:
             if backup is not None:
                 os.replace(backup / "old", self.out_dir)
+                backup.rmdir()
             raise
         self.committed = True
         if backup is not None:

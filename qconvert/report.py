@@ -37,9 +37,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
     for name, m in report["validation"]["outputs"].items():
         if "top1_agreement" in m:
-            rows.append((f"top-1 agreement with fp32 [{name}]", "", _pct(m["top1_agreement"]), ""))
-        rows.append((f"cosine (mean / worst) [{name}]", "", f"{m['cosine']:.5f} / {m['cosine_min']:.4f}", ""))
-        rows.append((f"SQNR / max abs error [{name}]", "", f"{m['sqnr_db']:.1f} dB / {m['max_abs']:.3g}", ""))
+            rows.append((f"top-1 agreement with fp32 ({name})", "", _pct(m["top1_agreement"]), ""))
+        rows.append((f"cosine, mean / worst ({name})", "", f"{m['cosine']:.5f} / {m['cosine_min']:.4f}", ""))
+        rows.append((f"SQNR / max abs error ({name})", "", f"{m['sqnr_db']:.1f} dB / {m['max_abs']:.3g}", ""))
     size = report["size"]
     rows.append(
         ("size", human_bytes(size["fp32_bytes"]), human_bytes(size["model_bytes"]), f"{size['ratio']:.2f}x")

@@ -384,6 +384,22 @@ def _load_torch_archive(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedMode
             program = torch.export.load(str(path))
         except Exception as e:
             raise SourceError(f"SOURCE {path}: cannot load this torch.export archive: {e}") from e
+        user_inputs = set(program.graph_signature.user_inputs)
+        fixed = [
+            node.name
+            for node in program.graph.nodes
+            if node.op == "placeholder"
+            and node.name in user_inputs
+            and getattr(node.meta.get("val"), "ndim", 0) > 0
+            and isinstance(node.meta["val"].shape[0], int)  # a dynamic axis is a SymInt, not an int
+        ]
+        if fixed:
+            raise SourceError(
+                f"SOURCE {path}: this torch.export archive was exported with a fixed batch size (input(s) "
+                f"{', '.join(fixed)}), and qconvert exports with a dynamic batch axis. Re-export it with "
+                "torch.export.export(model, args, dynamic_shapes=...) giving axis 0 of each input "
+                "torch.export.Dim('batch') (and an example batch of 2 or more), or give path/file.py:factory."
+            )
         stored = getattr(program, "example_inputs", None)
         if inputs:
             examples = tuple(_zeros_for(s) for s in inputs)

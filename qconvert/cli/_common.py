@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -40,7 +41,7 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
         except QConvertError as e:
             if STATE["debug"]:
                 raise
-            err.print(f"[bold red]error[/] ({e.stage}): {e}", soft_wrap=True, markup=True)
+            err.print(f"[bold red]error[/] ({e.stage}): {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         raise typer.Exit(code)
 
@@ -91,4 +92,4 @@ class ProgressView:
 def summary_line(passed: bool, started: float) -> None:
     verdict = "[bold green]PASSED[/]" if passed else "[bold red]FAILED[/]"
     command = shlex.join(["qconvert", *sys.argv[1:]])
-    out.print(f"{verdict} | {time.perf_counter() - started:.1f} s | {command}")
+    out.print(f"{verdict} | {time.perf_counter() - started:.1f} s | {escape(command)}")

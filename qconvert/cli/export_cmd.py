@@ -7,7 +7,9 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from qconvert.cli._common import ProgressView, err, out, summary_line
 from qconvert.config import CALIBRATION_METHODS, DEFAULT_OPSET, DEFAULT_TARGET, MODES, InputSpec, RunConfig
@@ -75,13 +77,13 @@ def export(
     table.add_column(quantized_label(report), justify="right")
     table.add_column("change", justify="right")
     for row in summary_rows(report):
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     out.print(table)
     for note in report["notes"]:
-        err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):
-        err.print(f"[red]out of tolerance:[/] {line}", soft_wrap=True)
-    out.print(f"artifacts: {result.out_dir}")
+        err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)
+    out.print(f"artifacts: {escape(str(result.out_dir))}")
     summary_line(result.passed, started)
     return 0 if result.passed else 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from qconvert.cli._common import out
@@ -31,11 +32,11 @@ def inspect(model: Path = typer.Argument(..., help="An .onnx file.")) -> int:
 
     init = {i.name for i in proto.graph.initializer}
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
-    out.print(f"[bold]{model}[/]  {human_bytes(onnx_size(model))}  opsets: {opsets}")
+    out.print(f"[bold]{escape(str(model))}[/]  {human_bytes(onnx_size(model))}  opsets: {opsets}")
     for label, values in (("input", [i for i in proto.graph.input if i.name not in init]), ("output", proto.graph.output)):
         for vi in values:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-            out.print(f"  {label} {vi.name}: {dtype} {shape(vi)}")
+            out.print(escape(f"  {label} {vi.name}: {dtype} {shape(vi)}"))
     counts: dict[str, int] = {}
     for node in proto.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1

@@ -30,6 +30,9 @@ class Check:
         return f"{self.output}: {self.bound.metric} = {self.measured:.6g} (needs {self.bound.describe()}) {verdict}"
 
     def as_json(self) -> dict[str, object]:
+        needed = f"{self.measured:.6g}"
+        if not self.bound.holds(float(needed)):  # rounded the wrong way: give the exact value
+            needed = repr(self.measured)
         return {
             "output": self.output,
             "metric": self.bound.metric,
@@ -37,7 +40,7 @@ class Check:
             "measured": self.measured,
             "passed": self.passed,
             # the tolerance that would have let this check pass
-            "needed": f"{self.bound.metric}{'>=' if self.bound.kind == 'min' else '<='}{self.measured:.6g}",
+            "needed": f"{self.bound.metric}{'>=' if self.bound.kind == 'min' else '<='}{needed}",
         }
 
 

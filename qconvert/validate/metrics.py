@@ -24,8 +24,10 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     r2, c2 = ref.reshape(n, -1), cand.reshape(n, -1)
     dots = (r2 * c2).sum(axis=1)
     norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(c2, axis=1)
-    # two all-zero vectors agree perfectly; one zero vector against a non-zero one does not
-    cos = np.where(norms > EPS, dots / np.maximum(norms, EPS), np.where(np.abs(r2 - c2).sum(1) > 0, 0.0, 1.0))
+    # two all-zero vectors agree perfectly; one zero vector against a non-zero one does not;
+    # NaN stays NaN (a NaN output must not pass as a zero vector)
+    zero = np.where(np.abs(r2 - c2).sum(1) > 0, 0.0, 1.0)
+    cos = np.where(np.isnan(norms) | (norms > EPS), dots / np.maximum(norms, EPS), zero)
     noise = float((err**2).sum())
     signal = float((ref**2).sum())
     out = {
