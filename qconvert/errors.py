@@ -7,6 +7,8 @@ Anything else that escapes is a bug in qconvert and is shown with its traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class QConvertError(Exception):
     """Base class of errors caused by input, settings or the model itself (exit code 2)."""
@@ -69,3 +71,19 @@ class ValidationFailed(QConvertError):
 
 class InternalError(Exception):
     """A bug in qconvert itself: an invariant of our own code did not hold."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def brief(e: BaseException, limit: int = 400) -> str:
+    """A one-line account of a third-party exception: colour codes removed, and for torch's
+    exporter errors, the exception summary rather than the boilerplate that precedes it."""
+    text = _ANSI.sub("", str(e)).strip()
+    _, found, summary = text.partition("## Exception summary")
+    if found:
+        text = summary.strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = re.sub(r"^<class '[\w.]+\.(\w+)'>:", r"\1:", line)
+    line = line or type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

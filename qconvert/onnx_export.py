@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from qconvert.artifacts import save_onnx
-from qconvert.errors import ExportError
+from qconvert.errors import ExportError, brief
 from qconvert.sources import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,14 @@ def onnx_from_torch(loaded: LoadedModel, opset: int, workdir: Path) -> ExportRes
         _export_dynamo(loaded, opset, path)
         exporter, reason = "dynamo", None
     except Exception as e:  # the dynamo exporter fails in many ways; all of them mean "try the other"
-        reason = f"{type(e).__name__}: {_first_line(e)}"
+        reason = f"{type(e).__name__}: {brief(e)}"
         log.warning("dynamo exporter failed (%s); falling back to the TorchScript exporter", reason)
         try:
             _export_torchscript(loaded, opset, path)
         except Exception as e2:
             raise ExportError(
                 f"exporting {loaded.origin} to ONNX failed with both exporters. dynamo: {reason}. "
-                f"TorchScript: {type(e2).__name__}: {_first_line(e2)}"
+                f"TorchScript: {type(e2).__name__}: {brief(e2)}"
             ) from e2
         exporter = "torchscript"
     _check(path)
@@ -116,7 +116,7 @@ def _check(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:
-        raise ExportError(f"the exported model does not pass onnx.checker: {_first_line(e)}") from e
+        raise ExportError(f"the exported model does not pass onnx.checker: {brief(e)}") from e
 
 
 def _opset_of(path: Path) -> int:
@@ -124,8 +124,3 @@ def _opset_of(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__

@@ -36,6 +36,8 @@ from qconvert.validate import ValidationResult, evaluate
 
 log = logging.getLogger(__name__)
 
+SMALL_HELDOUT = 100  # below this, say how coarse agreement and accuracy figures are
+
 # progress(stage, message, done, total): done/total are None for stages without a count
 Progress = Callable[[str, str, "int | None", "int | None"], None]
 
@@ -116,6 +118,22 @@ def _load_data(
             "static int8 needs calibration data: pass --calibration DATA (.npz keyed by input name)."
         )
     return (calibration if mode == "static" else None), heldout, notes
+
+
+def _cpu_kernel_gap(exact: ValidationResult, cpu: ValidationResult) -> list[str]:
+    """A note when this machine's CPU int8 kernels compute something visibly different from the
+    graph's exact Q/DQ arithmetic (e.g. saturation in the AVX2 int8 path without VNNI)."""
+    lines = []
+    for name, m in exact.outputs.items():
+        c = cpu.outputs[name]
+        key = "top1_agreement" if "top1_agreement" in m else "cosine"
+        if m[key] - c[key] > 0.005:
+            lines.append(
+                f"run on this machine's CPU provider (fused int8 kernels), this graph gives {key} "
+                f"{c[key]:.4f} for {name!r} instead of {m[key]:.4f}: the CPU's int8 path differs from the "
+                "graph's arithmetic here (report.json: on_cpu_kernels). Use the cpu target for CPU deployment."
+            )
+    return lines
 
 
 def _reference_outputs(loaded: LoadedModel, data: Dataset, fp32_out: list[np.ndarray]) -> list[np.ndarray]:
@@ -232,6 +250,12 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                     "graph on CPUExecutionProvider with graph optimizations off, so every Q/DQ node computes "
                     "exactly what the graph specifies. Latency on this machine says nothing about "
                     f"{target.name} speed."
+                )
+                notes.extend(_cpu_kernel_gap(validation, on_cpu_kernels))
+            if len(heldout) < SMALL_HELDOUT:
+                notes.append(
+                    f"only {len(heldout)} held-out samples: one changed prediction moves top-1 agreement and "
+                    f"accuracy by {100 / len(heldout):.1f} points; give more with --data for firmer figures"
                 )
 
         with _stage("benchmark", report_progress, "measuring latency against fp32 (interleaved)"):

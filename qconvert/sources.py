@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from qconvert.config import InputSpec
-from qconvert.errors import SourceError
+from qconvert.errors import SourceError, brief
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def _load_onnx(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
         onnx.checker.check_model(str(path))
     except Exception as e:
         raise SourceError(
-            f"SOURCE {path}: not a valid ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"SOURCE {path}: not a valid ONNX model ({type(e).__name__}: {brief(e)}). "
             "Re-export it, or check the file is complete."
         ) from e
     init = {i.name for i in model.graph.initializer}
@@ -422,7 +422,7 @@ def _load_torch_archive(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedMode
     except Exception as e:
         raise SourceError(
             f"SOURCE {path}: refused. This file is a pickle that needs to run code to load "
-            f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}), and qconvert never runs code "
+            f"({brief(e, 200)}), and qconvert never runs code "
             "from a pickle. Save the model with torch.export.save(...) (a .pt2) or torch.jit.save(...), or "
             "give a path/file.py:factory that builds the module and loads its weights."
         ) from e

@@ -315,11 +315,6 @@ def test_trt_profile_covers_every_dynamic_input() -> None:
                 assert lo[inp.name][axis] == opt[inp.name][axis] == hi[inp.name][axis] == dim
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design question: non-batch dynamic axes (e.g. sequence length of an ONNX source) are "
-    "pinned to 1 in the TensorRT profile, so an engine built from it refuses any longer input",
-)
 def test_trt_profile_spans_a_dynamic_sequence_axis() -> None:
     ids = ModelInput("input_ids", (None, None), "int64")
     options = TARGETS.get("tensorrt").providers([ids])[0].options

@@ -206,11 +206,6 @@ def test_output_scoped_bound_applies_to_that_output_only() -> None:
     assert failing.failures[0].output == "score"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design question: an output-scoped bound does not replace the unscoped default for that "
-    "output, so 'logits:cosine>=0.5' cannot loosen the 8-bit default cosine>=0.99 for logits",
-)
 def test_output_scoped_bound_can_loosen_the_default_for_that_output() -> None:
     ref = _logits()
     cand = ref.copy()

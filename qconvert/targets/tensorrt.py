@@ -21,13 +21,18 @@ if TYPE_CHECKING:
 
 CACHE_DIR = "trt_cache"  # relative to the artifact folder
 PROFILE_BATCH = (1, 8, 64)  # min / opt / max for the dynamic batch axis
+PROFILE_OTHER = (1, 128, 512)  # min / opt / max for other dynamic axes (e.g. sequence length)
 WORKSPACE_BYTES = 2 << 30
 
 
-def _profile(inputs: Sequence[ModelInput], batch: int) -> str:
+def _profile(inputs: Sequence[ModelInput], which: int) -> str:
+    """One TensorRT profile (which: 0 = min, 1 = opt, 2 = max) covering every dynamic axis."""
     shapes = []
     for inp in inputs:
-        dims = [batch if i == 0 and d is None else (d or 1) for i, d in enumerate(inp.dims)]
+        dims = [
+            d if d is not None else (PROFILE_BATCH if i == 0 else PROFILE_OTHER)[which]
+            for i, d in enumerate(inp.dims)
+        ]
         shapes.append(f"{inp.name}:{'x'.join(map(str, dims))}")
     return ",".join(shapes)
 
@@ -65,10 +70,8 @@ class TensorRTTarget(Target):
             "trt_max_workspace_size": str(WORKSPACE_BYTES),
         }
         if any(d is None for inp in inputs for d in inp.dims):
-            lo, opt, hi = PROFILE_BATCH
-            options["trt_profile_min_shapes"] = _profile(inputs, lo)
-            options["trt_profile_opt_shapes"] = _profile(inputs, opt)
-            options["trt_profile_max_shapes"] = _profile(inputs, hi)
+            for which, key in enumerate(("min", "opt", "max")):
+                options[f"trt_profile_{key}_shapes"] = _profile(inputs, which)
         return [
             Provider("TensorrtExecutionProvider", options),
             Provider("CUDAExecutionProvider"),

@@ -93,6 +93,7 @@ def evaluate(
         ref_acc, cand_acc = accuracy(reference[i], labels), accuracy(candidate[i], labels)
         acc = {"output": task_output, "reference": ref_acc, "candidate": cand_acc, "drop": ref_acc - cand_acc}
     checks = []
+    scoped = {(b.output, b.metric) for b in tolerance.bounds if b.explicit and b.output}
     for bound in tolerance.bounds:
         if bound.output is not None and bound.output not in outputs:
             raise ConfigError(
@@ -100,6 +101,8 @@ def evaluate(
                 f"Its outputs: {', '.join(names)}"
             )
         targets = [bound.output] if bound.output else list(names)
+        if not bound.explicit:  # a default gives way to a bound the user scoped to one output
+            targets = [o for o in targets if (o, bound.metric) not in scoped]
         applied = False
         for out in targets:
             if bound.metric == "accuracy_drop":
