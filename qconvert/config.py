@@ -146,6 +146,14 @@ def parse_tolerance(spec: str) -> tuple[Bound, ...]:
     return tuple(bounds)
 
 
+def parse_target_option(text: str) -> tuple[str, str]:
+    """`--target-option NAME=VALUE`."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"--target-option {text!r} is not NAME=VALUE. Example: --target-option device=GPU")
+    return name.strip(), value.strip()
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything `qconvert export` does, as one value. The CLI builds exactly this."""
@@ -162,6 +170,7 @@ class RunConfig:
     opset: int = DEFAULT_OPSET
     out_dir: Path | None = None  # None: DEFAULT_OUT_ROOT / <model>-<target>-<format>
     tolerance: str | None = None
+    target_options: tuple[tuple[str, str], ...] = ()  # --target-option NAME=VALUE, checked by the target
     force: bool = False
     latency_repeats: int = DEFAULT_LATENCY_REPEATS
     latency_batch: int = DEFAULT_LATENCY_BATCH

@@ -170,6 +170,8 @@ def _command(config: RunConfig, out_dir: Path) -> str:
             parts += [flag, str(value)]
     if config.calibration_method != "minmax":
         parts += ["--calibration-method", config.calibration_method]
+    for name, value in config.target_options:
+        parts += ["--target-option", f"{name}={value}"]
     for spec in config.inputs:
         parts += ["--input", f"{spec.name}:{'x'.join(map(str, spec.shape))}:{spec.dtype}"]
     parts += ["--opset", str(config.opset), "-o", str(out_dir)]
@@ -192,7 +194,8 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
     target = TARGETS.get(config.target)
     mode = target.resolve_mode(config.bits, config.mode)
     tolerance = Tolerance.for_bits(config.bits, config.tolerance)
-    qc = target.quantize_config(config.bits, mode, config.calibration_method)
+    opts = target.resolve_options(dict(config.target_options))
+    qc = target.quantize_config(config.bits, mode, config.calibration_method, opts)
     if config.out_dir is not None:  # refuse early, before any expensive work
         check_output_dir(config.out_dir, config.force)
 
@@ -221,7 +224,7 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
 
         import onnx
 
-        providers = target.providers(inputs)
+        providers = target.providers(inputs, opts)
         with _stage("target", report_progress, f"checking the graph against the {target.name} rules"):
             quantized = onnx.load(str(model_path))
             problems = target.graph_violations(quantized, qc) + target.provider_violations(quantized, providers)
@@ -327,7 +330,7 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                 "fallback_reason": exported.fallback_reason,
                 "opset": exported.opset,
             },
-            "target": {"name": target.name, "facts": target.facts()},
+            "target": {"name": target.name, "options": opts, "facts": target.facts()},
             "providers": [p.as_json() for p in providers],
             "provider_paths_relative_to": "this folder",
             "validated_on": {"provider": candidate.used, "exact_qdq": not candidate.optimized},

@@ -399,19 +399,30 @@ def test_resolve_mode_unknown_mode_lists_valid_modes() -> None:
 
 
 def test_registry_names_and_unknown_target() -> None:
-    assert TARGETS.names() == ["cpu", "tensorrt"]
+    names = TARGETS.names()
+    assert names == sorted(names) and {"cpu", "tensorrt"} <= set(names)
     assert "tensorrt" in TARGETS
-    assert "cuda" not in TARGETS
+    assert "no-such-target" not in TARGETS
     with pytest.raises(ConfigError) as err:
-        TARGETS.get("cuda")
-    assert "--target 'cuda'" in str(err.value)
-    assert "Valid choices: cpu, tensorrt." in str(err.value)
+        TARGETS.get("no-such-target")
+    assert "--target 'no-such-target'" in str(err.value)
+    assert f"Valid choices: {', '.join(names)}." in str(err.value)
 
 
-def test_quantizer_registry() -> None:
-    assert QUANTIZERS.names() == ["dynamic", "static"]
-    with pytest.raises(ConfigError, match="--mode 'weight-only'"):
-        QUANTIZERS.get("weight-only")
+def test_every_mode_a_target_offers_has_a_quantizer() -> None:
+    for _, target in TARGETS:
+        for modes in target.modes.values():
+            for mode in modes:
+                assert mode in QUANTIZERS, (target.name, mode)
+    with pytest.raises(ConfigError, match="--mode 'no-such-mode'"):
+        QUANTIZERS.get("no-such-mode")
+
+
+def test_target_options_are_checked() -> None:
+    target = TARGETS.get("tensorrt")
+    assert target.resolve_options() == {o.name: o.default for o in target.options}
+    with pytest.raises(ConfigError, match="no such option. Valid options"):
+        target.resolve_options({"no_such_option": "1"})
 
 
 def test_models_module_export_is_dynamic_in_batch() -> None:

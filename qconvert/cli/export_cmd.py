@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qconvert.cli._common import ProgressView, err, out, summary_line
-from qconvert.config import CALIBRATION_METHODS, DEFAULT_OPSET, DEFAULT_TARGET, MODES, InputSpec, RunConfig
+from qconvert.config import CALIBRATION_METHODS, DEFAULT_OPSET, DEFAULT_TARGET, MODES, InputSpec, RunConfig, parse_target_option
 from qconvert.report import failure_lines, quantized_label, summary_rows
 from qconvert.targets import TARGETS
 
@@ -45,6 +45,9 @@ def export(
     tolerance: str = typer.Option(
         None, "--tolerance", help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Default: per bit width."
     ),
+    target_options: list[str] = typer.Option(
+        [], "--target-option", help="NAME=VALUE, a target setting (see `qconvert targets`). Repeatable."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
 ) -> int:
     """Export, quantize for a target, validate against the original, and write OUT_DIR."""
@@ -66,6 +69,7 @@ def export(
         opset=opset,
         out_dir=out_dir,
         tolerance=tolerance,
+        target_options=tuple(parse_target_option(t) for t in target_options),
         force=force,
     )
     with ProgressView() as progress:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qconvert.registry import Registry
-from qconvert.targets.base import Provider, Target, graph_violations, has_qdq
+from qconvert.targets.base import Options, Provider, Target, TargetOption, graph_violations, has_qdq
 from qconvert.targets.cpu import CPU
 from qconvert.targets.tensorrt import TENSORRT
 
@@ -11,4 +11,4 @@ TARGETS: Registry[Target] = Registry("target", "--target")
 TARGETS.register(CPU.name)(CPU)
 TARGETS.register(TENSORRT.name)(TENSORRT)
 
-__all__ = ["TARGETS", "Provider", "Target", "graph_violations", "has_qdq"]
+__all__ = ["TARGETS", "Options", "Provider", "Target", "TargetOption", "graph_violations", "has_qdq"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,13 +37,52 @@ class Provider:
 
 
 @dataclass(frozen=True)
+class TargetOption:
+    """A setting a target accepts through `--target-option NAME=VALUE`."""
+
+    name: str
+    default: str
+    help: str
+    choices: tuple[str, ...] = ()  # empty: any text
+
+    def check(self, target: str, value: str) -> str:
+        if self.choices and value not in self.choices:
+            raise ConfigError(
+                f"--target-option {self.name}={value}: not valid for --target {target}. "
+                f"Valid values: {', '.join(self.choices)}."
+            )
+        return value
+
+
+Options = Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class Target:
-    """A hardware target. Subclasses declare their capabilities as data and build their settings."""
+    """A hardware target. Subclasses declare their capabilities as data and build their settings.
+
+    Methods that depend on settings take `opts`, the target's options resolved by
+    `resolve_options` (None means all defaults).
+    """
 
     name: str
     description: str
     # bits -> modes it supports, the first being the default
     modes: dict[int, tuple[str, ...]]
+    options: tuple[TargetOption, ...] = ()
+
+    def resolve_options(self, given: Options | None = None) -> dict[str, str]:
+        """Defaults overridden by `given`; unknown names are refused with the list of valid ones."""
+        known = {o.name: o for o in self.options}
+        for key in given or {}:
+            if key not in known:
+                valid = ", ".join(known) or "none"
+                raise ConfigError(
+                    f"--target-option {key}: --target {self.name} has no such option. Valid options: {valid}."
+                )
+        return {
+            name: opt.check(self.name, (given or {}).get(name, opt.default)) for name, opt in known.items()
+        }
 
     def resolve_mode(self, bits: int, mode: str | None) -> str:
         """The mode to use for `bits`, or a ConfigError naming what this target supports."""
@@ -66,10 +105,12 @@ class Target:
         """A short reason a mode is refused (override to explain)."""
         return ""
 
-    def quantize_config(self, bits: int, mode: str, calibration_method: str) -> QuantizeConfig:
+    def quantize_config(
+        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
+    ) -> QuantizeConfig:
         raise NotImplementedError
 
-    def providers(self, inputs: Sequence[ModelInput]) -> list[Provider]:
+    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
         raise NotImplementedError
 
     def facts(self) -> dict[str, object]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
-from qconvert.targets.base import Provider, Target
+from qconvert.targets.base import Options, Provider, Target
 
 if TYPE_CHECKING:
     from qconvert.calibrate import ModelInput
@@ -34,7 +34,9 @@ def has_vnni() -> bool:
 
 
 class CpuTarget(Target):
-    def quantize_config(self, bits: int, mode: str, calibration_method: str) -> QuantizeConfig:
+    def quantize_config(
+        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
+    ) -> QuantizeConfig:
         return QuantizeConfig(
             bits=bits,
             mode=mode,
@@ -48,7 +50,7 @@ class CpuTarget(Target):
             calibration_method=calibration_method,
         )
 
-    def providers(self, inputs: Sequence[ModelInput]) -> list[Provider]:
+    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
         return [Provider("CPUExecutionProvider")]
 
     def facts(self) -> dict[str, object]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
-from qconvert.targets.base import INTEGER_ONLY_OPS, Provider, Target, has_qdq
+from qconvert.targets.base import INTEGER_ONLY_OPS, Options, Provider, Target, has_qdq
 
 if TYPE_CHECKING:
     import onnx
@@ -43,7 +43,9 @@ class TensorRTTarget(Target):
             return " (dynamic int8 inserts DynamicQuantizeLinear/MatMulInteger, which TensorRT cannot run)"
         return ""
 
-    def quantize_config(self, bits: int, mode: str, calibration_method: str) -> QuantizeConfig:
+    def quantize_config(
+        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
+    ) -> QuantizeConfig:
         return QuantizeConfig(
             bits=bits,
             mode=mode,
@@ -59,7 +61,7 @@ class TensorRTTarget(Target):
             forbidden_ops=INTEGER_ONLY_OPS,
         )
 
-    def providers(self, inputs: Sequence[ModelInput]) -> list[Provider]:
+    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
         options = {
             "trt_int8_enable": "True",
             "trt_fp16_enable": "True",
