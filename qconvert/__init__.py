@@ -23,6 +23,7 @@ __all__ = [
     "ValidationFailed",
     "__version__",
     "export",
+    "load_session",
 ]
 
 from qconvert.config import InputSpec, RunConfig
@@ -39,6 +40,7 @@ from qconvert.errors import (
 
 if TYPE_CHECKING:
     from qconvert.pipeline import RunResult, export
+    from qconvert.runtime import load_session
 
 
 def __getattr__(name: str) -> Any:
@@ -47,4 +49,8 @@ def __getattr__(name: str) -> Any:
         from qconvert import pipeline
 
         return getattr(pipeline, name)
+    if name == "load_session":
+        from qconvert.runtime import load_session
+
+        return load_session
     raise AttributeError(f"module 'qconvert' has no attribute {name!r}")

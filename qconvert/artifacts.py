@@ -204,3 +204,27 @@ class ArtifactDir:
             shutil.rmtree(backup, ignore_errors=True)
         log.info("artifacts written to %s", self.out_dir)
         return self.out_dir
+
+
+def write_npz(path: Path, arrays: dict[str, Any], force: bool = False, inputs: Iterable[Path] = ()) -> Path:
+    """Write arrays to `path` atomically; an existing file is kept unless `force`, and an input file
+    is never overwritten."""
+    import numpy as np
+
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ConfigError(f"-o {path}: outputs are written as .npz; give a path ending in .npz.")
+    if any(path.resolve() == Path(p).resolve() for p in inputs):
+        raise ConfigError(f"-o {path}: that is an input file; choose another path.")
+    if path.exists() and not force:
+        raise ConfigError(f"-o {path}: exists. Pass --force to replace it, or choose another path.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -19,7 +19,7 @@ DEFAULT_LATENCY_BATCH = 1
 HOLDOUT_FRACTION = 0.2
 
 SUPPORTED_BITS = (16, 8, 4)
-MODES = ("static", "dynamic", "weight-only")
+MODES = ("static", "dynamic", "weight-only", "fp16")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 _DTYPES = {
@@ -67,14 +67,16 @@ METRIC_BOUNDS: dict[str, str] = {
     "max_abs": "max",
     "mean_abs": "max",
     "accuracy_drop": "max",
+    # NaN/Inf in the candidate where the reference is finite (e.g. fp16 overflow); always checked
+    "nonfinite": "max",
 }
 
 # Defaults per bit width. A default for a metric that does not apply to an output (top-1 on a
 # non-classifier, accuracy without labels) is skipped; an explicit one is an error.
 DEFAULT_TOLERANCES: dict[int, dict[str, float]] = {
-    16: {"cosine": 0.9999, "top1_agreement": 0.995, "accuracy_drop": 0.005},
-    8: {"cosine": 0.99, "top1_agreement": 0.97, "accuracy_drop": 0.01},
-    4: {"cosine": 0.95, "top1_agreement": 0.90, "accuracy_drop": 0.03},
+    16: {"cosine": 0.9999, "top1_agreement": 0.995, "accuracy_drop": 0.005, "nonfinite": 0},
+    8: {"cosine": 0.99, "top1_agreement": 0.97, "accuracy_drop": 0.01, "nonfinite": 0},
+    4: {"cosine": 0.95, "top1_agreement": 0.90, "accuracy_drop": 0.03, "nonfinite": 0},
 }
 
 
@@ -194,14 +196,33 @@ class RunConfig:
         Tolerance.for_bits(self.bits, self.tolerance)  # fail early on a malformed --tolerance
 
 
+# fp16: op types kept in fp32 unless a target says otherwise. It is onnxruntime's
+# float16.DEFAULT_OP_BLOCK_LIST (ops with no fp16 kernels: classical-ML ops, TopK, NonMaxSuppression,
+# RoiAlign, Range, CumSum, Min/Max, Upsample, random ops; a test keeps this a superset of it), plus:
+# - ops whose ONNX schema has no float16 at common opsets: Celu, IsInf;
+# - ops whose result is in range but whose inner sum or exponential leaves fp16's range (max 65504)
+#   on ordinary inputs: ReduceL2, ReduceLogSum, ReduceLogSumExp, LpNormalization, Softplus.
+# An op whose *output* leaves the range (a large MatMul, say) cannot be fixed by blocking that op
+# alone, since its output is cast back to fp16; the always-on `nonfinite` check catches those.
+FP16_KEEP_FP32_OPS = frozenset(
+    {"ArrayFeatureExtractor", "Binarizer", "CastMap", "CategoryMapper", "DictVectorizer", "FeatureVectorizer",
+     "Imputer", "LabelEncoder", "LinearClassifier", "LinearRegressor", "Normalizer", "OneHotEncoder",
+     "RandomUniformLike", "SVMClassifier", "SVMRegressor", "Scaler", "TreeEnsembleClassifier",
+     "TreeEnsembleRegressor", "TreeEnsemble", "ZipMap", "NonMaxSuppression", "TopK", "RoiAlign", "Range",
+     "CumSum", "Min", "Max", "Upsample",
+     "Celu", "IsInf",
+     "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "LpNormalization", "Softplus"}
+)
+
+
 @dataclass(frozen=True)
 class QuantizeConfig:
     """How to quantize, as the target decides it: format, types, symmetry, granularity."""
 
     bits: int
-    mode: str  # static | dynamic
-    format: str = "qdq"  # qdq | qoperator
-    activation_type: str = "uint8"  # int8 | uint8
+    mode: str  # static | dynamic | weight-only | fp16
+    format: str = "qdq"  # qdq | qoperator | fp16
+    activation_type: str = "uint8"  # int8 | uint8 | int16 | uint16
     weight_type: str = "int8"
     per_channel: bool = True
     activation_symmetric: bool = False
@@ -212,3 +233,13 @@ class QuantizeConfig:
     forbidden_ops: frozenset[str] = frozenset()
     nodes_to_exclude: tuple[str, ...] = ()
     external_data: bool = False  # write weights beside the model (models over 2 GB)
+    # fp16 only: op types left in fp32 (see FP16_KEEP_FP32_OPS), and whether graph inputs and
+    # outputs stay fp32 (with Casts at the edges)
+    keep_fp32_ops: frozenset[str] = FP16_KEEP_FP32_OPS
+    keep_io_types: bool = True
+    # implicit quantization: the graph stays fp32 and this table (a path relative to OUT_DIR)
+    # carries the activation ranges
+    calibration_table: str | None = None
+    # static only: onnxruntime `extra_options` a target needs beyond the fields above (e.g. QNN's
+    # MinimumRealRange, or UseQDQContribOps for 16-bit Q/DQ below opset 21); merged last, so they win
+    extra_options: tuple[tuple[str, object], ...] = ()

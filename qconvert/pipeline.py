@@ -7,6 +7,7 @@ values; an unexpected exception inside one is reported as a bug in that stage.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import platform
 import shlex
@@ -24,18 +25,20 @@ from qconvert import artifacts
 from qconvert.artifacts import ArtifactDir, check_output_dir, onnx_size, sha256_file
 from qconvert.benchmark import interleaved_latency
 from qconvert.calibrate import Dataset, ModelInput, load_dataset
-from qconvert.config import DEFAULT_OUT_ROOT, HOLDOUT_FRACTION, RunConfig, Tolerance
+from qconvert.config import DEFAULT_OUT_ROOT, HOLDOUT_FRACTION, QuantizeConfig, RunConfig, Tolerance
 from qconvert.errors import CalibrationError, InternalError, QConvertError, TargetError
 from qconvert.onnx_export import onnx_from_torch
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
-from qconvert.runtime import available, make_session
+from qconvert.quantize.float16 import emulate_fp16
+from qconvert.runtime import make_session
 from qconvert.sources import LoadedModel, load_source
-from qconvert.targets import TARGETS
+from qconvert.targets import TARGETS, Provider
 from qconvert.validate import ValidationResult, evaluate
 
 log = logging.getLogger(__name__)
 
+FORMAT_MARGIN = 0.95  # a candidate format must be 5% faster than the default one to be kept
 SMALL_HELDOUT = 100  # below this, say how coarse agreement and accuracy figures are
 
 # progress(stage, message, done, total): done/total are None for stages without a count
@@ -77,7 +80,7 @@ def _stage(name: str, progress: Progress, message: str) -> Iterator[None]:
 
 def default_out_dir(loaded: LoadedModel, target: str, bits: int, mode: str) -> Path:
     fmt = {16: "fp16", 8: "int8", 4: "int4"}[bits]
-    suffix = "" if mode == "static" else f"-{mode}"
+    suffix = "" if mode in ("static", "fp16") else f"-{mode}"  # fp16 is already in `fmt`
     return DEFAULT_OUT_ROOT / f"{loaded.name}-{target}-{fmt}{suffix}"
 
 
@@ -118,6 +121,36 @@ def _load_data(
             "static int8 needs calibration data: pass --calibration DATA (.npz keyed by input name)."
         )
     return (calibration if mode == "static" else None), heldout, notes
+
+
+def _fastest(
+    candidates: list[QuantizeConfig],
+    prepared: Path,
+    art: ArtifactDir,
+    calibration: Dataset | None,
+    heldout: Dataset,
+    providers: list[Provider],
+    config: RunConfig,
+    on_batch: Callable[[int, int], None],
+) -> tuple[QuantizeConfig, Path, dict[str, float]]:
+    """Quantize with every candidate, time them interleaved, keep the fastest as model.onnx."""
+    paths = {}
+    for i, qc in enumerate(candidates):
+        paths[qc.format] = QUANTIZERS.get(qc.mode)(
+            prepared, art.work / f"candidate-{i}.onnx", qc, calibration, on_batch
+        )
+    batch = next(heldout.batches(config.latency_batch))
+    runners: dict[str, Callable[[], object]] = {
+        fmt: functools.partial(make_session(path, providers).inner.run, None, batch) for fmt, path in paths.items()
+    }
+    timed = interleaved_latency(runners, repeats=max(10, config.latency_repeats // 2))
+    # the first candidate is the portable default; another must be clearly faster to replace it
+    first = candidates[0].format
+    best = min(timed, key=lambda fmt: timed[fmt].p50_ms)
+    if timed[best].p50_ms > FORMAT_MARGIN * timed[first].p50_ms:
+        best = first
+    chosen = next(c for c in candidates if c.format == best)
+    return chosen, art.copy_onnx(paths[best], "model.onnx"), {f: t.p50_ms for f, t in timed.items()}
 
 
 def _cpu_kernel_gap(exact: ValidationResult, cpu: ValidationResult) -> list[str]:
@@ -195,7 +228,8 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
     mode = target.resolve_mode(config.bits, config.mode)
     tolerance = Tolerance.for_bits(config.bits, config.tolerance)
     opts = target.resolve_options(dict(config.target_options))
-    qc = target.quantize_config(config.bits, mode, config.calibration_method, opts)
+    candidates = target.quantize_candidates(config.bits, mode, config.calibration_method, opts)
+    qc = candidates[0]
     if config.out_dir is not None:  # refuse early, before any expensive work
         check_output_dir(config.out_dir, config.force)
 
@@ -211,16 +245,52 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
         with _stage("export", report_progress, "exporting to ONNX"):
             exported = onnx_from_torch(loaded, config.opset, art.work)
         large = artifacts.needs_external_data(onnx_size(exported.path))
-        qc = replace(qc, external_data=large)
+        candidates = [replace(c, external_data=large) for c in candidates]
+        qc = candidates[0]
         with _stage("prepare", report_progress, "shape inference and graph clean-up"):
             prepared = prepared_from_onnx(exported.path, art.work / "prepared.onnx", external_data=large)
 
         def on_batch(done: int, total: int) -> None:
             report_progress("calibrate", "calibrating", done, total)
 
-        with _stage("quantize", report_progress, f"quantizing ({mode} int{config.bits})"):
-            model_path = QUANTIZERS.get(mode)(prepared, art.path("model.onnx"), qc, calibration, on_batch)
+        with _stage("quantize", report_progress, f"quantizing ({qc.mode}, {config.bits} bits)"):
+            if len(candidates) == 1:
+                model_path = QUANTIZERS.get(qc.mode)(prepared, art.path("model.onnx"), qc, calibration, on_batch)
+            else:
+                qc, model_path, format_choice = _fastest(
+                    candidates, prepared, art, calibration, heldout, target.providers(inputs, opts), config, on_batch
+                )
+                notes.append(
+                    "format chosen by measurement here: "
+                    + ", ".join(f"{f} {ms:.3f} ms" for f, ms in format_choice.items())
+                    + f" (p50, batch {config.latency_batch}); kept {qc.format} (another format must be 5% "
+                    "faster to replace qdq)"
+                )
         reference_path = art.copy_onnx(exported.path, "reference.onnx")
+        checked_path = model_path  # what validation runs
+        if qc.calibration_table:
+            # Implicit int8: the deployable graph is fp32. Validate an explicit Q/DQ graph built from
+            # the same calibration with the target's rules, the closest stand-in for what TensorRT runs.
+            with _stage("simulate", report_progress, "building an explicit Q/DQ stand-in to validate"):
+                simulated = replace(qc, mode="static", format="qdq", calibration_table=None)
+                checked_path = QUANTIZERS.get("static")(
+                    prepared, art.work / "simulated.onnx", simulated, calibration, None
+                )
+            notes.append(
+                "implicit int8: model.onnx is the fp32 graph plus a calibration table; the figures are for an "
+                "explicit Q/DQ graph with the same ranges. TensorRT chooses each layer's precision itself and "
+                "may keep some in fp16/fp32, so measure on the GPU before shipping."
+            )
+        if qc.mode == "fp16" and target.not_here(target.providers(inputs, opts)) is not None:
+            # onnxruntime's CPU provider runs most fp16 nodes in fp32 and drops the casts between
+            # them: it would neither round to fp16 nor overflow. Validate a stand-in that does both.
+            with _stage("simulate", report_progress, "building an fp16-exact stand-in to validate"):
+                checked_path = emulate_fp16(model_path, art.work / "fp16_emulated.onnx", qc.external_data)
+            notes.append(
+                "fp16: no fp16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor "
+                "to fp16 where the fp16 graph produces it (overflow included); onnxruntime's CPU provider "
+                "would run most of model.onnx in fp32 instead."
+            )
 
         import onnx
 
@@ -232,12 +302,20 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                 raise TargetError(
                     f"the quantized graph breaks the {target.name} rules: " + "; ".join(problems[:10])
                 )
+            float_nodes = target.float_nodes(quantized)
+            if float_nodes:
+                notes.append(
+                    f"{len(float_nodes)} node(s) sit between Q/DQ pairs but are not among the ops "
+                    f"{providers[0].name} runs in int8, so they run in float with a dequantize/quantize round "
+                    f"trip: {', '.join(float_nodes[:8])}{' ...' if len(float_nodes) > 8 else ''}"
+                )
 
         with _stage("validate", report_progress, f"validating on {len(heldout)} held-out samples"):
             # Where the target's own provider is missing, the graph's quantized arithmetic is run
             # exactly (Q/DQ as written) rather than through this CPU's integer kernels.
-            native = available(providers[0].name)
-            candidate = make_session(model_path, providers, optimize=native)
+            not_here = target.not_here(providers)
+            native = not_here is None and checked_path == model_path
+            candidate = make_session(checked_path, providers, optimize=native)
             fp32 = make_session(reference_path)
             fp32_out = fp32.run(heldout)
             ref_out = _reference_outputs(loaded, heldout, fp32_out)
@@ -246,15 +324,17 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
             fidelity = evaluate(names, ref_out, fp32_out, Tolerance(()), heldout.labels)
             on_cpu_kernels = None
             if not native:
-                cpu_run = make_session(model_path).run(heldout)
+                cpu_run = make_session(checked_path).run(heldout)
                 on_cpu_kernels = evaluate(names, ref_out, cpu_run, Tolerance(()), heldout.labels)
                 notes.append(
-                    f"{providers[0].name} is not installed here: the verdict comes from running the same "
+                    f"{not_here or f'{providers[0].name} is not installed here'}: the verdict comes from "
+                    "running the same "
                     "graph on CPUExecutionProvider with graph optimizations off, so every Q/DQ node computes "
                     "exactly what the graph specifies. Latency on this machine says nothing about "
                     f"{target.name} speed."
                 )
-                notes.extend(_cpu_kernel_gap(validation, on_cpu_kernels))
+                if checked_path == model_path:
+                    notes.extend(_cpu_kernel_gap(validation, on_cpu_kernels))
             if len(heldout) < SMALL_HELDOUT:
                 notes.append(
                     f"only {len(heldout)} held-out samples: one changed prediction moves top-1 agreement and "
@@ -275,7 +355,7 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
         sizes = {"fp32_bytes": onnx_size(reference_path), "model_bytes": onnx_size(model_path)}
         latency_ratio = lat["model"].p50_ms / lat["fp32"].p50_ms
         size_ratio = sizes["model_bytes"] / sizes["fp32_bytes"]
-        if latency_ratio >= 1.0:
+        if latency_ratio >= 1.0 and checked_path == model_path:
             notes.append(
                 f"the quantized model is slower than fp32 on {model_bench.used} "
                 f"({latency_ratio:.2f}x fp32 latency at batch {config.latency_batch}): here, quantization "
@@ -286,7 +366,7 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
             "passed": bool(validation),
             "target": target.name,
             "bits": config.bits,
-            "mode": mode,
+            "mode": qc.mode,
             "validated_on": candidate.used,
             "validation_exact_qdq": not candidate.optimized,
             "validation": validation.as_json(),
@@ -309,7 +389,11 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                 "model": lat["model"].as_json(),
                 "ratio_p50": latency_ratio,
             },
-            "ops": {"fp32": _op_counts(reference_path), "model": _op_counts(model_path)},
+            "ops": {
+                "fp32": _op_counts(reference_path),
+                "model": _op_counts(model_path),
+                "float_between_qdq": float_nodes,
+            },
             "notes": notes,
         }
         manifest: dict[str, Any] = {
@@ -324,7 +408,11 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                 "outputs": list(loaded.output_names),
             },
             "settings": {**asdict(config), "out_dir": str(out_dir), "mode": mode},
-            "quantization": {**asdict(qc), "forbidden_ops": sorted(qc.forbidden_ops)},
+            "quantization": {
+                **asdict(qc),
+                "forbidden_ops": sorted(qc.forbidden_ops),
+                "keep_fp32_ops": sorted(qc.keep_fp32_ops),
+            },
             "export": {
                 "exporter": exported.exporter,
                 "fallback_reason": exported.fallback_reason,

@@ -60,7 +60,7 @@ def failure_lines(report: dict[str, Any]) -> list[str]:
     """One line per failed check, with the tolerance that would have passed."""
     return [
         f"{c['output']}: {c['metric']} = {c['measured']:.6g}, needs {c['bound']} "
-        f"(would pass with --tolerance '{c['needed']}')"
+        f"(would pass with --tolerance '{c['needed']}')" + (f": {c['hint']}" if c.get("hint") else "")
         for c in report["validation"]["checks"]
         if not c["passed"]
     ]

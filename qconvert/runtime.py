@@ -84,3 +84,52 @@ def make_session(
     )
     wanted = providers[0].name if providers else CPU.name
     return Session(inner, wanted, inner.get_providers()[0], optimize)
+
+
+MANIFEST = "qconvert.json"
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    """The manifest of an artifact folder written by `qconvert export`."""
+    import json
+
+    from qconvert.errors import SourceError
+
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise SourceError(f"{out_dir}: no {MANIFEST} here. Give a folder written by `qconvert export`.")
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except ValueError as e:
+        raise SourceError(f"{path}: not valid JSON ({e}).") from e
+    return manifest
+
+
+def manifest_providers(out_dir: Path, manifest: dict[str, Any]) -> list[Provider]:
+    """The manifest's providers, in priority order, with path options made absolute (they are
+    stored relative to the artifact folder): `*_path` (TensorRT's caches) and `*_dir` (OpenVINO's
+    `cache_dir`)."""
+    base = Path(out_dir).resolve()
+    return [
+        Provider(
+            p["name"],
+            {
+                k: str(base / v) if k.endswith(("_path", "_dir")) and v else str(v)
+                for k, v in p.get("options", {}).items()
+            },
+        )
+        for p in manifest.get("providers", [])
+    ]
+
+
+def load_session(out_dir: str | Path) -> Any:
+    """An `onnxruntime.InferenceSession` for OUT_DIR/model.onnx, with the providers and options the
+    manifest lists, in priority order. Providers not installed here are skipped with a warning."""
+    out = Path(out_dir)
+    manifest = read_manifest(out)
+    session = make_session(out / "model.onnx", manifest_providers(out, manifest))
+    if session.fell_back:
+        log.warning(
+            "%s is not available here; %s runs %s instead", session.wanted, out / "model.onnx", session.used
+        )
+    return session.inner

@@ -410,19 +410,24 @@ def test_help_and_version() -> None:
     assert (code, text) == (0, "qconvert 0.1.0")
 
 
-def test_targets_lists_both() -> None:
+def test_targets_lists_every_registered_target() -> None:
     import onnxruntime as ort
+
+    from qconvert.targets import TARGETS
 
     code, text = qconvert("targets")
 
     assert code == 0, text
-    # one row per target: name, bit widths with modes (default first), providers in priority order
-    assert "cpu 8: static, dynamic CPU x86 CPU" in text
-    assert "tensorrt 8: static Tensorrt" in text
     installed = set(ort.get_available_providers())
-    for provider, label in (("TensorrtExecutionProvider", "Tensorrt"), ("CUDAExecutionProvider", "CUDA")):
-        shown = f"{label} (not installed)" if provider not in installed else f"{label},"
-        assert shown in text
+    for name, target in TARGETS:
+        assert name in text
+        for bits, modes in target.modes.items():
+            assert f"{bits}: {', '.join(modes)}" in text
+        for provider in target.providers([]):
+            label = provider.name.removesuffix("ExecutionProvider")
+            assert f"{label} ({'installed' if provider.name in installed else 'not here'})" in text
+        for option in target.options:
+            assert f"{option.name}={option.default}" in text
 
 
 def test_inspect_the_quantized_model(quickstart: tuple[subprocess.CompletedProcess[str], Path]) -> None:

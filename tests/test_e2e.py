@@ -179,7 +179,12 @@ def test_manifest_records_versions_and_validation(manifest: dict[str, Any], quic
         assert versions[package] == metadata.version(package)
     assert versions["qconvert"] == manifest["qconvert"] == "0.1.0"
     assert manifest["validation"] == {"passed": True, "failures": []}
-    assert manifest["tolerance"] == ["cosine>=0.99", "top1_agreement>=0.97", "accuracy_drop<=0.01"]
+    assert manifest["tolerance"] == [
+        "cosine>=0.99",
+        "top1_agreement>=0.97",
+        "accuracy_drop<=0.01",
+        "nonfinite<=0",
+    ]
     assert manifest["files"] == {
         name: sha256(quickstart_dir / name) for name in ("model.onnx", "reference.onnx", "report.json")
     }

@@ -350,14 +350,18 @@ def test_trt_provider_rules_on_a_qdq_graph(trt_graph: onnx.ModelProto) -> None:
     assert target.provider_violations(trt_graph, providers[1:]) != []
 
 
-def test_trt_provider_rules_allow_a_calibration_table_without_qdq(prepared: Path) -> None:
+def test_trt_implicit_providers_agree_with_an_fp32_graph(prepared: Path) -> None:
     """Implicit quantization (no Q/DQ in the graph) is where a calibration table belongs."""
     target = TARGETS.get("tensorrt")
     fp32 = onnx.load(str(prepared))
-    providers = _with_trt_options(
-        target.providers([IMAGE_INPUT]), trt_int8_enable="False", trt_int8_calibration_table_name="calib"
-    )
-    assert target.provider_violations(fp32, providers) == []
+    implicit = target.providers([IMAGE_INPUT], {"quantization": "implicit"})
+    assert implicit[0].options["trt_int8_calibration_table_name"] == "calibration.flatbuffers"
+    assert target.provider_violations(fp32, implicit) == []
+    # int8 off would make the table pointless; an fp32 graph without a table has no int8 ranges at all
+    int8_off = _with_trt_options(implicit, trt_int8_enable="False")
+    assert any("trt_int8_enable" in p for p in target.provider_violations(fp32, int8_off))
+    explicit = target.providers([IMAGE_INPUT])
+    assert any("needs a calibration table" in p for p in target.provider_violations(fp32, explicit))
 
 
 def test_cpu_provider_is_the_cpu_ep() -> None:

@@ -122,7 +122,8 @@ def test_evaluate_passing_result() -> None:
     assert result
     assert result.failures == []
     assert result.samples == len(ref)
-    assert {c.bound.metric for c in result.checks} == {"cosine", "top1_agreement"}  # no labels: no accuracy
+    # no labels: no accuracy; the nonfinite check is always on
+    assert {c.bound.metric for c in result.checks} == {"cosine", "top1_agreement", "nonfinite"}
     assert result.accuracy is None
     doc = result.as_json()
     assert doc["passed"] is True
@@ -180,7 +181,7 @@ def test_explicit_top1_on_a_regression_output_is_a_config_error() -> None:
 def test_default_bounds_that_do_not_apply_are_skipped() -> None:
     y = np.linspace(-1, 1, 10, dtype=np.float32)
     result = evaluate(["y"], [y], [y + 0.001], Tolerance.for_bits(8), labels=np.arange(10))
-    assert [c.bound.metric for c in result.checks] == ["cosine"]
+    assert [c.bound.metric for c in result.checks] == ["cosine", "nonfinite"]
     assert result.accuracy is None  # a 1-D output is not class scores
     assert result
 
@@ -194,7 +195,11 @@ def test_output_scoped_bound_applies_to_that_output_only() -> None:
         [logits + 0.5, score + 0.01],  # logits far off in max_abs, score close
         Tolerance(parse_tolerance("score:max_abs<=0.05")),
     )
-    assert [(c.output, c.bound.metric) for c in result.checks] == [("score", "max_abs")]
+    assert [(c.output, c.bound.metric) for c in result.checks] == [
+        ("score", "max_abs"),
+        (OUTPUT_NAME, "nonfinite"),  # always on, for every output
+        ("score", "nonfinite"),
+    ]
     assert result
     failing = evaluate(
         [OUTPUT_NAME, "score"],
@@ -218,7 +223,8 @@ def test_output_scoped_bound_can_loosen_the_default_for_that_output() -> None:
 def test_unscoped_bound_applies_to_every_output() -> None:
     a, b = _logits(), np.linspace(0, 1, 10)
     result = evaluate(["a", "b"], [a, b], [a, b + 0.2], Tolerance(parse_tolerance("max_abs<=0.1")))
-    assert [(c.output, c.passed) for c in result.checks] == [("a", True), ("b", False)]
+    max_abs = [(c.output, c.passed) for c in result.checks if c.bound.metric == "max_abs"]
+    assert max_abs == [("a", True), ("b", False)]
 
 
 def test_bound_on_an_unknown_output_is_a_config_error() -> None:
@@ -235,7 +241,7 @@ def test_nan_in_the_candidate_never_passes() -> None:
     cand[3, 1] = np.nan
     result = evaluate([OUTPUT_NAME], [ref], [cand], Tolerance(parse_tolerance("max_abs<=10,cosine>=0.5")))
     assert not result
-    assert {c.bound.metric for c in result.failures} == {"max_abs", "cosine"}
+    assert {c.bound.metric for c in result.failures} == {"max_abs", "cosine", "nonfinite"}
 
 
 def test_validation_result_truthiness_follows_checks() -> None:

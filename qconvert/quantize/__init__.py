@@ -9,7 +9,10 @@ from typing import Protocol
 from qconvert.calibrate import Dataset
 from qconvert.config import QuantizeConfig
 from qconvert.quantize.dynamic import quantize_dynamic_int8
+from qconvert.quantize.float16 import quantize_fp16
+from qconvert.quantize.implicit import quantize_implicit_int8
 from qconvert.quantize.static import quantize_static_int8
+from qconvert.quantize.weight_only import quantize_weight_only
 from qconvert.registry import Registry
 
 
@@ -29,5 +32,8 @@ class Quantizer(Protocol):
 QUANTIZERS: Registry[Quantizer] = Registry("quantization mode", "--mode")
 QUANTIZERS.register("static")(quantize_static_int8)
 QUANTIZERS.register("dynamic")(quantize_dynamic_int8)
+QUANTIZERS.register("fp16")(quantize_fp16)
+QUANTIZERS.register("weight-only")(quantize_weight_only)
+QUANTIZERS.register("implicit")(quantize_implicit_int8)
 
 __all__ = ["QUANTIZERS", "Quantizer"]

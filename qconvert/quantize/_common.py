@@ -6,7 +6,7 @@ from pathlib import Path
 
 from qconvert.errors import QuantizationError
 
-QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8"}
+QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8", "int16": "QInt16", "uint16": "QUInt16"}
 
 
 def quant_type(name: str) -> object:

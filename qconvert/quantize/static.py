@@ -15,7 +15,13 @@ from qconvert.quantize._common import check_output, quant_type
 log = logging.getLogger(__name__)
 
 CALIBRATION_BATCH = 16
-_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def calibration_batch(samples: int, method: str) -> int:
+    """onnxruntime's histogram calibrators (entropy, percentile) stack the batches into one array,
+    so every batch must have the same size: use a batch size that divides the sample count."""
+    return CALIBRATION_BATCH if method == "minmax" else math.gcd(samples, CALIBRATION_BATCH)
 
 
 def quantize_static_int8(
@@ -36,13 +42,10 @@ def quantize_static_int8(
         "ActivationSymmetric": qc.activation_symmetric,
         "WeightSymmetric": qc.weight_symmetric,
         "QuantizeBias": qc.quantize_bias,
+        **dict(qc.extra_options),
     }
     log.info("static quantization: %s, %d calibration samples", qc, len(calibration))
-    # onnxruntime's histogram calibrators (entropy, percentile) stack the batches into one array,
-    # so every batch must have the same size: use a batch size that divides the sample count.
-    batch = CALIBRATION_BATCH
-    if qc.calibration_method != "minmax":
-        batch = math.gcd(len(calibration), CALIBRATION_BATCH)
+    batch = calibration_batch(len(calibration), qc.calibration_method)
     try:
         quantize_static(
             str(src),
@@ -55,7 +58,7 @@ def quantize_static_int8(
             weight_type=quant_type(qc.weight_type),
             nodes_to_exclude=list(qc.nodes_to_exclude) or None,
             use_external_data_format=qc.external_data,
-            calibrate_method=getattr(CalibrationMethod, _METHODS[qc.calibration_method]),
+            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[qc.calibration_method]),
             extra_options=extra,
         )
     except Exception as e:

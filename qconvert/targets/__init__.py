@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from qconvert.registry import Registry
+from qconvert.targets.arm64 import ARM64
 from qconvert.targets.base import Options, Provider, Target, TargetOption, graph_violations, has_qdq
+from qconvert.targets.coreml import COREML_TARGET
 from qconvert.targets.cpu import CPU
+from qconvert.targets.cuda import CUDA_TARGET
+from qconvert.targets.openvino import OPENVINO
+from qconvert.targets.qnn import QNN
 from qconvert.targets.tensorrt import TENSORRT
 
 TARGETS: Registry[Target] = Registry("target", "--target")
 TARGETS.register(CPU.name)(CPU)
 TARGETS.register(TENSORRT.name)(TENSORRT)
+TARGETS.register(CUDA_TARGET.name)(CUDA_TARGET)
+TARGETS.register(COREML_TARGET.name)(COREML_TARGET)
+TARGETS.register(ARM64.name)(ARM64)
+TARGETS.register(OPENVINO.name)(OPENVINO)
+TARGETS.register(QNN.name)(QNN)
 
 __all__ = ["TARGETS", "Options", "Provider", "Target", "TargetOption", "graph_violations", "has_qdq"]

@@ -23,6 +23,13 @@ INTEGER_ONLY_OPS = frozenset(
      "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
 )
 WEIGHT_CONSUMERS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+# Ops that int8-capable runtimes generally execute on quantized tensors, or pass through without
+# leaving int8 (data movement). A target refines this with its own `int8_ops`.
+COMMON_INT8_OPS = frozenset(
+    {"Conv", "MatMul", "Gemm", "Add", "Mul", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat",
+     "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Relu", "Clip", "Resize", "Split", "Slice",
+     "Gather", "Pad", "Identity", "QuantizeLinear", "DequantizeLinear"}
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class Target:
     # bits -> modes it supports, the first being the default
     modes: dict[int, tuple[str, ...]]
     options: tuple[TargetOption, ...] = ()
+    # ops this target's provider runs in int8 (empty: unknown, coverage is not checked)
+    int8_ops: frozenset[str] = frozenset()
 
     def resolve_options(self, given: Options | None = None) -> dict[str, str]:
         """Defaults overridden by `given`; unknown names are refused with the list of valid ones."""
@@ -110,6 +119,12 @@ class Target:
     ) -> QuantizeConfig:
         raise NotImplementedError
 
+    def quantize_candidates(
+        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
+    ) -> list[QuantizeConfig]:
+        """Configurations worth trying; with more than one, the pipeline keeps the fastest."""
+        return [self.quantize_config(bits, mode, calibration_method, opts)]
+
     def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
         raise NotImplementedError
 
@@ -122,6 +137,30 @@ class Target:
 
     def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
         return []
+
+    def not_here(self, providers: Sequence[Provider]) -> str | None:
+        """Why this machine cannot run the graph the way the target will (None: it can); validation
+        then runs the graph's exact Q/DQ arithmetic instead. Default: the first provider is not
+        installed in this onnxruntime."""
+        import onnxruntime as ort
+
+        first = providers[0].name if providers else "CPUExecutionProvider"
+        return None if first in ort.get_available_providers() else f"{first} is not installed here"
+
+    def float_nodes(self, model: onnx.ModelProto) -> list[str]:
+        """Nodes fed by a dequantized activation whose op this target's provider does not run in
+        int8: each costs a dequantize/quantize round trip and runs in float."""
+        if not self.int8_ops:
+            return []
+        init = {t.name for t in model.graph.initializer}
+        dequantized = {
+            n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in init
+        }
+        return [
+            f"{n.name or '?'} ({n.op_type})"
+            for n in model.graph.node
+            if n.op_type not in self.int8_ops and any(i in dequantized for i in n.input)
+        ]
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -177,4 +216,61 @@ def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
             weight_dims = init[node.input[0]].dims
             if feeds_weight and scale is not None and len(scale.dims) == 0 and len(weight_dims) > 1:
                 problems.append(f"{node.name}: weight is quantized per tensor; this target wants per-channel")
+    if qc.mode == "weight-only":
+        problems += [
+            f"node {n.name or '?'} ({n.op_type}) quantizes an activation, but weight-only mode keeps "
+            "activations float"
+            for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
+            or (n.op_type == "DequantizeLinear" and n.input[0] not in init)
+        ]
+    if qc.mode == "fp16":
+        problems += _fp16_violations(model, qc)
+    return problems
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor whose type is known (after ONNX type inference, where it runs)."""
+    from onnx import helper, shape_inference
+
+    try:
+        graph = shape_inference.infer_shapes(model).graph
+    except Exception:  # e.g. over 2 GB: use the types the model carries
+        graph = model.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for v in [*graph.input, *graph.output, *graph.value_info]:
+        if v.type.HasField("tensor_type"):
+            types[v.name] = v.type.tensor_type.elem_type
+    for node in graph.node:
+        if node.op_type == "Cast":
+            to = next(a for a in node.attribute if a.name == "to")
+            types[node.output[0]] = int(helper.get_attribute_value(to))
+    return types
+
+
+def _fp16_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
+    """An fp16 graph has float16 tensors, fp32 inputs/outputs when `keep_io_types`, and keeps the
+    `keep_fp32_ops` in fp32."""
+    from onnx import TensorProto
+
+    fp16 = TensorProto.FLOAT16
+    types = _elem_types(model)
+    problems = []
+    if fp16 not in types.values():
+        problems.append("the graph has no float16 tensors: it was not converted to fp16")
+    if qc.keep_io_types:
+        for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+            problems += [
+                f"graph {kind} {v.name} is float16, but this target keeps fp32 inputs and outputs"
+                for v in values
+                if v.type.tensor_type.elem_type == fp16
+            ]
+    for node in model.graph.node:
+        if node.op_type in qc.keep_fp32_ops:
+            half = [t for t in [*node.input, *node.output] if t and types.get(t) == fp16]
+            if half:
+                problems.append(
+                    f"node {node.name or '?'} ({node.op_type}) computes in float16 ({half[0]}), "
+                    f"but this target keeps {node.op_type} in fp32"
+                )
     return problems

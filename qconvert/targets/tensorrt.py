@@ -1,9 +1,14 @@
-"""NVIDIA TensorRT through onnxruntime's TensorRT provider, with explicit quantization.
+"""NVIDIA TensorRT through onnxruntime's TensorRT provider.
 
-TensorRT takes explicit Q/DQ with symmetric signed int8 (zero point 0), per-channel weights and
-float bias, and no integer-only operators. The provider must have int8 enabled for a Q/DQ graph
-and must never be given a calibration table for one ("setting dynamic range is only allowed when
-there are no Q/DQ layers").
+Two ways to give TensorRT int8, never both on one graph:
+
+- explicit (default): Q/DQ nodes with symmetric signed int8 (zero point 0), per-channel weights,
+  float bias and no integer-only operators. The provider must have int8 enabled and must not be
+  given a calibration table ("setting dynamic range is only allowed when there are no Q/DQ
+  layers").
+- implicit: the graph stays fp32, and a calibration table written by onnxruntime's
+  `write_calibration_table` gives TensorRT the activation ranges; TensorRT picks each layer's
+  precision itself.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
-from qconvert.targets.base import INTEGER_ONLY_OPS, Options, Provider, Target, has_qdq
+from qconvert.errors import ConfigError
+from qconvert.targets.base import COMMON_INT8_OPS, INTEGER_ONLY_OPS, Options, Provider, Target, TargetOption, has_qdq
 
 if TYPE_CHECKING:
     import onnx
@@ -20,21 +26,44 @@ if TYPE_CHECKING:
     from qconvert.calibrate import ModelInput
 
 CACHE_DIR = "trt_cache"  # relative to the artifact folder
-PROFILE_BATCH = (1, 8, 64)  # min / opt / max for the dynamic batch axis
-PROFILE_OTHER = (1, 128, 512)  # min / opt / max for other dynamic axes (e.g. sequence length)
-WORKSPACE_BYTES = 2 << 30
+CALIBRATION_TABLE = "calibration.flatbuffers"  # inside the cache folder, where the provider looks
+PROFILE_BATCH = "1,8,64"  # min / opt / max for the dynamic batch axis
+PROFILE_OTHER = "1,128,512"  # min / opt / max for other dynamic axes (e.g. sequence length)
+
+OPTIONS = (
+    TargetOption("quantization", "explicit", "explicit Q/DQ int8, or implicit (fp32 graph + calibration table)",
+                 ("explicit", "implicit")),
+    TargetOption("fp16", "true", "let TensorRT run layers it keeps out of int8 in fp16", ("true", "false")),
+    TargetOption("workspace_gb", "2", "TensorRT builder workspace, in GiB"),
+    TargetOption("cache_dir", CACHE_DIR, "engine/timing cache folder, relative to OUT_DIR"),
+    TargetOption("profile_batch", PROFILE_BATCH, "min,opt,max of the dynamic batch axis"),
+    TargetOption("profile_other", PROFILE_OTHER, "min,opt,max of other dynamic axes"),
+)
 
 
-def _profile(inputs: Sequence[ModelInput], which: int) -> str:
+def _triple(opts: Options, key: str) -> tuple[int, int, int]:
+    text = opts[key]
+    try:
+        lo, opt, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--target-option {key}={text}: give three integers min,opt,max, e.g. 1,8,64") from None
+    if not 1 <= lo <= opt <= hi:
+        raise ConfigError(f"--target-option {key}={text}: needs 1 <= min <= opt <= max")
+    return lo, opt, hi
+
+
+def _profile(inputs: Sequence[ModelInput], opts: Options, which: int) -> str:
     """One TensorRT profile (which: 0 = min, 1 = opt, 2 = max) covering every dynamic axis."""
+    batch, other = _triple(opts, "profile_batch"), _triple(opts, "profile_other")
     shapes = []
     for inp in inputs:
-        dims = [
-            d if d is not None else (PROFILE_BATCH if i == 0 else PROFILE_OTHER)[which]
-            for i, d in enumerate(inp.dims)
-        ]
+        dims = [d if d is not None else (batch if i == 0 else other)[which] for i, d in enumerate(inp.dims)]
         shapes.append(f"{inp.name}:{'x'.join(map(str, dims))}")
     return ",".join(shapes)
+
+
+def _bool(value: str) -> str:
+    return "True" if value == "true" else "False"
 
 
 class TensorRTTarget(Target):
@@ -46,10 +75,12 @@ class TensorRTTarget(Target):
     def quantize_config(
         self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
     ) -> QuantizeConfig:
+        o = self.resolve_options(opts)
+        implicit = o["quantization"] == "implicit"
         return QuantizeConfig(
             bits=bits,
-            mode=mode,
-            format="qdq",
+            mode="implicit" if implicit else mode,
+            format="fp32+table" if implicit else "qdq",
             activation_type="int8",
             weight_type="int8",
             per_channel=True,
@@ -58,22 +89,27 @@ class TensorRTTarget(Target):
             reduce_range=False,
             quantize_bias=False,
             calibration_method=calibration_method,
-            forbidden_ops=INTEGER_ONLY_OPS,
+            forbidden_ops=INTEGER_ONLY_OPS | ({"QuantizeLinear", "DequantizeLinear"} if implicit else set()),
+            calibration_table=f"{o['cache_dir']}/{CALIBRATION_TABLE}" if implicit else None,
         )
 
     def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
+        o = self.resolve_options(opts)
         options = {
             "trt_int8_enable": "True",
-            "trt_fp16_enable": "True",
+            "trt_fp16_enable": _bool(o["fp16"]),
             "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": CACHE_DIR,
+            "trt_engine_cache_path": o["cache_dir"],
             "trt_timing_cache_enable": "True",
-            "trt_timing_cache_path": CACHE_DIR,
-            "trt_max_workspace_size": str(WORKSPACE_BYTES),
+            "trt_timing_cache_path": o["cache_dir"],
+            "trt_max_workspace_size": str(int(float(o["workspace_gb"]) * (1 << 30))),
         }
+        if o["quantization"] == "implicit":
+            options["trt_int8_calibration_table_name"] = CALIBRATION_TABLE
+            options["trt_int8_use_native_calibration_table"] = "False"
         if any(d is None for inp in inputs for d in inp.dims):
             for which, key in enumerate(("min", "opt", "max")):
-                options[f"trt_profile_{key}_shapes"] = _profile(inputs, which)
+                options[f"trt_profile_{key}_shapes"] = _profile(inputs, o, which)
         return [
             Provider("TensorrtExecutionProvider", options),
             Provider("CUDAExecutionProvider"),
@@ -86,18 +122,23 @@ class TensorRTTarget(Target):
             return ["the TensorRT provider is missing from the provider list"]
         problems = []
         qdq = has_qdq(model)
-        if qdq and trt.options.get("trt_int8_enable") != "True":
-            problems.append("the graph has Q/DQ nodes but trt_int8_enable is not True")
-        if qdq and (
-            trt.options.get("trt_int8_calibration_table_name")
-            or trt.options.get("trt_int8_use_native_calibration_table") == "True"
-        ):
+        table = trt.options.get("trt_int8_calibration_table_name") or (
+            trt.options.get("trt_int8_use_native_calibration_table") == "True"
+        )
+        if trt.options.get("trt_int8_enable") != "True":
+            problems.append("trt_int8_enable is not True, so TensorRT would build this int8 model in float")
+        if qdq and table:
             problems.append("a calibration table is set on a Q/DQ graph; TensorRT refuses both together")
+        if not qdq and not table:
+            problems.append("int8 on a graph without Q/DQ needs a calibration table (implicit quantization)")
         return problems
 
 
 TENSORRT = TensorRTTarget(
     name="tensorrt",
-    description="NVIDIA TensorRT EP: explicit symmetric int8 Q/DQ, per-channel weights, float bias",
+    description="NVIDIA TensorRT EP: explicit symmetric int8 Q/DQ (per-channel weights, float bias), "
+    "or implicit int8 from a calibration table",
     modes={8: ("static",)},
+    options=OPTIONS,
+    int8_ops=COMMON_INT8_OPS | {"ConvTranspose", "Sigmoid", "LeakyRelu", "Softmax"},
 )

@@ -25,9 +25,21 @@ class Check:
     def passed(self) -> bool:
         return self.bound.holds(self.measured)
 
+    @property
+    def hint(self) -> str:
+        """What a failure means, where the figure alone does not say it."""
+        if self.bound.metric == "nonfinite" and not self.passed:
+            return (
+                f"{self.measured:.0f} output value(s) are NaN or Inf where the reference is finite; in an "
+                "fp16 model a value beyond +-65504 overflowed: keep the op that produces it in fp32"
+            )
+        return ""
+
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
-        return f"{self.output}: {self.bound.metric} = {self.measured:.6g} (needs {self.bound.describe()}) {verdict}"
+        needs = self.bound.describe()
+        text = f"{self.output}: {self.bound.metric} = {self.measured:.6g} (needs {needs}) {verdict}"
+        return f"{text}: {self.hint}" if self.hint else text
 
     def as_json(self) -> dict[str, object]:
         needed = f"{self.measured:.6g}"
@@ -41,6 +53,7 @@ class Check:
             "passed": self.passed,
             # the tolerance that would have let this check pass
             "needed": f"{self.bound.metric}{'>=' if self.bound.kind == 'min' else '<='}{needed}",
+            "hint": self.hint,
         }
 
 
@@ -93,8 +106,12 @@ def evaluate(
         ref_acc, cand_acc = accuracy(reference[i], labels), accuracy(candidate[i], labels)
         acc = {"output": task_output, "reference": ref_acc, "candidate": cand_acc, "drop": ref_acc - cand_acc}
     checks = []
-    scoped = {(b.output, b.metric) for b in tolerance.bounds if b.explicit and b.output}
-    for bound in tolerance.bounds:
+    bounds = tolerance.bounds
+    if not any(b.metric == "nonfinite" and b.output is None for b in bounds):
+        # always on: a NaN or Inf where the reference is finite fails, whatever else was asked for
+        bounds = (*bounds, Bound("nonfinite", 0.0))
+    scoped = {(b.output, b.metric) for b in bounds if b.explicit and b.output}
+    for bound in bounds:
         if bound.output is not None and bound.output not in outputs:
             raise ConfigError(
                 f"--tolerance names output {bound.output!r}, which the model does not have. "

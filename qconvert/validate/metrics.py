@@ -14,7 +14,8 @@ def is_classifier_output(a: np.ndarray) -> bool:
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     """max/mean/p99 abs error, cosine similarity (per sample: mean and worst), SQNR in dB,
-    and top-1 agreement for class-score outputs."""
+    `nonfinite` (values that are NaN or Inf in the candidate where the reference is finite, e.g. an
+    fp16 overflow), and top-1 agreement for class-score outputs."""
     if reference.shape != candidate.shape:
         raise ValueError(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     ref = reference.astype(np.float64)
@@ -37,6 +38,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
         "cosine": float(cos.mean()),
         "cosine_min": float(cos.min()),
         "sqnr_db": float("inf") if noise <= EPS else float(10 * np.log10(max(signal, EPS) / noise)),
+        "nonfinite": float(np.count_nonzero(~np.isfinite(cand) & np.isfinite(ref))),
     }
     if is_classifier_output(ref):
         out["top1_agreement"] = float((ref.argmax(1) == cand.argmax(1)).mean())

@@ -1,0 +1,140 @@
+"""NVIDIA GPUs through onnxruntime's CUDA provider (no TensorRT).
+
+- fp16 (`--bits 16`): the graph in float16, with fp32 inputs and outputs and the ops in
+  `config.FP16_KEEP_FP32_OPS` kept in fp32. This is usually the fast path on this provider: its
+  Conv/MatMul/Gemm kernels run fp16 on tensor cores.
+- int8 (`--bits 8`): explicit Q/DQ, symmetric signed int8 activations and weights (S8S8, zero
+  point 0), per-channel weights, float bias. Be aware: onnxruntime's CUDA provider runs few int8
+  kernels. It has QuantizeLinear/DequantizeLinear but fuses no Q/DQ node unit, so every Conv,
+  MatMul and Gemm between them runs in float after a DequantizeLinear. The int8 graph is then
+  smaller (about 4x) but usually *slower* than fp32 on this provider. For int8 speed on NVIDIA use
+  `--target tensorrt`, which builds real int8 kernels from the same kind of graph.
+- dynamic int8 is refused: ConvInteger and DynamicQuantizeLinear have no CUDA kernels, and the CUDA
+  MatMulInteger takes only int8 x int8 while DynamicQuantizeLinear produces uint8. onnxruntime
+  would silently run those nodes on the CPU, copying tensors to and from the GPU around each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from qconvert.config import QuantizeConfig
+from qconvert.errors import ConfigError
+from qconvert.targets.base import INTEGER_ONLY_OPS, Options, Provider, Target, TargetOption
+
+if TYPE_CHECKING:
+    import onnx
+
+    from qconvert.calibrate import ModelInput
+
+CUDA = "CUDAExecutionProvider"
+CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+# integer-only ops with no CUDA kernel at all (MatMulInteger has one, for int8 x int8 only)
+NO_CUDA_KERNEL = INTEGER_ONLY_OPS - {"MatMulInteger"}
+
+OPTIONS = (TargetOption("device_id", "0", "index of the CUDA device to run on"),)
+
+
+def no_cuda_kernel(model: onnx.ModelProto) -> list[str]:
+    """Op types in `model` that the CUDA provider cannot run, so onnxruntime puts them on the CPU."""
+    from onnx import TensorProto
+
+    uint8 = {t.name for t in model.graph.initializer if t.data_type == TensorProto.UINT8}
+    producers = {out: n.op_type for n in model.graph.node for out in n.output}
+    found = {n.op_type for n in model.graph.node if n.op_type in NO_CUDA_KERNEL}
+    for n in model.graph.node:
+        if n.op_type == "MatMulInteger" and any(
+            producers.get(i) == "DynamicQuantizeLinear" or i in uint8 for i in n.input
+        ):
+            found.add("MatMulInteger (uint8)")
+    return sorted(found)
+
+
+class CudaTarget(Target):
+    def why_not(self, bits: int, mode: str) -> str:
+        if mode == "dynamic":
+            return (
+                " (dynamic int8 inserts DynamicQuantizeLinear and ConvInteger, which have no CUDA kernels, "
+                "and a uint8 MatMulInteger, which CUDA runs only for int8 x int8: onnxruntime would "
+                "silently run them on the CPU)"
+            )
+        return ""
+
+    def resolve_options(self, given: Options | None = None) -> dict[str, str]:
+        opts = super().resolve_options(given)
+        if not opts["device_id"].isdigit():
+            raise ConfigError(
+                f"--target-option device_id={opts['device_id']}: give the CUDA device index, "
+                "e.g. device_id=0."
+            )
+        return opts
+
+    def quantize_config(
+        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
+    ) -> QuantizeConfig:
+        if mode == "fp16":
+            return QuantizeConfig(bits=bits, mode=mode, format="fp16", forbidden_ops=INTEGER_ONLY_OPS)
+        return QuantizeConfig(
+            bits=bits,
+            mode=mode,
+            format="qdq",
+            activation_type="int8",
+            weight_type="int8",
+            per_channel=True,
+            activation_symmetric=True,
+            weight_symmetric=True,
+            reduce_range=False,
+            quantize_bias=False,  # an int32 bias only adds a DequantizeLinear: the bias add is float
+            calibration_method=calibration_method,
+            forbidden_ops=INTEGER_ONLY_OPS,
+        )
+
+    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
+        o = self.resolve_options(opts)
+        options = {
+            "device_id": o["device_id"],
+            "cudnn_conv_algo_search": "EXHAUSTIVE",  # time every cuDNN algorithm once, keep the fastest
+            "do_copy_in_default_stream": "1",
+        }
+        return [Provider(CUDA, options), Provider("CPUExecutionProvider")]
+
+    def facts(self) -> dict[str, object]:
+        import onnxruntime as ort
+
+        return {
+            "cuda_provider_installed": CUDA in ort.get_available_providers(),
+            "int8_kernels": "QuantizeLinear/DequantizeLinear only: ops between Q/DQ run in float",
+        }
+
+    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
+        cuda = next((p for p in providers if p.name == CUDA), None)
+        if cuda is None:
+            return ["the CUDA provider is missing from the provider list"]
+        problems = []
+        missing = no_cuda_kernel(model)
+        if missing:
+            problems.append(
+                f"the graph has {', '.join(missing)}, which the CUDA provider has no kernels for: "
+                "onnxruntime would silently run those nodes on the CPU, with copies to and from the GPU "
+                "around each"
+            )
+        algo = cuda.options.get("cudnn_conv_algo_search", "EXHAUSTIVE")
+        if algo not in CONV_ALGO_SEARCH:
+            problems.append(f"cudnn_conv_algo_search={algo} is not one of {', '.join(CONV_ALGO_SEARCH)}")
+        if not cuda.options.get("device_id", "0").isdigit():
+            problems.append(f"device_id={cuda.options['device_id']} is not a device index")
+        return problems
+
+
+CUDA_TARGET = CudaTarget(
+    name="cuda",
+    description=(
+        "NVIDIA GPU, onnxruntime CUDA provider: fp16 (usually the fast path), or S8S8 Q/DQ int8, which "
+        "the CUDA provider runs mostly in float (smaller, rarely faster; use tensorrt for int8 speed)"
+    ),
+    modes={16: ("fp16",), 8: ("static",)},
+    options=OPTIONS,
+    # the CUDA provider runs only the Q/DQ nodes themselves in int8
+    int8_ops=frozenset({"QuantizeLinear", "DequantizeLinear"}),
+)

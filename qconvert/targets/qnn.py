@@ -1,0 +1,182 @@
+"""Qualcomm NPUs (Hexagon HTP) through onnxruntime's QNN provider.
+
+The rules follow onnxruntime's own QNN configuration, `onnxruntime.quantization.execution_providers.
+qnn.get_qnn_qdq_config`: unsigned asymmetric activations (QUInt8 by default) and unsigned asymmetric
+per-tensor weights (QUInt8, `per_channel=False`), with `MinimumRealRange=0.0001` so that no tensor
+gets a near-zero scale. The QNN provider's docs: "QNN operators typically support the uint8 and
+uint16 data types", and its MatMul on HTP takes (uint8, uint8), (uint8, uint16) or (uint16, uint8)
+inputs.
+
+Weights stay per-tensor. Per-channel weights would need more than a flag: onnxruntime's quantizer
+makes every Conv, Gemm *and* MatMul weight per-channel once `per_channel` is on, QNN has no
+per-channel MatMul (`get_qnn_qdq_config` adds per-tensor overrides for MatMul weights, model by
+model), and the provider's docs do not say which per-channel weight encodings HTP takes (signed,
+symmetric?), so that would need the hardware to verify. A model that loses accuracy here should try
+`activation=uint16` first.
+
+`activation=uint16` gives A16W8 (16-bit activations, 8-bit weights), for models whose activations
+do not fit 8 bits. ONNX QuantizeLinear/DequantizeLinear take 16-bit types only from opset 21, and
+qconvert exports at opset 18: like `get_qnn_qdq_config` below opset 21, the 16-bit config sets
+onnxruntime's `UseQDQContribOps`, so the Q/DQ nodes are onnxruntime's `com.microsoft` ones, which
+the QNN provider takes ("Provides 16-bit integer (de)quantization support"). onnxruntime 1.32 also
+raises the model to opset 21 by itself for 16-bit types; the contrib nodes are valid there too.
+QNN needs fixed output ranges for 16-bit Sigmoid and Tanh (`get_qnn_qdq_config` sets them with
+per-tensor overrides); qconvert does not write those overrides, so `graph_violations` refuses a
+16-bit graph whose Sigmoid/Tanh outputs do not have them.
+
+Provider: `backend_type` htp (the NPU; the default) or cpu (QNN's reference CPU backend, for
+integration tests). `backend_type` is the platform-independent form of `backend_path` (which needs
+"libQnnHtp.so" on Android/Linux but "QnnHtp.dll" on Windows on Snapdragon, where onnxruntime's QNN
+Python packages run); it needs onnxruntime 1.22 or newer on the device. On HTP:
+`htp_performance_mode` (an option, default burst) and `htp_graph_finalization_optimization_mode` 3
+(longest graph preparation, best graph).
+
+What the QNN docs also require and this target cannot change: static shapes. "QNN EP does not
+support models with dynamic shapes (e.g., a dynamic batch size)", and qconvert exports a dynamic
+batch axis; fix it on the device side (onnxruntime's `make_dynamic_shape_fixed` tool) before running
+on HTP, or the provider hands the graph to the CPU provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from qconvert.config import QuantizeConfig
+from qconvert.targets.base import COMMON_INT8_OPS, Options, Provider, Target, TargetOption, graph_violations
+
+if TYPE_CHECKING:
+    import onnx
+
+    from qconvert.calibrate import ModelInput
+
+QNN_EP = "QNNExecutionProvider"
+PERFORMANCE_MODES = (
+    "burst",
+    "sustained_high_performance",
+    "high_performance",
+    "balanced",
+    "default",
+    "low_balanced",
+    "power_saver",
+    "low_power_saver",
+    "high_power_saver",
+)
+OPTIONS = (
+    TargetOption(
+        "activation",
+        "uint8",
+        "activation type: uint8 (A8W8), or uint16 (A16W8) for models that lose "
+        "accuracy with 8-bit activations",
+        ("uint8", "uint16"),
+    ),
+    TargetOption(
+        "backend", "htp", "QNN backend: htp (the NPU) or cpu (QNN's reference CPU backend)", ("htp", "cpu")
+    ),
+    TargetOption(
+        "performance_mode",
+        "burst",
+        "HTP power/performance mode (burst: lowest latency, most power)",
+        PERFORMANCE_MODES,
+    ),
+)
+# QNN's required output encodings for 16-bit Sigmoid and Tanh (onnxruntime's QnnCompatibilityOverrides):
+# op type -> (scale, zero point) for uint16 outputs
+UINT16_FIXED_OUTPUTS = {"Sigmoid": (1.0 / 65536.0, 0), "Tanh": (1.0 / 32768.0, 32768)}
+
+
+def _fixed_output_problems(model: onnx.ModelProto) -> list[str]:
+    from onnx import TensorProto, numpy_helper
+
+    init = {t.name: t for t in model.graph.initializer}
+    quantizers = {
+        n.input[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) >= 3
+    }
+    problems = []
+    for node in model.graph.node:
+        want = UINT16_FIXED_OUTPUTS.get(node.op_type)
+        q = quantizers.get(node.output[0]) if want else None
+        if q is None or want is None or q.input[1] not in init or q.input[2] not in init:
+            continue
+        zp = init[q.input[2]]
+        if zp.data_type != TensorProto.UINT16:
+            continue
+        scale = float(numpy_helper.to_array(init[q.input[1]]))
+        zero = int(numpy_helper.to_array(zp))
+        if abs(scale - want[0]) > 1e-12 or zero != want[1]:
+            problems.append(
+                f"{node.name or '?'} ({node.op_type}): a 16-bit output needs scale {want[0]:.3g} and "
+                f"zero point {want[1]} on QNN, got {scale:.3g} and {zero}"
+            )
+    return problems
+
+
+# fmt: off
+HTP_QUANTIZED_OPS = frozenset({
+    "Sigmoid", "Tanh", "Softmax", "LeakyRelu", "PRelu", "HardSwish", "HardSigmoid", "Gelu",
+    "ConvTranspose", "LayerNormalization", "InstanceNormalization", "BatchNormalization", "Sub",
+    "Div", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "DepthToSpace", "SpaceToDepth",
+    "Tile", "Expand", "ArgMax", "ArgMin", "TopK", "Where", "Sqrt", "Exp", "Log", "Elu", "Neg",
+    "Abs", "Max", "Min", "Pow"
+})
+# fmt: on
+
+
+class QnnTarget(Target):
+    def why_not(self, bits: int, mode: str) -> str:
+        if mode == "dynamic":
+            return " (QNN's HTP runs only static quantized graphs; it has no DynamicQuantizeLinear)"
+        return ""
+
+    def quantize_config(
+        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
+    ) -> QuantizeConfig:
+        o = self.resolve_options(opts)
+        extra: list[tuple[str, object]] = [("MinimumRealRange", 0.0001)]
+        if o["activation"] == "uint16":
+            extra.append(("UseQDQContribOps", True))
+        return QuantizeConfig(
+            bits=bits,
+            mode=mode,
+            format="qdq",
+            activation_type=o["activation"],
+            weight_type="uint8",
+            per_channel=False,
+            activation_symmetric=False,
+            weight_symmetric=False,
+            reduce_range=False,
+            calibration_method=calibration_method,
+            extra_options=tuple(extra),
+        )
+
+    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
+        o = self.resolve_options(opts)
+        options = {"backend_type": o["backend"]}
+        if o["backend"] == "htp":
+            options["htp_performance_mode"] = o["performance_mode"]
+            options["htp_graph_finalization_optimization_mode"] = "3"
+        return [Provider(QNN_EP, options), Provider("CPUExecutionProvider")]
+
+    def graph_violations(self, model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
+        return graph_violations(model, qc) + _fixed_output_problems(model)
+
+    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
+        qnn = next((p for p in providers if p.name == QNN_EP), None)
+        if qnn is None:
+            return ["the QNN provider is missing from the provider list"]
+        if "backend_type" in qnn.options and "backend_path" in qnn.options:
+            return ["backend_type and backend_path are both set; the QNN provider takes only one"]
+        if not ({"backend_type", "backend_path"} & set(qnn.options)):
+            return ["neither backend_type nor backend_path is set, so the QNN provider has no backend"]
+        return []
+
+
+QNN = QnnTarget(
+    name="qnn",
+    description="Qualcomm NPU (HTP) through the QNN EP: u8 (or u16) asymmetric activations, u8 per-tensor "
+    "weights, as onnxruntime's QNN config; needs static shapes on the device",
+    modes={8: ("static",)},
+    options=OPTIONS,
+    # QNN's op list (HTP runs what it takes quantized; data types vary by op)
+    int8_ops=COMMON_INT8_OPS | HTP_QUANTIZED_OPS,
+)
