@@ -33,7 +33,7 @@ from qconvert.quantize import QUANTIZERS
 from qconvert.quantize.float16 import emulate_fp16
 from qconvert.runtime import make_session
 from qconvert.sources import LoadedModel, load_source
-from qconvert.targets import TARGETS, Provider
+from qconvert.targets import TARGETS, Provider, Target
 from qconvert.validate import ValidationResult, evaluate
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,49 @@ def _fastest(
     return chosen, art.copy_onnx(paths[best], "model.onnx"), {f: t.p50_ms for f, t in timed.items()}
 
 
+def _stand_in(
+    qc: QuantizeConfig,
+    model_path: Path,
+    prepared: Path,
+    work: Path,
+    calibration: Dataset | None,
+    not_here: str | None,
+) -> tuple[Path, str | None]:
+    """The graph validation runs, and a note when it is not model.onnx itself."""
+    if qc.calibration_table:
+        # Implicit int8: model.onnx is fp32. Validate an explicit Q/DQ graph built from the same
+        # calibration with the target's rules, the closest stand-in for what TensorRT runs.
+        simulated = replace(qc, mode="static", format="qdq", calibration_table=None)
+        path = QUANTIZERS.get("static")(prepared, work / "simulated.onnx", simulated, calibration, None)
+        return path, (
+            "implicit int8: model.onnx is the fp32 graph plus a calibration table; the figures are for an "
+            "explicit Q/DQ graph with the same ranges. TensorRT chooses each layer's precision itself and "
+            "may keep some in fp16/fp32, so measure on the GPU before shipping."
+        )
+    if qc.mode == "fp16" and not_here is not None:
+        # onnxruntime's CPU provider runs most fp16 nodes in fp32 and drops the casts between
+        # them: it would neither round to fp16 nor overflow. Validate a stand-in that does both.
+        path = emulate_fp16(model_path, work / "fp16_emulated.onnx", qc.external_data)
+        return path, (
+            "fp16: no fp16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor "
+            "to fp16 where the fp16 graph produces it (overflow included); onnxruntime's CPU provider "
+            "would run most of model.onnx in fp32 instead."
+        )
+    return model_path, None
+
+
+def _check_target(target: Target, qc: QuantizeConfig, model_path: Path, providers: list[Provider]) -> list[str]:
+    """Raise TargetError when the graph or the provider options break the target's rules; return
+    the nodes the provider would run in float between Q/DQ pairs."""
+    import onnx
+
+    quantized = onnx.load(str(model_path))
+    problems = target.graph_violations(quantized, qc) + target.provider_violations(quantized, providers)
+    if problems:
+        raise TargetError(f"the quantized graph breaks the {target.name} rules: " + "; ".join(problems[:10]))
+    return target.float_nodes(quantized)
+
+
 def _cpu_kernel_gap(exact: ValidationResult, cpu: ValidationResult) -> list[str]:
     """A note when this machine's CPU int8 kernels compute something visibly different from the
     graph's exact Q/DQ arithmetic (e.g. saturation in the AVX2 int8 path without VNNI)."""
@@ -267,57 +310,28 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                     "faster to replace qdq)"
                 )
         reference_path = art.copy_onnx(exported.path, "reference.onnx")
-        checked_path = model_path  # what validation runs
-        if qc.calibration_table:
-            # Implicit int8: the deployable graph is fp32. Validate an explicit Q/DQ graph built from
-            # the same calibration with the target's rules, the closest stand-in for what TensorRT runs.
-            with _stage("simulate", report_progress, "building an explicit Q/DQ stand-in to validate"):
-                simulated = replace(qc, mode="static", format="qdq", calibration_table=None)
-                checked_path = QUANTIZERS.get("static")(
-                    prepared, art.work / "simulated.onnx", simulated, calibration, None
-                )
-            notes.append(
-                "implicit int8: model.onnx is the fp32 graph plus a calibration table; the figures are for an "
-                "explicit Q/DQ graph with the same ranges. TensorRT chooses each layer's precision itself and "
-                "may keep some in fp16/fp32, so measure on the GPU before shipping."
-            )
-        if qc.mode == "fp16" and target.not_here(target.providers(inputs, opts)) is not None:
-            # onnxruntime's CPU provider runs most fp16 nodes in fp32 and drops the casts between
-            # them: it would neither round to fp16 nor overflow. Validate a stand-in that does both.
-            with _stage("simulate", report_progress, "building an fp16-exact stand-in to validate"):
-                checked_path = emulate_fp16(model_path, art.work / "fp16_emulated.onnx", qc.external_data)
-            notes.append(
-                "fp16: no fp16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor "
-                "to fp16 where the fp16 graph produces it (overflow included); onnxruntime's CPU provider "
-                "would run most of model.onnx in fp32 instead."
-            )
-
-        import onnx
-
         providers = target.providers(inputs, opts)
+        not_here = target.not_here(providers)
+        with _stage("simulate", report_progress, "preparing what validation runs"):
+            checked_path, stand_in_note = _stand_in(qc, model_path, prepared, art.work, calibration, not_here)
+        if stand_in_note:
+            notes.append(stand_in_note)
+
         with _stage("target", report_progress, f"checking the graph against the {target.name} rules"):
-            quantized = onnx.load(str(model_path))
-            problems = target.graph_violations(quantized, qc) + target.provider_violations(quantized, providers)
-            if problems:
-                raise TargetError(
-                    f"the quantized graph breaks the {target.name} rules: " + "; ".join(problems[:10])
-                )
-            float_nodes = target.float_nodes(quantized)
-            if float_nodes:
-                notes.append(
-                    f"{len(float_nodes)} node(s) sit between Q/DQ pairs but are not among the ops "
-                    f"{providers[0].name} runs in int8, so they run in float with a dequantize/quantize round "
-                    f"trip: {', '.join(float_nodes[:8])}{' ...' if len(float_nodes) > 8 else ''}"
-                )
+            float_nodes = _check_target(target, qc, model_path, providers)
+        if float_nodes:
+            notes.append(
+                f"{len(float_nodes)} node(s) sit between Q/DQ pairs but are not among the ops "
+                f"{providers[0].name} runs in int8, so they run in float with a dequantize/quantize round "
+                f"trip: {', '.join(float_nodes[:8])}{' ...' if len(float_nodes) > 8 else ''}"
+            )
 
         with _stage("validate", report_progress, f"validating on {len(heldout)} held-out samples"):
-            # Where the target's own provider is missing, the graph's quantized arithmetic is run
-            # exactly (Q/DQ as written) rather than through this CPU's integer kernels.
-            not_here = target.not_here(providers)
+            # Where this machine cannot run the graph the way the target will, the graph's quantized
+            # arithmetic is run exactly (Q/DQ as written), not through this CPU's integer kernels.
             native = not_here is None and checked_path == model_path
             candidate = make_session(checked_path, providers, optimize=native)
-            fp32 = make_session(reference_path)
-            fp32_out = fp32.run(heldout)
+            fp32_out = make_session(reference_path).run(heldout)
             ref_out = _reference_outputs(loaded, heldout, fp32_out)
             names = candidate.output_names
             validation = evaluate(names, ref_out, candidate.run(heldout), tolerance, heldout.labels)
@@ -326,14 +340,13 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
             if not native:
                 cpu_run = make_session(checked_path).run(heldout)
                 on_cpu_kernels = evaluate(names, ref_out, cpu_run, Tolerance(()), heldout.labels)
+            if not_here is not None:
                 notes.append(
-                    f"{not_here or f'{providers[0].name} is not installed here'}: the verdict comes from "
-                    "running the same "
-                    "graph on CPUExecutionProvider with graph optimizations off, so every Q/DQ node computes "
-                    "exactly what the graph specifies. Latency on this machine says nothing about "
+                    f"{not_here}: the verdict comes from the CPU provider with graph optimizations off, so the "
+                    "graph's arithmetic runs as written. Latency on this machine says nothing about "
                     f"{target.name} speed."
                 )
-                if checked_path == model_path:
+                if checked_path == model_path and on_cpu_kernels is not None:
                     notes.extend(_cpu_kernel_gap(validation, on_cpu_kernels))
             if len(heldout) < SMALL_HELDOUT:
                 notes.append(
