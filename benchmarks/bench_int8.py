@@ -37,7 +37,7 @@ from qconvert.pipeline import export  # noqa: E402
 from qconvert.runtime import make_session  # noqa: E402
 from qconvert.validate.metrics import compare  # noqa: E402
 
-WIDE_MODEL = '''
+WIDE_MODEL = """
 import torch
 from torch import nn
 
@@ -57,7 +57,7 @@ def build():
 
 def example_inputs():
     return (torch.zeros(1, 3, 32, 32),)
-'''
+"""
 
 
 def ort_baselines(fp32: Path, calib: Dataset, work: Path) -> dict[str, Path]:
@@ -71,11 +71,19 @@ def ort_baselines(fp32: Path, calib: Dataset, work: Path) -> dict[str, Path]:
     return {"ort static default": static, "ort dynamic default": dynamic}
 
 
-def bench_model(name: str, source: str | None, calib: Path | None, data: Path | None, work: Path, repeats: int) -> list[dict]:
+def bench_model(
+    name: str, source: str | None, calib: Path | None, data: Path | None, work: Path, repeats: int
+) -> list[dict]:
     runs = {}
     for target in ("cpu", "tensorrt"):
-        cfg = RunConfig(source=source, target=target, calibration=str(calib) if calib else None,
-                        data=str(data) if data else None, out_dir=work / f"{name}-{target}", latency_repeats=5)
+        cfg = RunConfig(
+            source=source,
+            target=target,
+            calibration=str(calib) if calib else None,
+            data=str(data) if data else None,
+            out_dir=work / f"{name}-{target}",
+            latency_repeats=5,
+        )
         runs[target] = export(cfg)
     out = runs["cpu"].out_dir
     fp32_path = out / "reference.onnx"
@@ -96,29 +104,35 @@ def bench_model(name: str, source: str | None, calib: Path | None, data: Path | 
     lat = {}
     for batch in (1, 64):
         x = {"input": feeds["input"][:batch]}
-        lat[batch] = interleaved_latency({k: (lambda s=s: s.inner.run(None, x)) for k, s in sessions.items()}, repeats)
+        lat[batch] = interleaved_latency(
+            {k: (lambda s=s, x=x: s.inner.run(None, x)) for k, s in sessions.items()}, repeats
+        )
     for key, session in sessions.items():
         logits = session.run(heldout)[0]
         m = compare(reference, logits)
-        rows.append({
-            "model": name,
-            "variant": key,
-            "accuracy": None if labels is None else float((logits.argmax(1) == labels).mean()),
-            "top1_agreement": m["top1_agreement"],
-            "sqnr_db": m["sqnr_db"],
-            "size_bytes": models[key].stat().st_size,
-            "size_ratio": models[key].stat().st_size / fp32_path.stat().st_size,
-            "p50_b1_ms": lat[1][key].p50_ms,
-            "ratio_b1": lat[1][key].p50_ms / lat[1]["fp32"].p50_ms,
-            "p50_b64_ms": lat[64][key].p50_ms,
-            "ratio_b64": lat[64][key].p50_ms / lat[64]["fp32"].p50_ms,
-        })
+        rows.append(
+            {
+                "model": name,
+                "variant": key,
+                "accuracy": None if labels is None else float((logits.argmax(1) == labels).mean()),
+                "top1_agreement": m["top1_agreement"],
+                "sqnr_db": m["sqnr_db"],
+                "size_bytes": models[key].stat().st_size,
+                "size_ratio": models[key].stat().st_size / fp32_path.stat().st_size,
+                "p50_b1_ms": lat[1][key].p50_ms,
+                "ratio_b1": lat[1][key].p50_ms / lat[1]["fp32"].p50_ms,
+                "p50_b64_ms": lat[64][key].p50_ms,
+                "ratio_b64": lat[64][key].p50_ms / lat[64]["fp32"].p50_ms,
+            }
+        )
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| model | variant | accuracy | top-1 agree | SQNR dB | size | p50 b=1 | vs fp32 | p50 b=64 | vs fp32 |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| model | variant | accuracy | top-1 agree | SQNR dB | size | p50 b=1 | vs fp32 | p50 b=64 | vs fp32 |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for r in rows:
         acc = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
@@ -132,7 +146,9 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -143,19 +159,34 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows += bench_model("digits CNN", None, ROOT / "calibration/digits_calib.npz",
-                            ROOT / "calibration/digits_heldout.npz", work, args.repeats)
+        rows += bench_model(
+            "digits CNN",
+            None,
+            ROOT / "calibration/digits_calib.npz",
+            ROOT / "calibration/digits_heldout.npz",
+            work,
+            args.repeats,
+        )
         (work / "wide.py").write_text(WIDE_MODEL)
         rng = np.random.default_rng(0)
         np.savez(work / "wide_calib.npz", input=rng.standard_normal((128, 3, 32, 32)).astype(np.float32))
         np.savez(work / "wide_held.npz", input=rng.standard_normal((256, 3, 32, 32)).astype(np.float32))
-        rows += bench_model("wide CNN (random weights)", f"{work / 'wide.py'}:build", work / "wide_calib.npz",
-                            work / "wide_held.npz", work, args.repeats)
-    import onnxruntime
+        rows += bench_model(
+            "wide CNN (random weights)",
+            f"{work / 'wide.py'}:build",
+            work / "wide_calib.npz",
+            work / "wide_held.npz",
+            work,
+            args.repeats,
+        )
     import platform
 
-    print(f"onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
-          f"{__import__('os').cpu_count()} cores, CPUExecutionProvider, {args.repeats} interleaved repeats\n")
+    import onnxruntime
+
+    print(
+        f"onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
+        f"{__import__('os').cpu_count()} cores, CPUExecutionProvider, {args.repeats} interleaved repeats\n"
+    )
     print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -191,12 +191,12 @@ class ArtifactDir:
         backup: Path | None = None
         if self.out_dir.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.old-", dir=root.parent))
-            os.replace(self.out_dir, backup / "old")
+            self.out_dir.replace(backup / "old")
         try:
-            os.replace(root, self.out_dir)
+            root.replace(self.out_dir)
         except OSError:
             if backup is not None:
-                os.replace(backup / "old", self.out_dir)
+                (backup / "old").replace(self.out_dir)
                 backup.rmdir()
             raise
         self.committed = True

@@ -23,8 +23,17 @@ MODES = ("static", "dynamic", "weight-only", "fp16")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 _DTYPES = {
-    "float32": "float32", "float": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-    "int64": "int64", "long": "int64", "int32": "int32", "int": "int32", "bool": "bool", "uint8": "uint8",
+    "float32": "float32",
+    "float": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "int64": "int64",
+    "long": "int64",
+    "int32": "int32",
+    "int": "int32",
+    "bool": "bool",
+    "uint8": "uint8",
 }
 
 
@@ -55,7 +64,9 @@ class InputSpec:
             )
         dtype = _DTYPES.get(parts[2].lower()) if len(parts) == 3 else "float32"
         if dtype is None:
-            raise ConfigError(f"--input {text!r}: unknown dtype {parts[2]!r}. Valid: {', '.join(sorted(_DTYPES))}")
+            raise ConfigError(
+                f"--input {text!r}: unknown dtype {parts[2]!r}. Valid: {', '.join(sorted(_DTYPES))}"
+            )
         return cls(name=name, shape=tuple(int(d) for d in dims), dtype=dtype)
 
 
@@ -111,9 +122,7 @@ class Tolerance:
         """The bit width's defaults, with `spec` (`--tolerance`) overriding metric by metric."""
         given = parse_tolerance(spec) if spec else ()
         overridden = {b.metric for b in given if b.output is None}
-        defaults = tuple(
-            Bound(m, v) for m, v in DEFAULT_TOLERANCES[bits].items() if m not in overridden
-        )
+        defaults = tuple(Bound(m, v) for m, v in DEFAULT_TOLERANCES[bits].items() if m not in overridden)
         return cls(bounds=defaults + given)
 
 
@@ -126,7 +135,9 @@ def parse_tolerance(spec: str) -> tuple[Bound, ...]:
     for item in (s.strip() for s in spec.split(",")):
         if not item:
             continue
-        m = re.fullmatch(r"(?:(?P<out>[^:<>=]+):)?(?P<metric>\w+)\s*(?P<op>>=|<=)\s*(?P<val>[-+0-9.eE]+)", item)
+        m = re.fullmatch(
+            r"(?:(?P<out>[^:<>=]+):)?(?P<metric>\w+)\s*(?P<op>>=|<=)\s*(?P<val>[-+0-9.eE]+)", item
+        )
         if not m:
             raise ConfigError(
                 f"--tolerance item {item!r} is not [OUTPUT:]METRIC>=VALUE or <=VALUE. "
@@ -179,7 +190,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
-            raise ConfigError(f"--bits {self.bits} is not supported. Valid: {', '.join(map(str, SUPPORTED_BITS))}")
+            raise ConfigError(
+                f"--bits {self.bits} is not supported. Valid: {', '.join(map(str, SUPPORTED_BITS))}"
+            )
         if self.mode is not None and self.mode not in MODES:
             raise ConfigError(f"--mode {self.mode!r} is not a mode. Valid: {', '.join(MODES)}")
         if self.calibration_method not in CALIBRATION_METHODS:
@@ -205,13 +218,43 @@ class RunConfig:
 # An op whose *output* leaves the range (a large MatMul, say) cannot be fixed by blocking that op
 # alone, since its output is cast back to fp16; the always-on `nonfinite` check catches those.
 FP16_KEEP_FP32_OPS = frozenset(
-    {"ArrayFeatureExtractor", "Binarizer", "CastMap", "CategoryMapper", "DictVectorizer", "FeatureVectorizer",
-     "Imputer", "LabelEncoder", "LinearClassifier", "LinearRegressor", "Normalizer", "OneHotEncoder",
-     "RandomUniformLike", "SVMClassifier", "SVMRegressor", "Scaler", "TreeEnsembleClassifier",
-     "TreeEnsembleRegressor", "TreeEnsemble", "ZipMap", "NonMaxSuppression", "TopK", "RoiAlign", "Range",
-     "CumSum", "Min", "Max", "Upsample",
-     "Celu", "IsInf",
-     "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "LpNormalization", "Softplus"}
+    {
+        "ArrayFeatureExtractor",
+        "Binarizer",
+        "CastMap",
+        "CategoryMapper",
+        "DictVectorizer",
+        "FeatureVectorizer",
+        "Imputer",
+        "LabelEncoder",
+        "LinearClassifier",
+        "LinearRegressor",
+        "Normalizer",
+        "OneHotEncoder",
+        "RandomUniformLike",
+        "SVMClassifier",
+        "SVMRegressor",
+        "Scaler",
+        "TreeEnsembleClassifier",
+        "TreeEnsembleRegressor",
+        "TreeEnsemble",
+        "ZipMap",
+        "NonMaxSuppression",
+        "TopK",
+        "RoiAlign",
+        "Range",
+        "CumSum",
+        "Min",
+        "Max",
+        "Upsample",
+        "Celu",
+        "IsInf",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "LpNormalization",
+        "Softplus",
+    }
 )
 
 

@@ -87,7 +87,9 @@ def default_out_dir(loaded: LoadedModel, target: str, bits: int, mode: str) -> P
 def _model_inputs(loaded: LoadedModel) -> list[ModelInput]:
     return [
         ModelInput(name, dims, str(example.dtype))
-        for name, dims, example in zip(loaded.input_names, loaded.input_dims, loaded.example_inputs, strict=True)
+        for name, dims, example in zip(
+            loaded.input_names, loaded.input_dims, loaded.example_inputs, strict=True
+        )
     ]
 
 
@@ -104,7 +106,9 @@ def _load_data(
     if data_path is not None:
         heldout = load_dataset(data_path, inputs, flag="--data")
         if calib_path and Path(calib_path).resolve() == Path(data_path).resolve():
-            notes.append("the validation data is the calibration data; figures will look better than they are")
+            notes.append(
+                "the validation data is the calibration data; figures will look better than they are"
+            )
     elif calibration is not None:
         calibration, heldout = calibration.split(HOLDOUT_FRACTION)
         notes.append(
@@ -141,7 +145,8 @@ def _fastest(
         )
     batch = next(heldout.batches(config.latency_batch))
     runners: dict[str, Callable[[], object]] = {
-        fmt: functools.partial(make_session(path, providers).inner.run, None, batch) for fmt, path in paths.items()
+        fmt: functools.partial(make_session(path, providers).inner.run, None, batch)
+        for fmt, path in paths.items()
     }
     timed = interleaved_latency(runners, repeats=max(10, config.latency_repeats // 2))
     # the first candidate is the portable default; another must be clearly faster to replace it
@@ -184,7 +189,9 @@ def _stand_in(
     return model_path, None
 
 
-def _check_target(target: Target, qc: QuantizeConfig, model_path: Path, providers: list[Provider]) -> list[str]:
+def _check_target(
+    target: Target, qc: QuantizeConfig, model_path: Path, providers: list[Provider]
+) -> list[str]:
     """Raise TargetError when the graph or the provider options break the target's rules; return
     the nodes the provider would run in float between Q/DQ pairs."""
     import onnx
@@ -298,10 +305,19 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
 
         with _stage("quantize", report_progress, f"quantizing ({qc.mode}, {config.bits} bits)"):
             if len(candidates) == 1:
-                model_path = QUANTIZERS.get(qc.mode)(prepared, art.path("model.onnx"), qc, calibration, on_batch)
+                model_path = QUANTIZERS.get(qc.mode)(
+                    prepared, art.path("model.onnx"), qc, calibration, on_batch
+                )
             else:
                 qc, model_path, format_choice = _fastest(
-                    candidates, prepared, art, calibration, heldout, target.providers(inputs, opts), config, on_batch
+                    candidates,
+                    prepared,
+                    art,
+                    calibration,
+                    heldout,
+                    target.providers(inputs, opts),
+                    config,
+                    on_batch,
                 )
                 notes.append(
                     "format chosen by measurement here: "

@@ -40,7 +40,9 @@ class Session:
         for feeds in data.batches(size):
             n = len(next(iter(feeds.values())))
             if fixed and n < size:
-                feeds = {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in feeds.items()}
+                feeds = {
+                    k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in feeds.items()
+                }
             result = self.inner.run(None, feeds)
             outs.append([r[:n] for r in result])
         return [np.concatenate(parts) for parts in zip(*outs, strict=True)]

@@ -126,7 +126,9 @@ def _load_builtin(name: str, inputs: tuple[InputSpec, ...]) -> LoadedModel:
     spec = BUILTIN_MODELS[name]
     root = zoo_root()
     file_name, factory = spec.factory.split(":")
-    loaded = _load_factory(str(root / "models" / spec.factory), str(root / "models" / file_name), factory, inputs)
+    loaded = _load_factory(
+        str(root / "models" / spec.factory), str(root / "models" / file_name), factory, inputs
+    )
     loaded.kind = "builtin"
     loaded.name = name
     loaded.origin = f"built-in model {name}"
@@ -189,7 +191,11 @@ def _load_factory(source: str, where: str, attr: str, inputs: tuple[InputSpec, .
     model.eval()
     examples = _example_inputs(source, module, inputs)
     declared = tuple(getattr(module, "INPUT_NAMES", ()))
-    names = declared if not inputs and len(declared) == len(examples) else _input_names(model, inputs, len(examples))
+    names = (
+        declared
+        if not inputs and len(declared) == len(examples)
+        else _input_names(model, inputs, len(examples))
+    )
     return _finish_torch(
         name=Path(where).stem if where.endswith(".py") else where.rsplit(".", 1)[-1],
         kind="factory",
@@ -328,7 +334,9 @@ def _load_onnx(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
     examples, all_dims = [], []
     for i in graph_inputs:
         t = i.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim)
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim
+        )
         all_dims.append(dims)
         if i.name in specs:
             examples.append(_zeros_for(specs[i.name]))
@@ -355,7 +363,9 @@ def _archive_kind(path: Path) -> str:
         names = z.namelist()
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return "torchscript"
-    if path.suffix == ".pt2" or any("serialized_exported_program" in n or n.endswith("archive_format") for n in names):
+    if path.suffix == ".pt2" or any(
+        "serialized_exported_program" in n or n.endswith("archive_format") for n in names
+    ):
         return "exported-program"
     return "pickle"
 
@@ -376,8 +386,13 @@ def _load_torch_archive(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedMode
             )
         examples = tuple(_zeros_for(s) for s in inputs)
         return _finish_torch(
-            name=path.stem, kind=kind, origin=str(path), files=(path,), model=model,
-            examples=examples, input_names=tuple(s.name for s in inputs),
+            name=path.stem,
+            kind=kind,
+            origin=str(path),
+            files=(path,),
+            model=model,
+            examples=examples,
+            input_names=tuple(s.name for s in inputs),
         )
     if kind == "exported-program":
         try:
@@ -413,8 +428,14 @@ def _load_torch_archive(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedMode
             if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
         )
         return _finish_torch(
-            name=path.stem, kind=kind, origin=str(path), files=(path,), model=program.module(),
-            examples=examples, input_names=names, exported_program=program,
+            name=path.stem,
+            kind=kind,
+            origin=str(path),
+            files=(path,),
+            model=program.module(),
+            examples=examples,
+            input_names=names,
+            exported_program=program,
         )
     # A pickle: weights only, never code.
     try:

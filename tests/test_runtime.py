@@ -42,7 +42,9 @@ def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> qconvert.RunResult:
 
 
 @pytest.mark.slow
-def test_implicit_tensorrt_is_an_fp32_graph_with_a_calibration_table(implicit_run: qconvert.RunResult) -> None:
+def test_implicit_tensorrt_is_an_fp32_graph_with_a_calibration_table(
+    implicit_run: qconvert.RunResult,
+) -> None:
     out = implicit_run.out_dir
     model = onnx.load(str(out / "model.onnx"))
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
@@ -64,11 +66,15 @@ def test_implicit_tensorrt_is_an_fp32_graph_with_a_calibration_table(implicit_ru
 
 
 def test_bad_target_options_are_refused_on_the_command_line(tmp_path: Path) -> None:
-    code, text = cli("export", "--target", "tensorrt", "--target-option", "quantization=magic", "-o", str(tmp_path / "o"))
+    code, text = cli(
+        "export", "--target", "tensorrt", "--target-option", "quantization=magic", "-o", str(tmp_path / "o")
+    )
     assert code == 2 and "quantization=magic" in text and "explicit, implicit" in text
     code, text = cli("export", "--target", "cpu", "--target-option", "nope=1", "-o", str(tmp_path / "o"))
     assert code == 2 and "no such option" in text
-    code, text = cli("export", "--target", "tensorrt", "--target-option", "noequals", "-o", str(tmp_path / "o"))
+    code, text = cli(
+        "export", "--target", "tensorrt", "--target-option", "noequals", "-o", str(tmp_path / "o")
+    )
     assert code == 2 and "NAME=VALUE" in text
     code, text = cli(
         "export", "--target", "tensorrt", "--target-option", "profile_batch=8,1,64", "-o", str(tmp_path / "o")
@@ -81,7 +87,9 @@ def test_tensorrt_profile_options_reach_the_provider() -> None:
     from qconvert.calibrate import ModelInput
 
     ids = ModelInput("ids", (None, None), "int64")
-    trt = TARGETS.get("tensorrt").providers([ids], {"profile_batch": "1,4,16", "profile_other": "8,64,256"})[0]
+    trt = TARGETS.get("tensorrt").providers([ids], {"profile_batch": "1,4,16", "profile_other": "8,64,256"})[
+        0
+    ]
     assert trt.options["trt_profile_min_shapes"] == "ids:1x8"
     assert trt.options["trt_profile_opt_shapes"] == "ids:4x64"
     assert trt.options["trt_profile_max_shapes"] == "ids:16x256"
@@ -101,7 +109,7 @@ def test_load_session_uses_the_manifest_and_resolves_paths(implicit_run: qconver
 
 
 def test_load_session_on_a_folder_without_manifest(tmp_path: Path) -> None:
-    with pytest.raises(qconvert.SourceError, match="no qconvert.json"):
+    with pytest.raises(qconvert.SourceError, match=r"no qconvert\.json"):
         qconvert.load_session(tmp_path)
 
 
@@ -131,7 +139,10 @@ def test_float_nodes_lists_ops_the_provider_cannot_run_in_int8() -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])
-    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("zp", TensorProto.INT8, [], [0])]
+    inits = [
+        helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+        helper.make_tensor("zp", TensorProto.INT8, [], [0]),
+    ]
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q"),
         helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"], name="dq"),

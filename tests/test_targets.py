@@ -425,7 +425,7 @@ def test_every_mode_a_target_offers_has_a_quantizer() -> None:
 def test_target_options_are_checked() -> None:
     target = TARGETS.get("tensorrt")
     assert target.resolve_options() == {o.name: o.default for o in target.options}
-    with pytest.raises(ConfigError, match="no such option. Valid options"):
+    with pytest.raises(ConfigError, match=r"no such option\. Valid options"):
         target.resolve_options({"no_such_option": "1"})
 
 

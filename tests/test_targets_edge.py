@@ -498,7 +498,10 @@ def test_pipeline_run_passes_the_default_tolerance(run: tuple[str, RunResult]) -
     # the verdict is the graph's exact Q/DQ arithmetic, and the report says so
     assert result.report["validated_on"] == CPU
     assert result.report["validation_exact_qdq"] is True
-    assert any("the verdict comes from the CPU provider with graph optimizations off" in n for n in result.report["notes"])
+    assert any(
+        "the verdict comes from the CPU provider with graph optimizations off" in n
+        for n in result.report["notes"]
+    )
 
 
 def test_pipeline_artifact_follows_the_target_rules(run: tuple[str, RunResult]) -> None:

@@ -178,7 +178,9 @@ _CASTS = {("float64", "float32"), ("float16", "float32"), ("int32", "int64"), ("
 
 def _check_input(a: np.ndarray, inp: ModelInput, where: str) -> np.ndarray:
     expected = f"[N, {inp.sample_shape()[1:]}" if len(inp.dims) > 1 else "[N]"
-    if a.ndim != len(inp.dims) or any(d is not None and d != g for d, g in zip(inp.dims[1:], a.shape[1:], strict=True)):
+    if a.ndim != len(inp.dims) or any(
+        d is not None and d != g for d, g in zip(inp.dims[1:], a.shape[1:], strict=True)
+    ):
         raise CalibrationError(
             f"{where}: input '{inp.name}' expects samples of shape {inp.sample_shape()} (the array: "
             f"{expected}, samples on the first axis); the data has {list(a.shape)}. Reshape the data "
@@ -201,9 +203,7 @@ def _check_input(a: np.ndarray, inp: ModelInput, where: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def ort_reader(
-    data: Dataset, batch_size: int = 1, on_batch: Callable[[int, int], None] | None = None
-) -> Any:
+def ort_reader(data: Dataset, batch_size: int = 1, on_batch: Callable[[int, int], None] | None = None) -> Any:
     """Adapt a dataset to onnxruntime's `CalibrationDataReader` (`get_next()` until None).
 
     `on_batch(samples_done, samples_total)` is called as batches are handed out."""

@@ -12,7 +12,15 @@ from rich.table import Table
 from rich.text import Text
 
 from qconvert.cli._common import ProgressView, err, out, summary_line
-from qconvert.config import CALIBRATION_METHODS, DEFAULT_OPSET, DEFAULT_TARGET, MODES, InputSpec, RunConfig, parse_target_option
+from qconvert.config import (
+    CALIBRATION_METHODS,
+    DEFAULT_OPSET,
+    DEFAULT_TARGET,
+    MODES,
+    InputSpec,
+    RunConfig,
+    parse_target_option,
+)
 from qconvert.report import failure_lines, quantized_label, summary_rows
 from qconvert.targets import TARGETS
 
@@ -25,23 +33,30 @@ CalibrationMethod = Enum("CalibrationMethod", {m: m for m in CALIBRATION_METHODS
 
 def export(
     source: str = typer.Argument(
-        None, help="file.py:factory, package.module:factory, .onnx, TorchScript or .pt2 file. "
-        "Omitted: the built-in digits CNN."
+        None,
+        help="file.py:factory, package.module:factory, .onnx, TorchScript or .pt2 file. "
+        "Omitted: the built-in digits CNN.",
     ),
     bits: Bits = typer.Option("8", "--bits", help="Bit width."),
     target: TargetName = typer.Option(DEFAULT_TARGET, "--target", help="Hardware target."),
-    mode: Mode = typer.Option(None, "--mode", help="Quantization mode. Default: the target's for these bits."),
+    mode: Mode = typer.Option(
+        None, "--mode", help="Quantization mode. Default: the target's for these bits."
+    ),
     calibration: str = typer.Option(None, "--calibration", help="Calibration data (.npz, .npy or a folder)."),
     calibration_method: CalibrationMethod = typer.Option("minmax", "--calibration-method"),
     samples: int = typer.Option(None, "--samples", min=1, help="Use the first N calibration samples."),
     data: str = typer.Option(
-        None, "--data", help="Held-out validation data. Default: the built-in set, or 20% set aside from --calibration."
+        None,
+        "--data",
+        help="Held-out validation data. Default: the built-in set, or 20% set aside from --calibration.",
     ),
     inputs: list[str] = typer.Option(
         [], "--input", help="NAME:SHAPE[:DTYPE], once per model input, e.g. x:1x3x32x32:float32."
     ),
     opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset to export with."),
-    out_dir: Path = typer.Option(None, "-o", "--out", help="Output folder. Default: qconvert-out/<model>-<target>-<format>."),
+    out_dir: Path = typer.Option(
+        None, "-o", "--out", help="Output folder. Default: qconvert-out/<model>-<target>-<format>."
+    ),
     tolerance: str = typer.Option(
         None, "--tolerance", help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Default: per bit width."
     ),

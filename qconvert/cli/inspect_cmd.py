@@ -33,7 +33,10 @@ def inspect(model: Path = typer.Argument(..., help="An .onnx file.")) -> int:
     init = {i.name for i in proto.graph.initializer}
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
     out.print(f"[bold]{escape(str(model))}[/]  {human_bytes(onnx_size(model))}  opsets: {opsets}")
-    for label, values in (("input", [i for i in proto.graph.input if i.name not in init]), ("output", proto.graph.output)):
+    for label, values in (
+        ("input", [i for i in proto.graph.input if i.name not in init]),
+        ("output", proto.graph.output),
+    ):
         for vi in values:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
             out.print(escape(f"  {label} {vi.name}: {dtype} {shape(vi)}"))

@@ -12,7 +12,9 @@ from qconvert.cli._common import err, out
 def run(
     out_dir: Path = typer.Argument(..., help="A folder written by `qconvert export`."),
     data: str = typer.Option(..., "--data", help="Inputs (.npz keyed by input name, .npy, or a folder)."),
-    output: Path = typer.Option(Path("outputs.npz"), "-o", "--output", help="Where to write the outputs (.npz)."),
+    output: Path = typer.Option(
+        Path("outputs.npz"), "-o", "--output", help="Where to write the outputs (.npz)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
 ) -> int:
     """Run OUT_DIR/model.onnx on DATA with the manifest's providers; write the outputs as .npz."""
@@ -28,5 +30,7 @@ def run(
         err.print(f"[yellow]note:[/] {session.wanted} is not installed here; running on {session.used}.")
     results = dict(zip(session.output_names, session.run(dataset), strict=True))
     target = write_npz(output, results, force=force, inputs=[Path(data)])
-    out.print(f"{len(dataset)} samples -> {target} ({', '.join(f'{k}{list(v.shape)}' for k, v in results.items())})")
+    out.print(
+        f"{len(dataset)} samples -> {target} ({', '.join(f'{k}{list(v.shape)}' for k, v in results.items())})"
+    )
     return 0

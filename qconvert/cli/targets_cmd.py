@@ -15,7 +15,12 @@ def targets() -> int:
 
     installed = set(ort.get_available_providers())
     table = Table(title="qconvert targets", show_lines=True)
-    for col in ("target", "bits: modes (first = default)", "providers, priority order", "options (--target-option)"):
+    for col in (
+        "target",
+        "bits: modes (first = default)",
+        "providers, priority order",
+        "options (--target-option)",
+    ):
         table.add_column(col)
     for name, target in TARGETS:
         modes = "\n".join(f"{b}: {', '.join(m)}" for b, m in sorted(target.modes.items(), reverse=True))
@@ -24,10 +29,9 @@ def targets() -> int:
             for p in target.providers([])
         )
         opts = "\n".join(
-            f"{o.name}={o.default}" + (f" [{'|'.join(o.choices)}]" if o.choices else "") for o in target.options
+            f"{o.name}={o.default}" + (f" [{'|'.join(o.choices)}]" if o.choices else "")
+            for o in target.options
         )
-        table.add_row(
-            f"[bold]{name}[/]\n{escape(target.description)}", modes, provs, escape(opts) or "-"
-        )
+        table.add_row(f"[bold]{name}[/]\n{escape(target.description)}", modes, provs, escape(opts) or "-")
     out.print(table)
     return 0

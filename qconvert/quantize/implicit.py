@@ -52,7 +52,9 @@ def quantize_implicit_int8(
     except (CalibrationError, QuantizationError):
         raise
     except Exception as e:
-        raise QuantizationError(f"computing the TensorRT calibration table failed: {type(e).__name__}: {e}") from e
+        raise QuantizationError(
+            f"computing the TensorRT calibration table failed: {type(e).__name__}: {e}"
+        ) from e
     shutil.copyfile(src, dest)
     data = src.with_name(src.name + ".data")
     if data.exists():

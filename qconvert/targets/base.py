@@ -18,17 +18,54 @@ if TYPE_CHECKING:
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 INTEGER_ONLY_OPS = frozenset(
-    {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
-     "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax",
-     "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
+    {
+        "QLinearConv",
+        "QLinearMatMul",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearGlobalAveragePool",
+        "QLinearAveragePool",
+        "QLinearConcat",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QLinearSoftmax",
+        "QGemm",
+        "ConvInteger",
+        "MatMulInteger",
+        "DynamicQuantizeLinear",
+        "DynamicQuantizeMatMul",
+    }
 )
 WEIGHT_CONSUMERS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 # Ops that int8-capable runtimes generally execute on quantized tensors, or pass through without
 # leaving int8 (data movement). A target refines this with its own `int8_ops`.
 COMMON_INT8_OPS = frozenset(
-    {"Conv", "MatMul", "Gemm", "Add", "Mul", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat",
-     "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Relu", "Clip", "Resize", "Split", "Slice",
-     "Gather", "Pad", "Identity", "QuantizeLinear", "DequantizeLinear"}
+    {
+        "Conv",
+        "MatMul",
+        "Gemm",
+        "Add",
+        "Mul",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Concat",
+        "Reshape",
+        "Transpose",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Relu",
+        "Clip",
+        "Resize",
+        "Split",
+        "Slice",
+        "Gather",
+        "Pad",
+        "Identity",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    }
 )
 
 
@@ -154,7 +191,9 @@ class Target:
             return []
         init = {t.name for t in model.graph.initializer}
         dequantized = {
-            n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in init
+            n.output[0]
+            for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] not in init
         }
         return [
             f"{n.name or '?'} ({n.op_type})"
@@ -208,7 +247,9 @@ def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
             )
         symmetric = qc.weight_symmetric if is_weight else qc.activation_symmetric
         if symmetric and zp.data_type in (3, 5) and zp_values.any():  # signed: symmetric means zp == 0
-            problems.append(f"{node.name}: {kind} zero point is not 0, but this target needs symmetric {kind}s")
+            problems.append(
+                f"{node.name}: {kind} zero point is not 0, but this target needs symmetric {kind}s"
+            )
         if is_weight and qc.per_channel:
             scale = init.get(node.input[1])
             uses = consumers.get(node.output[0], [])

@@ -7,8 +7,8 @@ VNNI, the AVX2 u8 x s8 multiply-add can saturate, so weights use a reduced 7-bit
 from __future__ import annotations
 
 import platform
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,11 +36,16 @@ def has_vnni() -> bool:
 
 OPTIONS = (
     TargetOption(
-        "format", "auto", "static int8 graph format; auto quantizes both and keeps the faster one here",
+        "format",
+        "auto",
+        "static int8 graph format; auto quantizes both and keeps the faster one here",
         ("auto", "qdq", "qoperator"),
     ),
     TargetOption(
-        "reduce_range", "auto", "7-bit weights; auto turns it on for CPUs without VNNI", ("auto", "true", "false")
+        "reduce_range",
+        "auto",
+        "7-bit weights; auto turns it on for CPUs without VNNI",
+        ("auto", "true", "false"),
     ),
 )
 

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
-from qconvert.targets.base import COMMON_INT8_OPS, INTEGER_ONLY_OPS, Options, Provider, Target, TargetOption, has_qdq
+from qconvert.targets.base import (
+    COMMON_INT8_OPS,
+    INTEGER_ONLY_OPS,
+    Options,
+    Provider,
+    Target,
+    TargetOption,
+    has_qdq,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -31,8 +39,12 @@ PROFILE_BATCH = "1,8,64"  # min / opt / max for the dynamic batch axis
 PROFILE_OTHER = "1,128,512"  # min / opt / max for other dynamic axes (e.g. sequence length)
 
 OPTIONS = (
-    TargetOption("quantization", "explicit", "explicit Q/DQ int8, or implicit (fp32 graph + calibration table)",
-                 ("explicit", "implicit")),
+    TargetOption(
+        "quantization",
+        "explicit",
+        "explicit Q/DQ int8, or implicit (fp32 graph + calibration table)",
+        ("explicit", "implicit"),
+    ),
     TargetOption("fp16", "true", "let TensorRT run layers it keeps out of int8 in fp16", ("true", "false")),
     TargetOption("workspace_gb", "2", "TensorRT builder workspace, in GiB"),
     TargetOption("cache_dir", CACHE_DIR, "engine/timing cache folder, relative to OUT_DIR"),
@@ -46,7 +58,9 @@ def _triple(opts: Options, key: str) -> tuple[int, int, int]:
     try:
         lo, opt, hi = (int(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"--target-option {key}={text}: give three integers min,opt,max, e.g. 1,8,64") from None
+        raise ConfigError(
+            f"--target-option {key}={text}: give three integers min,opt,max, e.g. 1,8,64"
+        ) from None
     if not 1 <= lo <= opt <= hi:
         raise ConfigError(f"--target-option {key}={text}: needs 1 <= min <= opt <= max")
     return lo, opt, hi
