@@ -56,11 +56,14 @@ def needs_external_data(size_bytes: int) -> bool:
     return size_bytes > EXTERNAL_DATA_THRESHOLD
 
 
-def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
-    """Save `model`, with its weights as external data when it is too large for one protobuf."""
+def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None = None) -> Path:
+    """Save `model`; its weights go to `<name>.data` when `external` is set, or (None) when the
+    model is too large for one protobuf. Saving with external data moves the weights out of the
+    in-memory `model`."""
     import onnx
 
-    external = needs_external_data(weight_bytes(model))
+    if external is None:
+        external = needs_external_data(weight_bytes(model))
     onnx.save_model(
         model,
         str(path),

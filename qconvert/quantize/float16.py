@@ -22,6 +22,7 @@ from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError, QuantizationError
@@ -158,13 +159,7 @@ def quantize_fp16(
         sort_topologically(model.graph)  # the converter appends the input Casts after their readers
         dropped = drop_fp16_round_trips(model.graph)
         log.info("fp16: %d fp16 round trips between fp32 ops removed", dropped)
-        onnx.save_model(
-            model,
-            str(dest),
-            save_as_external_data=qc.external_data,
-            all_tensors_to_one_file=True,
-            location=f"{dest.name}.data" if qc.external_data else None,
-        )
+        save_onnx(model, dest, qc.external_data)
     except Exception as e:
         raise QuantizationError(f"fp16 conversion failed: {type(e).__name__}: {e}") from e
     check_output(dest)
@@ -252,11 +247,5 @@ def emulate_fp16(src: Path, dest: Path, external_data: bool = False) -> Path:
     del graph.value_info[:]  # re-inferred by whoever loads it
     del graph.node[:]
     graph.node.extend(nodes)
-    onnx.save_model(
-        model,
-        str(dest),
-        save_as_external_data=external_data,
-        all_tensors_to_one_file=True,
-        location=f"{dest.name}.data" if external_data else None,
-    )
+    save_onnx(model, dest, external_data)
     return check_output(dest)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError, QuantizationError
@@ -215,13 +216,7 @@ def quantize_weight_only(
     props[METADATA_KEY] = json.dumps({**counts, "min_elements": MIN_ELEMENTS, "per_channel": qc.per_channel})
     helper.set_model_props(model, props)
     try:
-        onnx.save_model(
-            model,
-            str(dest),
-            save_as_external_data=qc.external_data,
-            all_tensors_to_one_file=True,
-            location=f"{dest.name}.data" if qc.external_data else None,
-        )
+        save_onnx(model, dest, qc.external_data)
     except Exception as e:
         raise QuantizationError(f"writing the weight-only model failed: {type(e).__name__}: {e}") from e
     return check_output(dest)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
-from qconvert.targets.base import COMMON_INT8_OPS, Options, Provider, Target, TargetOption
+from qconvert.targets.base import ORT_CPU_INT8_OPS, Options, Provider, Target, TargetOption
 
 if TYPE_CHECKING:
     import onnx
@@ -159,5 +159,5 @@ ARM64 = Arm64Target(
     "(XNNPACK runs quantized Conv/pool/Softmax/Resize; Gemm/MatMul fall to the CPU EP), or dynamic int8",
     modes={8: ("static", "dynamic")},
     options=OPTIONS,
-    int8_ops=COMMON_INT8_OPS | {"Sigmoid", "LeakyRelu", "Softmax", "Where", "ArgMax", "ConvTranspose"},
+    int8_ops=ORT_CPU_INT8_OPS,
 )

@@ -69,6 +69,15 @@ COMMON_INT8_OPS = frozenset(
 )
 
 
+# onnxruntime's CPU provider (x86 and ARM) fuses Q/DQ around these too
+ORT_CPU_INT8_OPS = COMMON_INT8_OPS | {"Sigmoid", "LeakyRelu", "Softmax", "Where", "ArgMax", "ConvTranspose"}
+
+
+def fp16_config(bits: int, mode: str) -> QuantizeConfig:
+    """fp16 weights and activations, fp32 inputs and outputs (QuantizeConfig's fp16 defaults)."""
+    return QuantizeConfig(bits=bits, mode=mode, format="fp16", forbidden_ops=INTEGER_ONLY_OPS)
+
+
 @dataclass(frozen=True)
 class Provider:
     """An onnxruntime execution provider with its options (values as onnxruntime takes them)."""

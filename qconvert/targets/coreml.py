@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
-from qconvert.targets.base import INTEGER_ONLY_OPS, Options, Provider, Target, TargetOption
+from qconvert.targets.base import INTEGER_ONLY_OPS, Options, Provider, Target, TargetOption, fp16_config
 
 if TYPE_CHECKING:
     import onnx
@@ -54,7 +54,7 @@ class CoreMLTarget(Target):
         self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
     ) -> QuantizeConfig:
         if mode == "fp16":
-            return QuantizeConfig(bits=bits, mode=mode, format="fp16", forbidden_ops=INTEGER_ONLY_OPS)
+            return fp16_config(bits, mode)
         return QuantizeConfig(
             bits=bits,
             mode=mode,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
-from qconvert.targets.base import COMMON_INT8_OPS, Options, Provider, Target, TargetOption
+from qconvert.targets.base import ORT_CPU_INT8_OPS, Options, Provider, Target, TargetOption
 
 if TYPE_CHECKING:
     from qconvert.calibrate import ModelInput
@@ -98,5 +98,5 @@ CPU = CpuTarget(
     "measures faster here) or dynamic int8",
     modes={8: ("static", "dynamic")},
     options=OPTIONS,
-    int8_ops=COMMON_INT8_OPS | {"Sigmoid", "LeakyRelu", "Softmax", "Where", "ArgMax", "ConvTranspose"},
+    int8_ops=ORT_CPU_INT8_OPS,
 )

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
-from qconvert.targets.base import INTEGER_ONLY_OPS, Options, Provider, Target, TargetOption
+from qconvert.targets.base import INTEGER_ONLY_OPS, Options, Provider, Target, TargetOption, fp16_config
 
 if TYPE_CHECKING:
     import onnx
@@ -74,7 +74,7 @@ class CudaTarget(Target):
         self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
     ) -> QuantizeConfig:
         if mode == "fp16":
-            return QuantizeConfig(bits=bits, mode=mode, format="fp16", forbidden_ops=INTEGER_ONLY_OPS)
+            return fp16_config(bits, mode)
         return QuantizeConfig(
             bits=bits,
             mode=mode,
