@@ -326,6 +326,9 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                     "faster to replace qdq)"
                 )
         reference_path = art.copy_onnx(exported.path, "reference.onnx")
+        finalized = target.finalize(model_path, inputs, opts)
+        if finalized:
+            notes.append(finalized)
         providers = target.providers(inputs, opts)
         not_here = target.not_here(providers)
         with _stage("simulate", report_progress, "preparing what validation runs"):

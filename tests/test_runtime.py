@@ -152,3 +152,30 @@ def test_float_nodes_lists_ops_the_provider_cannot_run_in_int8() -> None:
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y, z], inits))
     assert TARGETS.get("tensorrt").float_nodes(model) == ["erf (Erf)"]
     assert TARGETS.get("cpu").float_nodes(model) == ["erf (Erf)"]
+
+
+def test_qnn_fixes_the_batch_axis_and_refuses_other_dynamic_axes(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qconvert.calibrate import ModelInput
+
+    qnn = TARGETS.get("qnn")
+    w = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [w],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    note = qnn.finalize(path, [ModelInput("x", (None, 4), "float32")], {"batch": "2"})
+    assert note and "fixed to 2" in note
+    fixed = onnx.load(str(path))
+    assert [d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim] == [2, 4]
+    assert [d.dim_value for d in fixed.graph.output[0].type.tensor_type.shape.dim] == [2, 3]
+    with pytest.raises(qconvert.ConfigError, match="dynamic axes besides the batch"):
+        qnn.finalize(path, [ModelInput("x", (None, None), "float32")])
+    with pytest.raises(qconvert.ConfigError, match="positive whole number"):
+        qnn.resolve_options({"batch": "0"})

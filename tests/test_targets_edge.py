@@ -63,7 +63,22 @@ def _qc(target: str, mode: str = "static", **opts: str) -> QuantizeConfig:
 
 def _quantize(prepared: Path, name: str, qc: QuantizeConfig, calibration: Dataset | None) -> Path:
     dest = prepared.with_name(f"{name}.onnx")
-    return QUANTIZERS.get(qc.mode)(prepared, dest, qc, calibration)
+    QUANTIZERS.get(qc.mode)(prepared, dest, qc, calibration)
+    if name.startswith(("qnn", "st_")):  # as the pipeline does: QNN gets static shapes
+        TARGETS.get("qnn").finalize(dest, _graph_inputs(dest))
+    return dest
+
+
+def _graph_inputs(path: Path) -> list[ModelInput]:
+    inputs = onnx.load(str(path)).graph.input
+    return [
+        ModelInput(
+            i.name,
+            tuple(d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim),
+            "float32",
+        )
+        for i in inputs
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -308,6 +323,7 @@ def test_qnn_a8w8_graph_follows_its_rules(graphs: dict[str, Path], prepared: Pat
         assert q.scale.size == 1, f"{op} weight is per channel"
     assert any(q.zero_point.item() != 0 for _, q in weights)  # asymmetric weights
     assert _opset(model) == 18
+    assert all(d.HasField("dim_value") for i in model.graph.input for d in i.type.tensor_type.shape.dim)
     assert _close_to_fp32(prepared, graphs["qnn"]) > 0.99
     assert TARGETS.get("qnn").graph_violations(model, _qc("qnn")) == []
 
@@ -448,7 +464,7 @@ def test_bad_option_values_list_the_valid_ones(target: str, option: str, value: 
     [
         ("openvino", "device, cache_dir"),
         ("arm64", "xnnpack, threads"),
-        ("qnn", "activation, backend, performance_mode"),
+        ("qnn", "activation, backend, batch, performance_mode"),
     ],
 )
 def test_unknown_options_list_the_valid_ones(target: str, valid: str) -> None:

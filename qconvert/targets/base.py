@@ -12,6 +12,8 @@ from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import onnx
 
     from qconvert.calibrate import ModelInput
@@ -192,6 +194,13 @@ class Target:
 
         first = providers[0].name if providers else "CPUExecutionProvider"
         return None if first in ort.get_available_providers() else f"{first} is not installed here"
+
+    def finalize(
+        self, model_path: Path, inputs: Sequence[ModelInput], opts: Options | None = None
+    ) -> str | None:
+        """Last changes the target's runtime needs, made in place on the quantized model (e.g.
+        fixing dynamic shapes); returns a note for the report, or None when nothing changed."""
+        return None
 
     def float_nodes(self, model: onnx.ModelProto) -> list[str]:
         """Nodes fed by a dequantized activation whose op this target's provider does not run in

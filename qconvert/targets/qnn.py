@@ -31,10 +31,10 @@ Python packages run); it needs onnxruntime 1.22 or newer on the device. On HTP:
 `htp_performance_mode` (an option, default burst) and `htp_graph_finalization_optimization_mode` 3
 (longest graph preparation, best graph).
 
-What the QNN docs also require and this target cannot change: static shapes. "QNN EP does not
-support models with dynamic shapes (e.g., a dynamic batch size)", and qconvert exports a dynamic
-batch axis; fix it on the device side (onnxruntime's `make_dynamic_shape_fixed` tool) before running
-on HTP, or the provider hands the graph to the CPU provider.
+QNN also needs static shapes: "QNN EP does not support models with dynamic shapes (e.g., a dynamic
+batch size)". qconvert exports a dynamic batch axis, so this target fixes it in model.onnx after
+quantization (option `batch`, default 1) with onnxruntime's own shape tools; another dynamic axis
+(a sequence length, say) is refused with the fix: export with fixed shapes (`--input NAME:SHAPE`).
 """
 
 from __future__ import annotations
@@ -42,10 +42,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from qconvert.artifacts import save_onnx
 from qconvert.config import QuantizeConfig
+from qconvert.errors import ConfigError
 from qconvert.targets.base import COMMON_INT8_OPS, Options, Provider, Target, TargetOption, graph_violations
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import onnx
 
     from qconvert.calibrate import ModelInput
@@ -73,6 +77,7 @@ OPTIONS = (
     TargetOption(
         "backend", "htp", "QNN backend: htp (the NPU) or cpu (QNN's reference CPU backend)", ("htp", "cpu")
     ),
+    TargetOption("batch", "1", "the fixed batch size model.onnx is given (QNN needs static shapes)"),
     TargetOption(
         "performance_mode",
         "burst",
@@ -157,8 +162,46 @@ class QnnTarget(Target):
             options["htp_graph_finalization_optimization_mode"] = "3"
         return [Provider(QNN_EP, options), Provider("CPUExecutionProvider")]
 
+    def resolve_options(self, given: Options | None = None) -> dict[str, str]:
+        opts = super().resolve_options(given)
+        if not opts["batch"].isdigit() or int(opts["batch"]) < 1:
+            raise ConfigError(
+                f"--target-option batch={opts['batch']}: give a positive whole number, e.g. batch=1."
+            )
+        return opts
+
+    def finalize(
+        self, model_path: Path, inputs: Sequence[ModelInput], opts: Options | None = None
+    ) -> str | None:
+        import onnx
+        from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
+
+        batch = int(self.resolve_options(opts)["batch"])
+        dynamic = [i for i in inputs if None in i.dims[1:]]
+        if dynamic:
+            raise ConfigError(
+                f"--target qnn needs static shapes, and input(s) {', '.join(i.name for i in dynamic)} have "
+                "dynamic axes besides the batch. Export with fixed shapes: --input NAME:SHAPE for each input."
+            )
+        if not any(i.dims and i.dims[0] is None for i in inputs):
+            return None
+        model = onnx.load(str(model_path))
+        for inp in inputs:
+            make_input_shape_fixed(model.graph, inp.name, [batch if d is None else d for d in inp.dims])
+        fix_output_shapes(model)
+        save_onnx(model, model_path)
+        return (
+            f"qnn: the batch axis of model.onnx is fixed to {batch} (QNN needs static shapes; option batch)"
+        )
+
     def graph_violations(self, model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
-        return graph_violations(model, qc) + _fixed_output_problems(model)
+        dynamic = [
+            i.name
+            for i in model.graph.input
+            if any(not d.HasField("dim_value") for d in i.type.tensor_type.shape.dim)
+        ]
+        static = [f"input {name} has a dynamic axis; QNN needs static shapes" for name in dynamic]
+        return graph_violations(model, qc) + _fixed_output_problems(model) + static
 
     def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
         qnn = next((p for p in providers if p.name == QNN_EP), None)
@@ -174,7 +217,7 @@ class QnnTarget(Target):
 QNN = QnnTarget(
     name="qnn",
     description="Qualcomm NPU (HTP) through the QNN EP: u8 (or u16) asymmetric activations, u8 per-tensor "
-    "weights, as onnxruntime's QNN config; needs static shapes on the device",
+    "weights, as onnxruntime's QNN config; the batch axis is fixed (QNN needs static shapes)",
     modes={8: ("static",)},
     options=OPTIONS,
     # QNN's op list (HTP runs what it takes quantized; data types vary by op)
