@@ -35,7 +35,7 @@ from qconvert.benchmark import interleaved_latency  # noqa: E402
 from qconvert.calibrate import Dataset, ort_reader  # noqa: E402
 from qconvert.pipeline import export  # noqa: E402
 from qconvert.runtime import make_session  # noqa: E402
-from qconvert.validate.metrics import compare  # noqa: E402
+from qconvert.validation.metrics import compare  # noqa: E402
 
 WIDE_MODEL = """
 import torch

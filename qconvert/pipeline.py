@@ -34,7 +34,7 @@ from qconvert.quantize.float16 import emulate_fp16
 from qconvert.runtime import make_session
 from qconvert.sources import LoadedModel, load_source
 from qconvert.targets import TARGETS, Provider, Target
-from qconvert.validate import ValidationResult, evaluate
+from qconvert.validation import ValidationResult, evaluate
 
 log = logging.getLogger(__name__)
 

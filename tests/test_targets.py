@@ -179,7 +179,7 @@ def test_trt_graph_computes_close_to_fp32(prepared: Path, trt_graph: onnx.ModelP
     """Run as written (graph optimizations off, as validation does off-target): the Q/DQ arithmetic
     itself stays close to fp32. (Fused S8S8 CPU kernels can saturate on CPUs without VNNI.)"""
     from qconvert.runtime import make_session
-    from qconvert.validate import compare
+    from qconvert.validation import compare
 
     data = Dataset("held-out", {INPUT_NAME: images(32, seed=5)})
     fp32 = make_session(prepared).run(data)[0]

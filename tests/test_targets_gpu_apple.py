@@ -33,7 +33,7 @@ from qconvert.quantize.weight_only import MIN_ELEMENTS, weight_axis, weight_only
 from qconvert.report import failure_lines
 from qconvert.runtime import make_session
 from qconvert.targets import TARGETS, Provider
-from qconvert.validate import compare
+from qconvert.validation import compare
 
 INPUT = "image"
 CUDA, COREML, CPU = "CUDAExecutionProvider", "CoreMLExecutionProvider", "CPUExecutionProvider"

@@ -19,7 +19,7 @@ from qconvert.config import Bound, Tolerance, parse_tolerance
 from qconvert.errors import ConfigError
 from qconvert.runtime import make_session
 from qconvert.targets import TARGETS
-from qconvert.validate import Check, ValidationResult, compare, evaluate
+from qconvert.validation import Check, ValidationResult, compare, evaluate
 
 
 def _logits(n: int = 10, classes: int = 4, seed: int = 0) -> np.ndarray:

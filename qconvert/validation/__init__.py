@@ -10,7 +10,7 @@ import numpy as np
 
 from qconvert.config import Bound, Tolerance
 from qconvert.errors import ConfigError
-from qconvert.validate.metrics import accuracy, compare, is_classifier_output
+from qconvert.validation.metrics import accuracy, compare, is_classifier_output
 
 __all__ = ["Check", "ValidationResult", "compare", "evaluate"]
 
