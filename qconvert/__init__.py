@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "BenchmarkConfig",
+    "BenchmarkResult",
     "CalibrationError",
     "ConfigError",
     "ExportError",
@@ -20,13 +22,17 @@ __all__ = [
     "RunResult",
     "SourceError",
     "TargetError",
+    "ValidateConfig",
     "ValidationFailed",
+    "ValidationRun",
     "__version__",
+    "benchmark_models",
     "export",
     "load_session",
+    "validate",
 ]
 
-from qconvert.config import InputSpec, RunConfig
+from qconvert.config import BenchmarkConfig, InputSpec, RunConfig, ValidateConfig
 from qconvert.errors import (
     CalibrationError,
     ConfigError,
@@ -39,16 +45,21 @@ from qconvert.errors import (
 )
 
 if TYPE_CHECKING:
-    from qconvert.pipeline import RunResult, export
+    from qconvert.benchmark import BenchmarkResult, benchmark_models
+    from qconvert.pipeline import RunResult, ValidationRun, export, validate
     from qconvert.runtime import load_session
 
 
 def __getattr__(name: str) -> Any:
     # the pipeline pulls in onnx/onnxruntime; load it on first use only
-    if name in ("export", "RunResult"):
+    if name in ("export", "RunResult", "validate", "ValidationRun"):
         from qconvert import pipeline
 
         return getattr(pipeline, name)
+    if name in ("benchmark_models", "BenchmarkResult"):
+        from qconvert import benchmark
+
+        return getattr(benchmark, name)
     if name == "load_session":
         from qconvert.runtime import load_session
 

@@ -231,3 +231,36 @@ def write_npz(path: Path, arrays: dict[str, Any], force: bool = False, inputs: I
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_output_file(path: Path, force: bool, inputs: Iterable[Path] = (), flag: str = "-o") -> None:
+    """Refuse to write `path` where it would overwrite an input, a folder, or (without `force`) a file."""
+    path = Path(path)
+    if any(path.resolve() == Path(p).resolve() for p in inputs):
+        raise ConfigError(f"{flag} {path}: that is an input file; choose another path.")
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file path.")
+    if path.exists() and not force:
+        raise ConfigError(f"{flag} {path}: exists. Pass --force to replace it, or choose another path.")
+
+
+def write_text_atomic(
+    path: Path, text: str, force: bool = False, inputs: Iterable[Path] = (), flag: str = "-o"
+) -> Path:
+    """Write `text` to `path` through a temporary sibling and a rename, so a reader never sees half a
+    file; an existing file is kept unless `force`, and an input file is never overwritten."""
+    path = Path(path)
+    check_output_file(path, force, inputs, flag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        Path(tmp).chmod(0o666 & ~umask)  # mkstemp makes it owner-only
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

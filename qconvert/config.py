@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ DEFAULT_TARGET = "cpu"
 DEFAULT_OUT_ROOT = Path("qconvert-out")
 DEFAULT_LATENCY_REPEATS = 50
 DEFAULT_LATENCY_BATCH = 1
+DEFAULT_SENSITIVITY_SAMPLES = 64  # held-out samples the per-layer sensitivity runs on
+DEFAULT_SENSITIVITY_ISOLATED = 8  # nodes given an isolated measurement (one quantization each)
 # When no held-out data is given, this share of the calibration samples is set aside (never used
 # for calibration) and the model is validated on it.
 HOLDOUT_FRACTION = 0.2
@@ -80,7 +83,16 @@ METRIC_BOUNDS: dict[str, str] = {
     "accuracy_drop": "max",
     # NaN/Inf in the candidate where the reference is finite (e.g. fp16 overflow); always checked
     "nonfinite": "max",
+    "rel_error": "max",  # mean |a-b| / mean |a|
+    "top5_agreement": "min",  # reference top-1 among the candidate's top 5 (more than 5 classes)
+    "kl_div": "max",  # KL(softmax(reference) || softmax(candidate)), class-score outputs
+    # measured by `qconvert validate` only:
+    "task_drop": "max",  # --metric: the reference's score minus the candidate's
+    "speedup": "min",  # reference p50 latency / candidate p50 (--require-speedup is speedup>=1)
 }
+
+# metrics that belong to the whole model rather than to one output
+MODEL_METRICS = ("task_drop", "speedup")
 
 # Defaults per bit width. A default for a metric that does not apply to an output (top-1 on a
 # non-classifier, accuracy without labels) is skipped; an explicit one is an error.
@@ -110,7 +122,8 @@ class Bound:
     def describe(self) -> str:
         op = ">=" if self.kind == "min" else "<="
         where = f"{self.output}:" if self.output else ""
-        return f"{where}{self.metric}{op}{self.value:g}"
+        short = f"{self.value:g}"  # exact where it can be: 0.9999999 must not read as 1
+        return f"{where}{self.metric}{op}{short if float(short) == self.value else repr(self.value)}"
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,86 @@ class Tolerance:
         overridden = {b.metric for b in given if b.output is None}
         defaults = tuple(Bound(m, v) for m, v in DEFAULT_TOLERANCES[bits].items() if m not in overridden)
         return cls(bounds=defaults + given)
+
+    @classmethod
+    def layered(cls, bits: int, *layers: tuple[Bound, ...]) -> Tolerance:
+        """The bit width's defaults, then each layer in turn (e.g. a tolerance file, then
+        `--tolerance`). A later layer's bound replaces earlier bounds on the same output and metric;
+        an unscoped one (no OUTPUT:) replaces every earlier bound on that metric."""
+        bounds: list[Bound] = [Bound(m, v) for m, v in DEFAULT_TOLERANCES[bits].items()]
+        for layer in layers:
+            unscoped = {b.metric for b in layer if b.output is None}
+            scoped = {(b.output, b.metric) for b in layer if b.output is not None}
+            bounds = [
+                b for b in bounds if b.metric not in unscoped and (b.output, b.metric) not in scoped
+            ] + list(layer)
+        return cls(bounds=tuple(bounds))
+
+
+TOLERANCE_FILE = "qconvert.toml"  # [tolerance]
+PYPROJECT = "pyproject.toml"  # [tool.qconvert.tolerance]
+
+
+def tolerance_from_files(directory: str | Path) -> tuple[tuple[Bound, ...], str | None]:
+    """Bounds from `qconvert.toml` (`[tolerance]`) or, failing that, `pyproject.toml`
+    (`[tool.qconvert.tolerance]`) in `directory`, and the file they came from (None: no table).
+
+    Keys are `[OUTPUT:]METRIC`, values numbers; the direction is the metric's own, e.g.
+    `cosine = 0.99` means cosine>=0.99 and `"logits:max_abs" = 0.5` means logits:max_abs<=0.5."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    for name, table_path in (
+        (TOLERANCE_FILE, ("tolerance",)),
+        (PYPROJECT, ("tool", "qconvert", "tolerance")),
+    ):
+        path = Path(directory) / name
+        if not path.is_file():
+            continue
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML ({e}). Fix the file or remove it.") from None
+        table: object = doc
+        for i, key in enumerate(table_path):
+            if not isinstance(table, dict) or key not in table:
+                table = None
+                break
+            table = table[key]
+            if not isinstance(table, dict) and i < len(table_path) - 1:
+                raise ConfigError(f"{path}: key {'.'.join(table_path[: i + 1])!r} must be a table.")
+        if table is None:
+            if name == TOLERANCE_FILE:
+                raise ConfigError(
+                    f"{path}: has no [tolerance] table. Add one, e.g. [tolerance] cosine = 0.99, or remove "
+                    "the file."
+                )
+            continue
+        where = ".".join(table_path)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {where!r} must be a table of METRIC = VALUE, e.g. cosine = 0.99.")
+        return tuple(_file_bound(path, where, k, v) for k, v in table.items()), str(path)
+    return (), None
+
+
+def _file_bound(path: Path, where: str, key: str, value: object) -> Bound:
+    output, _, metric = key.rpartition(":")
+    if metric not in METRIC_BOUNDS:
+        raise ConfigError(
+            f"{path}: [{where}] key {key!r}: unknown metric {metric!r}. Keys are [OUTPUT:]METRIC; valid "
+            f"metrics: {', '.join(METRIC_BOUNDS)}"
+        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(
+            f"{path}: [{where}] key {key!r}: the value must be a number, e.g. {metric} = 0.5 (got {value!r})."
+        )
+    if output and metric in MODEL_METRICS:
+        raise ConfigError(
+            f"{path}: [{where}] key {key!r}: {metric} is for the whole model; drop {output!r}:."
+        )
+    return Bound(metric, float(value), output=output or None, explicit=True)
 
 
 def parse_tolerance(spec: str) -> tuple[Bound, ...]:
@@ -155,6 +248,8 @@ def parse_tolerance(spec: str) -> tuple[Bound, ...]:
             value = float(m["val"])
         except ValueError:
             raise ConfigError(f"--tolerance: {m['val']!r} in {item!r} is not a number") from None
+        if m["out"] and metric in MODEL_METRICS:
+            raise ConfigError(f"--tolerance: {metric} is for the whole model; give it without an output")
         bounds.append(Bound(metric, value, output=m["out"], explicit=True))
     return tuple(bounds)
 
@@ -187,6 +282,14 @@ class RunConfig:
     force: bool = False
     latency_repeats: int = DEFAULT_LATENCY_REPEATS
     latency_batch: int = DEFAULT_LATENCY_BATCH
+    # --auto: when validation fails, keep the most sensitive nodes in float until it passes
+    auto: bool = False
+    # --auto-budget: most nodes kept in float; None: 10 or 25% of the quantized nodes, the smaller
+    auto_budget: int | None = None
+    # per-layer sensitivity: held-out samples it runs on, and how many nodes (worst cumulative SQNR
+    # first) get an isolated measurement (one quantization each)
+    sensitivity_samples: int = DEFAULT_SENSITIVITY_SAMPLES
+    sensitivity_isolated: int = DEFAULT_SENSITIVITY_ISOLATED
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
@@ -206,7 +309,42 @@ class RunConfig:
             raise ConfigError(f"--opset {self.opset} is outside the range qconvert supports (7..23)")
         if self.latency_repeats < 1:
             raise ConfigError("latency_repeats must be at least 1")
+        if self.auto_budget is not None and self.auto_budget < 0:
+            raise ConfigError(f"--auto-budget must be 0 or more nodes (got {self.auto_budget})")
+        if self.sensitivity_samples < 1 or self.sensitivity_isolated < 0:
+            raise ConfigError("sensitivity_samples must be at least 1 and sensitivity_isolated at least 0")
         Tolerance.for_bits(self.bits, self.tolerance)  # fail early on a malformed --tolerance
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """Everything `qconvert validate` does, as one value. The CLI builds exactly this."""
+
+    candidate: str | Path  # an .onnx file, or an OUT_DIR written by `qconvert export`
+    reference: str | None = None  # .onnx or a torch SOURCE; None: the OUT_DIR's reference.onnx
+    data: str | None = None  # held-out data; None: the OUT_DIR's validation data, if it is a file
+    tolerance: str | None = None  # overrides the tolerance file, which overrides the defaults
+    json_out: Path | None = None
+    junit_out: Path | None = None
+    calibration_data: str | None = None  # to warn when --data is the calibration data
+    metric: str | None = None  # file.py:fn or module:fn, fn(outputs, labels) -> float, higher = better
+    require_speedup: bool = False  # the candidate must be faster than the reference ONNX
+    bits: int | None = None  # picks the default tolerances; None: the manifest's, else DEFAULT_BITS
+    force: bool = False  # replace existing --json / --junit files
+    # where qconvert.toml / pyproject.toml are looked for; None: tolerance files are not read
+    settings_dir: Path | None = Path()
+    latency_repeats: int = DEFAULT_LATENCY_REPEATS
+    latency_batch: int = DEFAULT_LATENCY_BATCH
+
+    def __post_init__(self) -> None:
+        if self.bits is not None and self.bits not in SUPPORTED_BITS:
+            raise ConfigError(
+                f"--bits {self.bits} is not supported. Valid: {', '.join(map(str, SUPPORTED_BITS))}"
+            )
+        if self.latency_repeats < 1 or self.latency_batch < 1:
+            raise ConfigError("latency_repeats and latency_batch must be at least 1")
+        if self.tolerance:
+            parse_tolerance(self.tolerance)  # fail early on a malformed --tolerance
 
 
 # fp16: op types kept in fp32 unless a target says otherwise. It is onnxruntime's
@@ -286,3 +424,33 @@ class QuantizeConfig:
     # static only: onnxruntime `extra_options` a target needs beyond the fields above (e.g. QNN's
     # MinimumRealRange, or UseQDQContribOps for 16-bit Q/DQ below opset 21); merged last, so they win
     extra_options: tuple[tuple[str, object], ...] = ()
+
+
+DEFAULT_BENCHMARK_REPEATS = 100
+DEFAULT_BENCHMARK_BATCH = 1
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Everything `qconvert benchmark` does, as one value. The CLI builds exactly this.
+
+    `model` and `vs` are .onnx files or folders written by `qconvert export`; a folder alone (no
+    `vs`) compares its model.onnx against its reference.onnx, a folder given as `vs` stands for its
+    model.onnx."""
+
+    model: Path
+    vs: Path | None = None
+    data: str | None = None  # .npz/.npy (first --batch samples); None: seeded random inputs
+    batch: int = DEFAULT_BENCHMARK_BATCH
+    repeats: int = DEFAULT_BENCHMARK_REPEATS
+    threads: int | None = None  # intra-op threads; None: onnxruntime's default
+    memory: bool = True  # measure peak memory (one child process per model, plus a baseline)
+
+    def __post_init__(self) -> None:
+        for flag, value in (
+            ("--batch", self.batch),
+            ("--repeats", self.repeats),
+            ("--threads", self.threads),
+        ):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be at least 1 (got {value})")

@@ -25,7 +25,14 @@ from qconvert import artifacts
 from qconvert.artifacts import ArtifactDir, check_output_dir, onnx_size, sha256_file
 from qconvert.benchmark import interleaved_latency
 from qconvert.calibrate import Dataset, ModelInput, load_dataset
-from qconvert.config import DEFAULT_OUT_ROOT, HOLDOUT_FRACTION, QuantizeConfig, RunConfig, Tolerance
+from qconvert.config import (
+    DEFAULT_OUT_ROOT,
+    HOLDOUT_FRACTION,
+    QuantizeConfig,
+    RunConfig,
+    Tolerance,
+    ValidateConfig,
+)
 from qconvert.errors import CalibrationError, InternalError, QConvertError, TargetError
 from qconvert.onnx_export import onnx_from_torch
 from qconvert.prepare import prepared_from_onnx
@@ -255,6 +262,10 @@ def _command(config: RunConfig, out_dir: Path) -> str:
         parts += ["--calibration-method", config.calibration_method]
     for name, value in config.target_options:
         parts += ["--target-option", f"{name}={value}"]
+    if config.auto:
+        parts.append("--auto")
+        if config.auto_budget is not None:
+            parts += ["--auto-budget", str(config.auto_budget)]
     for spec in config.inputs:
         parts += ["--input", f"{spec.name}:{'x'.join(map(str, spec.shape))}:{spec.dtype}"]
     parts += ["--opset", str(config.opset), "-o", str(out_dir)]
@@ -268,6 +279,152 @@ def _op_counts(path: Path) -> dict[str, int]:
     for node in onnx.load(str(path), load_external_data=False).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def _sensitivity_unavailable(qc: QuantizeConfig) -> str | None:
+    """Why per-layer sensitivity and --auto cannot run on this quantization (None: they can).
+    Both need an explicit Q/DQ graph quantized by the static quantizer, which takes nodes_to_exclude."""
+    if qc.calibration_table:
+        return (
+            "implicit int8 has no Q/DQ nodes in model.onnx (TensorRT picks each layer's precision "
+            "itself), so there is no per-layer quantization to measure or to undo"
+        )
+    if qc.mode != "static":
+        return (
+            f"{qc.mode} mode: qconvert measures sensitivity and falls back to float only for static Q/DQ "
+            "int8 graphs"
+        )
+    return None
+
+
+def _float_nodes_note(float_nodes: list[str], provider: str) -> list[str]:
+    if not float_nodes:
+        return []
+    return [
+        f"{len(float_nodes)} node(s) sit between Q/DQ pairs but are not among the ops "
+        f"{provider} runs in int8, so they run in float with a dequantize/quantize round "
+        f"trip: {', '.join(float_nodes[:8])}{' ...' if len(float_nodes) > 8 else ''}"
+    ]
+
+
+@dataclass
+class _Blame:
+    """What per-layer sensitivity and --auto found, and the graph to ship when the fallback passed."""
+
+    sensitivity: dict[str, Any]
+    fallback: Any = None  # fallback.FallbackResult
+    qc: QuantizeConfig | None = None  # the settings of the fallback graph, when it is model.onnx
+
+
+def _blame(
+    config: RunConfig,
+    qc: QuantizeConfig,
+    prepared: Path,
+    calibration: Dataset | None,
+    heldout: Dataset,
+    work: Path,
+    validate: Callable[[Path], ValidationResult],
+    finalize: Callable[[Path], object],
+    report_progress: Progress,
+    failed: bool,
+) -> _Blame:
+    """Per-layer sensitivity of the Q/DQ graph and, with --auto and a `failed` validation, the
+    fallback: `validate(path)` validates a graph as model.onnx was, `finalize(path)` applies the
+    target's last changes in place.
+
+    Runs on a Q/DQ graph quantized with `qc` (in Q/DQ format even where model.onnx is QOperator)."""
+    from qconvert import fallback
+    from qconvert.validation import sensitivity
+
+    why_not = _sensitivity_unavailable(qc)
+    if why_not is not None:
+        return _Blame({"available": False, "reason": f"per-layer sensitivity is not available: {why_not}"})
+    qdq = replace(qc, format="qdq", nodes_to_exclude=())
+
+    def quantize(exclude: tuple[str, ...], dest: Path) -> Path:
+        return QUANTIZERS.get("static")(prepared, dest, replace(qdq, nodes_to_exclude=exclude), calibration)
+
+    def on_node(done: int, total: int) -> None:
+        report_progress("sensitivity", "per-layer sensitivity (isolated quantizations)", done, total)
+
+    report_progress("sensitivity", "per-layer sensitivity (SQNR against fp32)", None, None)
+    sens_dir = work / "sensitivity"
+    sens_dir.mkdir(exist_ok=True)
+    sens = sensitivity.analyze(
+        prepared,
+        quantize((), sens_dir / "all-int8.onnx"),
+        heldout,
+        quantize,
+        sens_dir,
+        isolated=config.sensitivity_isolated,
+        samples=config.sensitivity_samples,
+        on_node=on_node,
+    )
+    blame = _Blame(sens.as_json())
+    if not (config.auto and failed):
+        return blame
+
+    budget = fallback.default_budget(len(sens.layers)) if config.auto_budget is None else config.auto_budget
+
+    def build(kept: tuple[str, ...], dest: Path) -> Path:
+        excluded = quantize(kept, dest.with_name(dest.stem + "-excluded.onnx"))
+        path = fallback.keep_float(excluded, dest, kept, prepared)
+        finalize(path)
+        return path
+
+    def on_step(done: int, total: int) -> None:
+        report_progress("fallback", "--auto: keeping sensitive nodes in float", done, total)
+
+    report_progress("fallback", "--auto: keeping sensitive nodes in float", 0, None)
+    result = fallback.search(sens.fallback_order(), budget, build, validate, work / "fallback", on_step)
+    blame.fallback = result
+    if result.passed:
+        blame.qc = replace(qdq, nodes_to_exclude=result.kept_float)
+    return blame
+
+
+def _fallback_json(
+    config: RunConfig,
+    blame: _Blame,
+    all_int8_path: Path | None,
+    model_path: Path,
+    lat: dict[str, Any],
+    notes: list[str],
+) -> dict[str, Any] | None:
+    """report.json's `fallback` entry (None without --auto); adds the notes that say what happened."""
+    if not blame.sensitivity.get("available"):
+        if not config.auto:
+            return None  # the failure lines say it
+        notes.append(blame.sensitivity["reason"] + "; --auto cannot keep layers in float either")
+        return {"available": False, "reason": blame.sensitivity["reason"]}
+    result = blame.fallback
+    if result is None:
+        return {"needed": False} if config.auto else None
+    out: dict[str, Any] = {"available": True, "needed": True, **result.as_json()}
+    if not result.passed:
+        notes.append(f"--auto could not bring the model within tolerance: {result.reason}")
+        return out
+    assert all_int8_path is not None
+    int8_bytes, model_bytes = onnx_size(all_int8_path), onnx_size(model_path)
+    int8_ms, model_ms = lat["all_int8"].p50_ms, lat["model"].p50_ms
+    out["size"] = {
+        "all_int8_bytes": int8_bytes,
+        "model_bytes": model_bytes,
+        "ratio": model_bytes / int8_bytes,
+    }
+    out["latency"] = {
+        "all_int8": lat["all_int8"].as_json(),
+        "model": lat["model"].as_json(),
+        "ratio_p50": model_ms / int8_ms,
+    }
+    kept = result.kept_float
+    notes.append(
+        f"--auto: {len(kept)} node(s) kept in float to meet the tolerance ({', '.join(kept)}); model.onnx is "
+        f"that Q/DQ graph. Cost against the all-int8 graph: size {model_bytes / int8_bytes:.2f}x "
+        f"({model_bytes - int8_bytes:+,} bytes), latency p50 {model_ms / int8_ms:.2f}x "
+        f"({model_ms:.3f} ms vs {int8_ms:.3f} ms, measured interleaved)"
+    )
+    return out
 
 
 def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
@@ -338,12 +495,8 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
 
         with _stage("target", report_progress, f"checking the graph against the {target.name} rules"):
             float_nodes = _check_target(target, qc, model_path, providers)
-        if float_nodes:
-            notes.append(
-                f"{len(float_nodes)} node(s) sit between Q/DQ pairs but are not among the ops "
-                f"{providers[0].name} runs in int8, so they run in float with a dequantize/quantize round "
-                f"trip: {', '.join(float_nodes[:8])}{' ...' if len(float_nodes) > 8 else ''}"
-            )
+        float_note = _float_nodes_note(float_nodes, providers[0].name)
+        notes.extend(float_note)
 
         with _stage("validate", report_progress, f"validating on {len(heldout)} held-out samples"):
             # Where this machine cannot run the graph the way the target will, the graph's quantized
@@ -355,6 +508,37 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
             names = candidate.output_names
             validation = evaluate(names, ref_out, candidate.run(heldout), tolerance, heldout.labels)
             fidelity = evaluate(names, ref_out, fp32_out, Tolerance(()), heldout.labels)
+            blame, all_int8_path = None, None
+            if config.auto or not validation:  # per-layer blame, and with --auto the fallback
+
+                def validate_graph(path: Path) -> ValidationResult:
+                    run = make_session(path, providers, optimize=native).run(heldout)
+                    return evaluate(names, ref_out, run, tolerance, heldout.labels)
+
+                blame = _blame(
+                    config,
+                    qc,
+                    prepared,
+                    calibration,
+                    heldout,
+                    art.work,
+                    validate_graph,
+                    lambda path: target.finalize(path, inputs, opts),
+                    report_progress,
+                    failed=not validation,
+                )
+                if blame.qc is not None and blame.fallback is not None:  # the fallback passed: ship it
+                    import onnx
+
+                    all_int8_path = artifacts.save_onnx(
+                        onnx.load(str(model_path)), art.work / "all-int8.onnx"
+                    )
+                    qc = blame.qc
+                    model_path = checked_path = art.copy_onnx(blame.fallback.model, "model.onnx")
+                    validation = blame.fallback.validation
+                    float_nodes = _check_target(target, qc, model_path, providers)
+                    notes[:] = [n for n in notes if n not in float_note]
+                    notes.extend(_float_nodes_note(float_nodes, providers[0].name))
             on_cpu_kernels = None
             if not native:
                 cpu_run = make_session(checked_path).run(heldout)
@@ -377,13 +561,14 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
             batch = next(heldout.subset(slice(0, config.latency_batch)).batches(config.latency_batch))
             fp32_bench = make_session(reference_path, providers)
             model_bench = make_session(model_path, providers)
-            lat = interleaved_latency(
-                {
-                    "fp32": lambda: fp32_bench.inner.run(None, batch),
-                    "model": lambda: model_bench.inner.run(None, batch),
-                },
-                repeats=config.latency_repeats,
-            )
+            runners: dict[str, Callable[[], object]] = {
+                "fp32": lambda: fp32_bench.inner.run(None, batch),
+                "model": lambda: model_bench.inner.run(None, batch),
+            }
+            if all_int8_path is not None:  # what keeping nodes in float cost, measured alongside
+                int8_bench = make_session(all_int8_path, providers)
+                runners["all_int8"] = lambda: int8_bench.inner.run(None, batch)
+            lat = interleaved_latency(runners, repeats=config.latency_repeats)
         sizes = {"fp32_bytes": onnx_size(reference_path), "model_bytes": onnx_size(model_path)}
         latency_ratio = lat["model"].p50_ms / lat["fp32"].p50_ms
         size_ratio = sizes["model_bytes"] / sizes["fp32_bytes"]
@@ -428,6 +613,11 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
             },
             "notes": notes,
         }
+        if blame is not None:
+            report["sensitivity"] = blame.sensitivity
+            fallback_json = _fallback_json(config, blame, all_int8_path, model_path, lat, notes)
+            if fallback_json is not None:
+                report["fallback"] = fallback_json
         manifest: dict[str, Any] = {
             "qconvert": _versions()["qconvert"],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -468,7 +658,511 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
             "versions": _versions(),
         }
         art.write_json("report.json", report)
+        from qconvert.report_html import render_html
+
+        art.write_text("report.html", render_html(report))
         manifest["files"] = art.hashes()
         art.write_json("qconvert.json", manifest)
         art.commit()
     return RunResult(out_dir, validation, manifest, report, time.perf_counter() - start)
+
+
+# --- qconvert validate: an existing candidate against a reference, as a release gate ----------------
+# (imports are local so that this section stays self-contained beside export())
+
+MODEL_CHECKS = "model"  # the Check.output of whole-model checks (task_drop, speedup)
+
+
+@dataclass(frozen=True)
+class ValidationRun:
+    """What `validate` measured: the tolerance checks (truthy when all pass) and their context."""
+
+    validation: ValidationResult
+    context: dict[str, Any]
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.validation)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.context.get("notes", []))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            **self.context,
+            "seconds": self.seconds,
+            "validation": self.validation.as_json(),
+        }
+
+
+def _onnx_io(path: Path, flag: str) -> tuple[list[ModelInput], list[str]]:
+    """The graph inputs (as ModelInput, batch axis included) and output names of an ONNX file."""
+    import onnx
+
+    from qconvert.errors import SourceError, brief
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise SourceError(
+            f"{flag} {path}: not a valid ONNX model ({type(e).__name__}: {brief(e)}). Check the file is complete."
+        ) from e
+    init = {i.name for i in proto.graph.initializer}
+    inputs = []
+    for i in proto.graph.input:
+        if i.name in init:
+            continue
+        t = i.type.tensor_type
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim
+        )
+        dtype = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)))
+        inputs.append(ModelInput(i.name, dims, dtype))
+    return inputs, [o.name for o in proto.graph.output]
+
+
+def _check_same_inputs(candidate: list[ModelInput], reference: list[ModelInput], ref: str) -> None:
+    from qconvert.errors import ConfigError
+
+    cand_names, ref_names = [i.name for i in candidate], [i.name for i in reference]
+    if sorted(cand_names) != sorted(ref_names):
+        raise ConfigError(
+            f"--reference {ref}: its inputs {ref_names} are not the candidate's {cand_names}. Give the "
+            "reference the candidate was made from (the same inputs, by name)."
+        )
+    by_name = {i.name: i for i in reference}
+    for c in candidate:
+        r = by_name[c.name]
+        shape_ok = len(r.dims) == len(c.dims) and all(
+            a is None or b is None or a == b for a, b in zip(r.dims[1:], c.dims[1:], strict=True)
+        )
+        if not shape_ok or r.dtype != c.dtype:
+            raise ConfigError(
+                f"--reference {ref}: input {c.name!r} takes samples of shape {r.sample_shape()} ({r.dtype}); "
+                f"the candidate's takes {c.sample_shape()} ({c.dtype}). Give the reference the candidate was "
+                "made from."
+            )
+
+
+def _resolve_candidate(spec: str | Path) -> tuple[Path, Path | None, dict[str, Any] | None]:
+    """(model file, OUT_DIR or None, manifest or None)."""
+    from qconvert.errors import SourceError
+    from qconvert.runtime import read_manifest
+
+    path = Path(spec)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        model = path / "model.onnx"
+        if not model.is_file():
+            raise SourceError(f"CANDIDATE {spec}: the folder has no model.onnx. Give a complete OUT_DIR.")
+        return model, path, manifest
+    if path.is_file() and path.suffix == ".onnx":
+        return path, None, None
+    if path.is_file():
+        raise SourceError(f"CANDIDATE {spec}: not an .onnx file. Give an .onnx file or an OUT_DIR.")
+    raise SourceError(
+        f"CANDIDATE {spec}: no such file or folder. Give an .onnx file or a folder written by `qconvert export`."
+    )
+
+
+def _manifest_data(manifest: dict[str, Any] | None, key: str) -> Path | None:
+    """The data file an export used: its --data / --calibration, or the built-in model's own set."""
+    from qconvert.sources import BUILTIN_MODELS, DEFAULT_MODEL, zoo_root
+
+    if manifest is None:
+        return None
+    settings = manifest.get("settings", {})
+    if settings.get(key):
+        return Path(settings[key])
+    if manifest.get("source", {}).get("kind") == "builtin":
+        model = BUILTIN_MODELS.get(settings.get("source") or DEFAULT_MODEL)
+        if model is None:
+            return None
+        if key == "calibration":
+            return zoo_root() / "calibration" / model.calibration
+        if not settings.get("calibration"):  # export validated on the built-in held-out set
+            return zoo_root() / "calibration" / model.heldout
+    return None
+
+
+def _sample_keys(data: Dataset) -> list[bytes]:
+    import hashlib
+
+    names = sorted(data.feeds)
+    return [
+        hashlib.sha256(b"".join(data.feeds[n][i].tobytes() for n in names)).digest() for i in range(len(data))
+    ]
+
+
+def _calibration_notes(
+    calib_path: Path | None, explicit: bool, data_path: Path, heldout: Dataset, inputs: list[ModelInput]
+) -> list[str]:
+    """Warn when the validation data is, or shares samples with, the calibration data."""
+    if calib_path is None:
+        return []
+    if Path(calib_path).resolve() == Path(data_path).resolve():
+        return [
+            f"the validation data is the calibration data ({data_path}): the candidate was tuned on these "
+            "samples, so figures will look better than they are. Give held-out samples with --data."
+        ]
+    try:
+        calibration = load_dataset(calib_path, inputs, flag="--calibration-data")
+    except CalibrationError:
+        if explicit:
+            raise
+        return []  # the manifest's calibration file is not readable here: nothing to compare
+    shared = set(_sample_keys(calibration))
+    overlap = sum(k in shared for k in _sample_keys(heldout))
+    if not overlap:
+        return []
+    return [
+        f"{overlap} of the {len(heldout)} validation samples are also in the calibration data ({calib_path}): "
+        "figures on them will look better than they are. Give held-out samples with --data."
+    ]
+
+
+def _load_metric(spec: str) -> Callable[..., Any]:
+    """`--metric file.py:fn` or `module:fn`, imported the way a SOURCE factory is."""
+    from qconvert.errors import ConfigError, SourceError
+    from qconvert.sources import _import_factory_module
+
+    where, _, attr = spec.rpartition(":")
+    if not where or not attr.isidentifier():
+        raise ConfigError(
+            f"--metric {spec}: is not file.py:fn or package.module:fn. Example: --metric metrics.py:f1"
+        )
+    try:
+        module, _ = _import_factory_module(spec, where)
+    except SourceError as e:
+        raise ConfigError(f"--metric {str(e).removeprefix('SOURCE ')}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise ConfigError(
+            f"--metric {spec}: {where} has no callable {attr!r}. Callables there: {', '.join(found) or 'none'}."
+        )
+    return fn
+
+
+def _task_score(
+    fn: Callable[..., Any], spec: str, outputs: dict[str, np.ndarray], labels: np.ndarray | None, which: str
+) -> float:
+    import math
+
+    from qconvert.errors import ConfigError
+
+    try:
+        value = fn(outputs, labels)
+    except Exception as e:
+        raise ConfigError(
+            f"--metric {spec}: fn(outputs, labels) raised {type(e).__name__}: {e} (on the {which}'s outputs; "
+            f"outputs: {', '.join(outputs)}; labels: {'none' if labels is None else len(labels)})."
+        ) from e
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        score = math.nan
+    if isinstance(value, bool) or not math.isfinite(score):
+        raise ConfigError(
+            f"--metric {spec}: returned {value!r} for the {which}; it must return one finite number, higher "
+            "is better."
+        )
+    return score
+
+
+def _reference_run(
+    spec: str, candidate_inputs: list[ModelInput], data: Dataset
+) -> tuple[str, list[str], list[np.ndarray], Path | None]:
+    """Run the reference on `data`: (what it is, output names, outputs, its ONNX file if it is one)."""
+    from qconvert.errors import SourceError, brief
+
+    path = Path(spec)
+    if path.is_dir():
+        raise SourceError(
+            f"--reference {spec}: is a folder. Give the fp32 .onnx (an OUT_DIR's reference.onnx) or a torch "
+            "SOURCE (file.py:factory)."
+        )
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise SourceError(f"--reference {spec}: no such .onnx file.")
+        ref_inputs, ref_outputs = _onnx_io(path, "--reference")
+        _check_same_inputs(candidate_inputs, ref_inputs, spec)
+        return str(path), ref_outputs, make_session(path).run(data), path
+    loaded = load_source(spec)
+    _check_same_inputs(candidate_inputs, _model_inputs(loaded), spec)
+    if not loaded.is_torch:
+        assert loaded.onnx_path is not None
+        return loaded.origin, list(loaded.output_names), make_session(loaded.onnx_path).run(data), None
+    try:
+        outs = _reference_outputs(loaded, data, [])
+    except QConvertError:
+        raise
+    except Exception as e:
+        raise SourceError(
+            f"--reference {spec}: the model's forward raised {type(e).__name__}: {brief(e)} on the --data inputs."
+        ) from e
+    return loaded.origin, list(loaded.output_names), outs, None
+
+
+def _match_outputs(
+    names: list[str], ref_names: list[str], ref_out: list[np.ndarray], ref: str, by_position: bool
+) -> tuple[list[np.ndarray], list[str]]:
+    """The reference's outputs in the candidate's order: by name, else (same count) by position."""
+    from qconvert.errors import ConfigError
+
+    if sorted(ref_names) == sorted(names):
+        by_name = dict(zip(ref_names, ref_out, strict=True))
+        return [by_name[n] for n in names], []
+    if len(ref_names) == len(names) and (by_position or len(names) == 1):
+        return ref_out, [
+            f"the reference's outputs ({', '.join(ref_names)}) are named differently from the candidate's "
+            f"({', '.join(names)}): matched by position"
+        ]
+    raise ConfigError(
+        f"--reference {ref}: its outputs ({', '.join(ref_names)}) do not match the candidate's "
+        f"({', '.join(names)}). Give the reference the candidate was made from."
+    )
+
+
+def validate(config: ValidateConfig, progress: Progress | None = None) -> ValidationRun:
+    """Validate an existing candidate (an .onnx file or an OUT_DIR) against a reference on the same
+    inputs, apply the tolerance (defaults < qconvert.toml / pyproject.toml < --tolerance), and write
+    the --json / --junit reports. Raises QConvertError (exit 2) on bad input; an out-of-tolerance
+    candidate is a falsy ValidationRun (exit 1), not an exception."""
+    import tempfile
+
+    from qconvert.artifacts import check_output_file, write_text_atomic
+    from qconvert.config import (
+        DEFAULT_BITS,
+        MODEL_METRICS,
+        Bound,
+        parse_tolerance,
+        tolerance_from_files,
+    )
+    from qconvert.errors import ConfigError
+    from qconvert.junit import render_junit
+    from qconvert.runtime import CPU, available, manifest_providers
+    from qconvert.validation import Check
+
+    report_progress = progress or _no_progress
+    start = time.perf_counter()
+    notes: list[str] = []
+
+    model_path, out_dir, manifest = _resolve_candidate(config.candidate)
+    inputs, names = _onnx_io(model_path, "CANDIDATE")
+    settings = (manifest or {}).get("settings", {})
+    bits = config.bits or settings.get("bits") or DEFAULT_BITS
+    file_bounds, tolerance_source = (
+        tolerance_from_files(config.settings_dir) if config.settings_dir is not None else ((), None)
+    )
+    given = parse_tolerance(config.tolerance) if config.tolerance else ()
+    if config.require_speedup and not any(b.metric == "speedup" for b in (*file_bounds, *given)):
+        given = (*given, Bound("speedup", 1.0, explicit=True))
+    tolerance = Tolerance.layered(bits, file_bounds, given)
+    model_bounds = [b for b in tolerance.bounds if b.metric in MODEL_METRICS]
+    per_output = Tolerance(tuple(b for b in tolerance.bounds if b.metric not in MODEL_METRICS))
+
+    ref_spec = config.reference or (str(out_dir / "reference.onnx") if out_dir else None)
+    if ref_spec is None:
+        raise ConfigError(
+            f"--reference is needed when CANDIDATE is an .onnx file ({model_path}): give the fp32 .onnx or the "
+            "torch SOURCE (file.py:factory) it was made from."
+        )
+    manifest_data = _manifest_data(manifest, "data")
+    data_path = Path(config.data) if config.data else manifest_data
+    if data_path is None:
+        raise CalibrationError(
+            "validation needs held-out inputs: pass --data DATA (.npz keyed by input name, with 'labels' "
+            "for accuracy). Never the calibration samples."
+        )
+    if not config.data:
+        if not data_path.exists():
+            raise CalibrationError(
+                f"the export validated on {data_path}, which is not here; pass --data DATA (held-out samples)."
+            )
+        notes.append(f"no --data given: validating on the data the export validated on ({data_path})")
+    calib_path = (
+        Path(config.calibration_data) if config.calibration_data else _manifest_data(manifest, "calibration")
+    )
+    metric_file = config.metric.rpartition(":")[0] if config.metric else ""
+    inputs_given = [
+        p
+        for p in (
+            model_path,
+            Path(
+                ref_spec.rpartition(":")[0] if ":" in ref_spec and not Path(ref_spec).exists() else ref_spec
+            ),
+            data_path,
+            calib_path,
+            Path(metric_file) if metric_file.endswith(".py") else None,
+        )
+        if p is not None
+    ]
+    reports = [
+        (f, p) for f, p in (("--json", config.json_out), ("--junit", config.junit_out)) if p is not None
+    ]
+    if len(reports) == 2 and Path(reports[0][1]).resolve() == Path(reports[1][1]).resolve():
+        raise ConfigError("--json and --junit name the same file; give each its own path.")
+    for flag, report_path in reports:  # refuse early, before any expensive work
+        check_output_file(report_path, config.force, inputs_given, flag)
+
+    with _stage("load", report_progress, "reading the candidate and the data"):
+        heldout = load_dataset(data_path, inputs, flag="--data")
+        notes.extend(
+            _calibration_notes(calib_path, bool(config.calibration_data), data_path, heldout, inputs)
+        )
+        metric_fn = _load_metric(config.metric) if config.metric else None
+
+    with _stage("reference", report_progress, f"running the reference on {len(heldout)} samples"):
+        reference, ref_names, ref_out, reference_onnx = _reference_run(ref_spec, inputs, heldout)
+        ref_out, matched = _match_outputs(
+            names, ref_names, ref_out, ref_spec, by_position=reference_onnx is None
+        )
+        notes.extend(matched)
+    if reference_onnx is None and out_dir is not None and (out_dir / "reference.onnx").is_file():
+        reference_onnx = out_dir / "reference.onnx"  # for timing only
+
+    providers = manifest_providers(out_dir, manifest) if out_dir is not None and manifest else [CPU]
+    providers = providers or [CPU]
+    native = available(providers[0].name)
+    quantization = (manifest or {}).get("quantization", {})
+    with tempfile.TemporaryDirectory(prefix="qconvert-validate-") as work:
+        checked = model_path
+        if quantization.get("mode") == "fp16" and not native:
+            checked = emulate_fp16(
+                model_path, Path(work) / "fp16_emulated.onnx", quantization.get("external_data", False)
+            )
+            notes.append(
+                "fp16: no fp16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor "
+                "to fp16 where the fp16 graph produces it (overflow included)."
+            )
+        if quantization.get("calibration_table"):
+            notes.append(
+                "implicit int8: model.onnx is the fp32 graph plus a calibration table, and that is what was "
+                "checked here; TensorRT quantizes it on the GPU. `qconvert export` measures an explicit Q/DQ "
+                "stand-in with the same ranges."
+            )
+        with _stage("candidate", report_progress, f"running the candidate on {len(heldout)} samples"):
+            candidate = make_session(checked, providers, optimize=native and checked == model_path)
+            cand_out = candidate.run(heldout)
+    if not native:
+        notes.append(
+            f"{providers[0].name} is not installed here: the candidate ran on {candidate.used} with graph "
+            "optimizations off, so the graph's arithmetic runs as written."
+        )
+
+    with _stage("validate", report_progress, "comparing outputs"):
+        for name, r, c in zip(names, ref_out, cand_out, strict=True):
+            if r.shape != c.shape:
+                raise ConfigError(
+                    f"--reference {ref_spec}: output {name!r} has shape {list(r.shape)} in the reference and "
+                    f"{list(c.shape)} in the candidate. Give the reference the candidate was made from."
+                )
+        try:
+            validation = evaluate(names, ref_out, cand_out, per_output, heldout.labels)
+        except ConfigError as e:
+            if tolerance_source is None:
+                raise
+            raise ConfigError(f"{e} (the tolerance comes from --tolerance and {tolerance_source})") from None
+        task: dict[str, Any] | None = None
+        if metric_fn is not None and config.metric:
+            ref_score = _task_score(
+                metric_fn, config.metric, dict(zip(names, ref_out, strict=True)), heldout.labels, "reference"
+            )
+            cand_score = _task_score(
+                metric_fn, config.metric, dict(zip(names, cand_out, strict=True)), heldout.labels, "candidate"
+            )
+            task = {
+                "metric": config.metric,
+                "reference": ref_score,
+                "candidate": cand_score,
+                "drop": ref_score - cand_score,
+            }
+        extra: list[Check] = []
+        for bound in (b for b in model_bounds if b.metric == "task_drop"):
+            if task is None:
+                raise ConfigError(
+                    f"tolerance {bound.describe()} needs a task metric: pass --metric file.py:fn "
+                    "(fn(outputs, labels) -> float, higher is better)."
+                )
+            extra.append(Check(MODEL_CHECKS, bound, task["drop"]))
+        if task is not None and not any(b.metric == "task_drop" for b in model_bounds):
+            notes.append(
+                f"--metric {config.metric}: reported, not checked; add a bound with --tolerance 'task_drop<=X' to "
+                "gate on it"
+            )
+
+    speed: dict[str, Any] | None = None
+    speed_bounds = [b for b in model_bounds if b.metric == "speedup"]
+    if speed_bounds:
+        if reference_onnx is None:
+            raise ConfigError(
+                "--require-speedup times the candidate against the reference ONNX: give --reference REF.onnx, or "
+                "an OUT_DIR as CANDIDATE (it has reference.onnx)."
+            )
+        with _stage("benchmark", report_progress, "timing candidate and reference (interleaved)"):
+            cand_bench = make_session(model_path, providers)
+            ref_bench = make_session(reference_onnx, providers)
+            fixed = [i.shape[0] for i in cand_bench.inner.get_inputs() if isinstance(i.shape[0], int)]
+            size = fixed[0] if fixed else config.latency_batch
+            batch = next(heldout.subset(slice(0, size)).batches(size))
+            lat = interleaved_latency(
+                {
+                    "reference": lambda: ref_bench.inner.run(None, batch),
+                    "candidate": lambda: cand_bench.inner.run(None, batch),
+                },
+                repeats=config.latency_repeats,
+            )
+        ratio = lat["reference"].p50_ms / lat["candidate"].p50_ms
+        speed = {
+            "provider": cand_bench.used,
+            "batch": size,
+            "reference": lat["reference"].as_json(),
+            "candidate": lat["candidate"].as_json(),
+            "speedup": ratio,
+        }
+        extra.extend(Check(MODEL_CHECKS, b, ratio) for b in speed_bounds)
+        notes.append(
+            f"latency p50 at batch {size} on {cand_bench.used}: candidate {lat['candidate'].p50_ms:.3f} ms, "
+            f"reference {lat['reference'].p50_ms:.3f} ms; speedup {ratio:.2f}x (reference time / candidate "
+            "time, measured interleaved)"
+        )
+    if len(heldout) < SMALL_HELDOUT:
+        notes.append(
+            f"only {len(heldout)} samples: one changed prediction moves top-1 agreement and accuracy by "
+            f"{100 / len(heldout):.1f} points"
+        )
+    validation = replace(validation, checks=(*validation.checks, *extra))
+    context: dict[str, Any] = {
+        "candidate": str(config.candidate),
+        "model": str(model_path),
+        "reference": reference,
+        "data": str(data_path),
+        "samples": len(heldout),
+        "labels": heldout.labels is not None,
+        "provider": candidate.used,
+        "exact_qdq": not candidate.optimized,
+        "bits": bits,
+        "tolerance": [b.describe() for b in tolerance.bounds],
+        "tolerance_source": tolerance_source,
+        "task": task,
+        "speed": speed,
+        "notes": notes,
+    }
+    run = ValidationRun(validation, context, time.perf_counter() - start)
+    if config.json_out is not None:
+        import json
+
+        text = json.dumps(run.as_json(), indent=2, default=str) + "\n"
+        write_text_atomic(config.json_out, text, config.force, inputs_given, "--json")
+    if config.junit_out is not None:
+        write_text_atomic(
+            config.junit_out, render_junit(run.as_json()), config.force, inputs_given, "--junit"
+        )
+    return run

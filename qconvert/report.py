@@ -57,10 +57,68 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def failure_lines(report: dict[str, Any]) -> list[str]:
-    """One line per failed check, with the tolerance that would have passed."""
+    """One line per failed check, with the tolerance that would have passed; then, where per-layer
+    sensitivity ran, the worst layers and what --auto did or could do."""
     return [
         f"{c['output']}: {c['metric']} = {c['measured']:.6g}, needs {c['bound']} "
         f"(would pass with --tolerance '{c['needed']}')" + (f": {c['hint']}" if c.get("hint") else "")
         for c in report["validation"]["checks"]
         if not c["passed"]
+    ] + blame_lines(report)
+
+
+def _db(x: float | str | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x} dB" if isinstance(x, str) else f"{x:.1f} dB"
+
+
+def sensitivity_rows(report: dict[str, Any], limit: int = 8) -> list[tuple[str, ...]]:
+    """The per-layer ranking, worst first: (rank, node, op, cumulative, isolated, isolated at the
+    model's outputs). Empty when sensitivity did not run or is not available."""
+    sens = report.get("sensitivity") or {}
+    return [
+        (
+            str(i),
+            layer["node"],
+            layer["op_type"],
+            _db(layer["cumulative_sqnr_db"]),
+            _db(layer["isolated_sqnr_db"]),
+            _db(layer["isolated_model_output_sqnr_db"]),
+        )
+        for i, layer in enumerate(sens.get("ranking", [])[:limit], start=1)
     ]
+
+
+def blame_lines(report: dict[str, Any]) -> list[str]:
+    """For a failed run: the worst layers, and what --auto did or could do."""
+    if report.get("passed", True):
+        return []
+    sens = report.get("sensitivity")
+    if not sens:
+        return []
+    if not sens.get("available"):
+        return [] if report.get("fallback") else [sens["reason"]]  # with --auto, a note says it
+    worst = sens["ranking"][:3]
+    lines = []
+    if worst:
+        lines.append(
+            "worst layers (only that node quantized, SQNR at the model's outputs): "
+            + ", ".join(
+                f"{w['node']} ({w['op_type']}, {_db(w['isolated_model_output_sqnr_db'])})" for w in worst
+            )
+            + "; full ranking in report.json: sensitivity"
+        )
+    fallback = report.get("fallback")
+    if fallback is None:
+        lines.append(
+            "rerun with --auto to keep the most sensitive nodes in float until the tolerance holds "
+            "(--auto-budget N caps how many)"
+        )
+    elif not fallback.get("passed", False) and fallback.get("available", True):
+        kept = fallback.get("kept_float", [])
+        lines.append(
+            f"--auto failed: {fallback['reason']}"
+            + (f" (tried keeping in float: {', '.join(kept)})" if kept else "")
+        )
+    return lines

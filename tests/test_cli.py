@@ -340,7 +340,13 @@ def test_force_replaces_the_output_folder(existing_out: tuple[Path, Path], tmp_p
 
     assert code == 0, text
     assert not sentinel.exists()
-    assert {p.name for p in out.iterdir()} == {"model.onnx", "reference.onnx", "qconvert.json", "report.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "model.onnx",
+        "reference.onnx",
+        "qconvert.json",
+        "report.json",
+        "report.html",
+    }
     manifest = json.loads((out / "qconvert.json").read_text())
     assert manifest["settings"]["force"] is True
     assert leftovers(tmp_path) == []

@@ -26,7 +26,7 @@ from qconvert.sources import zoo_root
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 ZOO = zoo_root()
-ARTIFACTS = {"model.onnx", "reference.onnx", "qconvert.json", "report.json"}
+ARTIFACTS = {"model.onnx", "reference.onnx", "qconvert.json", "report.json", "report.html"}
 
 
 def sha256(path: Path) -> str:
@@ -186,7 +186,8 @@ def test_manifest_records_versions_and_validation(manifest: dict[str, Any], quic
         "nonfinite<=0",
     ]
     assert manifest["files"] == {
-        name: sha256(quickstart_dir / name) for name in ("model.onnx", "reference.onnx", "report.json")
+        name: sha256(quickstart_dir / name)
+        for name in ("model.onnx", "reference.onnx", "report.json", "report.html")
     }
 
 

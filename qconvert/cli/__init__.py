@@ -42,12 +42,16 @@ def _root(
 
 
 def _register() -> None:
-    from qconvert.cli import export_cmd, inspect_cmd, run_cmd, targets_cmd
+    from qconvert.cli import export_cmd, inspect_cmd, run_cmd, targets_cmd, validate_cmd
 
     app.command("export")(_common.command(export_cmd.export))
     app.command("targets")(_common.command(targets_cmd.targets))
     app.command("inspect")(_common.command(inspect_cmd.inspect))
     app.command("run")(_common.command(run_cmd.run))
+    app.command("validate")(_common.command(validate_cmd.validate))
+    from qconvert.cli import benchmark_cmd
+
+    app.command("benchmark")(_common.command(benchmark_cmd.benchmark))
 
 
 _register()

@@ -21,7 +21,7 @@ from qconvert.config import (
     RunConfig,
     parse_target_option,
 )
-from qconvert.report import failure_lines, quantized_label, summary_rows
+from qconvert.report import failure_lines, quantized_label, sensitivity_rows, summary_rows
 from qconvert.targets import TARGETS
 
 # Choices come from the registries, so the help can never drift from what exists.
@@ -64,6 +64,19 @@ def export(
         [], "--target-option", help="NAME=VALUE, a target setting (see `qconvert targets`). Repeatable."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    auto: bool = typer.Option(
+        False,
+        "--auto",
+        help="If validation fails, keep the most sensitive nodes in float (greedily, worst first) until "
+        "the tolerance holds. Also ranks every quantized layer by SQNR in report.json.",
+    ),
+    auto_budget: int = typer.Option(
+        None,
+        "--auto-budget",
+        min=0,
+        help="With --auto: at most this many nodes kept in float. Default: 10 or 25% of the quantized "
+        "nodes, whichever is smaller.",
+    ),
 ) -> int:
     """Export, quantize for a target, validate against the original, and write OUT_DIR."""
     from qconvert.pipeline import export as run_export
@@ -86,6 +99,8 @@ def export(
         tolerance=tolerance,
         target_options=tuple(parse_target_option(t) for t in target_options),
         force=force,
+        auto=auto,
+        auto_budget=auto_budget,
     )
     with ProgressView() as progress:
         result = run_export(config, progress=progress)
@@ -98,6 +113,14 @@ def export(
     for row in summary_rows(report):
         table.add_row(*(Text(cell) for cell in row))
     out.print(table)
+    ranking = sensitivity_rows(report)
+    if ranking:
+        sens = Table(title="per-layer sensitivity, worst first (SQNR against fp32)")
+        for name in ("#", "node", "op", "cumulative", "isolated", "isolated, at outputs"):
+            sens.add_column(name, justify="left" if name in ("node", "op") else "right")
+        for layer in ranking:
+            sens.add_row(*(Text(cell) for cell in layer))
+        out.print(sens)
     for note in report["notes"]:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):

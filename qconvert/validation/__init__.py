@@ -10,7 +10,7 @@ import numpy as np
 
 from qconvert.config import Bound, Tolerance
 from qconvert.errors import ConfigError
-from qconvert.validation.metrics import accuracy, compare, is_classifier_output
+from qconvert.validation.metrics import abs_error_histogram, accuracy, compare, is_classifier_output
 
 __all__ = ["Check", "ValidationResult", "compare", "evaluate"]
 
@@ -69,6 +69,8 @@ class ValidationResult:
     checks: tuple[Check, ...]
     accuracy: dict[str, Any] | None = None  # output, reference, candidate, drop
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # per output: the distribution of |reference - candidate| (metrics.abs_error_histogram)
+    histograms: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return all(c.passed for c in self.checks)
@@ -85,6 +87,7 @@ class ValidationResult:
             "accuracy": self.accuracy,
             "checks": [c.as_json() for c in self.checks],
             "notes": list(self.notes),
+            "abs_error_histograms": self.histograms,
         }
 
 
@@ -118,7 +121,10 @@ def evaluate(
                 f"Its outputs: {', '.join(names)}"
             )
         targets = [bound.output] if bound.output else list(names)
-        if not bound.explicit:  # a default gives way to a bound the user scoped to one output
+        # a bound for every output (a default, or an unscoped one given) gives way, on an output,
+        # to a bound on the same metric scoped to that output: the more specific one decides
+        gave_way = bound.output is None and any((o, bound.metric) in scoped for o in targets)
+        if bound.output is None:
             targets = [o for o in targets if (o, bound.metric) not in scoped]
         applied = False
         for out in targets:
@@ -129,8 +135,17 @@ def evaluate(
             elif bound.metric in outputs[out]:
                 checks.append(Check(out, bound, outputs[out][bound.metric]))
                 applied = True
-        if bound.explicit and not applied:
-            why = "no labels in the data" if bound.metric == "accuracy_drop" else "no output it applies to"
+        if bound.explicit and not applied and not gave_way:
+            why = {
+                "accuracy_drop": "no labels in the data",
+                "task_drop": "only `qconvert validate --metric file.py:fn` measures it",
+                "speedup": "only `qconvert validate` measures it",
+            }.get(bound.metric, "no output it applies to")
             raise ConfigError(f"--tolerance {bound.describe()} cannot be checked: {why}.")
     n = len(reference[0]) if reference and reference[0].ndim else 1
-    return ValidationResult(samples=n, outputs=outputs, checks=tuple(checks), accuracy=acc)
+    histograms = {
+        name: abs_error_histogram(r, c) for name, r, c in zip(names, reference, candidate, strict=True)
+    }
+    return ValidationResult(
+        samples=n, outputs=outputs, checks=tuple(checks), accuracy=acc, histograms=histograms
+    )

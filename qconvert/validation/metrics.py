@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 EPS = 1e-12
+TOP_K = 5  # top5_agreement
 
 
 def is_classifier_output(a: np.ndarray) -> bool:
@@ -13,9 +14,12 @@ def is_classifier_output(a: np.ndarray) -> bool:
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """max/mean/p99 abs error, cosine similarity (per sample: mean and worst), SQNR in dB,
-    `nonfinite` (values that are NaN or Inf in the candidate where the reference is finite, e.g. an
-    fp16 overflow), and top-1 agreement for class-score outputs."""
+    """max/mean/p99 abs error, relative error (mean |a-b| / mean |a|), cosine similarity (per
+    sample: mean and worst), SQNR in dB, `nonfinite` (values that are NaN or Inf in the candidate
+    where the reference is finite, e.g. an fp16 overflow), and for class-score outputs: top-1
+    agreement, top-5 agreement (the reference's top-1 among the candidate's top 5; only with more
+    than 5 classes, where it is not trivially 1) and the KL divergence
+    softmax(reference) || softmax(candidate), averaged over samples."""
     if reference.shape != candidate.shape:
         raise ValueError(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     ref = reference.astype(np.float64)
@@ -40,10 +44,74 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
         "sqnr_db": float("inf") if noise <= EPS else float(10 * np.log10(max(signal, EPS) / noise)),
         "nonfinite": float(np.count_nonzero(~np.isfinite(cand) & np.isfinite(ref))),
     }
+    mean_ref = float(np.abs(ref).mean()) if ref.size else 0.0
+    if mean_ref > EPS:
+        out["rel_error"] = out["mean_abs"] / mean_ref
+    else:  # an all-zero reference: any error at all is infinitely large relative to it
+        out["rel_error"] = 0.0 if out["mean_abs"] <= EPS else float("inf")
     if is_classifier_output(ref):
         out["top1_agreement"] = float((ref.argmax(1) == cand.argmax(1)).mean())
+        if ref.shape[1] > TOP_K:
+            top_k = np.argpartition(-cand, TOP_K - 1, axis=1)[:, :TOP_K]
+            out["top5_agreement"] = float((top_k == ref.argmax(1)[:, None]).any(axis=1).mean())
+        out["kl_div"] = softmax_kl(ref, cand)
     return out
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax_kl(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean over samples of KL(softmax(reference) || softmax(candidate)), in nats. NaN or Inf in the
+    candidate gives NaN or Inf, which fails any bound."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        lp = _log_softmax(reference.astype(np.float64))
+        lq = _log_softmax(candidate.astype(np.float64))
+        per_sample = (np.exp(lp) * (lp - lq)).sum(axis=1)
+    # rounding can leave a tiny negative value where the two distributions are equal
+    return float(np.maximum(per_sample.mean(), 0.0)) if per_sample.size else 0.0
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((scores.argmax(1) == labels).mean())
+
+
+HISTOGRAM_BINS = 20
+HISTOGRAM_RANGE = 1e-6  # the lowest bin edge is at least max_abs * this; smaller errors count as "below"
+
+
+def abs_error_histogram(
+    reference: np.ndarray, candidate: np.ndarray, bins: int = HISTOGRAM_BINS
+) -> dict[str, object]:
+    """How |reference - candidate| is distributed: `counts` over `bins` log-spaced bins between
+    `edges[0]` and `edges[-1]` (the largest error), plus the elements that fall outside them:
+    `zero` (exact), `below` (non-zero but under edges[0]) and `nonfinite` (NaN/Inf).
+    Every element is counted once: sum(counts) + zero + below + nonfinite == total."""
+    err = np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).ravel()
+    finite = err[np.isfinite(err)]
+    positive = finite[finite > 0]
+    edges: list[float] = []
+    counts: list[int] = []
+    below = 0
+    if positive.size:
+        hi = float(positive.max())
+        lo = max(float(positive.min()), hi * HISTOGRAM_RANGE)
+        if lo >= hi * (1 - 1e-3):  # (nearly) one distinct error value: the decade below it
+            lo = hi / 10
+        edge_array = np.geomspace(lo, hi, bins + 1)
+        edge_array[0], edge_array[-1] = lo, hi
+        inside = positive[positive >= lo]
+        below = int(positive.size - inside.size)
+        counts = [int(c) for c in np.histogram(inside, bins=edge_array)[0]]
+        edges = [float(e) for e in edge_array]
+    return {
+        "scale": "log",
+        "edges": edges,
+        "counts": counts,
+        "zero": int(finite.size - positive.size),
+        "below": below,
+        "nonfinite": int(err.size - finite.size),
+        "total": int(err.size),
+    }

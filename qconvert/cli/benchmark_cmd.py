@@ -1,0 +1,106 @@
+"""`qconvert benchmark MODEL [--vs OTHER]`: latency, throughput, peak memory and size, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from qconvert.cli._common import err, out
+from qconvert.config import DEFAULT_BENCHMARK_BATCH, DEFAULT_BENCHMARK_REPEATS, BenchmarkConfig
+from qconvert.report import human_bytes
+
+
+def benchmark(
+    model: Path = typer.Argument(
+        ...,
+        help="An .onnx file, or a folder written by `qconvert export` (alone: its model.onnx against its "
+        "reference.onnx).",
+    ),
+    vs: Path = typer.Option(
+        None, "--vs", help="Compare against this .onnx file or OUT_DIR (its model.onnx)."
+    ),
+    data: str = typer.Option(
+        None, "--data", help="Inputs (.npz keyed by input name, .npy, or a folder). Default: seeded random."
+    ),
+    batch: int = typer.Option(DEFAULT_BENCHMARK_BATCH, "--batch", min=1, help="Samples per run."),
+    repeats: int = typer.Option(
+        DEFAULT_BENCHMARK_REPEATS, "--repeats", min=1, help="Timed runs per model (after 5 warm-up runs)."
+    ),
+    threads: int = typer.Option(
+        None, "--threads", min=1, help="onnxruntime intra-op threads. Default: onnxruntime's."
+    ),
+    json_path: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
+) -> int:
+    """Latency p50/p90, throughput, peak memory and file size of MODEL (and the model it is compared with)."""
+    from qconvert.artifacts import check_output_file, write_text_atomic
+    from qconvert.benchmark import benchmark_models
+
+    config = BenchmarkConfig(
+        model=model, vs=vs, data=data, batch=batch, repeats=repeats, threads=threads, memory=True
+    )
+    inputs = [p for p in (model, vs, Path(data) if data else None) if p is not None]
+    if json_path is not None:  # refuse before measuring
+        check_output_file(json_path, force, inputs, flag="--json")
+    with err.status("benchmarking") as status:
+        result = benchmark_models(config, progress=lambda message: status.update(escape(message)))
+
+    first = result.models[0]
+    baseline = result.models[1] if len(result.models) > 1 else None
+    table = Table(
+        title=f"benchmark, batch {result.batch}, {result.repeats} runs per model",
+        caption=None if baseline is None else f"p50 ratio: against {baseline.label}",
+    )
+    for name in ("model", "precision", "provider"):
+        table.add_column(name)
+    for name in ("size", "p50 ms", "p90 ms", "samples/s", "peak memory", "p50 ratio"):
+        table.add_column(name, justify="right")
+    for m in result.models:
+        ratio = "" if baseline is None else f"{m.latency.p50_ms / baseline.latency.p50_ms:.2f}x"
+        memory = "" if m.peak_memory_bytes is None else f"+{human_bytes(m.peak_memory_bytes)}"
+        table.add_row(
+            *(
+                Text(cell)
+                for cell in (
+                    m.label,
+                    m.precision,
+                    m.provider.replace("ExecutionProvider", ""),
+                    human_bytes(m.size_bytes),
+                    f"{m.latency.p50_ms:.3f}",
+                    f"{m.latency.p90_ms:.3f}",
+                    f"{m.throughput:,.0f}",
+                    memory,
+                    ratio,
+                )
+            )
+        )
+    out.print(table)
+    shapes = ", ".join(f"{k} {v}" for k, v in result.input_shapes.items())
+    out.print(f"inputs: {escape(result.inputs_description)}; {escape(shapes)}", soft_wrap=True)
+    out.print(f"latency: {escape(result.latency_method)}; samples/s = batch / p50", soft_wrap=True)
+    if result.memory_method:
+        out.print(
+            f"peak memory: {escape(result.memory_method)} "
+            f"(baseline {human_bytes(result.memory_baseline_rss_bytes or 0)})",
+            soft_wrap=True,
+        )
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if result.slower:
+        out.print(f"[bold yellow]slower:[/] {escape(result.slower)}", soft_wrap=True)
+    elif baseline is not None:
+        out.print(
+            f"{escape(first.label)} is not slower than {escape(baseline.label)} "
+            f"({first.latency.p50_ms / baseline.latency.p50_ms:.2f}x p50)"
+        )
+    if json_path is not None:
+        write_text_atomic(
+            json_path, json.dumps(result.as_json(), indent=2) + "\n", force, inputs, flag="--json"
+        )
+        out.print(f"json: {escape(str(json_path))}")
+    return 0

@@ -1,0 +1,552 @@
+"""report.html: one self-contained page (inline CSS, inline SVG charts, no scripts, no network)
+rendered from the report dict that `pipeline.export` writes to report.json. Computes nothing new:
+every figure on the page is a figure from the report; this module only lays them out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+from qconvert.report import human_bytes, quantized_label
+
+# preferred column order for per-output metrics; any other numeric metric follows
+METRIC_ORDER = (
+    "top1_agreement",
+    "top5_agreement",
+    "cosine",
+    "cosine_min",
+    "sqnr_db",
+    "max_abs",
+    "mean_abs",
+    "p99_abs",
+    "rel_error",
+    "kl_div",
+    "nonfinite",
+)
+COMPARISONS = (
+    ("validation", "quantized vs reference"),
+    ("export_fidelity", "fp32 ONNX vs PyTorch"),
+    ("on_cpu_kernels", "quantized on this CPU's int8 kernels vs reference"),
+)
+SENSITIVITY_ROWS = 30  # bars drawn in the sensitivity chart (the table lists every layer)
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
+       max-width: 72rem; padding: 0 1rem; color: #1d2330; background: #fff; }
+h1 { font-size: 1.5rem; margin-bottom: .25rem; } h2 { font-size: 1.15rem; margin-top: 2rem;
+     border-bottom: 1px solid #d8dce4; padding-bottom: .25rem; }
+.verdict { display: inline-block; padding: .15rem .6rem; border-radius: .3rem; font-weight: 700;
+           color: #fff; }
+.verdict.passed { background: #1f7a3a; } .verdict.failed { background: #b42318; }
+table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
+th, td { border: 1px solid #d8dce4; padding: .3rem .6rem; text-align: right; vertical-align: top; }
+th:first-child, td:first-child, td.text, th.text { text-align: left; }
+th { background: #f3f5f8; }
+tr.fail td { background: #fde8e7; } tr.fail td.status { color: #b42318; font-weight: 700; }
+tr.pass td.status { color: #1f7a3a; }
+.muted { color: #5b6475; font-size: .85rem; }
+ul.notes li { margin: .3rem 0; }
+svg { display: block; margin: .5rem 0; font-size: 11px; }
+svg text { fill: #1d2330; font-family: system-ui, sans-serif; }
+svg .fp32 { fill: #8a94a6; } svg .model { fill: #2f6fde; } svg .model.p90, svg .fp32.p90 { opacity: .55; }
+svg .isolated, .isolated-key { fill: #d9822b; color: #b5651d; }
+svg .isolated-node, .isolated-node-key { fill: #e8b04a; color: #a07010; }
+svg .cumulative, .cumulative-key { fill: #7a4fd6; color: #7a4fd6; } svg .hist { fill: #2f6fde; }
+svg .axis { stroke: #5b6475; stroke-width: 1; fill: none; }
+pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; font-size: .8rem; }
+"""
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def _num(x: Any, digits: int = 6) -> str:
+    """A number as the page shows it: `digits` significant digits, ∞ for infinity."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return escape(str(x))
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}g}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], attrs: str = "", row_attrs: Sequence[str] = ()
+) -> str:
+    """An HTML table; header and cells are already-escaped HTML. `row_attrs[i]` goes into row i's <tr>."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        extra = f" {row_attrs[i]}" if i < len(row_attrs) and row_attrs[i] else ""
+        body.append(f"<tr{extra}>" + "".join(row) + "</tr>")
+    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _td(text: str, attrs: str = "") -> str:
+    return f"<td{(' ' + attrs) if attrs else ''}>{text}</td>"
+
+
+# --- SVG -----------------------------------------------------------------------------------------
+
+
+def _f(x: float) -> str:
+    """A coordinate: plain decimal, parseable as a float."""
+    return f"{x:.2f}"
+
+
+def _bars_svg(rows: Sequence[tuple[str, Sequence[tuple[float, str, str]]]], chart_id: str, title: str) -> str:
+    """Horizontal grouped bars. rows: (label, [(value, css class, value text), ...]). Values may be
+    negative (bars grow from a zero line) or infinite (drawn at full length, labelled ∞)."""
+    finite = [v for _, series in rows for v, _, _ in series if math.isfinite(v)]
+    hi = max([0.0, *finite])
+    lo = min([0.0, *finite])
+    if hi == lo:
+        hi = lo + 1.0
+    label_w, bars_w, text_w, bar_h, gap = 230.0, 330.0, 110.0, 14.0, 8.0
+    per_row = max(1, max((len(s) for _, s in rows), default=1))
+    row_h = per_row * bar_h + gap
+    width = label_w + bars_w + text_w
+    height = len(rows) * row_h + 24
+
+    def x_of(v: float) -> float:
+        if not math.isfinite(v):
+            v = hi if v > 0 else lo
+        return label_w + (v - lo) / (hi - lo) * bars_w
+
+    x0 = x_of(0.0)
+    parts = [
+        f'<svg id="{escape(chart_id)}" width="{_f(width)}" height="{_f(height)}" '
+        f'viewBox="0 0 {_f(width)} {_f(height)}" role="img">',
+        f"<title>{escape(title)}</title>",
+    ]
+    for i, (label, series) in enumerate(rows):
+        y = 4 + i * row_h
+        short = label if len(label) <= 34 else label[:31] + "..."
+        parts.append(
+            f'<text x="{_f(label_w - 6)}" y="{_f(y + per_row * bar_h / 2 + 4)}" text-anchor="end">'
+            f"<title>{escape(label)}</title>{escape(short)}</text>"
+        )
+        for j, (value, cls, text) in enumerate(series):
+            xv = x_of(value)
+            by = y + j * bar_h
+            parts.append(
+                f'<rect class="{escape(cls)}" x="{_f(min(x0, xv))}" y="{_f(by)}" width="{_f(abs(xv - x0))}" '
+                f'height="{_f(bar_h - 2)}" data-value="{escape(repr(float(value)))}">'
+                f"<title>{escape(label)}: {escape(text)}</title></rect>"
+            )
+            parts.append(f'<text x="{_f(max(x0, xv) + 4)}" y="{_f(by + bar_h - 4)}">{escape(text)}</text>')
+    axis_y = len(rows) * row_h + 4
+    parts.append(f'<path class="axis" d="M {_f(x0)} 0 V {_f(axis_y)}"/>')
+    parts.append(
+        f'<text x="{_f(label_w)}" y="{_f(axis_y + 14)}">{escape(_num(lo, 3))}</text>'
+        f'<text x="{_f(label_w + bars_w)}" y="{_f(axis_y + 14)}" text-anchor="end">{escape(_num(hi, 3))}</text>'
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _histogram_svg(name: str, hist: dict[str, Any]) -> str:
+    """Vertical bars over log-spaced bins of |reference - candidate|."""
+    edges = [float(e) for e in hist.get("edges", [])]
+    counts = [int(c) for c in hist.get("counts", [])]
+    width, height, left, bottom, top = 560.0, 190.0, 48.0, 34.0, 10.0
+    plot_w, plot_h = width - left - 10, height - bottom - top
+    parts = [
+        f'<svg id="hist-{escape(name)}" class="histogram" width="{_f(width)}" height="{_f(height)}" '
+        f'viewBox="0 0 {_f(width)} {_f(height)}" role="img">',
+        f"<title>|reference - candidate| for {escape(name)}</title>",
+    ]
+    top_count = max(counts, default=0)
+    n = len(counts)
+    for i, c in enumerate(counts):
+        h = 0.0 if top_count == 0 else c / top_count * plot_h
+        x = left + i * plot_w / n
+        parts.append(
+            f'<rect class="hist" x="{_f(x + 1)}" y="{_f(top + plot_h - h)}" width="{_f(plot_w / n - 2)}" '
+            f'height="{_f(h)}" data-count="{c}" data-lo="{edges[i]!r}" data-hi="{edges[i + 1]!r}">'
+            f"<title>{_num(edges[i], 3)} to {_num(edges[i + 1], 3)}: {c}</title></rect>"
+        )
+    base = top + plot_h
+    parts.append(f'<path class="axis" d="M {_f(left)} {_f(top)} V {_f(base)} H {_f(left + plot_w)}"/>')
+    parts.append(f'<text x="{_f(left - 4)}" y="{_f(top + 8)}" text-anchor="end">{top_count}</text>')
+    parts.append(f'<text x="{_f(left - 4)}" y="{_f(base)}" text-anchor="end">0</text>')
+    if edges:
+        for frac, anchor in ((0.0, "start"), (0.5, "middle"), (1.0, "end")):
+            k = round(frac * n)
+            parts.append(
+                f'<text x="{_f(left + k * plot_w / n)}" y="{_f(base + 14)}" text-anchor="{anchor}">'
+                f"{_num(edges[k], 3)}</text>"
+            )
+    parts.append(
+        f'<text x="{_f(left + plot_w / 2)}" y="{_f(height - 4)}" text-anchor="middle">'
+        "absolute error (log scale)</text>"
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def _summary(report: dict[str, Any]) -> str:
+    passed = bool(report.get("passed"))
+    verdict = (
+        '<span class="verdict passed" id="verdict">PASSED</span>'
+        if passed
+        else '<span class="verdict failed" id="verdict">FAILED</span>'
+    )
+    rows = [
+        ("target", escape(str(report.get("target")))),
+        ("quantization", escape(f"{quantized_label(report)}, {report.get('mode')}")),
+        ("validated on", escape(str(report.get("validated_on")))),
+        (
+            "how",
+            "Q/DQ arithmetic executed exactly (graph optimizations off)"
+            if report.get("validation_exact_qdq")
+            else "the provider's own kernels",
+        ),
+        ("held-out samples", _num(report.get("validation", {}).get("samples"))),
+    ]
+    table = _table(
+        ["", ""],
+        [[_td(k), _td(v, 'class="text"')] for k, v in rows],
+        ' id="summary-table"',
+        [f'data-key="{escape(k)}"' for k, _ in rows],
+    )
+    acc = report.get("accuracy")
+    acc_html = '<p class="muted">No labels in the validation data: no task accuracy.</p>'
+    if acc:
+        cells = [
+            ("reference", "reference (PyTorch)"),
+            ("fp32_onnx", "fp32 ONNX"),
+            ("model", quantized_label(report)),
+        ]
+        acc_rows = [
+            [_td(escape(label)), _td(_pct(acc[key]) if _is_number(acc.get(key)) else "—")]
+            for key, label in cells
+        ]
+        acc_rows.append([_td("drop (reference - quantized)"), _td(f"{-100 * acc['drop'] + 0.0:+.2f} pt")])
+        acc_html = f"<h2>Accuracy ({_num(acc.get('samples'))} held-out samples with labels)</h2>" + _table(
+            ["", "accuracy"],
+            acc_rows,
+            ' id="accuracy"',
+            [f'data-key="{k}"' for k, _ in cells] + ['data-key="drop"'],
+        )
+    return f"<h1>qconvert report {verdict}</h1>{table}{acc_html}"
+
+
+def _metric_columns(blocks: Sequence[dict[str, Any]]) -> list[str]:
+    seen = {k for b in blocks for m in b.values() for k, v in m.items() if _is_number(v)}
+    return [m for m in METRIC_ORDER if m in seen] + sorted(seen - set(METRIC_ORDER))
+
+
+def _metrics(report: dict[str, Any]) -> str:
+    blocks: list[tuple[str, str, dict[str, Any]]] = []
+    for key, label in COMPARISONS:
+        value = report.get(key)
+        if not value:
+            continue
+        outputs = value.get("outputs", {}) if key != "export_fidelity" else value
+        blocks.append((key, label, outputs))
+    columns = _metric_columns([b for _, _, b in blocks])
+    rows, attrs = [], []
+    for key, label, outputs in blocks:
+        for name, m in outputs.items():
+            rows.append(
+                [_td(escape(name)), _td(escape(label), 'class="text"')]
+                + [
+                    _td(_num(m[c]) if c in m else "—", f'data-metric="{escape(c)}"' if c in m else "")
+                    for c in columns
+                ]
+            )
+            attrs.append(f'data-output="{escape(name)}" data-compare="{key}"')
+    return (
+        "<h2>Metrics per output</h2>"
+        + _table(["output", "comparison", *map(escape, columns)], rows, ' id="metrics"', attrs)
+        + '<p class="muted">cosine: per-sample cosine similarity (mean, and worst as cosine_min); SQNR in dB; '
+        "errors are absolute.</p>"
+    )
+
+
+def _checks(report: dict[str, Any]) -> str:
+    checks = report.get("validation", {}).get("checks", [])
+    rows, attrs = [], []
+    for c in checks:
+        ok = bool(c.get("passed"))
+        rows.append(
+            [
+                _td(escape(str(c.get("output")))),
+                _td(escape(str(c.get("metric"))), 'class="text"'),
+                _td(_num(c.get("measured")), 'data-field="measured"'),
+                _td(escape(str(c.get("bound"))), 'class="text"'),
+                _td("ok" if ok else "FAILED", 'class="status"'),
+                _td(
+                    "" if ok else f"--tolerance '{escape(str(c.get('needed')))}'",
+                    'class="text" data-field="needed"',
+                ),
+                _td(escape(str(c.get("hint") or "")), 'class="text"'),
+            ]
+        )
+        attrs.append(f'class="{"pass" if ok else "fail"}"')
+    failed = sum(1 for c in checks if not c.get("passed"))
+    lead = (
+        f"<p>{failed} of {len(checks)} checks failed; each failed row says the tolerance that would pass.</p>"
+        if failed
+        else f"<p>All {len(checks)} checks passed.</p>"
+    )
+    return (
+        "<h2>Tolerance checks</h2>"
+        + lead
+        + _table(
+            ["output", "metric", "measured", "needs", "result", "would pass with", "note"],
+            rows,
+            ' id="checks"',
+            attrs,
+        )
+    )
+
+
+def _histograms(report: dict[str, Any]) -> str:
+    hists = report.get("validation", {}).get("abs_error_histograms") or {}
+    if not hists:
+        return ""
+    parts = ["<h2>Error distribution per output (quantized vs reference)</h2>"]
+    for name, h in hists.items():
+        parts.append(f"<h3>{escape(name)}</h3>")
+        if h.get("counts"):
+            parts.append(_histogram_svg(name, h))
+        outside = [
+            f"exact zero: {_num(h.get('zero', 0))}",
+            f"below {_num(h['edges'][0], 3)}: {_num(h.get('below', 0))}" if h.get("edges") else "",
+            f"NaN/Inf: {_num(h.get('nonfinite', 0))}",
+            f"elements: {_num(h.get('total', 0))}",
+        ]
+        parts.append(f'<p class="muted">{escape(", ".join(o for o in outside if o))}</p>')
+    return "".join(parts)
+
+
+def _performance(report: dict[str, Any]) -> str:
+    size, lat = report.get("size"), report.get("latency")
+    parts = ["<h2>Size and latency</h2>"]
+    q = quantized_label(report)
+    if size:
+        parts.append(
+            _bars_svg(
+                [
+                    (
+                        "fp32 (reference.onnx)",
+                        [(size["fp32_bytes"], "fp32", human_bytes(size["fp32_bytes"]))],
+                    ),
+                    (f"{q} (model.onnx)", [(size["model_bytes"], "model", human_bytes(size["model_bytes"]))]),
+                ],
+                "size-chart",
+                "file size",
+            )
+        )
+    if lat:
+        rows = []
+        for key, label, cls in (("fp32", "fp32", "fp32"), ("model", q, "model")):
+            rows.append(
+                (
+                    label,
+                    [
+                        (lat[key]["p50_ms"], cls, f"p50 {lat[key]['p50_ms']:.3f} ms"),
+                        (lat[key]["p90_ms"], f"{cls} p90", f"p90 {lat[key]['p90_ms']:.3f} ms"),
+                    ],
+                )
+            )
+        parts.append(_bars_svg(rows, "latency-chart", "latency"))
+    rows_html, attrs = [], []
+    if size:
+        rows_html.append(
+            [
+                _td("size (bytes)"),
+                _td(_num(size["fp32_bytes"])),
+                _td(_num(size["model_bytes"])),
+                _td(f"{size['ratio']:.4g}x"),
+            ]
+        )
+        attrs.append('data-key="size"')
+    if lat:
+        for p in ("p50_ms", "p90_ms"):
+            ratio = lat["model"][p] / lat["fp32"][p] if lat["fp32"][p] else float("nan")
+            rows_html.append(
+                [
+                    _td(f"latency {p[:3]} (ms)"),
+                    _td(_num(lat["fp32"][p])),
+                    _td(_num(lat["model"][p])),
+                    _td(f"{ratio:.4g}x" if p == "p90_ms" else f"{lat['ratio_p50']:.4g}x"),
+                ]
+            )
+            attrs.append(f'data-key="{p}"')
+    parts.append(_table(["", "fp32", escape(q), "ratio"], rows_html, ' id="performance"', attrs))
+    if lat:
+        parts.append(
+            f'<p class="muted">Latency at batch {_num(lat.get("batch"))} on {escape(str(lat.get("provider")))}, '
+            f"{_num(lat['model'].get('runs'))} runs per model, fp32 and quantized interleaved in one process.</p>"
+        )
+    return "".join(parts)
+
+
+SENSITIVITY_SERIES = (
+    ("isolated_model_output_sqnr_db", "isolated", "only this layer quantized, at the model output"),
+    ("isolated_sqnr_db", "isolated-node", "only this layer quantized, at its own output"),
+    ("cumulative_sqnr_db", "cumulative", "the whole quantized model, at this layer's output"),
+)
+
+
+def _db(value: Any) -> float | None:
+    """An SQNR figure from the report: a number, or "inf"/"-inf" (JSON has no Infinity)."""
+    if _is_number(value):
+        return float(value)
+    if value in ("inf", "-inf", "Infinity", "-Infinity"):
+        return math.inf if not str(value).startswith("-") else -math.inf
+    return None
+
+
+def _sensitivity(report: dict[str, Any]) -> str:
+    head = "<h2>Per-layer sensitivity</h2>"
+    sens = report.get("sensitivity")
+    if not sens:
+        return head + '<p class="muted" id="no-sensitivity">Not measured in this run.</p>'
+    if isinstance(sens, dict) and sens.get("available") is False:
+        reason = escape(str(sens.get("reason", "not available")))
+        return head + f'<p class="muted" id="no-sensitivity">Not available: {reason}</p>'
+    rows = sens.get("ranking") if isinstance(sens, dict) else sens
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return head + _generic(sens)
+    if not rows:
+        return head + '<p class="muted" id="no-sensitivity">No layers were ranked.</p>'
+    series = [(k, cls, what) for k, cls, what in SENSITIVITY_SERIES if any(k in r for r in rows)]
+    chart_rows = []
+    for r in rows[:SENSITIVITY_ROWS]:
+        bars = []
+        for key, cls, _ in series:
+            value = _db(r.get(key))
+            if value is not None:
+                bars.append((value, cls, f"{_num(value, 4)} dB"))
+        chart_rows.append((f"{r.get('node', '?')} ({r.get('op_type', r.get('op', '?'))})", bars))
+    legend = "; ".join(f'<span class="{cls}-key">{cls}</span>: {escape(what)}' for _, cls, what in series)
+    chart = _bars_svg(chart_rows, "sensitivity-chart", "per-layer SQNR (dB), worst first; lower is worse")
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    table = _table(
+        list(map(escape, keys)),
+        [
+            [
+                _td(_num(_db(r.get(k))) if _db(r.get(k)) is not None else escape(str(r.get(k, ""))))
+                for k in keys
+            ]
+            for r in rows
+        ],
+        ' id="sensitivity"',
+        [f'data-node="{escape(str(r.get("node", "")))}"' for r in rows],
+    )
+    shown = (
+        f" The {SENSITIVITY_ROWS} worst are drawn; the table lists all {len(rows)}."
+        if len(rows) > SENSITIVITY_ROWS
+        else ""
+    )
+    method = escape(str(sens.get("method", ""))) if isinstance(sens, dict) else ""
+    return (
+        head
+        + f'<p class="muted">In the order the report ranks them, worst first. {method}{shown}</p>'
+        + f'<p class="muted">{legend}</p>'
+        + chart
+        + table
+    )
+
+
+def _generic(value: Any) -> str:
+    """Any JSON value laid out: a dict as a two-column table (nested values laid out in turn), a list
+    of dicts as a table, a list of scalars as one line, a scalar as itself."""
+    if isinstance(value, dict):
+        return _table(
+            ["", ""],
+            [[_td(escape(str(k))), _td(_generic(v), 'class="text"')] for k, v in value.items()],
+        )
+    if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+        keys = list(dict.fromkeys(k for r in value for k in r))
+        return _table(
+            list(map(escape, keys)),
+            [[_td(_generic(r.get(k)), 'class="text"') for k in keys] for r in value],
+        )
+    if isinstance(value, list):
+        return escape(", ".join(str(v) for v in value)) or "—"
+    if _is_number(value):
+        return _num(value)
+    return escape(str(value))
+
+
+def _fallback(report: dict[str, Any]) -> str:
+    if not report.get("fallback"):
+        return ""
+    return '<h2>Fallback to float</h2><div id="fallback">' + _generic(report["fallback"]) + "</div>"
+
+
+def _ops(report: dict[str, Any]) -> str:
+    ops = report.get("ops")
+    if not ops:
+        return ""
+    fp32, model = ops.get("fp32", {}), ops.get("model", {})
+    names = sorted(set(fp32) | set(model), key=lambda n: (-(model.get(n, 0) + fp32.get(n, 0)), n))
+    rows = [[_td(escape(n)), _td(_num(fp32.get(n, 0))), _td(_num(model.get(n, 0)))] for n in names]
+    parts = ["<h2>Operators</h2>", _table(["op", "fp32", escape(quantized_label(report))], rows, ' id="ops"')]
+    if ops.get("float_between_qdq"):
+        parts.append(
+            '<p class="muted">Run in float between Q/DQ pairs: '
+            + escape(", ".join(map(str, ops["float_between_qdq"])))
+            + "</p>"
+        )
+    return "".join(parts)
+
+
+def _notes(report: dict[str, Any]) -> str:
+    notes = list(report.get("notes", [])) + list(report.get("validation", {}).get("notes", []))
+    if not notes:
+        return ""
+    return (
+        '<h2>Notes</h2><ul class="notes" id="notes">'
+        + "".join(f"<li>{escape(str(n))}</li>" for n in notes)
+        + "</ul>"
+    )
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole page for `report` (the dict written to report.json)."""
+    title = f"qconvert report: {report.get('target')} {quantized_label(report)} ({report.get('mode')})"
+    body = "".join(
+        (
+            _summary(report),
+            _metrics(report),
+            _checks(report),
+            _histograms(report),
+            _performance(report),
+            _sensitivity(report),
+            _fallback(report),
+            _ops(report),
+            _notes(report),
+        )
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+        f"<body>{body}"
+        '<p class="muted">Written by qconvert from report.json; every figure on this page is in that file.</p>'
+        "</body></html>\n"
+    )
