@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qconvert.validation.sensitivity import DATA_MOVEMENT_OPS
+
 if TYPE_CHECKING:
     from qconvert.validation import ValidationResult
 
@@ -29,28 +31,9 @@ DEFAULT_MAX_NODES = 10
 DEFAULT_SHARE = 0.25  # of the quantized nodes
 STEPS_WANTED = 10  # above this many nodes of budget, several nodes are added per step
 
-# ops through which a kept-float node's input is followed back to its float source
-PASS_THROUGH_OPS = frozenset(
-    {
-        "Reshape",
-        "Flatten",
-        "Transpose",
-        "Squeeze",
-        "Unsqueeze",
-        "Identity",
-        "Slice",
-        "Split",
-        "Gather",
-        "Pad",
-        "MaxPool",
-        "Expand",
-        "Tile",
-        "DepthToSpace",
-        "SpaceToDepth",
-        "Relu",
-        "Clip",
-    }
-)
+# ops through which a kept-float node's input is followed back to its float source (plus the
+# activations the quantizer folds into the op before them)
+PASS_THROUGH_OPS = DATA_MOVEMENT_OPS | {"Relu", "Clip"}
 
 
 # activations onnxruntime folds into the node before them when the Q/DQ range can do the clipping
