@@ -326,6 +326,7 @@ class ValidateConfig:
     tolerance: str | None = None  # overrides the tolerance file, which overrides the defaults
     json_out: Path | None = None
     junit_out: Path | None = None
+    html_out: Path | None = None
     calibration_data: str | None = None  # to warn when --data is the calibration data
     metric: str | None = None  # file.py:fn or module:fn, fn(outputs, labels) -> float, higher = better
     require_speedup: bool = False  # the candidate must be faster than the reference ONNX

@@ -1005,10 +1005,12 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
         if p is not None
     ]
     reports = [
-        (f, p) for f, p in (("--json", config.json_out), ("--junit", config.junit_out)) if p is not None
+        (f, p)
+        for f, p in (("--json", config.json_out), ("--junit", config.junit_out), ("--html", config.html_out))
+        if p is not None
     ]
-    if len(reports) == 2 and Path(reports[0][1]).resolve() == Path(reports[1][1]).resolve():
-        raise ConfigError("--json and --junit name the same file; give each its own path.")
+    if len({Path(p).resolve() for _, p in reports}) < len(reports):
+        raise ConfigError("--json, --junit and --html name the same file; give each its own path.")
     for flag, report_path in reports:  # refuse early, before any expensive work
         check_output_file(report_path, config.force, inputs_given, flag)
 
@@ -1165,4 +1167,9 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
         write_text_atomic(
             config.junit_out, render_junit(run.as_json()), config.force, inputs_given, "--junit"
         )
+    if config.html_out is not None:
+        from qconvert.report_html import render_html
+
+        page = render_html({**run.as_json(), "target": config.candidate, "mode": "validate"})
+        write_text_atomic(config.html_out, page, config.force, inputs_given, "--html")
     return run

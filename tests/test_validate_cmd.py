@@ -92,6 +92,21 @@ def test_pass_writes_json_and_junit(out_dir: Path, tmp_path: Path) -> None:
     assert not any(c.find("failure") is not None for c in cases)
 
 
+def test_html_report_of_a_failed_gate(out_dir: Path, tmp_path: Path) -> None:
+    from html.parser import HTMLParser
+
+    code, text = qconvert_cli(
+        "validate", str(out_dir), "--data", str(HELDOUT), "--tolerance", "cosine>=1.0", "--html", "gate.html"
+    )
+    assert code == 1, text
+    page = (tmp_path / "gate.html").read_text()
+    HTMLParser().feed(page)  # well-formed enough to parse
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "FAILED" in page and "cosine&gt;=1" in page
+    for svg in page.split("<svg")[1:]:  # every chart is valid XML
+        ET.fromstring("<svg" + svg.split("</svg>")[0] + "</svg>")
+
+
 def test_too_tight_tolerance_exits_1_naming_metric_and_needed_tolerance(
     out_dir: Path, tmp_path: Path
 ) -> None:

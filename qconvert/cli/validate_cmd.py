@@ -39,6 +39,7 @@ def validate(
     junit_out: Path = typer.Option(
         None, "--junit", help="Write JUnit XML here: one test case per output and metric."
     ),
+    html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
     calibration_data: str = typer.Option(
         None,
         "--calibration-data",
@@ -59,7 +60,7 @@ def validate(
     bits: int = typer.Option(
         None, "--bits", help="Bit width whose default tolerances apply. Default: the manifest's, else 8."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace existing --json / --junit files."),
+    force: bool = typer.Option(False, "--force", help="Replace existing --json / --junit / --html files."),
 ) -> int:
     """Validate CANDIDATE against a reference on the same inputs; exit 1 when out of tolerance."""
     from qconvert.pipeline import validate as run_validate
@@ -72,6 +73,7 @@ def validate(
         tolerance=tolerance,
         json_out=json_out,
         junit_out=junit_out,
+        html_out=html_out,
         calibration_data=calibration_data,
         metric=metric,
         require_speedup=require_speedup,
@@ -120,7 +122,7 @@ def validate(
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):
         err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)
-    for flag, path in (("json", json_out), ("junit", junit_out)):
+    for flag, path in (("json", json_out), ("junit", junit_out), ("html", html_out)):
         if path is not None:
             out.print(f"{flag}: {escape(str(path))}")
     summary_line(result.passed, started)
