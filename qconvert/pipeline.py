@@ -26,6 +26,7 @@ from qconvert.artifacts import ArtifactDir, check_output_dir, onnx_size, sha256_
 from qconvert.benchmark import interleaved_latency
 from qconvert.calibrate import Dataset, ModelInput, load_dataset
 from qconvert.config import (
+    DEFAULT_LATENCY_BATCH,
     DEFAULT_OUT_ROOT,
     HOLDOUT_FRACTION,
     QuantizeConfig,
@@ -150,7 +151,7 @@ def _fastest(
         paths[qc.format] = QUANTIZERS.get(qc.mode)(
             prepared, art.work / f"candidate-{i}.onnx", qc, calibration, on_batch
         )
-    batch = next(heldout.batches(config.latency_batch))
+    batch = _latency_feed(heldout, config.latency_batch)
     runners: dict[str, Callable[[], object]] = {
         fmt: functools.partial(make_session(path, providers).inner.run, None, batch)
         for fmt, path in paths.items()
@@ -163,6 +164,12 @@ def _fastest(
         best = first
     chosen = next(c for c in candidates if c.format == best)
     return chosen, art.copy_onnx(paths[best], "model.onnx"), {f: t.p50_ms for f, t in timed.items()}
+
+
+def _latency_feed(data: Dataset, batch: int) -> dict[str, np.ndarray]:
+    """Exactly `batch` held-out samples (repeated in order when there are fewer) for timing."""
+    index = np.arange(batch) % len(data)
+    return {name: values[index] for name, values in data.feeds.items()}
 
 
 def _stand_in(
@@ -258,6 +265,8 @@ def _command(config: RunConfig, out_dir: Path) -> str:
     ):
         if value is not None:
             parts += [flag, str(value)]
+    if config.latency_batch != DEFAULT_LATENCY_BATCH:
+        parts += ["--latency-batch", str(config.latency_batch)]
     if config.calibration_method != "minmax":
         parts += ["--calibration-method", config.calibration_method]
     for name, value in config.target_options:
@@ -558,7 +567,7 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                 )
 
         with _stage("benchmark", report_progress, "measuring latency against fp32 (interleaved)"):
-            batch = next(heldout.subset(slice(0, config.latency_batch)).batches(config.latency_batch))
+            batch = _latency_feed(heldout, config.latency_batch)
             fp32_bench = make_session(reference_path, providers)
             model_bench = make_session(model_path, providers)
             runners: dict[str, Callable[[], object]] = {

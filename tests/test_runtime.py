@@ -179,3 +179,15 @@ def test_qnn_fixes_the_batch_axis_and_refuses_other_dynamic_axes(tmp_path: Path)
         qnn.finalize(path, [ModelInput("x", (None, None), "float32")])
     with pytest.raises(qconvert.ConfigError, match="positive whole number"):
         qnn.resolve_options({"batch": "0"})
+
+
+@pytest.mark.slow
+def test_latency_batch_larger_than_the_heldout_set(tmp_path: Path) -> None:
+    code, text = cli("export", "--target", "cpu", "--latency-batch", "700", "-o", str(tmp_path / "o"))
+    assert code == 0, text
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    manifest = json.loads((tmp_path / "o" / "qconvert.json").read_text())
+    assert report["latency"]["batch"] == 700  # 600 held-out samples, repeated in order to fill it
+    assert report["latency"]["fp32"]["p50_ms"] > 0 and report["latency"]["model"]["p50_ms"] > 0
+    assert "--latency-batch 700" in manifest["command"]
+    assert "latency p50 (batch 700" in text

@@ -14,6 +14,7 @@ from rich.text import Text
 from qconvert.cli._common import ProgressView, err, out, summary_line
 from qconvert.config import (
     CALIBRATION_METHODS,
+    DEFAULT_LATENCY_BATCH,
     DEFAULT_OPSET,
     DEFAULT_TARGET,
     MODES,
@@ -60,6 +61,9 @@ def export(
     tolerance: str = typer.Option(
         None, "--tolerance", help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Default: per bit width."
     ),
+    latency_batch: int = typer.Option(
+        DEFAULT_LATENCY_BATCH, "--latency-batch", min=1, help="Batch size the latency is measured at."
+    ),
     target_options: list[str] = typer.Option(
         [], "--target-option", help="NAME=VALUE, a target setting (see `qconvert targets`). Repeatable."
     ),
@@ -97,6 +101,7 @@ def export(
         opset=opset,
         out_dir=out_dir,
         tolerance=tolerance,
+        latency_batch=latency_batch,
         target_options=tuple(parse_target_option(t) for t in target_options),
         force=force,
         auto=auto,
