@@ -282,6 +282,9 @@ class RunConfig:
     force: bool = False
     latency_repeats: int = DEFAULT_LATENCY_REPEATS
     latency_batch: int = DEFAULT_LATENCY_BATCH
+    # --exclude / --include selectors: [name:|op:|module:]GLOB or re:REGEX
+    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
     # --auto: when validation fails, keep the most sensitive nodes in float until it passes
     auto: bool = False
     # --auto-budget: most nodes kept in float; None: 10 or 25% of the quantized nodes, the smaller
@@ -414,6 +417,7 @@ class QuantizeConfig:
     calibration_method: str = "minmax"
     forbidden_ops: frozenset[str] = frozenset()
     nodes_to_exclude: tuple[str, ...] = ()
+    nodes_to_include: tuple[str, ...] = ()  # empty: every node the quantizer can take
     external_data: bool = False  # write weights beside the model (models over 2 GB)
     # fp16 only: op types left in fp32 (see FP16_KEEP_FP32_OPS), and whether graph inputs and
     # outputs stay fp32 (with Casts at the edges)

@@ -34,11 +34,12 @@ from qconvert.config import (
     Tolerance,
     ValidateConfig,
 )
-from qconvert.errors import CalibrationError, InternalError, QConvertError, TargetError
+from qconvert.errors import CalibrationError, ConfigError, InternalError, QConvertError, TargetError
 from qconvert.onnx_export import onnx_from_torch
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
 from qconvert.quantize.float16 import emulate_fp16
+from qconvert.quantize.selectors import node_infos, select
 from qconvert.runtime import make_session
 from qconvert.sources import LoadedModel, load_source
 from qconvert.targets import TARGETS, Provider, Target
@@ -47,7 +48,12 @@ from qconvert.validation import ValidationResult, evaluate
 log = logging.getLogger(__name__)
 
 FORMAT_MARGIN = 0.95  # a candidate format must be 5% faster than the default one to be kept
-SMALL_HELDOUT = 100  # below this, say how coarse agreement and accuracy figures are
+SMALL_HELDOUT = 100
+SELECTABLE_MODES = ("static", "dynamic", "fp16")  # modes whose quantizer honours --exclude
+INCLUDE_MODES = (
+    "static",
+    "dynamic",
+)  # and --include  # below this, say how coarse agreement and accuracy figures are
 
 # progress(stage, message, done, total): done/total are None for stages without a count
 Progress = Callable[[str, str, "int | None", "int | None"], None]
@@ -265,6 +271,9 @@ def _command(config: RunConfig, out_dir: Path) -> str:
     ):
         if value is not None:
             parts += [flag, str(value)]
+    for flag, selectors in (("--exclude", config.exclude), ("--include", config.include)):
+        for selector in selectors:
+            parts += [flag, selector]
     if config.latency_batch != DEFAULT_LATENCY_BATCH:
         parts += ["--latency-batch", str(config.latency_batch)]
     if config.calibration_method != "minmax":
@@ -348,10 +357,11 @@ def _blame(
     why_not = _sensitivity_unavailable(qc)
     if why_not is not None:
         return _Blame({"available": False, "reason": f"per-layer sensitivity is not available: {why_not}"})
-    qdq = replace(qc, format="qdq", nodes_to_exclude=())
+    qdq = replace(qc, format="qdq")  # the user's --exclude/--include stay in force
 
     def quantize(exclude: tuple[str, ...], dest: Path) -> Path:
-        return QUANTIZERS.get("static")(prepared, dest, replace(qdq, nodes_to_exclude=exclude), calibration)
+        excluded = replace(qdq, nodes_to_exclude=(*qdq.nodes_to_exclude, *exclude))
+        return QUANTIZERS.get("static")(prepared, dest, excluded, calibration)
 
     def on_node(done: int, total: int) -> None:
         report_progress("sensitivity", "per-layer sensitivity (isolated quantizations)", done, total)
@@ -388,7 +398,7 @@ def _blame(
     result = fallback.search(sens.fallback_order(), budget, build, validate, work / "fallback", on_step)
     blame.fallback = result
     if result.passed:
-        blame.qc = replace(qdq, nodes_to_exclude=result.kept_float)
+        blame.qc = replace(qdq, nodes_to_exclude=(*qdq.nodes_to_exclude, *result.kept_float))
     return blame
 
 
@@ -446,6 +456,13 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
     opts = target.resolve_options(dict(config.target_options))
     candidates = target.quantize_candidates(config.bits, mode, config.calibration_method, opts)
     qc = candidates[0]
+    if (config.exclude and qc.mode not in SELECTABLE_MODES) or (
+        config.include and qc.mode not in INCLUDE_MODES
+    ):
+        raise ConfigError(
+            f"--exclude/--include do not apply to {qc.mode} mode here: --exclude works with "
+            f"{', '.join(SELECTABLE_MODES)}, --include with {', '.join(INCLUDE_MODES)}."
+        )
     if config.out_dir is not None:  # refuse early, before any expensive work
         check_output_dir(config.out_dir, config.force)
 
@@ -465,6 +482,18 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
         qc = candidates[0]
         with _stage("prepare", report_progress, "shape inference and graph clean-up"):
             prepared = prepared_from_onnx(exported.path, art.work / "prepared.onnx", external_data=large)
+        if config.exclude or config.include:
+            nodes = node_infos(prepared)
+            excluded = tuple(select(nodes, config.exclude, "--exclude"))
+            included = tuple(select(nodes, config.include, "--include"))
+            candidates = [
+                replace(c, nodes_to_exclude=excluded, nodes_to_include=included) for c in candidates
+            ]
+            qc = candidates[0]
+            notes.append(
+                f"selectors: {len(excluded)} node(s) kept in float by --exclude"
+                + (f", quantization limited to {len(included)} node(s) by --include" if included else "")
+            )
 
         def on_batch(done: int, total: int) -> None:
             report_progress("calibrate", "calibrating", done, total)

@@ -61,6 +61,12 @@ def export(
     tolerance: str = typer.Option(
         None, "--tolerance", help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Default: per bit width."
     ),
+    exclude: list[str] = typer.Option(
+        [], "--exclude", help="Keep matching nodes in float: [name:|op:|module:]GLOB or re:REGEX. Repeatable."
+    ),
+    include: list[str] = typer.Option(
+        [], "--include", help="Quantize only matching nodes (same syntax as --exclude). Repeatable."
+    ),
     latency_batch: int = typer.Option(
         DEFAULT_LATENCY_BATCH, "--latency-batch", min=1, help="Batch size the latency is measured at."
     ),
@@ -102,6 +108,8 @@ def export(
         out_dir=out_dir,
         tolerance=tolerance,
         latency_batch=latency_batch,
+        exclude=tuple(exclude),
+        include=tuple(include),
         target_options=tuple(parse_target_option(t) for t in target_options),
         force=force,
         auto=auto,

@@ -29,6 +29,7 @@ def quantize_dynamic_int8(
             reduce_range=qc.reduce_range,
             weight_type=quant_type(qc.weight_type),
             nodes_to_exclude=list(qc.nodes_to_exclude) or None,
+            nodes_to_quantize=list(qc.nodes_to_include) or None,
             use_external_data_format=qc.external_data,
             extra_options={"MatMulConstBOnly": True},
         )

@@ -57,6 +57,7 @@ def quantize_static_int8(
             activation_type=quant_type(qc.activation_type),
             weight_type=quant_type(qc.weight_type),
             nodes_to_exclude=list(qc.nodes_to_exclude) or None,
+            nodes_to_quantize=list(qc.nodes_to_include) or None,
             use_external_data_format=qc.external_data,
             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[qc.calibration_method]),
             extra_options=extra,
