@@ -263,6 +263,25 @@ def parse_target_option(text: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class DataOptions:
+    """How DATA that is not already arrays becomes feed dicts (image folders, text files).
+
+    Shared by `--calibration` and `--data`; each reader checks the fields it needs and ignores the
+    rest. Arrays (.npz/.npy) ignore all of them."""
+
+    # image folders: resize to HxW, scale to [0, 1], then (x - mean) / std per channel, in layout
+    image_size: tuple[int, int] | None = None  # None: the model input's own H and W
+    mean: tuple[float, ...] | None = None  # per channel; None: no mean subtracted
+    std: tuple[float, ...] | None = None  # per channel; None: no division
+    layout: str = "nchw"  # nchw | nhwc
+    # text files (one sample per line): the tokenizer and how sequences are shaped
+    tokenizer: str | None = None  # file.py:fn / module:fn, or a Hugging Face folder; None: the source's
+    max_length: int | None = None  # pad/truncate to this many tokens; None: the tokenizer's default
+    padding: str = "max_length"  # max_length | longest
+    truncation: bool = True
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything `qconvert export` does, as one value. The CLI builds exactly this."""
 
@@ -274,6 +293,7 @@ class RunConfig:
     calibration_method: str = "minmax"
     samples: int | None = None  # calibration samples to use; None: all
     data: str | None = None  # held-out validation data; None: built-in set, or a split of calibration
+    data_options: DataOptions = DataOptions()  # image folders and text files, for both DATA flags
     inputs: tuple[InputSpec, ...] = ()
     opset: int = DEFAULT_OPSET
     out_dir: Path | None = None  # None: DEFAULT_OUT_ROOT / <model>-<target>-<format>

@@ -115,10 +115,14 @@ def _load_data(
     calib_path = config.calibration or loaded.default_calibration
     data_path = config.data or (loaded.default_data if not config.calibration else None)
     calibration = (
-        load_dataset(calib_path, inputs, flag="--calibration", samples=config.samples) if calib_path else None
+        load_dataset(
+            calib_path, inputs, flag="--calibration", samples=config.samples, options=config.data_options
+        )
+        if calib_path
+        else None
     )
     if data_path is not None:
-        heldout = load_dataset(data_path, inputs, flag="--data")
+        heldout = load_dataset(data_path, inputs, flag="--data", options=config.data_options)
         if calib_path and Path(calib_path).resolve() == Path(data_path).resolve():
             notes.append(
                 "the validation data is the calibration data; figures will look better than they are"

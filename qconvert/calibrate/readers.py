@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from qconvert.config import DataOptions
 from qconvert.errors import CalibrationError
 
 LABEL_KEYS = ("labels", "label")
@@ -66,9 +67,16 @@ class Dataset:
 
 
 def load_dataset(
-    path: str | Path, inputs: Sequence[ModelInput], *, flag: str, samples: int | None = None
+    path: str | Path,
+    inputs: Sequence[ModelInput],
+    *,
+    flag: str,
+    samples: int | None = None,
+    options: DataOptions | None = None,
 ) -> Dataset:
-    """Load `path` (`.npz`, `.npy`, or a folder of them) and check it against `inputs`."""
+    """Load `path` (`.npz`, `.npy`, or a folder of them) and check it against `inputs`.
+
+    `options` says how data that is not arrays (image folders, text files) becomes feeds."""
     p = Path(path)
     where = f"{flag} {path}"
     if not p.exists():
