@@ -22,7 +22,7 @@ import pytest
 from conftest import flat, write_model
 from typer.testing import CliRunner
 
-from qconvert.calibrate import ModelInput, load_dataset
+from qconvert.calibrate import Dataset, ModelInput, load_dataset
 from qconvert.cli import app
 from qconvert.fallback import default_budget
 from qconvert.prepare import prepared_from_onnx
@@ -295,3 +295,42 @@ def test_sensitivity_is_not_available_for_dynamic_mode(tmp_path: Path) -> None:
     assert report["fallback"] == {"available": False, "reason": report["sensitivity"]["reason"]}
     assert "per-layer sensitivity is not available: dynamic mode" in text
     assert "--auto cannot keep layers in float either" in text
+
+
+def test_sensitivity_skips_nodes_with_integer_outputs(tmp_path: Path) -> None:
+    """A Shape (integer output) fed by a dequantized tensor has no SQNR: it is left out, not a crash."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Shape", ["r"], ["s"], name="shape"),
+        helper.make_node("Reshape", ["r", "s"], ["r2"], name="reshape"),
+        helper.make_node("MatMul", ["r2", "w2"], ["y"], name="mm2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    src = tmp_path / "fp32.onnx"
+    onnx.save(model, src)
+    prepared = prepared_from_onnx(src, tmp_path / "prepared.onnx", external_data=False)
+    data = Dataset("test", {"x": rng.standard_normal((64, 8)).astype(np.float32)})
+    qc = TARGETS.get("tensorrt").quantize_config(8, "static", "minmax")
+
+    def quantize(exclude: tuple[str, ...], dest: Path) -> Path:
+        return QUANTIZERS.get("static")(prepared, dest, replace(qc, nodes_to_exclude=exclude), data)
+
+    quantized = quantize((), tmp_path / "int8.onnx")
+    assert any(n.op_type == "Shape" for n in onnx.load(str(quantized)).graph.node)
+    sens = analyze(prepared, quantized, data, quantize, tmp_path / "sens", isolated=4, samples=32)
+    names = {s.node for s in sens.layers}
+    assert {"mm1", "mm2"} <= names and "shape" not in names
+    assert all(math.isfinite(s.cumulative_db) for s in sens.layers)

@@ -156,12 +156,36 @@ def handed_on(model: onnx.ModelProto, tensor: str) -> str:
     return tensor
 
 
+# ops whose output is an integer or boolean tensor whatever their input
+_NON_FLOAT_OUTPUT_OPS = frozenset(
+    {
+        "Shape",
+        "Size",
+        "ArgMax",
+        "ArgMin",
+        "NonZero",
+        "Equal",
+        "Greater",
+        "Less",
+        "GreaterOrEqual",
+        "LessOrEqual",
+        "IsNaN",
+        "IsInf",
+        "Not",
+    }
+)
+
+
 def quantized_nodes(model: onnx.ModelProto, fp32_tensors: set[str]) -> tuple[list[QuantizedNode], list[str]]:
-    """(nodes fed by a DequantizeLinear whose output maps to an fp32 tensor, names that do not map)."""
+    """(nodes fed by a DequantizeLinear whose output maps to an fp32 tensor, names that do not map).
+
+    Nodes whose output is not a float tensor (Shape, ArgMax, ...) are neither."""
     dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     found, unmapped = [], []
     for node in model.graph.node:
         if node.op_type in _QDQ or node.op_type in DATA_MOVEMENT_OPS or not node.output:
+            continue
+        if node.op_type in _NON_FLOAT_OUTPUT_OPS:
             continue
         if not any(i in dequantized for i in node.input):
             continue
@@ -174,8 +198,22 @@ def quantized_nodes(model: onnx.ModelProto, fp32_tensors: set[str]) -> tuple[lis
     return found, unmapped
 
 
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
 def _produced(model: onnx.ModelProto) -> set[str]:
-    return {o for n in model.graph.node for o in n.output} | {o.name for o in model.graph.output}
+    """Float tensors the fp32 graph produces: a node with an integer output fed by a dequantized
+    tensor (Shape, ArgMax, ...) has no SQNR to measure and is left out of the ranking."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    kinds = {
+        v.name: v.type.tensor_type.elem_type
+        for v in (*inferred.graph.value_info, *inferred.graph.output)
+        if v.type.HasField("tensor_type")
+    }
+    produced = {o for n in model.graph.node for o in n.output} | {o.name for o in model.graph.output}
+    return {t for t in produced if kinds.get(t, 1) in _FLOAT_TYPES}
 
 
 def _exposing(src: Path, dest: Path, names: Sequence[str]) -> Path:
