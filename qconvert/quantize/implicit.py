@@ -11,11 +11,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from qconvert.calibrate import Dataset, ort_reader
+from qconvert.calibrate import Dataset
+from qconvert.calibrate.streaming import CalibrationSettings, calibrate_streaming, ranges_only
 from qconvert.config import QuantizeConfig
-from qconvert.errors import CalibrationError, QuantizationError
+from qconvert.errors import CalibrationError, QConvertError, QuantizationError
 from qconvert.quantize._common import check_output
-from qconvert.quantize.static import CALIBRATION_METHODS, calibration_batch
 
 
 def quantize_implicit_int8(
@@ -25,8 +25,11 @@ def quantize_implicit_int8(
     calibration: Dataset | None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Copy the fp32 graph to `dest` and write the table to `dest.parent / qc.calibration_table`."""
-    from onnxruntime.quantization import CalibrationMethod, create_calibrator, write_calibration_table
+    """Copy the fp32 graph to `dest` and write the table to `dest.parent / qc.calibration_table`.
+
+    Every float tensor is calibrated, with a symmetric range: TensorRT's int8 is symmetric and reads
+    one magnitude per tensor from the table."""
+    from onnxruntime.quantization import write_calibration_table
 
     if calibration is None or len(calibration) == 0:
         raise CalibrationError("implicit int8 needs calibration data: pass --calibration DATA.")
@@ -35,21 +38,13 @@ def quantize_implicit_int8(
     table = dest.parent / qc.calibration_table
     table.parent.mkdir(parents=True, exist_ok=True)
     try:
+        settings = CalibrationSettings(method=qc.calibration_method, symmetric=True)
+        ranges = calibrate_streaming(src, calibration, settings, on_batch, qc.external_data)
         with tempfile.TemporaryDirectory() as tmp:
-            calibrator = create_calibrator(
-                str(src),
-                augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[qc.calibration_method]),
-                use_external_data_format=qc.external_data,
-                extra_options={"symmetric": True},
-            )
-            batch = calibration_batch(len(calibration), qc.calibration_method)
-            calibrator.collect_data(ort_reader(calibration, batch_size=batch, on_batch=on_batch))
-            ranges = calibrator.compute_data()
-            write_calibration_table(ranges.data if hasattr(ranges, "data") else ranges, dir=str(tmp))
+            write_calibration_table(ranges_only(ranges).data, dir=str(tmp))
             shutil.copyfile(Path(tmp) / "calibration.flatbuffers", table)
             shutil.copyfile(Path(tmp) / "calibration.json", table.with_suffix(".json"))
-    except (CalibrationError, QuantizationError):
+    except QConvertError:
         raise
     except Exception as e:
         raise QuantizationError(

@@ -1,27 +1,65 @@
-"""Static int8: activation ranges from calibration data, Q/DQ or QOperator format."""
+"""Static int8: activation ranges from calibration data, Q/DQ or QOperator format.
+
+The ranges come from qconvert's streaming calibrator (memory independent of the number of
+samples); everything after calibration is onnxruntime's own `quantize_static`, which takes them
+through its calibration-cache hook, so model loading, op types, Q/DQ vs QOperator and every
+extra option behave exactly as in onnxruntime.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from qconvert.calibrate import Dataset, ort_reader
+from qconvert.calibrate import Dataset
+from qconvert.calibrate.streaming import (
+    ORT_METHODS,
+    CalibrationSettings,
+    calibrate_streaming,
+    ranges_only,
+)
 from qconvert.config import QuantizeConfig
-from qconvert.errors import CalibrationError, QuantizationError
+from qconvert.errors import CalibrationError, QConvertError, QuantizationError
 from qconvert.quantize._common import check_output, quant_type
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_BATCH = 16
-CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+CALIBRATION_METHODS = ORT_METHODS
+# onnxruntime calibration options (extra_options) and the streaming setting each one maps to
+CALIB_OPTIONS = {"CalibTensorRangeSymmetric": "symmetric", "CalibPercentile": "percentile"}
+# onnxruntime calibration options that only make sense with its own calibrator
+UNSUPPORTED_CALIB_OPTIONS = (
+    "CalibMovingAverage",
+    "CalibMovingAverageConstant",
+    "CalibMaxIntermediateOutputs",
+    "CalibStridedMinMax",
+    "SmoothQuant",
+)
 
 
-def calibration_batch(samples: int, method: str) -> int:
-    """onnxruntime's histogram calibrators (entropy, percentile) stack the batches into one array,
-    so every batch must have the same size: use a batch size that divides the sample count."""
-    return CALIBRATION_BATCH if method == "minmax" else math.gcd(samples, CALIBRATION_BATCH)
+def static_op_types() -> tuple[str, ...]:
+    """The op types `quantize_static` quantizes (and calibrates around) when given none."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return tuple(sorted(set(QLinearOpsRegistry) | set(QDQRegistry)))
+
+
+def calibration_settings(
+    qc: QuantizeConfig, extra: dict[str, Any], op_types: tuple[str, ...] | None
+) -> CalibrationSettings:
+    """The streaming calibrator's settings for `qc`, with onnxruntime's Calib* extra options."""
+    unsupported = [k for k in UNSUPPORTED_CALIB_OPTIONS if extra.get(k)]
+    if unsupported:
+        raise QuantizationError(
+            f"extra option(s) {', '.join(unsupported)} need onnxruntime's own calibrator, which keeps "
+            "every sample's activations in memory; qconvert's streaming calibrator does not support them. "
+            "Remove them from the target's extra_options."
+        )
+    given = {CALIB_OPTIONS[k]: v for k, v in extra.items() if k in CALIB_OPTIONS}
+    return CalibrationSettings(method=qc.calibration_method, op_types=op_types, **given)
 
 
 def quantize_static_int8(
@@ -31,7 +69,8 @@ def quantize_static_int8(
     calibration: Dataset | None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
 
     if calibration is None or len(calibration) == 0:
         raise CalibrationError(
@@ -45,23 +84,30 @@ def quantize_static_int8(
         **dict(qc.extra_options),
     }
     log.info("static quantization: %s, %d calibration samples", qc, len(calibration))
-    batch = calibration_batch(len(calibration), qc.calibration_method)
     try:
-        quantize_static(
-            str(src),
-            str(dest),
-            ort_reader(calibration, batch_size=batch, on_batch=on_batch),
-            quant_format=QuantFormat.QDQ if qc.format == "qdq" else QuantFormat.QOperator,
-            per_channel=qc.per_channel,
-            reduce_range=qc.reduce_range,
-            activation_type=quant_type(qc.activation_type),
-            weight_type=quant_type(qc.weight_type),
-            nodes_to_exclude=list(qc.nodes_to_exclude) or None,
-            nodes_to_quantize=list(qc.nodes_to_include) or None,
-            use_external_data_format=qc.external_data,
-            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[qc.calibration_method]),
-            extra_options=extra,
-        )
+        settings = calibration_settings(qc, extra, static_op_types())
+        ranges = calibrate_streaming(src, calibration, settings, on_batch, qc.external_data)
+        with tempfile.TemporaryDirectory(prefix="qconvert-static-") as tmp:
+            cache = Path(tmp) / "ranges.json"
+            save_tensors_data(ranges_only(ranges), cache)
+            quantize_static(
+                str(src),
+                str(dest),
+                None,  # no reader: the ranges come from the cache
+                quant_format=QuantFormat.QDQ if qc.format == "qdq" else QuantFormat.QOperator,
+                per_channel=qc.per_channel,
+                reduce_range=qc.reduce_range,
+                activation_type=quant_type(qc.activation_type),
+                weight_type=quant_type(qc.weight_type),
+                nodes_to_exclude=list(qc.nodes_to_exclude) or None,
+                nodes_to_quantize=list(qc.nodes_to_include) or None,
+                use_external_data_format=qc.external_data,
+                calibrate_method=ranges.calibration_method,
+                extra_options=extra,
+                calibration_cache_path=cache,
+            )
+    except QConvertError:
+        raise
     except Exception as e:
         raise QuantizationError(f"static int8 quantization failed: {type(e).__name__}: {e}") from e
     return check_output(dest)
