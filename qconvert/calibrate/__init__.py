@@ -8,5 +8,6 @@ dataset into onnxruntime's `CalibrationDataReader` protocol.
 from __future__ import annotations
 
 from qconvert.calibrate.readers import Dataset, ModelInput, load_dataset, ort_reader
+from qconvert.calibrate.synthetic import random_dataset
 
-__all__ = ["Dataset", "ModelInput", "load_dataset", "ort_reader"]
+__all__ = ["Dataset", "ModelInput", "load_dataset", "ort_reader", "random_dataset"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from qconvert.config import DataOptions
+from qconvert.config import RANDOM_CALIBRATION_SAMPLES, RANDOM_CALIBRATION_SEED, RANDOM_DATA, DataOptions
 from qconvert.errors import CalibrationError
 
 LABEL_KEYS = ("labels", "label")
@@ -74,23 +74,15 @@ def load_dataset(
     samples: int | None = None,
     options: DataOptions | None = None,
 ) -> Dataset:
-    """Load `path` (`.npz`, `.npy`, or a folder of them) and check it against `inputs`.
+    """Load DATA and check it against `inputs`: `.npz`, `.npy`, a folder of them, a folder of images,
+    `file.py:callable` / `package.module:callable`, or (for `--calibration` only) `random`.
 
-    `options` says how data that is not arrays (image folders, text files) becomes feeds."""
-    p = Path(path)
+    `options` says how data that is not arrays (image folders, text files) becomes feeds. Readers
+    that can stop early (images, callables) read only the first `samples` samples."""
     where = f"{flag} {path}"
-    if not p.exists():
-        raise CalibrationError(f"{where}: no such file or folder.")
-    if p.is_dir():
-        arrays, labels = _read_folder(p, inputs, where)
-    elif p.suffix in (".npz", ".npy"):
-        arrays, labels = _read_file(p, inputs, where)
-    else:
-        raise CalibrationError(
-            f"{where}: unsupported data format {p.suffix or '(no suffix)'}. Give a .npz (one array per "
-            "model input, keyed by input name, samples on the first axis), a .npy for a single-input "
-            "model, or a folder of them."
-        )
+    if str(path) == RANDOM_DATA:
+        return _random_calibration(inputs, flag, samples)
+    arrays, labels = _read_any(str(path), inputs, flag, samples, options or DataOptions())
     feeds = {inp.name: _check_input(arrays[inp.name], inp, where) for inp in inputs}
     counts = {name: len(a) for name, a in feeds.items()}
     if len(set(counts.values())) > 1:
@@ -109,6 +101,50 @@ def load_dataset(
     if samples is not None and samples < n:
         data = data.subset(slice(0, samples), f"{where} (first {samples} of {n} samples)")
     return data
+
+
+def _read_any(
+    spec: str, inputs: Sequence[ModelInput], flag: str, samples: int | None, options: DataOptions
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """DATA -> (arrays keyed by input name, labels or None): the one place that tells the forms apart."""
+    from qconvert.calibrate.python_source import is_callable_spec, read_callable
+
+    p, where = Path(spec), f"{flag} {spec}"
+    if not p.exists():
+        if is_callable_spec(spec):
+            return read_callable(spec, inputs, flag, samples)
+        raise CalibrationError(f"{where}: no such file or folder.")
+    if p.is_dir():
+        if any(f.suffix in (".npz", ".npy") for f in p.iterdir()):
+            return _read_folder(p, inputs, where)
+        from qconvert.calibrate.images import read_image_folder
+
+        return read_image_folder(p, inputs, options, where, samples)
+    if p.suffix in (".npz", ".npy"):
+        return _read_file(p, inputs, where)
+    if p.suffix == ".txt":
+        from qconvert.calibrate.text import read_text_file
+
+        return read_text_file(p, inputs, options, where, samples)
+    raise CalibrationError(
+        f"{where}: unsupported data format {p.suffix or '(no suffix)'}. Give a .npz (one array per model "
+        "input, keyed by input name, samples on the first axis), a .npy for a single-input model, a folder "
+        "of them, a folder of images (.png, .jpg, .bmp, .webp; class subfolders give labels), a text file "
+        "(.txt, one sample per line, read with the model's tokenizer), or file.py:callable yielding feed dicts."
+    )
+
+
+def _random_calibration(inputs: Sequence[ModelInput], flag: str, samples: int | None) -> Dataset:
+    from qconvert.calibrate.synthetic import random_dataset
+
+    if flag != "--calibration":
+        raise CalibrationError(
+            f"{flag} {RANDOM_DATA}: random inputs are only for --calibration (and then, without --data, "
+            "validation runs on another random set). Give real samples here: a .npz, a folder of images, "
+            "or file.py:callable."
+        )
+    n = samples or RANDOM_CALIBRATION_SAMPLES
+    return random_dataset(inputs, n, RANDOM_CALIBRATION_SEED, f"--calibration random ({n} seeded samples)")
 
 
 def _load_npz(path: Path, where: str) -> dict[str, np.ndarray]:
