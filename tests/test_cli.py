@@ -243,7 +243,7 @@ def test_bits_the_target_does_not_support(out_dir: Path) -> None:
         text,
         "error (config)",
         "--bits 4 is not supported by --target tensorrt",
-        "Valid --bits for tensorrt: 8",
+        "Valid --bits for tensorrt: 16, 8",
     )
     assert_nothing_left(out_dir)
 

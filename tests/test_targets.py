@@ -378,14 +378,22 @@ def test_resolve_mode_defaults_and_choices() -> None:
     assert trt.resolve_mode(8, None) == "static"
 
 
-@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
-@pytest.mark.parametrize("bits", [4, 16])
-def test_resolve_mode_unsupported_bits_names_the_valid_ones(target: str, bits: int) -> None:
+@pytest.mark.parametrize(
+    ("target", "bits", "valid"),
+    [
+        ("tensorrt", 4, "16, 8"),
+        ("coreml", 4, "16, 8"),
+        ("openvino", 4, "8"),
+        ("openvino", 16, "8"),
+        ("qnn", 16, "8"),
+    ],
+)
+def test_resolve_mode_unsupported_bits_names_the_valid_ones(target: str, bits: int, valid: str) -> None:
     with pytest.raises(ConfigError) as err:
         TARGETS.get(target).resolve_mode(bits, None)
     message = str(err.value)
-    assert f"--bits {bits}" in message
-    assert f"Valid --bits for {target}: 8." in message
+    assert f"--bits {bits} is not supported by --target {target} (" in message  # with the reason
+    assert f"Valid --bits for {target}: {valid}." in message
 
 
 def test_resolve_mode_tensorrt_refuses_dynamic_with_a_reason() -> None:

@@ -282,7 +282,7 @@ def test_arm64_providers_and_options() -> None:
     assert providers[0].options == {"intra_op_num_threads": "0"}
     assert target.providers([IMAGE_INPUT], {"threads": "4"})[0].options == {"intra_op_num_threads": "4"}
     assert [p.name for p in target.providers([IMAGE_INPUT], {"xnnpack": "false"})] == [CPU]
-    assert target.modes == {8: ("static", "dynamic")}
+    assert target.modes == {8: ("static", "dynamic"), 4: ("weight-only",)}
 
 
 def test_arm64_xnnpack_contract(graphs: dict[str, Path]) -> None:

@@ -24,6 +24,9 @@ def targets() -> int:
         table.add_column(col)
     for name, target in TARGETS:
         modes = "\n".join(f"{b}: {', '.join(m)}" for b, m in sorted(target.modes.items(), reverse=True))
+        refused = "\n".join(
+            f"{b}: no ({why})" for b, why in sorted(target.refused_bits.items(), reverse=True)
+        )
         provs = "\n".join(
             f"{p.name.removesuffix('ExecutionProvider')}{' (installed)' if p.name in installed else ' (not here)'}"
             for p in target.providers([])
@@ -32,6 +35,11 @@ def targets() -> int:
             f"{o.name}={o.default}" + (f" [{'|'.join(o.choices)}]" if o.choices else "")
             for o in target.options
         )
-        table.add_row(f"[bold]{name}[/]\n{escape(target.description)}", modes, provs, escape(opts) or "-")
+        table.add_row(
+            f"[bold]{name}[/]\n{escape(target.description)}",
+            modes + (f"\n[dim]{escape(refused)}[/]" if refused else ""),
+            provs,
+            escape(opts) or "-",
+        )
     out.print(table)
     return 0

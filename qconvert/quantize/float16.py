@@ -11,13 +11,16 @@ onnxruntime's CPU provider has few fp16 kernels. It runs the other fp16 nodes in
 casts between them, so an fp16 graph run there mostly computes in fp32: it does not round to fp16
 between ops and does not overflow. `emulate_fp16` writes an fp32 stand-in that does both, for
 validating where no fp16 hardware is present.
+
+bf16 (quantize/bf16.py) reuses both halves: `fp16_graph` for the conversion (it then retypes the
+float16 tensors as bfloat16) and `emulate_narrow_float` for its stand-in.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,6 +135,39 @@ def drop_fp16_round_trips(graph: onnx.GraphProto) -> int:
     return len(rename)
 
 
+def fp16_graph(
+    src: Path, keep_io_types: bool, keep_fp32_ops: Iterable[str], keep_nodes: Iterable[str]
+) -> onnx.ModelProto:
+    """onnxruntime's `convert_float_to_float16` on `src`, with its nodes put back in topological order
+    and the fp16 round trips between two fp32 ops removed. Shared by fp16 and bf16 (which retypes
+    the result)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # a path (not a ModelProto) lets the converter run shape inference on models over 2 GB
+    model = convert_float_to_float16(
+        str(src),
+        keep_io_types=keep_io_types,
+        op_block_list=sorted(keep_fp32_ops),
+        node_block_list=list(keep_nodes) or None,
+    )
+    sort_topologically(model.graph)  # the converter appends the input Casts after their readers
+    dropped = drop_fp16_round_trips(model.graph)
+    log.info("%d fp16 round trips between fp32 ops removed", dropped)
+    return model
+
+
+def check_types(path: Path, what: str) -> Path:
+    """onnx.checker with strict type inference: a Cast the converter got wrong shows up only there."""
+    import onnx
+
+    check_output(path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise QuantizationError(f"the {what} model's types do not check: {e}") from e
+    return path
+
+
 def quantize_fp16(
     src: Path,
     dest: Path,
@@ -140,34 +176,17 @@ def quantize_fp16(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Calibration data is not used: fp16 needs no ranges."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     if qc.bits != 16:
         raise ConfigError(f"--mode fp16 needs --bits 16 (got --bits {qc.bits}).")
     log.info(
         "fp16: %d op types kept in fp32, fp32 inputs/outputs: %s", len(qc.keep_fp32_ops), qc.keep_io_types
     )
     try:
-        # a path (not a ModelProto) lets the converter run shape inference on models over 2 GB
-        model = convert_float_to_float16(
-            str(src),
-            keep_io_types=qc.keep_io_types,
-            op_block_list=sorted(qc.keep_fp32_ops),
-            node_block_list=list(qc.nodes_to_exclude) or None,
-        )
-        sort_topologically(model.graph)  # the converter appends the input Casts after their readers
-        dropped = drop_fp16_round_trips(model.graph)
-        log.info("fp16: %d fp16 round trips between fp32 ops removed", dropped)
+        model = fp16_graph(src, qc.keep_io_types, qc.keep_fp32_ops, qc.nodes_to_exclude)
         save_onnx(model, dest, qc.external_data)
     except Exception as e:
         raise QuantizationError(f"fp16 conversion failed: {type(e).__name__}: {e}") from e
-    check_output(dest)
-    try:  # types too: a Cast the converter got wrong shows up only in strict type inference
-        onnx.checker.check_model(str(dest), full_check=True)
-    except Exception as e:
-        raise QuantizationError(f"the fp16 model's types do not check: {e}") from e
-    return dest
+    return check_types(dest, "fp16")
 
 
 def emulate_fp16(src: Path, dest: Path, external_data: bool = False) -> Path:
@@ -177,11 +196,21 @@ def emulate_fp16(src: Path, dest: Path, external_data: bool = False) -> Path:
     rounded to float16 (a Cast to float16 and back) where it is produced: values beyond +-65504
     become Inf and the rest keep fp16 precision, as on hardware whose fp16 kernels accumulate in
     fp32. Float16 initializers and constants become the same values in fp32 (exactly)."""
+    from onnx import TensorProto
+
+    return emulate_narrow_float(src, dest, TensorProto.FLOAT16, external_data)
+
+
+def emulate_narrow_float(src: Path, dest: Path, narrow: int, external_data: bool = False) -> Path:
+    """`emulate_fp16` for a graph whose narrow float type is `narrow` (TensorProto.FLOAT16 or
+    BFLOAT16): the same fp32 stand-in, rounding each narrow tensor with a Cast to `narrow` and back.
+    onnxruntime's CPU provider has Cast to and from both types (round to nearest even), and few
+    other kernels for them."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper, shape_inference
 
-    half, full = TensorProto.FLOAT16, TensorProto.FLOAT
+    half, full = narrow, TensorProto.FLOAT
     model = onnx.load(str(src))
     try:
         typed = shape_inference.infer_shapes(model).graph
@@ -215,7 +244,7 @@ def emulate_fp16(src: Path, dest: Path, external_data: bool = False) -> Path:
         return out
 
     def rounding(raw: str, rounded: str) -> list[onnx.NodeProto]:
-        mid = fresh(f"{rounded}_as_fp16")
+        mid = fresh(f"{rounded}_as_{'fp16' if half == TensorProto.FLOAT16 else 'bf16'}")
         return [
             helper.make_node("Cast", [raw], [mid], name=fresh(f"{mid}_Cast"), to=half),
             helper.make_node("Cast", [mid], [rounded], name=fresh(f"{rounded}_Cast"), to=full),

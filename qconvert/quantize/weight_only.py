@@ -211,7 +211,12 @@ def quantize_weight_only(
         counts["other"],
     )
     if not counts["quantized"]:
-        log.warning("weight-only int8: no weight had %d values or more; the model is unchanged", MIN_ELEMENTS)
+        raise ConfigError(
+            f"--mode weight-only found no weight to quantize: it takes Conv, Gemm and MatMul weights of "
+            f"{MIN_ELEMENTS} values or more, and this model has none ({counts['small']} smaller, "
+            f"{counts['other']} shared or not float). The result would be the fp32 model under an int8 "
+            "label; keep the model in fp32, or use --bits 16."
+        )
     props = {p.key: p.value for p in model.metadata_props}
     props[METADATA_KEY] = json.dumps({**counts, "min_elements": MIN_ELEMENTS, "per_channel": qc.per_channel})
     helper.set_model_props(model, props)

@@ -14,6 +14,10 @@ per-channel weights (zero point 0), or u8 with u8 per-tensor weights, and no U8S
 Dynamic: DynamicQuantizeLinear (always u8) + ConvInteger/MatMulInteger with signed per-channel
 weights, run by the CPU provider (MLAS has ARM64 dot-product kernels for it).
 
+4-bit weight-only: MatMulNBits, asymmetric blocks, accuracy_level 4 (int8 compute, which MLAS
+runs with the ARM64 dot-product instructions). XNNPACK has no MatMulNBits, so those nodes run on the
+CPU provider.
+
 XNNPACK's limits, as onnxruntime's XNNPACK docs and sources state them: it takes quantized Conv,
 ConvTranspose, MaxPool, AveragePool, Softmax and Resize (2D only, constant weights and quantization
 parameters); Gemm and MatMul only in float. So in a Q/DQ graph the fully connected layers, and
@@ -32,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
-from qconvert.targets.base import ORT_CPU_INT8_OPS, Options, Provider, Target, TargetOption
+from qconvert.targets.base import ORT_CPU_INT8_OPS, Options, Provider, Target, TargetOption, int4_config
 
 if TYPE_CHECKING:
     import onnx
@@ -98,10 +102,15 @@ def xnnpack_conv_problems(model: onnx.ModelProto) -> list[str]:
     return problems
 
 
+ARM64_INT4_ACCURACY_LEVEL = 4  # MatMulNBits int8 compute
+
+
 class Arm64Target(Target):
     def quantize_config(
         self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
     ) -> QuantizeConfig:
+        if bits == 4:
+            return int4_config(ARM64_INT4_ACCURACY_LEVEL)
         static = mode == "static"
         return QuantizeConfig(
             bits=bits,
@@ -156,8 +165,9 @@ def _is_arm64() -> bool:
 ARM64 = Arm64Target(
     name="arm64",
     description="ARM64 CPUs through the XNNPACK EP, then the CPU EP: S8S8 Q/DQ with per-channel weights "
-    "(XNNPACK runs quantized Conv/pool/Softmax/Resize; Gemm/MatMul fall to the CPU EP), or dynamic int8",
-    modes={8: ("static", "dynamic")},
+    "(XNNPACK runs quantized Conv/pool/Softmax/Resize; Gemm/MatMul fall to the CPU EP), or dynamic int8; "
+    "4-bit weight-only MatMulNBits on the CPU EP",
+    modes={8: ("static", "dynamic"), 4: ("weight-only",)},
     options=OPTIONS,
     int8_ops=ORT_CPU_INT8_OPS,
 )

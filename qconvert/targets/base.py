@@ -39,6 +39,19 @@ INTEGER_ONLY_OPS = frozenset(
     }
 )
 WEIGHT_CONSUMERS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+# Where onnxruntime's quantizers use the weight type for a constant input (op -> input slots): the
+# weights above, a constant MatMul operand on either side, and a normalization's scale. Any other
+# constant they quantize (an Add's bias, a Mul's factor, a Gather's table) gets the activation type,
+# since the int8 kernels take both operands of such ops in one type.
+WEIGHT_SLOTS: dict[str, frozenset[int]] = {
+    "Conv": frozenset({1}),
+    "ConvTranspose": frozenset({1}),
+    "Gemm": frozenset({1}),
+    "MatMul": frozenset({0, 1}),
+    "LayerNormalization": frozenset({1}),
+    "InstanceNormalization": frozenset({1}),
+    "BatchNormalization": frozenset({1}),
+}
 # Ops that int8-capable runtimes generally execute on quantized tensors, or pass through without
 # leaving int8 (data movement). A target refines this with its own `int8_ops`.
 COMMON_INT8_OPS = frozenset(
@@ -78,6 +91,29 @@ ORT_CPU_INT8_OPS = COMMON_INT8_OPS | {"Sigmoid", "LeakyRelu", "Softmax", "Where"
 def fp16_config(bits: int, mode: str) -> QuantizeConfig:
     """fp16 weights and activations, fp32 inputs and outputs (QuantizeConfig's fp16 defaults)."""
     return QuantizeConfig(bits=bits, mode=mode, format="fp16", forbidden_ops=INTEGER_ONLY_OPS)
+
+
+def bf16_config(bits: int) -> QuantizeConfig:
+    """bf16 weights and activations, fp32 inputs and outputs. No op is kept in fp32 for range (bf16
+    has fp32's); the bf16 quantizer keeps the ops without a CUDA bf16 kernel in fp32."""
+    return QuantizeConfig(
+        bits=bits, mode="bf16", format="bf16", forbidden_ops=INTEGER_ONLY_OPS, keep_fp32_ops=frozenset()
+    )
+
+
+def int4_config(accuracy_level: int) -> QuantizeConfig:
+    """4-bit weight-only (MatMulNBits): asymmetric blocks (a zero point each, the more accurate
+    layout, which every MatMulNBits kernel takes), activations float. `weight_type` is the storage
+    type: two 4-bit codes per uint8."""
+    return QuantizeConfig(
+        bits=4,
+        mode="weight-only",
+        format="matmulnbits",
+        weight_type="uint8",
+        weight_symmetric=False,
+        quantize_bias=False,
+        accuracy_level=accuracy_level,
+    )
 
 
 @dataclass(frozen=True)
@@ -127,6 +163,8 @@ class Target:
     options: tuple[TargetOption, ...] = ()
     # ops this target's provider runs in int8 (empty: unknown, coverage is not checked)
     int8_ops: frozenset[str] = frozenset()
+    # bits -> why this target does not take them (shown by `qconvert targets` and in the error)
+    refused_bits: dict[int, str] = field(default_factory=dict)
 
     def resolve_options(self, given: Options | None = None) -> dict[str, str]:
         """Defaults overridden by `given`; unknown names are refused with the list of valid ones."""
@@ -146,8 +184,10 @@ class Target:
         supported = self.modes.get(bits)
         if not supported:
             valid = ", ".join(str(b) for b in sorted(self.modes, reverse=True))
+            why = f" ({self.refused_bits[bits]})" if bits in self.refused_bits else ""
             raise ConfigError(
-                f"--bits {bits} is not supported by --target {self.name}. Valid --bits for {self.name}: {valid}."
+                f"--bits {bits} is not supported by --target {self.name}{why}. "
+                f"Valid --bits for {self.name}: {valid}."
             )
         if mode is None:
             return supported[0]
@@ -175,6 +215,13 @@ class Target:
 
     def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
         raise NotImplementedError
+
+    def providers_for(
+        self, inputs: Sequence[ModelInput], opts: Options | None, qc: QuantizeConfig
+    ) -> list[Provider]:
+        """The providers for a graph quantized with `qc` (a target whose provider options depend on
+        the precision, e.g. TensorRT's bf16 flag, overrides this). Default: `providers`."""
+        return self.providers(inputs, opts)
 
     def facts(self) -> dict[str, object]:
         """What this target detected or assumed about the machine, for the manifest."""
@@ -249,14 +296,16 @@ def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
         zp = init.get(node.input[2])
         if zp is None:
             continue
-        is_weight = node.op_type == "DequantizeLinear" and node.input[0] in init
+        constant = node.op_type == "DequantizeLinear" and node.input[0] in init
         zp_values = numpy_helper.to_array(zp)
-        if is_weight and zp.data_type == 6:  # int32: a quantized bias
+        if constant and zp.data_type == 6:  # int32: a quantized bias
             if not qc.quantize_bias:
                 problems.append(f"{node.name}: bias is quantized to int32, but this target wants float bias")
             continue
+        uses = consumers.get(node.output[0], [])
+        is_weight = constant and any(i in WEIGHT_SLOTS.get(op, ()) for op, i in uses)
         want = w_type if is_weight else act_type
-        kind = "weight" if is_weight else "activation"
+        kind = "weight" if is_weight else "constant operand" if constant else "activation"
         if zp.data_type != want:
             got = helper.tensor_dtype_to_np_dtype(zp.data_type)
             problems.append(
@@ -270,7 +319,6 @@ def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
             )
         if is_weight and qc.per_channel:
             scale = init.get(node.input[1])
-            uses = consumers.get(node.output[0], [])
             feeds_weight = any(WEIGHT_CONSUMERS.get(op) == i for op, i in uses)
             weight_dims = init[node.input[0]].dims
             if feeds_weight and scale is not None and len(scale.dims) == 0 and len(weight_dims) > 1:
@@ -283,7 +331,7 @@ def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
             if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
             or (n.op_type == "DequantizeLinear" and n.input[0] not in init)
         ]
-    if qc.mode == "fp16":
+    if qc.mode in ("fp16", "bf16"):
         problems += _fp16_violations(model, qc)
     return problems
 
@@ -308,19 +356,20 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _fp16_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
-    """An fp16 graph has float16 tensors, fp32 inputs/outputs when `keep_io_types`, and keeps the
-    `keep_fp32_ops` in fp32."""
+    """An fp16 (bf16) graph has float16 (bfloat16) tensors, fp32 inputs/outputs when
+    `keep_io_types`, and keeps the `keep_fp32_ops` in fp32."""
     from onnx import TensorProto
 
-    fp16 = TensorProto.FLOAT16
+    fp16 = TensorProto.BFLOAT16 if qc.mode == "bf16" else TensorProto.FLOAT16
+    name = "bfloat16" if qc.mode == "bf16" else "float16"
     types = _elem_types(model)
     problems = []
     if fp16 not in types.values():
-        problems.append("the graph has no float16 tensors: it was not converted to fp16")
+        problems.append(f"the graph has no {name} tensors: it was not converted to {qc.mode}")
     if qc.keep_io_types:
         for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
             problems += [
-                f"graph {kind} {v.name} is float16, but this target keeps fp32 inputs and outputs"
+                f"graph {kind} {v.name} is {name}, but this target keeps fp32 inputs and outputs"
                 for v in values
                 if v.type.tensor_type.elem_type == fp16
             ]
@@ -329,7 +378,7 @@ def _fp16_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
             half = [t for t in [*node.input, *node.output] if t and types.get(t) == fp16]
             if half:
                 problems.append(
-                    f"node {node.name or '?'} ({node.op_type}) computes in float16 ({half[0]}), "
+                    f"node {node.name or '?'} ({node.op_type}) computes in {name} ({half[0]}), "
                     f"but this target keeps {node.op_type} in fp32"
                 )
     return problems

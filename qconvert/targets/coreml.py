@@ -48,6 +48,8 @@ class CoreMLTarget(Target):
             )
         if mode == "dynamic":
             return " (the CoreML provider has no DynamicQuantizeLinear, ConvInteger or MatMulInteger)"
+        if mode == "bf16":
+            return " (Core ML's ML Program runs fp16 and fp32; the CoreML provider takes no bfloat16 tensors)"
         return ""
 
     def quantize_config(
@@ -115,5 +117,9 @@ COREML_TARGET = CoreMLTarget(
         "(smaller file; computes in float)"
     ),
     modes={16: ("fp16",), 8: ("weight-only",)},
+    refused_bits={
+        4: "the CoreML provider has no MatMulNBits: every 4-bit MatMul would run on onnxruntime's CPU "
+        "provider, outside Core ML",
+    },
     options=OPTIONS,
 )

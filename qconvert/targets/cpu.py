@@ -2,6 +2,17 @@
 
 Fastest with unsigned 8-bit activations and signed per-channel weights (U8S8). On CPUs without
 VNNI, the AVX2 u8 x s8 multiply-add can saturate, so weights use a reduced 7-bit range there.
+
+4 bits: weight-only MatMulNBits (the provider has the kernel), asymmetric blocks, accuracy_level 4:
+the kernel quantizes each block of activations to int8 and uses integer dot products, which is what
+makes it faster than fp32 here (accuracy_level 0 dequantizes to fp32 and is slower than fp32).
+
+16 bits, for accuracy experiments rather than speed (on x86 both are slower than fp32, and the
+latency figure says so): fp16 (the default, what most people mean by 16-bit; the provider runs most
+fp16 nodes through fp32 kernels with Casts), or static A16W8: uint16 activations and int8 per-channel
+weights in Q/DQ form. ONNX Q/DQ takes 16-bit types only from opset 21, so below it the Q/DQ nodes
+are onnxruntime's com.microsoft ones (`UseQDQContribOps`, as the qnn target does); the provider has
+no 16-bit fused kernels, so each node runs in fp32 between a dequantize and a quantize.
 """
 
 from __future__ import annotations
@@ -14,7 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
-from qconvert.targets.base import ORT_CPU_INT8_OPS, Options, Provider, Target, TargetOption
+from qconvert.errors import ConfigError
+from qconvert.targets.base import (
+    ORT_CPU_INT8_OPS,
+    Options,
+    Provider,
+    Target,
+    TargetOption,
+    fp16_config,
+    int4_config,
+)
 
 if TYPE_CHECKING:
     from qconvert.calibrate import ModelInput
@@ -50,7 +70,36 @@ OPTIONS = (
 )
 
 
+# MatMulNBits accuracy_level on CPUs: 4 = int8 compute (activations quantized per block)
+CPU_INT4_ACCURACY_LEVEL = 4
+
+
+def a16w8_config(calibration_method: str) -> QuantizeConfig:
+    """uint16 asymmetric activations, int8 symmetric per-channel weights, Q/DQ (contrib Q/DQ ops)."""
+    return QuantizeConfig(
+        bits=16,
+        mode="static",
+        format="qdq",
+        activation_type="uint16",
+        weight_type="int8",
+        per_channel=True,
+        activation_symmetric=False,
+        weight_symmetric=True,
+        reduce_range=False,  # no int8 x uint8 kernel runs these, so nothing can saturate
+        calibration_method=calibration_method,
+        extra_options=(("UseQDQContribOps", True),),
+    )
+
+
 class CpuTarget(Target):
+    def why_not(self, bits: int, mode: str) -> str:
+        if mode == "bf16":
+            return (
+                " (onnxruntime's CPU provider has Cast for bfloat16 but no bf16 MatMul, Gemm or Conv, so a "
+                "bf16 graph would not load; bf16 is for --target cuda or tensorrt)"
+            )
+        return ""
+
     def quantize_config(
         self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
     ) -> QuantizeConfig:
@@ -60,6 +109,17 @@ class CpuTarget(Target):
         self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
     ) -> list[QuantizeConfig]:
         o = self.resolve_options(opts)
+        if bits == 4:
+            return [int4_config(CPU_INT4_ACCURACY_LEVEL)]
+        if bits == 16 and mode == "fp16":
+            return [fp16_config(bits, mode)]
+        if bits == 16:
+            if o["format"] == "qoperator":
+                raise ConfigError(
+                    "--target-option format=qoperator: onnxruntime has no 16-bit QOperator ops; A16W8 "
+                    "(--bits 16 --mode static) is Q/DQ only. Use format=qdq or auto."
+                )
+            return [a16w8_config(calibration_method)]
         reduce = not has_vnni() if o["reduce_range"] == "auto" else o["reduce_range"] == "true"
         base = QuantizeConfig(
             bits=bits,
@@ -95,8 +155,10 @@ class CpuTarget(Target):
 CPU = CpuTarget(
     name="cpu",
     description="x86 CPU, onnxruntime CPU provider: U8S8 static int8 (Q/DQ or QOperator, whichever "
-    "measures faster here) or dynamic int8",
-    modes={8: ("static", "dynamic")},
+    "measures faster here) or dynamic int8; 4-bit weight-only MatMulNBits (int8 compute); 16-bit fp16 "
+    "or A16W8 (uint16 activations, int8 weights, Q/DQ) for accuracy experiments: on x86 both 16-bit "
+    "modes are slower than fp32",
+    modes={16: ("fp16", "static"), 8: ("static", "dynamic"), 4: ("weight-only",)},
     options=OPTIONS,
     int8_ops=ORT_CPU_INT8_OPS,
 )

@@ -9,6 +9,13 @@
   MatMul and Gemm between them runs in float after a DequantizeLinear. The int8 graph is then
   smaller (about 4x) but usually *slower* than fp32 on this provider. For int8 speed on NVIDIA use
   `--target tensorrt`, which builds real int8 kernels from the same kind of graph.
+- bf16 (`--bits 16 --mode bf16`): the graph in bfloat16 (fp32's range, less precision), fp32
+  inputs and outputs; ops without a CUDA bf16 kernel at the model's opset stay fp32 (see
+  quantize/bf16.py: at opset 18 that includes Conv, whose bf16 kernel starts at opset 22). Needs an
+  Ampere or newer GPU (compute capability 8.0+) for bf16 tensor cores.
+- 4-bit weight-only (`--bits 4`): MatMulNBits, which the CUDA provider runs (dequantizing the
+  4-bit blocks inside its kernel), asymmetric blocks; accuracy_level is left unset (it is a CPU
+  setting).
 - dynamic int8 is refused: ConvInteger and DynamicQuantizeLinear have no CUDA kernels, and the CUDA
   MatMulInteger takes only int8 x int8 while DynamicQuantizeLinear produces uint8. onnxruntime
   would silently run those nodes on the CPU, copying tensors to and from the GPU around each.
@@ -21,7 +28,16 @@ from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
-from qconvert.targets.base import INTEGER_ONLY_OPS, Options, Provider, Target, TargetOption, fp16_config
+from qconvert.targets.base import (
+    INTEGER_ONLY_OPS,
+    Options,
+    Provider,
+    Target,
+    TargetOption,
+    bf16_config,
+    fp16_config,
+    int4_config,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -75,6 +91,10 @@ class CudaTarget(Target):
     ) -> QuantizeConfig:
         if mode == "fp16":
             return fp16_config(bits, mode)
+        if mode == "bf16":
+            return bf16_config(bits)
+        if bits == 4:
+            return int4_config(accuracy_level=0)
         return QuantizeConfig(
             bits=bits,
             mode=mode,
@@ -130,10 +150,11 @@ class CudaTarget(Target):
 CUDA_TARGET = CudaTarget(
     name="cuda",
     description=(
-        "NVIDIA GPU, onnxruntime CUDA provider: fp16 (usually the fast path), or S8S8 Q/DQ int8, which "
-        "the CUDA provider runs mostly in float (smaller, rarely faster; use tensorrt for int8 speed)"
+        "NVIDIA GPU, onnxruntime CUDA provider: fp16 (usually the fast path) or bf16 (Ampere+), "
+        "S8S8 Q/DQ int8, which the CUDA provider runs mostly in float (smaller, rarely faster; use "
+        "tensorrt for int8 speed), or 4-bit weight-only MatMulNBits"
     ),
-    modes={16: ("fp16",), 8: ("static",)},
+    modes={16: ("fp16", "bf16"), 8: ("static",), 4: ("weight-only",)},
     options=OPTIONS,
     # the CUDA provider runs only the Q/DQ nodes themselves in int8
     int8_ops=frozenset({"QuantizeLinear", "DequantizeLinear"}),

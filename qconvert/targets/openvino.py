@@ -116,6 +116,13 @@ OPENVINO = OpenVINOTarget(
     description="Intel CPU/GPU/NPU through the OpenVINO EP: NNCF-style Q/DQ, u8 asymmetric activations, "
     "i8 symmetric per-channel weights",
     modes={8: ("static",)},
+    refused_bits={
+        4: "OpenVINO's 4-bit path is its own int4 weight compression (NNCF) in OpenVINO IR; whether an "
+        "OpenVINO EP build claims onnxruntime's contrib MatMulNBits cannot be checked without the provider, "
+        "and nodes it does not claim would run on the CPU provider",
+        16: "qconvert writes no fp16/bf16 graph for OpenVINO: its plugins choose their inference precision "
+        "(fp16 on GPU/NPU, bf16 on CPUs with AMX/AVX-512 BF16) from the fp32 graph",
+    },
     options=OPTIONS,
     # OpenVINO's low-precision transformations cover the common set plus these
     int8_ops=COMMON_INT8_OPS | LPT_EXTRA_OPS,

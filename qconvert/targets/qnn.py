@@ -219,6 +219,12 @@ QNN = QnnTarget(
     description="Qualcomm NPU (HTP) through the QNN EP: u8 (or u16) asymmetric activations, u8 per-tensor "
     "weights, as onnxruntime's QNN config; the batch axis is fixed (QNN needs static shapes)",
     modes={8: ("static",)},
+    refused_bits={
+        4: "QNN's HTP takes 4-bit weights only as block-quantized int4 Q/DQ (LPBQ), not onnxruntime's "
+        "MatMulNBits, which onnxruntime maps to QNN's GPU backend only; qconvert writes neither for QNN",
+        16: "16-bit here means 16-bit activations: use --bits 8 with --target-option activation=uint16 "
+        "(A16W8); HTP has no bf16, and fp16 is not offered",
+    },
     options=OPTIONS,
     # QNN's op list (HTP runs what it takes quantized; data types vary by op)
     int8_ops=COMMON_INT8_OPS | HTP_QUANTIZED_OPS,

@@ -9,6 +9,15 @@ Two ways to give TensorRT int8, never both on one graph:
 - implicit: the graph stays fp32, and a calibration table written by onnxruntime's
   `write_calibration_table` gives TensorRT the activation ranges; TensorRT picks each layer's
   precision itself.
+
+bf16 (`--bits 16 --mode bf16`): model.onnx is the same bf16 graph as for `--target cuda` (fp32
+inputs and outputs; ops without a CUDA bf16 kernel kept fp32, since TensorRT hands what it does not
+take to the CUDA provider), and the provider runs with `trt_bf16_enable` (added in onnxruntime 1.23;
+onnxruntime turns it off on GPUs below compute capability 8.0), int8 and fp16 off.
+
+4 bits is refused: MatMulNBits is an onnxruntime contrib op that TensorRT does not build (the
+provider would leave those nodes to the CUDA provider); TensorRT's own 4-bit weights are symmetric
+block-quantized INT4 DequantizeLinear (opset 21), which qconvert does not write yet.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from qconvert.targets.base import (
     Provider,
     Target,
     TargetOption,
+    bf16_config,
     has_qdq,
 )
 
@@ -90,6 +100,8 @@ class TensorRTTarget(Target):
         self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
     ) -> QuantizeConfig:
         o = self.resolve_options(opts)
+        if mode == "bf16":
+            return bf16_config(bits)
         implicit = o["quantization"] == "implicit"
         return QuantizeConfig(
             bits=bits,
@@ -130,10 +142,25 @@ class TensorRTTarget(Target):
             Provider("CPUExecutionProvider"),
         ]
 
+    def providers_for(
+        self, inputs: Sequence[ModelInput], opts: Options | None, qc: QuantizeConfig
+    ) -> list[Provider]:
+        """bf16 graphs: trt_bf16_enable, with int8 and fp16 off (fp16 would give up bf16's range)."""
+        providers = self.providers(inputs, opts)
+        if qc.mode != "bf16":
+            return providers
+        trt = providers[0]
+        options = {k: v for k, v in trt.options.items() if not k.startswith("trt_int8_calibration")}
+        options.update({"trt_bf16_enable": "True", "trt_fp16_enable": "False", "trt_int8_enable": "False"})
+        options.pop("trt_int8_use_native_calibration_table", None)
+        return [Provider(trt.name, options), *providers[1:]]
+
     def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
         trt = next((p for p in providers if p.name == "TensorrtExecutionProvider"), None)
         if trt is None:
             return ["the TensorRT provider is missing from the provider list"]
+        if trt.options.get("trt_bf16_enable") == "True":
+            return _bf16_provider_problems(model, trt)
         problems = []
         qdq = has_qdq(model)
         table = trt.options.get("trt_int8_calibration_table_name") or (
@@ -148,11 +175,26 @@ class TensorRTTarget(Target):
         return problems
 
 
+def _bf16_provider_problems(model: onnx.ModelProto, trt: Provider) -> list[str]:
+    problems = []
+    if has_qdq(model):
+        problems.append("trt_bf16_enable is set on a Q/DQ graph; bf16 graphs carry no Q/DQ")
+    for flag in ("trt_int8_enable", "trt_fp16_enable"):
+        if trt.options.get(flag) == "True":
+            problems.append(f"{flag} is on with bf16; TensorRT could then run layers outside bf16")
+    return problems
+
+
 TENSORRT = TensorRTTarget(
     name="tensorrt",
     description="NVIDIA TensorRT EP: explicit symmetric int8 Q/DQ (per-channel weights, float bias), "
-    "or implicit int8 from a calibration table",
-    modes={8: ("static",)},
+    "or implicit int8 from a calibration table; bf16 (trt_bf16_enable, Ampere+)",
+    modes={16: ("bf16",), 8: ("static",)},
+    refused_bits={
+        4: "MatMulNBits is an onnxruntime contrib op TensorRT does not build, so those nodes would fall to "
+        "the CUDA provider; TensorRT's own 4-bit weights are symmetric block-quantized INT4 "
+        "DequantizeLinear (opset 21), which qconvert does not write yet. Use --target cuda for 4 bits",
+    },
     options=OPTIONS,
     int8_ops=COMMON_INT8_OPS | {"ConvTranspose", "Sigmoid", "LeakyRelu", "Softmax"},
 )
