@@ -179,6 +179,12 @@ class ArtifactDir:
             save_onnx(onnx.load(str(src)), dest)
         return dest
 
+    def copy_file(self, src: Path, name: str) -> Path:
+        """Copy a plain file in under `name` (e.g. a tokenizer file beside model.onnx)."""
+        dest = self.path(name)
+        shutil.copyfile(src, dest)
+        return dest
+
     def hashes(self) -> dict[str, str]:
         root = self._root()
         return {

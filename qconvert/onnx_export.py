@@ -38,6 +38,12 @@ def onnx_from_torch(loaded: LoadedModel, opset: int, workdir: Path) -> ExportRes
         if data.exists():
             shutil.copyfile(data, workdir / data.name)
         return ExportResult(path, "none (ONNX source)", None, _opset_of(path))
+    if loaded.kind == "huggingface":
+        from qconvert.huggingface import onnx_from_hf
+
+        exporter = onnx_from_hf(loaded, opset, path)
+        _check(path)
+        return ExportResult(path, exporter, None, _opset_of(path))
     try:
         _export_dynamo(loaded, opset, path)
         exporter, reason = "dynamo", None

@@ -11,6 +11,13 @@ from qconvert.errors import QuantizationError
 from qconvert.quantize._common import check_output, quant_type
 
 
+def gemm_aliases(names: tuple[str, ...]) -> list[str]:
+    """`names` plus `<name>_MatMul` for each: onnxruntime's dynamic quantizer first rewrites every Gemm
+    into a MatMul of that name (and an Add), then matches node names, so a Gemm left out by name alone
+    would be quantized anyway."""
+    return [*names, *(f"{n}_MatMul" for n in names)]
+
+
 def quantize_dynamic_int8(
     src: Path,
     dest: Path,
@@ -28,8 +35,8 @@ def quantize_dynamic_int8(
             per_channel=qc.per_channel,
             reduce_range=qc.reduce_range,
             weight_type=quant_type(qc.weight_type),
-            nodes_to_exclude=list(qc.nodes_to_exclude) or None,
-            nodes_to_quantize=list(qc.nodes_to_include) or None,
+            nodes_to_exclude=gemm_aliases(qc.nodes_to_exclude) or None,
+            nodes_to_quantize=gemm_aliases(qc.nodes_to_include) or None,
             use_external_data_format=qc.external_data,
             extra_options={"MatMulConstBOnly": True},
         )

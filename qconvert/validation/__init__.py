@@ -10,9 +10,16 @@ import numpy as np
 
 from qconvert.config import Bound, Tolerance
 from qconvert.errors import ConfigError
-from qconvert.validation.metrics import abs_error_histogram, accuracy, compare, is_classifier_output
+from qconvert.validation.metrics import (
+    TokenOutputs,
+    abs_error_histogram,
+    accuracy,
+    compare,
+    is_classifier_output,
+    token_metrics,
+)
 
-__all__ = ["Check", "ValidationResult", "compare", "evaluate"]
+__all__ = ["Check", "TokenOutputs", "ValidationResult", "compare", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -97,11 +104,17 @@ def evaluate(
     candidate: Sequence[np.ndarray],
     tolerance: Tolerance,
     labels: np.ndarray | None = None,
+    tokens: TokenOutputs | None = None,
 ) -> ValidationResult:
-    """Compare outputs name by name and apply `tolerance` (see `config.Tolerance`)."""
+    """Compare outputs name by name and apply `tolerance` (see `config.Tolerance`). `tokens` adds
+    the text-model metrics (embedding_cosine, next_token_agreement) to the token outputs it names."""
     if len(reference) != len(candidate) or len(names) != len(reference):
         raise ValueError("reference, candidate and names must have the same length")
     outputs = {n: compare(r, c) for n, r, c in zip(names, reference, candidate, strict=True)}
+    for name, r, c in zip(names, reference, candidate, strict=True):
+        kind = tokens.kinds.get(name) if tokens is not None else None
+        if tokens is not None and kind and r.ndim == 3 and r.shape[:2] == tokens.mask.shape:
+            outputs[name].update(token_metrics(kind, r, c, tokens.mask))
     acc: dict[str, Any] | None = None
     task_output = next((n for n, r in zip(names, reference, strict=True) if is_classifier_output(r)), None)
     if labels is not None and task_output is not None:

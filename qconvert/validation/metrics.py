@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import numpy as np
 
 EPS = 1e-12
@@ -26,13 +29,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     cand = candidate.astype(np.float64)
     err = np.abs(ref - cand)
     n = len(ref) if ref.ndim > 0 else 1
-    r2, c2 = ref.reshape(n, -1), cand.reshape(n, -1)
-    dots = (r2 * c2).sum(axis=1)
-    norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(c2, axis=1)
-    # two all-zero vectors agree perfectly; one zero vector against a non-zero one does not;
-    # NaN stays NaN (a NaN output must not pass as a zero vector)
-    zero = np.where(np.abs(r2 - c2).sum(1) > 0, 0.0, 1.0)
-    cos = np.where(np.isnan(norms) | (norms > EPS), dots / np.maximum(norms, EPS), zero)
+    cos = row_cosine(ref.reshape(n, -1), cand.reshape(n, -1))
     noise = float((err**2).sum())
     signal = float((ref**2).sum())
     out = {
@@ -56,6 +53,59 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
             out["top5_agreement"] = float((top_k == ref.argmax(1)[:, None]).any(axis=1).mean())
         out["kl_div"] = softmax_kl(ref, cand)
     return out
+
+
+def row_cosine(r2: np.ndarray, c2: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `r2` [N, D] with the same row of `c2` (float64)."""
+    dots = (r2 * c2).sum(axis=1)
+    norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(c2, axis=1)
+    # two all-zero vectors agree perfectly; one zero vector against a non-zero one does not;
+    # NaN stays NaN (a NaN output must not pass as a zero vector)
+    zero = np.where(np.abs(r2 - c2).sum(1) > 0, 0.0, 1.0)
+    return np.where(np.isnan(norms) | (norms > EPS), dots / np.maximum(norms, EPS), zero)
+
+
+# --- token outputs of text models: [N, S, ...] with the inputs' attention mask [N, S] -------------
+
+TOKEN_KINDS = ("embedding", "next_token")
+
+
+@dataclass(frozen=True)
+class TokenOutputs:
+    """Which outputs hold one vector per token, and how users consume them: `embedding` (an
+    encoder's hidden states, mean-pooled into a sentence embedding) or `next_token` (a decoder's
+    logits, read at the last real token). `mask` is the attention mask of the inputs they came from."""
+
+    mask: np.ndarray  # [N, S], nonzero where the token is real (not padding)
+    kinds: Mapping[str, str]  # output name -> one of TOKEN_KINDS
+
+
+def mean_pooled(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[N, S, H] -> [N, H]: the mean over the real tokens (mask-weighted), in float64."""
+    weights = (mask != 0).astype(np.float64)[..., None]
+    return (x.astype(np.float64) * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+
+
+def last_real_token(mask: np.ndarray) -> np.ndarray:
+    """Per row, the index of the last real token (right or left padding alike; 0 for an empty row)."""
+    real = mask != 0
+    return np.where(real.any(axis=1), real.shape[1] - 1 - np.argmax(real[:, ::-1], axis=1), 0)
+
+
+def token_metrics(
+    kind: str, reference: np.ndarray, candidate: np.ndarray, mask: np.ndarray
+) -> dict[str, float]:
+    """`embedding`: embedding_cosine (mean over samples) and embedding_cosine_min (worst sample) of
+    the mean-pooled embeddings; `next_token`: next_token_agreement, the share of samples whose
+    argmax at the last real token is the same. Padding never counts."""
+    if kind == "embedding":
+        cos = row_cosine(mean_pooled(reference, mask), mean_pooled(candidate, mask))
+        return {"embedding_cosine": float(cos.mean()), "embedding_cosine_min": float(cos.min())}
+    if kind == "next_token":
+        rows, last = np.arange(len(mask)), last_real_token(mask)
+        same = reference[rows, last].argmax(-1) == candidate[rows, last].argmax(-1)
+        return {"next_token_agreement": float(same.mean())}
+    raise ValueError(f"unknown token output kind {kind!r}; known: {', '.join(TOKEN_KINDS)}")
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
