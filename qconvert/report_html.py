@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from qconvert.report import human_bytes, quantized_label
+from qconvert.report import human_bytes, quantized_label, random_data_warning
 
 # preferred column order for per-output metrics; any other numeric metric follows
 METRIC_ORDER = (
@@ -246,7 +246,9 @@ def _summary(report: dict[str, Any]) -> str:
             ' id="accuracy"',
             [f'data-key="{k}"' for k, _ in cells] + ['data-key="drop"'],
         )
-    return f"<h1>qconvert report {verdict}</h1>{table}{acc_html}"
+    warning = random_data_warning(report)
+    random_html = f'<p id="random-data"><strong>{escape(warning)}</strong></p>' if warning else ""
+    return f"<h1>qconvert report {verdict}</h1>{random_html}{table}{acc_html}"
 
 
 def _metric_columns(blocks: Sequence[dict[str, Any]]) -> list[str]:
@@ -497,6 +499,43 @@ def _fallback(report: dict[str, Any]) -> str:
     return '<h2>Fallback to float</h2><div id="fallback">' + _generic(report["fallback"]) + "</div>"
 
 
+def _collapse(report: dict[str, Any]) -> str:
+    """`--probe collapse`: held-out pairs per output, and per sequence family the share of pairs
+    each model separates at each length (rows where the candidate falls behind are marked)."""
+    collapse = report.get("collapse")
+    if not collapse:
+        return ""
+    rows = [
+        [
+            _td(escape(name)),
+            _td("top-1" if o["rule"] == "top1" else f"distance &gt; {_num(o['threshold'], 3)}"),
+            _td(_num(o["pairs"])),
+            _td(_num(o["collapsed"])),
+            _td(_pct(o["rate"])),
+        ]
+        for name, o in collapse["outputs"].items()
+    ]
+    parts = [
+        '<h2>Collapse probe</h2><div id="collapse">',
+        _table(["output", "separated when", "pairs fp32 separates", "collapsed", "rate"], rows),
+    ]
+    for name, fam in collapse["families"].items():
+        lost = set(fam["lost"])
+        curve = zip(fam["lengths"], fam["reference_rate"], fam["candidate_rate"], strict=True)
+        kept = "none" if fam["kept_longest"] is None else _num(fam["kept_longest"])
+        parts.append(
+            f"<h3>{escape(name)}: {escape(fam['pattern'])}; kept up to length {kept}</h3>"
+            + _table(
+                ["length", "fp32 separates", "candidate separates"],
+                [[_td(_num(n)), _td(_pct(r)), _td(_pct(c))] for n, r, c in curve],
+                row_attrs=['class="fail"' if n in lost else "" for n in fam["lengths"]],
+            )
+        )
+    if collapse.get("families_skipped"):
+        parts.append(f'<p class="muted">No copy/count families: {escape(collapse["families_skipped"])}</p>')
+    return "".join(parts) + "</div>"
+
+
 def _ops(report: dict[str, Any]) -> str:
     ops = report.get("ops")
     if not ops:
@@ -536,6 +575,7 @@ def render_html(report: dict[str, Any]) -> str:
             _histograms(report),
             _performance(report),
             _sensitivity(report),
+            _collapse(report),
             _fallback(report),
             _ops(report),
             _notes(report),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -11,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qconvert.cli._common import ProgressView, err, out, summary_line
-from qconvert.config import ValidateConfig
+from qconvert.config import ValidateConfig, image_options
 from qconvert.report import failure_lines
 
 
@@ -26,8 +27,26 @@ def validate(
     data: str = typer.Option(
         None,
         "--data",
-        help="Held-out inputs (.npz keyed by input name; 'labels' adds accuracy). "
+        help="Held-out inputs: .npz keyed by input name ('labels' adds accuracy), .npy, a folder of them, "
+        "a folder of images (class subfolders give labels), or file.py:callable yielding feed dicts. "
         "Default with an OUT_DIR: the data its export validated on.",
+    ),
+    image_size: str = typer.Option(
+        None,
+        "--image-size",
+        help="Image folders: resize to HxW (or N for N x N). Default: the model input's own size.",
+    ),
+    mean: str = typer.Option(
+        None,
+        "--mean",
+        help="Image folders: subtracted per channel after scaling to [0, 1]; one value per channel or one "
+        "for all. Default: none.",
+    ),
+    std: str = typer.Option(
+        None, "--std", help="Image folders: divided by per channel after --mean. Default: none."
+    ),
+    layout: str = typer.Option(
+        "nchw", "--layout", help="Image folders: nchw (channels first) or nhwc (channels last)."
     ),
     tolerance: str = typer.Option(
         None,
@@ -61,6 +80,19 @@ def validate(
         None, "--bits", help="Bit width whose default tolerances apply. Default: the manifest's, else 8."
     ),
     force: bool = typer.Option(False, "--force", help="Replace existing --json / --junit / --html files."),
+    probe: list[str] = typer.Option(
+        [],
+        "--probe",
+        help="Extra measurement: 'collapse' counts held-out pairs the reference tells apart and the "
+        "candidate no longer does, and for token models the longest copy/count sequences it still "
+        "separates; bound it with --tolerance 'collapse_rate<=X'.",
+    ),
+    probe_option: list[str] = typer.Option(
+        [],
+        "--probe-option",
+        help="KEY=VALUE for the probe: vocab, token, pad, lengths (e.g. 4,8,16), max_pairs, family_pairs, "
+        "seed. Default: read from the model (vocab), pad 0.",
+    ),
 ) -> int:
     """Validate CANDIDATE against a reference on the same inputs; exit 1 when out of tolerance."""
     from qconvert.pipeline import validate as run_validate
@@ -70,6 +102,7 @@ def validate(
         candidate=candidate,
         reference=reference,
         data=data,
+        data_options=image_options(image_size, mean, std, layout),
         tolerance=tolerance,
         json_out=json_out,
         junit_out=junit_out,
@@ -79,6 +112,8 @@ def validate(
         require_speedup=require_speedup,
         bits=bits,
         force=force,
+        probes=tuple(probe),
+        probe_options=tuple(parse_probe_option(o) for o in probe_option),
     )
     with ProgressView() as progress:
         result = run_validate(config, progress=progress)
@@ -112,6 +147,8 @@ def validate(
             f"accuracy ({escape(acc['output'])}): reference {100 * acc['reference']:.2f}%, "
             f"candidate {100 * acc['candidate']:.2f}%"
         )
+    if report.get("collapse"):
+        print_collapse(report["collapse"])
     task = report["task"]
     if task:
         out.print(
@@ -127,3 +164,45 @@ def validate(
             out.print(f"{flag}: {escape(str(path))}")
     summary_line(result.passed, started)
     return 0 if result.passed else 1
+
+
+def parse_probe_option(text: str) -> tuple[str, str]:
+    """`--probe-option KEY=VALUE`; the probe checks the key and the value."""
+    from qconvert.errors import ConfigError
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--probe-option {text!r} is not KEY=VALUE. Example: --probe-option token=5")
+    return key.strip(), value.strip()
+
+
+def print_collapse(collapse: dict[str, Any]) -> None:
+    """The collapse probe: the held-out rate per output, and a table of the sequence families."""
+    for name, o in collapse["outputs"].items():
+        rule = "top-1" if o["rule"] == "top1" else f"distance > {o['threshold']:.3g}"
+        out.print(
+            f"collapse ({escape(name)}, separated = {rule}): {o['collapsed']} of {o['pairs']} held-out pairs "
+            f"the reference separates are no longer separated ({100 * o['rate']:.2f}%)"
+        )
+    families = collapse["families"]
+    if not families:
+        out.print(f"collapse families: none ({escape(collapse['families_skipped'] or '')})")
+        return
+    table = Table(title="collapse probe: pairs separated, fp32 -> candidate (red: length lost)")
+    table.add_column("length", justify="right")
+    for name in families:
+        table.add_column(name, justify="right")
+    for n in sorted({n for fam in families.values() for n in fam["lengths"]}):
+        table.add_row(str(n), *(_family_cell(fam, n) for fam in families.values()))
+    kept = [fam["kept_longest"] for fam in families.values()]
+    table.add_row(Text("kept up to", style="bold"), *("-" if k is None else str(k) for k in kept))
+    out.print(table)
+
+
+def _family_cell(family: dict[str, Any], length: int) -> Text:
+    if length not in family["lengths"]:
+        return Text("")
+    i = family["lengths"].index(length)
+    ref, cand = family["reference_rate"][i], family["candidate_rate"][i]
+    style = "bold red" if length in family["lost"] else ""
+    return Text(f"{100 * ref:.0f}% -> {100 * cand:.0f}%", style=style)
