@@ -52,6 +52,9 @@ def _register() -> None:
     from qconvert.cli import benchmark_cmd
 
     app.command("benchmark")(_common.command(benchmark_cmd.benchmark))
+    from qconvert.cli import sweep_cmd
+
+    app.command("sweep")(_common.command(sweep_cmd.sweep))
 
 
 _register()

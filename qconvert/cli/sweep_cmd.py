@@ -1,0 +1,143 @@
+"""`qconvert sweep`: build a SweepConfig, run every trial, draw the table and the recommendation."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from qconvert.cli._common import ProgressView, err, out, summary_line
+from qconvert.config import (
+    CALIBRATION_METHODS,
+    DEFAULT_LATENCY_BATCH,
+    DEFAULT_OPSET,
+    DEFAULT_TARGET,
+    EXECUTORS,
+    MODES,
+    SWEEP_BITS,
+    InputSpec,
+    SweepConfig,
+    parse_target_option,
+)
+from qconvert.targets import TARGETS
+
+TargetName = Enum("TargetName", {n: n for n in TARGETS.names()}, type=str)  # type: ignore[misc]
+CalibrationMethod = Enum("CalibrationMethod", {m: m for m in CALIBRATION_METHODS}, type=str)  # type: ignore[misc]
+Executor = Enum("Executor", {e: e for e in EXECUTORS}, type=str)  # type: ignore[misc]
+
+_STYLES = {"out_of_tolerance": "red", "error": "red", "not_supported": "dim", "passed": "green"}
+
+
+def sweep(
+    source: str = typer.Argument(
+        None,
+        help="file.py:factory, package.module:factory, .onnx, TorchScript or .pt2 file. Omitted: the built-in digits CNN.",
+    ),
+    bits: str = typer.Option(
+        ",".join(map(str, SWEEP_BITS)), "--bits", help="Bit widths to try, comma-separated, e.g. 16,8,4."
+    ),
+    target: TargetName = typer.Option(DEFAULT_TARGET, "--target", help="Hardware target."),
+    modes: str = typer.Option(
+        None,
+        "--modes",
+        help=f"Modes to try at each bit width, comma-separated ({', '.join(MODES)}). Default: the target's "
+        "default mode per bit width.",
+    ),
+    calibration: str = typer.Option(None, "--calibration", help="Calibration data (.npz, .npy or a folder)."),
+    calibration_method: CalibrationMethod = typer.Option("minmax", "--calibration-method"),
+    samples: int = typer.Option(None, "--samples", min=1, help="Use the first N calibration samples."),
+    data: str = typer.Option(
+        None,
+        "--data",
+        help="Held-out validation data. Default: the built-in set, or 20% set aside from --calibration.",
+    ),
+    inputs: list[str] = typer.Option([], "--input", help="NAME:SHAPE[:DTYPE], once per model input."),
+    task: str = typer.Option(
+        None, "--task", help="Hugging Face folders: what to export the model for. Default: from config.json."
+    ),
+    opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset to export with."),
+    out_dir: Path = typer.Option(
+        None, "-o", "--out", help="Output folder. Default: qconvert-out/<model>-<target>-sweep."
+    ),
+    tolerance: str = typer.Option(
+        None,
+        "--tolerance",
+        help="Applied at every bit width on top of its defaults, e.g. 'top1_agreement>=0.99'.",
+    ),
+    target_options: list[str] = typer.Option(
+        [], "--target-option", help="NAME=VALUE, a target setting (see `qconvert targets`). Repeatable."
+    ),
+    latency_batch: int = typer.Option(
+        DEFAULT_LATENCY_BATCH, "--latency-batch", min=1, help="Batch size the latency is measured at."
+    ),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Trials run at once (local executor). Default: one per core, at most 4. --workers 1 runs them "
+        "one after another in this process.",
+    ),
+    executor: Executor = typer.Option("local", "--executor", help="local worker processes, or Ray tasks."),
+    ray_address: str = typer.Option(
+        None,
+        "--ray-address",
+        help="With --executor ray: the cluster, HOST:PORT. Default: RAY_ADDRESS, else the cluster `ray start` made on this machine, else a new local Ray.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+) -> int:
+    """Export at every bit width and mode, and show where quantization stops paying."""
+    from qconvert.cli.export_cmd import _quiet_torch
+    from qconvert.sweep import bits_from_text, modes_from_text
+    from qconvert.sweep import sweep as run_sweep
+    from qconvert.sweep_report import cells, header
+
+    started = time.perf_counter()
+    config = SweepConfig(
+        source=source,
+        bits=bits_from_text(bits),
+        target=target.value,
+        modes=None if modes is None else modes_from_text(modes),
+        calibration=calibration,
+        calibration_method=calibration_method.value,
+        samples=samples,
+        data=data,
+        inputs=tuple(InputSpec.parse(s) for s in inputs),
+        task=task,
+        opset=opset,
+        tolerance=tolerance,
+        target_options=tuple(parse_target_option(t) for t in target_options),
+        out_dir=out_dir,
+        force=force,
+        workers=workers,
+        executor=executor.value,
+        ray_address=ray_address,
+        latency_batch=latency_batch,
+    )
+    _quiet_torch()
+    with ProgressView() as progress:
+        result = run_sweep(config, progress=progress)
+    summary = result.summary
+    table = Table(title=f"{summary['source']} -> {summary['target']}: sweep")
+    for i, name in enumerate(header(summary)):
+        table.add_column(name, justify="left" if i < 2 else "right", overflow="fold")
+    for row in summary["rows"]:
+        style = _STYLES.get(row["status"], "")
+        texts = cells(summary, row)
+        table.add_row(*(Text(t, style=style if i == 1 else "") for i, t in enumerate(texts)))
+    out.print(table)
+    for row in summary["rows"]:
+        if row["status"] == "out_of_tolerance" and row.get("reason"):
+            err.print(
+                f"[red]out of tolerance:[/] {escape(row['name'])}: {escape(row['reason'])}", soft_wrap=True
+            )
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    out.print(f"[bold]{escape(result.recommendation.describe())}[/]", soft_wrap=True)
+    out.print(f"artifacts: {escape(str(result.out_dir))} (sweep.json, sweep.png, sweep.html, trials/)")
+    summary_line(result.passed, started)
+    return 0 if result.passed else 1

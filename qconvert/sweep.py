@@ -1,0 +1,841 @@
+"""`qconvert sweep`: where quantization stops paying.
+
+A sweep runs the export pipeline once per setting, a *trial* = one (bits, mode), and lays the
+results side by side: agreement with the original, size and latency against fp32, and the
+collapse probe. Trials are independent exports, so they run in worker processes (local, spawned)
+or as Ray tasks; each writes its own OUT_DIR under `trials/<bits>bit-<mode>/` inside the sweep's
+one atomic output folder, so a failed sweep leaves nothing behind.
+
+Latency is *not* taken from the trials: trials that share a machine disturb each other's timing.
+Once every trial is done, this process times fp32 and every quantized model interleaved, one after
+the other, on the same inputs (the way `qconvert export` times fp32 against one model). The
+figure each trial measured for itself stays in its own report.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qconvert import errors
+from qconvert.config import DEFAULT_OUT_ROOT, MODES, SUPPORTED_BITS, RunConfig, SweepConfig
+from qconvert.errors import ConfigError, QConvertError
+
+if TYPE_CHECKING:
+    from qconvert.artifacts import ArtifactDir
+    from qconvert.calibrate import Dataset
+    from qconvert.targets import Target
+
+log = logging.getLogger(__name__)
+
+TRIALS_DIR = "trials"
+BASELINE = "fp32"
+MAX_DEFAULT_WORKERS = 4  # each worker holds the model in torch and onnxruntime at once
+RAY_TASK_CPUS = 1  # CPUs a Ray trial reserves, and the threads it runs torch and onnxruntime with
+SWEEP_JSON, SWEEP_PNG, SWEEP_HTML = "sweep.json", "sweep.png", "sweep.html"
+
+# row statuses
+BASELINE_STATUS = "baseline"
+PASSED = "passed"
+OUT_OF_TOLERANCE = "out_of_tolerance"
+NOT_SUPPORTED = "not_supported"
+ERROR = "error"
+
+# progress(stage, message, done, total), as pipeline.Progress
+Progress = Callable[[str, str, "int | None", "int | None"], None]
+
+
+def _no_progress(stage: str, message: str, done: int | None = None, total: int | None = None) -> None:
+    return None
+
+
+# --- parsing the CLI's lists -------------------------------------------------------------------
+
+
+def bits_from_text(text: str) -> tuple[int, ...]:
+    """`--bits 16,8,4` -> (16, 8, 4); SweepConfig checks the values themselves."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError("--bits: give at least one bit width, e.g. --bits 16,8,4")
+    bad = [t for t in items if not t.isdigit()]
+    if bad:
+        raise ConfigError(
+            f"--bits {text!r}: {bad[0]!r} is not a bit width. Give comma-separated numbers from "
+            f"{', '.join(map(str, SUPPORTED_BITS))}, e.g. --bits 16,8,4"
+        )
+    return tuple(int(t) for t in items)
+
+
+def modes_from_text(text: str) -> tuple[str, ...]:
+    """`--modes static,dynamic` -> ("static", "dynamic"); SweepConfig checks the names."""
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise ConfigError(
+            f"--modes: give at least one mode, e.g. --modes static,dynamic. Valid: {', '.join(MODES)}"
+        )
+    return items
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One line of the sweep table: the fp32 baseline, or one (bits, mode) trial."""
+
+    name: str  # "fp32", or the trial folder's name, e.g. "8bit-static"
+    bits: int | None  # None: the fp32 baseline
+    mode: str | None
+    status: str  # baseline | passed | out_of_tolerance | not_supported | error
+    reason: str | None = None  # why not supported / the error / the failed checks
+    accuracy: float | None = None  # task accuracy on the held-out labels, when there are labels
+    agreement: float | None = None  # top-1 agreement with the original (worst output), classifiers
+    cosine: float | None = None  # mean cosine with the original (worst output)
+    size_bytes: int | None = None
+    size_ratio: float | None = None
+    latency_ms: float | None = None  # p50, measured by the sweep after the trials (interleaved)
+    latency_ratio: float | None = None
+    trial_latency_ratio: float | None = None  # what the trial measured itself, while others ran
+    collapse: dict[str, Any] | None = None  # CollapseResult.as_json()
+    collapse_error: str | None = None
+    out_dir: str | None = None  # relative to the sweep's OUT_DIR
+    seconds: float | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits is not None
+
+    @property
+    def holds(self) -> bool:
+        """A quantized setting that ran and is within tolerance."""
+        return self.status == PASSED
+
+    @property
+    def slower_than_fp32(self) -> bool:
+        return self.quantized and self.latency_ratio is not None and self.latency_ratio >= 1.0
+
+    @property
+    def collapse_rate(self) -> float | None:
+        if not self.collapse:
+            return None
+        rate = self.collapse.get("rate")
+        return float(rate) if isinstance(rate, (int, float)) else None
+
+    def collapse_lengths(self) -> dict[str, tuple[int | None, int | None]]:
+        """Sequence probe families: name -> (longest length the reference keeps, longest the
+        candidate keeps up with it). Empty for models without sequence families."""
+        families = (self.collapse or {}).get("families") or {}
+        return {
+            name: (fam.get("reference_longest"), fam.get("candidate_longest"))
+            for name, fam in families.items()
+            if isinstance(fam, dict)
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "bits": self.bits,
+            "mode": self.mode,
+            "status": self.status,
+            "holds_tolerance": self.holds,
+            "reason": self.reason,
+            "accuracy": self.accuracy,
+            "top1_agreement": self.agreement,
+            "cosine": self.cosine,
+            "size_bytes": self.size_bytes,
+            "size_ratio": self.size_ratio,
+            "latency_p50_ms": self.latency_ms,
+            "latency_ratio": self.latency_ratio,
+            "slower_than_fp32": self.slower_than_fp32,
+            "trial_latency_ratio": self.trial_latency_ratio,
+            "collapse_rate": self.collapse_rate,
+            "collapse": self.collapse,
+            "collapse_error": self.collapse_error,
+            "out_dir": self.out_dir,
+            "seconds": self.seconds,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The smallest and the fastest quantized setting that hold the tolerance. `fastest` is None
+    when none of them is faster than fp32."""
+
+    smallest: SweepRow | None
+    fastest: SweepRow | None
+
+    def describe(self) -> str:
+        if self.smallest is None:
+            return (
+                "no quantized setting holds the tolerance: keep fp32, or see which check failed in each trial"
+            )
+        small = (
+            f"smallest that holds tolerance: {self.smallest.name} ({_ratio(self.smallest.size_ratio)} size)"
+        )
+        if self.fastest is None:
+            return f"{small}; fastest that holds tolerance: none is faster than fp32 here"
+        return (
+            f"{small}; fastest that holds tolerance: {self.fastest.name} "
+            f"({_ratio(self.fastest.latency_ratio)} fp32 latency)"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "smallest": None if self.smallest is None else self.smallest.name,
+            "fastest": None if self.fastest is None else self.fastest.name,
+            "text": self.describe(),
+        }
+
+
+def _ratio(x: float | None) -> str:
+    return "?" if x is None else f"{x:.2f}x"
+
+
+def recommend(rows: Iterable[SweepRow]) -> Recommendation:
+    """Among quantized settings that hold the tolerance: the smallest file (ties: faster, then
+    name), and the fastest one that is faster than fp32 (ties: smaller, then name)."""
+    holding = [r for r in rows if r.quantized and r.holds]
+    inf = float("inf")
+    smallest = min(
+        holding,
+        key=lambda r: (r.size_ratio if r.size_ratio is not None else inf, r.latency_ratio or inf, r.name),
+        default=None,
+    )
+    faster = [r for r in holding if r.latency_ratio is not None and r.latency_ratio < 1.0]
+    fastest = min(
+        faster,
+        key=lambda r: (r.latency_ratio, r.size_ratio if r.size_ratio is not None else inf, r.name),
+        default=None,
+    )
+    return Recommendation(smallest, fastest)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What `sweep` produced: the rows (fp32 first), the recommendation and where it all went.
+    Truthy when at least one quantized setting holds the tolerance."""
+
+    out_dir: Path
+    rows: tuple[SweepRow, ...]
+    recommendation: Recommendation
+    summary: dict[str, Any]  # sweep.json, as written
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return any(r.quantized and r.holds for r in self.rows)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.summary.get("notes", []))
+
+
+# --- trials ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One planned setting: a RunConfig to run, or the target's reason it cannot."""
+
+    name: str
+    bits: int
+    mode: str | None
+    run: RunConfig | None = None
+    unsupported: str | None = None
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What a worker needs for one trial (picklable: it crosses into a process or a Ray task)."""
+
+    name: str
+    run: RunConfig
+    heldout: Dataset  # for the collapse probe: the held-out samples export validates on
+    threads: int | None  # torch/onnxruntime threads in the worker; None: leave the defaults
+    log_level: int = logging.WARNING  # the sweep's own, so a worker logs what an export would
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What came back from one trial."""
+
+    name: str
+    status: str  # passed | out_of_tolerance | error
+    ran_in: str | None = None  # the OUT_DIR the export wrote (node-local for Ray)
+    report: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None = None
+    error: str | None = None
+    error_stage: str | None = None
+    error_class: str | None = None
+    collapse: dict[str, Any] | None = None
+    collapse_error: str | None = None
+    seconds: float = 0.0
+    files: dict[str, bytes] | None = None  # relative path -> content, when shipped
+
+
+def plan_trials(config: SweepConfig, target: Target, base: RunConfig) -> list[Trial]:
+    """The trials in table order: each bit width as given, then each mode. Without --modes, the
+    target's default mode per bit width; with --modes, every listed mode (unsupported ones become
+    rows that say why, in the target's own words)."""
+    trials: list[Trial] = []
+    for bits in config.bits:
+        if not target.modes.get(bits):
+            try:
+                target.resolve_mode(bits, None)
+            except ConfigError as e:
+                trials.append(Trial(f"{bits}bit", bits, None, unsupported=str(e)))
+            continue
+        modes: Sequence[str | None] = [None] if config.modes is None else config.modes
+        for wanted in modes:
+            try:
+                mode = target.resolve_mode(bits, wanted)
+            except ConfigError as e:
+                trials.append(Trial(f"{bits}bit-{wanted}", bits, wanted, unsupported=str(e)))
+                continue
+            trials.append(Trial(f"{bits}bit-{mode}", bits, mode, run=replace(base, bits=bits, mode=mode)))
+    return trials
+
+
+def default_workers(trials: int) -> int:
+    """One worker per usable core, at most MAX_DEFAULT_WORKERS and at most one per trial."""
+    return max(1, min(trials, _usable_cores(), MAX_DEFAULT_WORKERS))
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def limit_threads(threads: int) -> None:
+    """Make this process's torch and onnxruntime use `threads` threads, so that N workers on a
+    machine share its cores instead of each taking all of them. torch reads OMP_NUM_THREADS when
+    it is imported (a trial on an ONNX source never imports it); onnxruntime reads
+    ORT_INTRA_OP_NUM_THREADS when a session is created (measured on onnxruntime 1.32; versions
+    that ignore it use one thread per physical core)."""
+    for var in ("ORT_INTRA_OP_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ["ORT_INTER_OP_NUM_THREADS"] = "1"
+    torch = sys.modules.get("torch")
+    if torch is not None:  # already imported (a reused Ray worker): tell it directly
+        torch.set_num_threads(threads)
+
+
+def _configure_worker_logging(level: int) -> None:
+    """A fresh worker process logs like the command that started it: the same level and format,
+    with torch's own loggers kept to errors unless debugging. torch sets its loggers' levels when
+    it is imported, so it is imported first (every trial's prepare stage imports it anyway)."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if level > logging.DEBUG:
+        import torch  # noqa: F401  (imported for its logging set-up; after limit_threads)
+
+        for name in ("torch", "torch.onnx", "onnxscript", "onnx_ir"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_trial(job: TrialJob) -> TrialOutcome:
+    """Run one trial: export (which writes its OUT_DIR), then the collapse probe on the held-out
+    data. A QConvertError becomes an `error` outcome; anything else is a bug and propagates."""
+    from qconvert.pipeline import export
+
+    if job.threads is not None:
+        limit_threads(job.threads)
+        _configure_worker_logging(job.log_level)
+    start = time.perf_counter()
+    try:
+        result = export(job.run)
+    except QConvertError as e:
+        return TrialOutcome(
+            job.name,
+            ERROR,
+            error=str(e),
+            error_stage=e.stage,
+            error_class=type(e).__name__,
+            seconds=time.perf_counter() - start,
+        )
+    collapse, collapse_error = _probe_collapse(result.out_dir, result.report, result.manifest, job.heldout)
+    return TrialOutcome(
+        job.name,
+        PASSED if result.passed else OUT_OF_TOLERANCE,
+        ran_in=str(result.out_dir),
+        report=result.report,
+        manifest=result.manifest,
+        collapse=collapse,
+        collapse_error=collapse_error,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def run_trial_shipped(job: TrialJob) -> TrialOutcome:
+    """A trial on a machine that may not share the sweep's filesystem (a Ray node): export into a
+    node-local temporary folder and send the folder's files back with the outcome."""
+    local = Path(tempfile.mkdtemp(prefix="qconvert-trial-"))
+    try:
+        outcome = run_trial(replace(job, run=replace(job.run, out_dir=local / job.name, force=False)))
+        if outcome.ran_in is None:
+            return outcome
+        root = Path(outcome.ran_in)
+        files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        return replace(outcome, files=files)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _probe_collapse(
+    out_dir: Path, report: dict[str, Any], manifest: dict[str, Any], heldout: Dataset
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The collapse probe of model.onnx against reference.onnx on the held-out data, run the way
+    validation ran the model (exact Q/DQ arithmetic where the target's provider is not here)."""
+    from qconvert.runtime import manifest_providers
+    from qconvert.validation.collapse import probe_collapse
+
+    try:
+        result = probe_collapse(
+            out_dir / "reference.onnx",
+            out_dir / "model.onnx",
+            heldout,
+            optimize=not report.get("validation_exact_qdq", False),
+            providers=manifest_providers(out_dir, manifest),
+        )
+    except QConvertError as e:
+        return None, f"{e.stage}: {e}"
+    return result.as_json(), None
+
+
+# --- executors ---------------------------------------------------------------------------------
+
+
+def _run_local(jobs: list[TrialJob], workers: int, progress: Progress) -> list[TrialOutcome]:
+    """Trials in spawned worker processes (in this process when there is one worker)."""
+    total = len(jobs)
+    message = (
+        f"running {total} trial(s) on {workers} worker process(es)"
+        if workers > 1
+        else f"running {total} trial(s)"
+    )
+    progress("trials", message, 0, total)
+    outcomes: list[TrialOutcome] = []
+    if workers == 1:
+        for job in jobs:
+            outcomes.append(run_trial(job))
+            progress("trials", message, len(outcomes), total)
+        return outcomes
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = [pool.submit(run_trial, job) for job in jobs]
+        for future in as_completed(futures):
+            outcome = future.result()
+            log.info("trial %s: %s (%.1f s)", outcome.name, outcome.status, outcome.seconds)
+            outcomes.append(outcome)
+            progress("trials", message, len(outcomes), total)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
+
+
+def _run_ray(jobs: list[TrialJob], address: str | None, progress: Progress) -> list[TrialOutcome]:
+    """Trials as Ray tasks, one CPU each; Ray decides where and how many run at once."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--executor ray needs Ray, which is not installed here: pip install 'qconvert[ray]' "
+            "(or pip install ray), or use the local executor."
+        ) from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"--ray-address {address}" if address else "--executor ray (no --ray-address)"
+            raise ConfigError(
+                f"{where}: cannot connect to a Ray cluster ({errors.brief(e)}). Start one with `ray start "
+                "--head`, or give its address as --ray-address HOST:PORT."
+            ) from None
+    total = len(jobs)
+    message = f"running {total} trial(s) as Ray tasks"
+    progress("trials", message, 0, total)
+    remote = ray.remote(num_cpus=RAY_TASK_CPUS)(run_trial_shipped)
+    pending = [remote.remote(job) for job in jobs]
+    outcomes: list[TrialOutcome] = []
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            outcomes.append(ray.get(ready[0]))
+            progress("trials", message, len(outcomes), total)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started_here:
+            ray.shutdown()
+    return outcomes
+
+
+# --- the sweep ---------------------------------------------------------------------------------
+
+
+def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
+    """Run every (bits, mode) trial of `config`, time them against fp32, and write OUT_DIR:
+    trials/<name>/ (one export each), sweep.json, sweep.png and sweep.html.
+
+    Raises QConvertError (exit 2) on bad input, and when no trial could run at all; a sweep in
+    which some trials fail returns rows that say so."""
+    from qconvert.artifacts import ArtifactDir, check_output_dir
+    from qconvert.pipeline import _load_data, _model_inputs
+    from qconvert.sources import load_source
+    from qconvert.targets import TARGETS
+
+    report_progress = progress or _no_progress
+    start = time.perf_counter()
+    target = TARGETS.get(config.target)
+    target.resolve_options(dict(config.target_options))  # refuse unknown options before any work
+    if config.out_dir is not None:
+        check_output_dir(config.out_dir, config.force)
+    base = _base_run_config(config)
+    trials = plan_trials(config, target, base)
+    runnable = [t for t in trials if t.run is not None]
+    if not runnable:
+        raise ConfigError(
+            f"--target {target.name} supports none of the settings asked for: "
+            + "; ".join(f"{t.name}: {t.unsupported}" for t in trials)
+        )
+
+    report_progress("load", "loading the model and the data", None, None)
+    loaded = load_source(config.source, config.inputs, task=config.task)
+    inputs = _model_inputs(loaded)
+    # the held-out set every trial validates on (static trials also need calibration data; a
+    # trial without it fails on its own row)
+    _, heldout, _ = _load_data(base, loaded, inputs, "dynamic")
+    out_dir = config.out_dir or DEFAULT_OUT_ROOT / f"{loaded.name}-{target.name}-sweep"
+    user_files = [
+        *loaded.files,
+        *(Path(p) for p in (config.calibration, config.data) if p and Path(p).exists()),
+    ]
+
+    with ArtifactDir(out_dir, force=config.force, inputs=user_files) as art:
+        trials_root = art.path(TRIALS_DIR)
+        trials_root.mkdir()  # made here, so that no trial's clean-up removes it
+        workers = _workers(config, len(runnable))
+        jobs = [
+            TrialJob(
+                t.name,
+                replace(t.run, out_dir=trials_root / t.name),
+                heldout,
+                threads=_job_threads(config.executor, workers),
+                log_level=logging.getLogger().getEffectiveLevel(),
+            )
+            for t in runnable
+            if t.run is not None
+        ]
+        if config.executor == "ray":
+            # a Ray worker may run on another machine, in another folder: give it absolute paths
+            jobs = [replace(j, run=_absolute_paths(j.run)) for j in jobs]
+            outcomes = _run_ray(jobs, config.ray_address, report_progress)
+        else:
+            outcomes = _run_local(jobs, workers, report_progress)
+        by_name = {o.name: o for o in outcomes}
+        ran = [by_name[j.name] for j in jobs]
+        if all(o.status == ERROR for o in ran):
+            raise _all_failed(ran)
+        for outcome in ran:
+            _settle_trial(art, outcome, out_dir / TRIALS_DIR / outcome.name)
+
+        report_progress("latency", "timing fp32 and every setting, interleaved in one process", None, None)
+        timing = _time_settings(art, ran, heldout, config)
+        rows = _rows(trials, by_name, timing)
+        recommendation = recommend(rows)
+        notes = _sweep_notes(config, ran, workers, timing, rows)
+        summary = {
+            "source": loaded.origin,
+            "target": target.name,
+            "bits": list(config.bits),
+            "modes": None if config.modes is None else list(config.modes),
+            "tolerance": config.tolerance,
+            "executor": config.executor,
+            "workers": workers if config.executor == "local" else None,
+            "held_out_samples": len(heldout),
+            "labels": heldout.labels is not None,
+            "latency": timing.as_json(),
+            "rows": [r.as_json() for r in rows],
+            "recommendation": recommendation.as_json(),
+            "passed": any(r.quantized and r.holds for r in rows),
+            "notes": notes,
+            "seconds": time.perf_counter() - start,
+        }
+        report_progress("report", "writing sweep.json, sweep.png and sweep.html", None, None)
+        from qconvert.sweep_report import render_html, render_png
+
+        png = render_png(summary, art.path(SWEEP_PNG))
+        art.write_text(SWEEP_HTML, render_html(summary, png.read_bytes()))
+        art.write_json(SWEEP_JSON, summary)
+        art.commit()
+    return SweepResult(out_dir, tuple(rows), recommendation, summary, time.perf_counter() - start)
+
+
+def _base_run_config(config: SweepConfig) -> RunConfig:
+    """The RunConfig every trial starts from (bits and mode are set per trial). Building it checks
+    the export settings (--calibration-method, --samples, --opset ...) before any work."""
+    return RunConfig(
+        source=config.source,
+        bits=config.bits[0],
+        target=config.target,
+        calibration=config.calibration,
+        calibration_method=config.calibration_method,
+        samples=config.samples,
+        data=config.data,
+        data_options=config.data_options,
+        inputs=config.inputs,
+        task=config.task,
+        opset=config.opset,
+        tolerance=config.tolerance,
+        target_options=config.target_options,
+        latency_repeats=config.latency_repeats,
+        latency_batch=config.latency_batch,
+    )
+
+
+def _workers(config: SweepConfig, trials: int) -> int:
+    if config.executor != "local":
+        return 1
+    return min(config.workers, trials) if config.workers else default_workers(trials)
+
+
+def _job_threads(executor: str, workers: int) -> int | None:
+    """Threads for torch and onnxruntime in a trial; None: the trial runs in this process, which
+    keeps its defaults."""
+    if executor == "ray":
+        return RAY_TASK_CPUS
+    return _threads_per_worker(workers) if workers > 1 else None
+
+
+def _threads_per_worker(workers: int) -> int:
+    return max(1, _usable_cores() // workers)
+
+
+def _absolute_paths(run: RunConfig) -> RunConfig:
+    """SOURCE, --calibration and --data as absolute paths where they name files here."""
+
+    def absolute(spec: str | None) -> str | None:
+        if spec is None:
+            return None
+        if Path(spec).exists():
+            return str(Path(spec).resolve())
+        where, sep, attr = spec.rpartition(":")
+        if sep and where.endswith(".py") and Path(where).is_file():
+            return f"{Path(where).resolve()}:{attr}"
+        return spec
+
+    return replace(
+        run, source=absolute(run.source), calibration=absolute(run.calibration), data=absolute(run.data)
+    )
+
+
+def _all_failed(outcomes: list[TrialOutcome]) -> QConvertError:
+    """No trial ran: the first trial's error, in its own class, listing every trial's message."""
+    first = outcomes[0]
+    cls = getattr(errors, first.error_class or "", None)
+    if not (isinstance(cls, type) and issubclass(cls, QConvertError)):
+        cls = QConvertError
+    if len({o.error for o in outcomes}) == 1:
+        return cls(f"every trial failed the same way: {first.error}")
+    return cls("every trial failed: " + " | ".join(f"{o.name}: {o.error}" for o in outcomes))
+
+
+def _settle_trial(art: ArtifactDir, outcome: TrialOutcome, final: Path) -> None:
+    """Put a trial's folder in place inside the sweep's temporary folder (writing the files a Ray
+    task sent back) and make its manifest name the folder it will have once the sweep commits."""
+    if outcome.ran_in is None or outcome.manifest is None:
+        return
+    rel = f"{TRIALS_DIR}/{outcome.name}"
+    if outcome.files is not None:
+        for name, content in outcome.files.items():
+            dest = art.path(f"{rel}/{name}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(content)
+    manifest = dict(outcome.manifest)
+    ran_in = outcome.ran_in
+    manifest["command"] = str(manifest.get("command", "")).replace(ran_in, str(final))
+    manifest["settings"] = {**manifest.get("settings", {}), "out_dir": str(final)}
+    art.write_json(f"{rel}/qconvert.json", manifest)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency of fp32 and every trial that produced a model, measured together after the trials."""
+
+    provider: str | None
+    batch: int
+    repeats: int
+    p50_ms: dict[str, float] = field(default_factory=dict)  # "fp32" and trial names
+
+    def ratio(self, name: str) -> float | None:
+        if name not in self.p50_ms or BASELINE not in self.p50_ms:
+            return None
+        return self.p50_ms[name] / self.p50_ms[BASELINE]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "how": "measured by the sweep after every trial finished: fp32 and each setting timed "
+            "interleaved in one process on the same inputs, nothing else of the sweep running",
+            "provider": self.provider,
+            "batch": self.batch,
+            "repeats": self.repeats,
+            "p50_ms": dict(self.p50_ms),
+        }
+
+
+def _time_settings(
+    art: ArtifactDir, outcomes: list[TrialOutcome], heldout: Dataset, config: SweepConfig
+) -> Timing:
+    """p50 latency of fp32 and of each trial's model.onnx, interleaved, on the trial's providers
+    (the first trial's reference.onnx stands for fp32: every trial exported the same model)."""
+    from qconvert.benchmark import interleaved_latency
+    from qconvert.pipeline import _latency_feed
+    from qconvert.runtime import make_session, manifest_providers
+
+    done = [o for o in outcomes if o.ran_in is not None and o.manifest is not None]
+    if not done:
+        return Timing(None, config.latency_batch, config.latency_repeats)
+    feed = _latency_feed(heldout, config.latency_batch)
+    runners: dict[str, Callable[[], object]] = {}
+    provider = None
+    for outcome in done:
+        folder = art.path(f"{TRIALS_DIR}/{outcome.name}")
+        providers = manifest_providers(folder, outcome.manifest or {})
+        if BASELINE not in runners:
+            fp32 = make_session(folder / "reference.onnx", providers)
+            runners[BASELINE] = _runner(fp32.inner, feed)
+        session = make_session(folder / "model.onnx", providers)
+        provider = provider or session.used
+        runners[outcome.name] = _runner(session.inner, feed)
+    lat = interleaved_latency(runners, repeats=config.latency_repeats)
+    return Timing(
+        provider, config.latency_batch, config.latency_repeats, {n: t.p50_ms for n, t in lat.items()}
+    )
+
+
+def _runner(session: Any, feed: dict[str, Any]) -> Callable[[], object]:
+    return lambda: session.run(None, feed)
+
+
+def _rows(trials: list[Trial], outcomes: dict[str, TrialOutcome], timing: Timing) -> list[SweepRow]:
+    """The fp32 baseline, then one row per planned trial, in plan order."""
+    rows = [_trial_row(t, outcomes.get(t.name), timing) for t in trials]
+    reference = next(
+        (outcomes[t.name].report for t in trials if t.name in outcomes and outcomes[t.name].report), None
+    )
+    return [_baseline_row(reference, timing), *rows]
+
+
+def _baseline_row(report: dict[str, Any] | None, timing: Timing) -> SweepRow:
+    """fp32 itself: the exported ONNX against the original (export fidelity), size and latency 1.0x."""
+    if report is None:
+        return SweepRow(BASELINE, None, None, BASELINE_STATUS)
+    fidelity = report.get("export_fidelity") or {}
+    acc = report.get("accuracy") or {}
+    return SweepRow(
+        BASELINE,
+        None,
+        None,
+        BASELINE_STATUS,
+        accuracy=acc.get("fp32_onnx"),
+        agreement=_worst(fidelity, "top1_agreement"),
+        cosine=_worst(fidelity, "cosine"),
+        size_bytes=report["size"]["fp32_bytes"],
+        size_ratio=1.0,
+        latency_ms=timing.p50_ms.get(BASELINE),
+        latency_ratio=1.0 if BASELINE in timing.p50_ms else None,
+    )
+
+
+def _worst(outputs: dict[str, Any], metric: str) -> float | None:
+    values = [m[metric] for m in outputs.values() if isinstance(m, dict) and metric in m]
+    return min(values) if values else None
+
+
+def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> SweepRow:
+    if trial.unsupported is not None or outcome is None:
+        return SweepRow(trial.name, trial.bits, trial.mode, NOT_SUPPORTED, reason=trial.unsupported)
+    if outcome.status == ERROR or outcome.report is None:
+        return SweepRow(
+            trial.name,
+            trial.bits,
+            trial.mode,
+            ERROR,
+            reason=f"({outcome.error_stage}) {outcome.error}",
+            seconds=outcome.seconds,
+        )
+    report = outcome.report
+    validation = report["validation"]
+    failed = [
+        f"{c['output']}: {c['metric']} = {c['measured']:.4g}, needs {c['bound']}"
+        for c in validation["checks"]
+        if not c["passed"]
+    ]
+    acc = report.get("accuracy") or {}
+    return SweepRow(
+        trial.name,
+        trial.bits,
+        report.get("mode", trial.mode),
+        outcome.status,
+        reason="; ".join(failed) or None,
+        accuracy=acc.get("model"),
+        agreement=_worst(validation["outputs"], "top1_agreement"),
+        cosine=_worst(validation["outputs"], "cosine"),
+        size_bytes=report["size"]["model_bytes"],
+        size_ratio=report["size"]["ratio"],
+        latency_ms=timing.p50_ms.get(trial.name),
+        latency_ratio=timing.ratio(trial.name),
+        trial_latency_ratio=report["latency"]["ratio_p50"],
+        collapse=outcome.collapse,
+        collapse_error=outcome.collapse_error,
+        out_dir=f"{TRIALS_DIR}/{trial.name}",
+        seconds=outcome.seconds,
+        notes=tuple(report.get("notes", [])),
+    )
+
+
+def _sweep_notes(
+    config: SweepConfig, outcomes: list[TrialOutcome], workers: int, timing: Timing, rows: list[SweepRow]
+) -> list[str]:
+    notes = []
+    if timing.provider is not None:
+        notes.append(
+            f"latency: p50 at batch {timing.batch} on {timing.provider}, {timing.repeats} runs each, measured "
+            "after the trials with fp32 and every setting interleaved in one process; the figure each trial "
+            "took for itself (trial_latency_ratio in sweep.json) ran alongside other trials and is noisier"
+        )
+    wanted = {
+        o.manifest["providers"][0]["name"] for o in outcomes if o.manifest and o.manifest.get("providers")
+    }
+    if timing.provider is not None and wanted and timing.provider not in wanted:
+        notes.append(
+            f"{', '.join(sorted(wanted))} is not installed here: latency comes from {timing.provider} and says "
+            f"nothing about {config.target} speed; accuracy is the graph's exact Q/DQ arithmetic"
+        )
+    if config.executor == "local" and workers > 1:
+        notes.append(
+            f"{workers} trials ran at a time, each limited to {_threads_per_worker(workers)} thread(s); "
+            "--workers 1 runs them one after another"
+        )
+    if any(r.collapse_error for r in rows):
+        notes.extend(f"collapse probe, {r.name}: {r.collapse_error}" for r in rows if r.collapse_error)
+    return notes
