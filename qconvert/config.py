@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qconvert.errors import ConfigError
@@ -22,8 +22,13 @@ DEFAULT_SENSITIVITY_ISOLATED = 8  # nodes given an isolated measurement (one qua
 HOLDOUT_FRACTION = 0.2
 
 SUPPORTED_BITS = (16, 8, 4)
-MODES = ("static", "dynamic", "weight-only", "fp16")
+MODES = ("static", "dynamic", "weight-only", "fp16", "bf16")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# 4-bit weight-only (MatMulNBits): how weights are rounded, and the default block size along K
+# (each block of that many input channels has its own scale and zero point)
+WEIGHT_ALGORITHMS = ("rtn", "hqq", "gptq")  # round to nearest, half-quadratic, GPTQ (needs calibration)
+DEFAULT_BLOCK_SIZE = 32
+MIN_BLOCK_SIZE = 16  # onnxruntime's MatMulNBits takes powers of two from 16
 
 _DTYPES = {
     "float32": "float32",
@@ -86,13 +91,21 @@ METRIC_BOUNDS: dict[str, str] = {
     "rel_error": "max",  # mean |a-b| / mean |a|
     "top5_agreement": "min",  # reference top-1 among the candidate's top 5 (more than 5 classes)
     "kl_div": "max",  # KL(softmax(reference) || softmax(candidate)), class-score outputs
+    # token outputs of text models ([N, S, ...], with the attention mask of the inputs):
+    "embedding_cosine": "min",  # encoders: cosine of the mask-weighted mean-pooled embeddings
+    "next_token_agreement": "min",  # decoders: same argmax at each sequence's last real token
     # measured by `qconvert validate` only:
     "task_drop": "max",  # --metric: the reference's score minus the candidate's
     "speedup": "min",  # reference p50 latency / candidate p50 (--require-speedup is speedup>=1)
+    # --probe collapse: share of held-out pairs the reference tells apart and the candidate does not
+    "collapse_rate": "max",
 }
 
 # metrics that belong to the whole model rather than to one output
-MODEL_METRICS = ("task_drop", "speedup")
+MODEL_METRICS = ("task_drop", "speedup", "collapse_rate")
+
+# `qconvert validate --probe NAME`: extra measurements beyond comparing outputs sample by sample
+PROBES = ("collapse",)
 
 # Defaults per bit width. A default for a metric that does not apply to an output (top-1 on a
 # non-classifier, accuracy without labels) is skipped; an explicit one is an error.
@@ -100,6 +113,12 @@ DEFAULT_TOLERANCES: dict[int, dict[str, float]] = {
     16: {"cosine": 0.9999, "top1_agreement": 0.995, "accuracy_drop": 0.005, "nonfinite": 0},
     8: {"cosine": 0.99, "top1_agreement": 0.97, "accuracy_drop": 0.01, "nonfinite": 0},
     4: {"cosine": 0.95, "top1_agreement": 0.90, "accuracy_drop": 0.03, "nonfinite": 0},
+}
+# Text models, on top of the above (same rule: skipped where the output is not a token output).
+TEXT_TOLERANCES: dict[int, dict[str, float]] = {
+    16: {"embedding_cosine": 0.999, "next_token_agreement": 0.98},
+    8: {"embedding_cosine": 0.98, "next_token_agreement": 0.90},
+    4: {"embedding_cosine": 0.95, "next_token_agreement": 0.80},
 }
 
 
@@ -131,19 +150,22 @@ class Tolerance:
     bounds: tuple[Bound, ...]
 
     @classmethod
-    def for_bits(cls, bits: int, spec: str | None = None) -> Tolerance:
-        """The bit width's defaults, with `spec` (`--tolerance`) overriding metric by metric."""
+    def for_bits(cls, bits: int, spec: str | None = None, text: bool = False) -> Tolerance:
+        """The bit width's defaults (with `text`, also TEXT_TOLERANCES'), with `spec` (`--tolerance`)
+        overriding metric by metric."""
         given = parse_tolerance(spec) if spec else ()
         overridden = {b.metric for b in given if b.output is None}
-        defaults = tuple(Bound(m, v) for m, v in DEFAULT_TOLERANCES[bits].items() if m not in overridden)
+        table = {**DEFAULT_TOLERANCES[bits], **(TEXT_TOLERANCES[bits] if text else {})}
+        defaults = tuple(Bound(m, v) for m, v in table.items() if m not in overridden)
         return cls(bounds=defaults + given)
 
     @classmethod
-    def layered(cls, bits: int, *layers: tuple[Bound, ...]) -> Tolerance:
-        """The bit width's defaults, then each layer in turn (e.g. a tolerance file, then
-        `--tolerance`). A later layer's bound replaces earlier bounds on the same output and metric;
-        an unscoped one (no OUTPUT:) replaces every earlier bound on that metric."""
-        bounds: list[Bound] = [Bound(m, v) for m, v in DEFAULT_TOLERANCES[bits].items()]
+    def layered(cls, bits: int, *layers: tuple[Bound, ...], text: bool = False) -> Tolerance:
+        """The bit width's defaults (with `text`, also TEXT_TOLERANCES'), then each layer in turn (e.g.
+        a tolerance file, then `--tolerance`). A later layer's bound replaces earlier bounds on the same
+        output and metric; an unscoped one (no OUTPUT:) replaces every earlier bound on that metric."""
+        table = {**DEFAULT_TOLERANCES[bits], **(TEXT_TOLERANCES[bits] if text else {})}
+        bounds: list[Bound] = [Bound(m, v) for m, v in table.items()]
         for layer in layers:
             unscoped = {b.metric for b in layer if b.output is None}
             scoped = {(b.output, b.metric) for b in layer if b.output is not None}
@@ -281,6 +303,111 @@ class DataOptions:
     truncation: bool = True
 
 
+TEXT_PADDING = ("max_length", "longest")
+
+
+def text_options(
+    tokenizer: str | None = None,
+    max_length: int | None = None,
+    padding: str = "max_length",
+    truncation: bool = True,
+    base: DataOptions | None = None,
+) -> DataOptions:
+    """`base` (default: DataOptions()) with the text flags `--tokenizer`, `--max-length`, `--padding`
+    and `--truncation/--no-truncation` set; a bad value is a ConfigError that names its flag."""
+    if max_length is not None and max_length < 1:
+        raise ConfigError(f"--max-length must be at least 1 token (got {max_length})")
+    if padding not in TEXT_PADDING:
+        raise ConfigError(
+            f"--padding {padding!r} is not a padding. Valid: max_length (every sample padded to "
+            "--max-length) or longest (to the longest sample in the file)"
+        )
+    return replace(
+        base or DataOptions(),
+        tokenizer=tokenizer,
+        max_length=max_length,
+        padding=padding,
+        truncation=truncation,
+    )
+
+
+@dataclass(frozen=True)
+class TransformerFusion:
+    """The prepare stage's transformer fusions (onnxruntime.transformers.optimizer): what the graph is
+    and the shapes the attention fusion must match."""
+
+    model_type: str  # onnxruntime.transformers model type: bert, gpt2, ...
+    num_heads: int
+    hidden_size: int
+    attention: bool = True  # fuse attention (off: only layer norm, GELU and bias fusions)
+
+
+IMAGE_LAYOUTS = ("nchw", "nhwc")
+# `--calibration random`: seeded normal inputs of the model's shapes. Only when asked for by name;
+# without --data, validation then runs on another seeded random set of RANDOM_HELDOUT_SAMPLES.
+RANDOM_DATA = "random"
+RANDOM_CALIBRATION_SAMPLES = 64  # when --samples is not given
+RANDOM_HELDOUT_SAMPLES = 100
+RANDOM_CALIBRATION_SEED = 0
+RANDOM_HELDOUT_SEED = 1
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """`--image-size HxW` (or N for a square), in pixels."""
+    parts = re.split(r"[x,]", text.strip().lower())
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(
+            f"--image-size {text!r} is not HxW or N (positive pixel counts). Example: --image-size 224x224 "
+            "or --image-size 224"
+        )
+    return int(parts[0]), int(parts[1])
+
+
+def parse_channel_values(text: str, flag: str) -> tuple[float, ...]:
+    """`--mean` / `--std`: comma-separated numbers, one per channel or one for all channels. They
+    apply after pixels are scaled to [0, 1], so ImageNet's are 0.485,0.456,0.406 / 0.229,0.224,0.225."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(v == v and abs(v) != float("inf") for v in values):
+        raise ConfigError(
+            f"{flag} {text!r} is not a comma-separated list of numbers, one per channel or one for all. "
+            f"Example: {flag} 0.485,0.456,0.406 (on pixels scaled to [0, 1])"
+        )
+    if flag == "--std" and any(v <= 0 for v in values):
+        raise ConfigError(f"--std {text!r}: every value must be greater than 0 (inputs are divided by it).")
+    return values
+
+
+def parse_layout(text: str) -> str:
+    """`--layout nchw|nhwc`: where the channel axis of an image input sits."""
+    layout = text.strip().lower()
+    if layout not in IMAGE_LAYOUTS:
+        raise ConfigError(f"--layout {text!r} is not a layout. Valid: {', '.join(IMAGE_LAYOUTS)}")
+    return layout
+
+
+def image_options(
+    image_size: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    layout: str = "nchw",
+    base: DataOptions | None = None,
+) -> DataOptions:
+    """`base` (default: DataOptions()) with the image flags `--image-size`, `--mean`, `--std` and
+    `--layout` parsed into it; each malformed value is a ConfigError that names its flag."""
+    return replace(
+        base or DataOptions(),
+        image_size=None if image_size is None else parse_image_size(image_size),
+        mean=None if mean is None else parse_channel_values(mean, "--mean"),
+        std=None if std is None else parse_channel_values(std, "--std"),
+        layout=parse_layout(layout),
+    )
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything `qconvert export` does, as one value. The CLI builds exactly this."""
@@ -295,6 +422,9 @@ class RunConfig:
     data: str | None = None  # held-out validation data; None: built-in set, or a split of calibration
     data_options: DataOptions = DataOptions()  # image folders and text files, for both DATA flags
     inputs: tuple[InputSpec, ...] = ()
+    # --task: what a Hugging Face folder is exported for (e.g. feature-extraction, text-generation);
+    # None: detected from its config.json
+    task: str | None = None
     opset: int = DEFAULT_OPSET
     out_dir: Path | None = None  # None: DEFAULT_OUT_ROOT / <model>-<target>-<format>
     tolerance: str | None = None
@@ -309,6 +439,9 @@ class RunConfig:
     auto: bool = False
     # --auto-budget: most nodes kept in float; None: 10 or 25% of the quantized nodes, the smaller
     auto_budget: int | None = None
+    # --block-size / --algorithm: 4-bit weight-only only (see WEIGHT_ALGORITHMS)
+    block_size: int = DEFAULT_BLOCK_SIZE
+    weight_algorithm: str = "rtn"
     # per-layer sensitivity: held-out samples it runs on, and how many nodes (worst cumulative SQNR
     # first) get an isolated measurement (one quantization each)
     sensitivity_samples: int = DEFAULT_SENSITIVITY_SAMPLES
@@ -334,9 +467,104 @@ class RunConfig:
             raise ConfigError("latency_repeats must be at least 1")
         if self.auto_budget is not None and self.auto_budget < 0:
             raise ConfigError(f"--auto-budget must be 0 or more nodes (got {self.auto_budget})")
+        check_weight_only_4bit(self.bits, self.block_size, self.weight_algorithm)
         if self.sensitivity_samples < 1 or self.sensitivity_isolated < 0:
             raise ConfigError("sensitivity_samples must be at least 1 and sensitivity_isolated at least 0")
-        Tolerance.for_bits(self.bits, self.tolerance)  # fail early on a malformed --tolerance
+        given = Tolerance.for_bits(self.bits, self.tolerance)  # fail early on a malformed --tolerance
+        validate_only = sorted({b.metric for b in given.bounds if b.explicit and b.metric in MODEL_METRICS})
+        if validate_only:
+            raise ConfigError(
+                f"--tolerance: {', '.join(validate_only)} is measured by `qconvert validate` (task_drop: "
+                "--metric, speedup: --require-speedup, collapse_rate: --probe collapse), not by export. "
+                "Drop it here and gate the exported folder with `qconvert validate OUT_DIR`."
+            )
+
+
+SWEEP_BITS = (16, 8, 4)  # `qconvert sweep` without --bits
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything `qconvert sweep` does, as one value: one export per (bits, mode) trial, each
+    built as a RunConfig from these fields. The CLI builds exactly this."""
+
+    source: str | None = None  # None: the built-in default model
+    bits: tuple[int, ...] = SWEEP_BITS
+    target: str = DEFAULT_TARGET
+    modes: tuple[str, ...] | None = None  # None: the target's default mode per bit width
+    calibration: str | None = None
+    calibration_method: str = "minmax"
+    samples: int | None = None
+    data: str | None = None
+    data_options: DataOptions = DataOptions()
+    inputs: tuple[InputSpec, ...] = ()
+    task: str | None = None  # Hugging Face folders, as RunConfig.task
+    opset: int = DEFAULT_OPSET
+    tolerance: str | None = None  # applied on top of each bit width's defaults
+    target_options: tuple[tuple[str, str], ...] = ()
+    out_dir: Path | None = None  # None: DEFAULT_OUT_ROOT / <model>-<target>-sweep
+    force: bool = False
+    workers: int | None = None  # local executor; None: one per core, at most 4 and one per trial
+    executor: str = "local"  # local | ray
+    # --ray-address; None: ray.init()'s default (RAY_ADDRESS, a local `ray start`, else a new local Ray)
+    ray_address: str | None = None
+    latency_repeats: int = DEFAULT_LATENCY_REPEATS
+    latency_batch: int = DEFAULT_LATENCY_BATCH
+
+    def __post_init__(self) -> None:
+        if not self.bits:
+            raise ConfigError("--bits: give at least one bit width, e.g. --bits 16,8,4")
+        for bits in self.bits:
+            if bits not in SUPPORTED_BITS:
+                raise ConfigError(
+                    f"--bits {bits} is not a bit width qconvert knows. Valid: {', '.join(map(str, SUPPORTED_BITS))} "
+                    "(comma-separated, e.g. --bits 16,8,4)"
+                )
+        if len(set(self.bits)) < len(self.bits):
+            raise ConfigError(f"--bits {','.join(map(str, self.bits))}: a bit width is listed twice")
+        if self.modes is not None:
+            if not self.modes:
+                raise ConfigError("--modes: give at least one mode, e.g. --modes static,dynamic")
+            for mode in self.modes:
+                if mode not in MODES:
+                    raise ConfigError(f"--modes: {mode!r} is not a mode. Valid: {', '.join(MODES)}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"--executor {self.executor!r} is not an executor. Valid: {', '.join(EXECUTORS)}"
+            )
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1 (got {self.workers})")
+        if self.ray_address is not None and self.executor != "ray":
+            raise ConfigError("--ray-address needs --executor ray")
+        if self.workers is not None and self.executor == "ray":
+            raise ConfigError(
+                "--workers is for the local executor: on Ray each trial reserves one CPU and Ray decides "
+                "how many run at once. Drop --workers, or size the cluster with `ray start --num-cpus N`."
+            )
+        if self.latency_repeats < 1 or self.latency_batch < 1:
+            raise ConfigError("latency_repeats and --latency-batch must be at least 1")
+        for bits in self.bits:  # fail early on a malformed --tolerance
+            Tolerance.for_bits(bits, self.tolerance)
+
+
+def check_weight_only_4bit(bits: int, block_size: int, algorithm: str) -> None:
+    """--block-size must be a power of two from MIN_BLOCK_SIZE and --algorithm one of WEIGHT_ALGORITHMS;
+    both belong to --bits 4 (MatMulNBits), so a non-default value at other bit widths is refused."""
+    if block_size < MIN_BLOCK_SIZE or block_size & (block_size - 1):
+        raise ConfigError(
+            f"--block-size {block_size}: must be a power of two, {MIN_BLOCK_SIZE} or more (onnxruntime's "
+            f"MatMulNBits takes 16, 32, 64, 128, 256). Default: {DEFAULT_BLOCK_SIZE}."
+        )
+    if algorithm not in WEIGHT_ALGORITHMS:
+        raise ConfigError(
+            f"--algorithm {algorithm!r} is not supported. Valid: {', '.join(WEIGHT_ALGORITHMS)}"
+        )
+    if bits != 4 and (block_size != DEFAULT_BLOCK_SIZE or algorithm != "rtn"):
+        raise ConfigError(
+            f"--block-size and --algorithm apply to --bits 4 (4-bit weight-only, MatMulNBits); this run is "
+            f"--bits {bits}. Drop them, or use --bits 4 --mode weight-only."
+        )
 
 
 @dataclass(frozen=True)
@@ -346,6 +574,7 @@ class ValidateConfig:
     candidate: str | Path  # an .onnx file, or an OUT_DIR written by `qconvert export`
     reference: str | None = None  # .onnx or a torch SOURCE; None: the OUT_DIR's reference.onnx
     data: str | None = None  # held-out data; None: the OUT_DIR's validation data, if it is a file
+    data_options: DataOptions = DataOptions()  # image folders and text files given as --data
     tolerance: str | None = None  # overrides the tolerance file, which overrides the defaults
     json_out: Path | None = None
     junit_out: Path | None = None
@@ -359,6 +588,8 @@ class ValidateConfig:
     settings_dir: Path | None = Path()
     latency_repeats: int = DEFAULT_LATENCY_REPEATS
     latency_batch: int = DEFAULT_LATENCY_BATCH
+    probes: tuple[str, ...] = ()  # --probe NAME (PROBES)
+    probe_options: tuple[tuple[str, str], ...] = ()  # --probe-option KEY=VALUE, checked by the probe
 
     def __post_init__(self) -> None:
         if self.bits is not None and self.bits not in SUPPORTED_BITS:
@@ -367,6 +598,11 @@ class ValidateConfig:
             )
         if self.latency_repeats < 1 or self.latency_batch < 1:
             raise ConfigError("latency_repeats and latency_batch must be at least 1")
+        unknown = [p for p in self.probes if p not in PROBES]
+        if unknown:
+            raise ConfigError(f"--probe {unknown[0]!r} is not a probe. Valid: {', '.join(PROBES)}")
+        if self.probe_options and not self.probes:
+            raise ConfigError("--probe-option applies to a probe: add --probe collapse.")
         if self.tolerance:
             parse_tolerance(self.tolerance)  # fail early on a malformed --tolerance
 
@@ -425,8 +661,8 @@ class QuantizeConfig:
     """How to quantize, as the target decides it: format, types, symmetry, granularity."""
 
     bits: int
-    mode: str  # static | dynamic | weight-only | fp16
-    format: str = "qdq"  # qdq | qoperator | fp16
+    mode: str  # static | dynamic | weight-only | fp16 | bf16
+    format: str = "qdq"  # qdq | qoperator | fp16 | bf16 | matmulnbits
     activation_type: str = "uint8"  # int8 | uint8 | int16 | uint16
     weight_type: str = "int8"
     per_channel: bool = True
@@ -449,6 +685,13 @@ class QuantizeConfig:
     # static only: onnxruntime `extra_options` a target needs beyond the fields above (e.g. QNN's
     # MinimumRealRange, or UseQDQContribOps for 16-bit Q/DQ below opset 21); merged last, so they win
     extra_options: tuple[tuple[str, object], ...] = ()
+    # 4-bit weight-only (MatMulNBits, format "matmulnbits"): weights in blocks of `block_size` input
+    # channels, each with its own scale (and zero point unless weight_symmetric), rounded by
+    # `weight_algorithm`; `accuracy_level` is MatMulNBits' own (0: unset, the kernel computes in the
+    # input's type; 4: the CPU kernel quantizes activations to int8 per block and uses integer dot products)
+    block_size: int = DEFAULT_BLOCK_SIZE
+    weight_algorithm: str = "rtn"
+    accuracy_level: int = 0
 
 
 DEFAULT_BENCHMARK_REPEATS = 100

@@ -24,31 +24,47 @@ import numpy as np
 from qconvert import artifacts
 from qconvert.artifacts import ArtifactDir, check_output_dir, onnx_size, sha256_file
 from qconvert.benchmark import interleaved_latency
-from qconvert.calibrate import Dataset, ModelInput, load_dataset
+from qconvert.calibrate import Dataset, ModelInput, load_dataset, random_dataset
 from qconvert.config import (
     DEFAULT_LATENCY_BATCH,
     DEFAULT_OUT_ROOT,
     HOLDOUT_FRACTION,
+    RANDOM_DATA,
+    RANDOM_HELDOUT_SAMPLES,
+    RANDOM_HELDOUT_SEED,
+    DataOptions,
     QuantizeConfig,
     RunConfig,
     Tolerance,
+    TransformerFusion,
     ValidateConfig,
 )
-from qconvert.errors import CalibrationError, ConfigError, InternalError, QConvertError, TargetError
+from qconvert.errors import (
+    CalibrationError,
+    ConfigError,
+    InternalError,
+    QConvertError,
+    QuantizationError,
+    TargetError,
+)
 from qconvert.onnx_export import onnx_from_torch
-from qconvert.prepare import prepared_from_onnx
+from qconvert.prepare import lost_dynamic_axes, prepared_from_onnx, prepared_transformer
 from qconvert.quantize import QUANTIZERS
+from qconvert.quantize.bf16 import bf16_notes, emulate_bf16
 from qconvert.quantize.float16 import emulate_fp16
+from qconvert.quantize.int4 import int4_notes
 from qconvert.quantize.selectors import node_infos, select
 from qconvert.runtime import make_session
 from qconvert.sources import LoadedModel, load_source
 from qconvert.targets import TARGETS, Provider, Target
-from qconvert.validation import ValidationResult, evaluate
+from qconvert.validation import TokenOutputs, ValidationResult, evaluate
 
 log = logging.getLogger(__name__)
 
 FORMAT_MARGIN = 0.95  # a candidate format must be 5% faster than the default one to be kept
 SMALL_HELDOUT = 100
+# providers that run onnxruntime's com.microsoft contrib ops (the transformer fusions' output)
+CONTRIB_OP_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
 SELECTABLE_MODES = ("static", "dynamic", "fp16")  # modes whose quantizer honours --exclude
 INCLUDE_MODES = (
     "static",
@@ -94,7 +110,9 @@ def _stage(name: str, progress: Progress, message: str) -> Iterator[None]:
 
 def default_out_dir(loaded: LoadedModel, target: str, bits: int, mode: str) -> Path:
     fmt = {16: "fp16", 8: "int8", 4: "int4"}[bits]
-    suffix = "" if mode in ("static", "fp16") else f"-{mode}"  # fp16 is already in `fmt`
+    if bits == 16 and mode in ("bf16", "static"):
+        fmt = "bf16" if mode == "bf16" else "a16w8"
+    suffix = "" if mode in ("static", "fp16", "bf16") else f"-{mode}"  # fp16/bf16 are already in `fmt`
     return DEFAULT_OUT_ROOT / f"{loaded.name}-{target}-{fmt}{suffix}"
 
 
@@ -116,17 +134,28 @@ def _load_data(
     data_path = config.data or (loaded.default_data if not config.calibration else None)
     calibration = (
         load_dataset(
-            calib_path, inputs, flag="--calibration", samples=config.samples, options=config.data_options
+            calib_path,
+            inputs,
+            flag="--calibration",
+            samples=config.samples,
+            options=_data_options(config, loaded),
         )
         if calib_path
         else None
     )
     if data_path is not None:
-        heldout = load_dataset(data_path, inputs, flag="--data", options=config.data_options)
+        heldout = load_dataset(data_path, inputs, flag="--data", options=_data_options(config, loaded))
         if calib_path and Path(calib_path).resolve() == Path(data_path).resolve():
             notes.append(
                 "the validation data is the calibration data; figures will look better than they are"
             )
+    elif calibration is not None and config.calibration == RANDOM_DATA:
+        heldout = random_dataset(
+            inputs,
+            RANDOM_HELDOUT_SAMPLES,
+            RANDOM_HELDOUT_SEED,
+            f"random held-out inputs ({RANDOM_HELDOUT_SAMPLES} seeded samples, seed {RANDOM_HELDOUT_SEED})",
+        )
     elif calibration is not None:
         calibration, heldout = calibration.split(HOLDOUT_FRACTION)
         notes.append(
@@ -142,7 +171,64 @@ def _load_data(
         raise CalibrationError(
             "static int8 needs calibration data: pass --calibration DATA (.npz keyed by input name)."
         )
-    return (calibration if mode == "static" else None), heldout, notes
+    gptq = config.bits == 4 and config.weight_algorithm == "gptq"  # GPTQ weighs rounding by layer inputs
+    if gptq and calibration is None:
+        raise CalibrationError(
+            "--algorithm gptq needs calibration data: pass --calibration DATA (.npz keyed by input name), or "
+            "use --algorithm rtn or hqq, which need none."
+        )
+    random_note = _random_data_note(_random_data(config))
+    if random_note:
+        notes.insert(0, random_note)
+    return (calibration if mode == "static" or gptq else None), heldout, notes
+
+
+def _data_options(config: RunConfig, loaded: LoadedModel) -> DataOptions:
+    """The data options, with the source's own tokenizer (a Hugging Face folder's) reading text DATA
+    unless --tokenizer names another."""
+    if config.data_options.tokenizer is None and loaded.tokenizer is not None:
+        return replace(config.data_options, tokenizer=loaded.tokenizer)
+    return config.data_options
+
+
+def _token_outputs(loaded: LoadedModel, data: Dataset) -> TokenOutputs | None:
+    """Which outputs of a text model get embedding_cosine / next_token_agreement, with the mask of `data`."""
+    mask = data.feeds.get("attention_mask")
+    if not loaded.token_outputs or mask is None:
+        return None
+    return TokenOutputs(mask=mask, kinds=loaded.token_outputs)
+
+
+def _fusion(loaded: LoadedModel, providers: list[Provider]) -> TransformerFusion | None:
+    """The transformer fusions to run in prepare: only where the target's first provider runs
+    onnxruntime's contrib ops (CPU, CUDA); TensorRT, OpenVINO, QNN and CoreML take plain ONNX."""
+    if loaded.fusion is None or not providers or providers[0].name not in CONTRIB_OP_PROVIDERS:
+        return None
+    return loaded.fusion
+
+
+def _random_data(config: RunConfig) -> dict[str, bool]:
+    """report.json's `data` entry: which of the data were seeded random inputs (`--calibration random`)."""
+    calibration_random = config.calibration == RANDOM_DATA
+    return {
+        "calibration_random": calibration_random,
+        "validation_random": calibration_random and not config.data,
+    }
+
+
+def _random_data_note(flags: dict[str, bool]) -> str | None:
+    if not flags["calibration_random"]:
+        return None
+    validated = (
+        "validation also ran on random inputs (another seed), so"
+        if flags["validation_random"]
+        else "validation ran on --data, but"
+    )
+    return (
+        "--calibration random: the model was calibrated on seeded random inputs, not real data, and "
+        f"{validated} the accuracy figures (agreement, cosine, accuracy) are not meaningful for real inputs. "
+        "Calibrate and validate on real samples before shipping."
+    )
 
 
 def _fastest(
@@ -209,6 +295,14 @@ def _stand_in(
             "fp16: no fp16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor "
             "to fp16 where the fp16 graph produces it (overflow included); onnxruntime's CPU provider "
             "would run most of model.onnx in fp32 instead."
+        )
+    if qc.mode == "bf16" and not_here is not None:
+        # the CPU provider has no bf16 MatMul/Gemm/Conv: the bf16 graph would not even load here
+        path = emulate_bf16(model_path, work / "bf16_emulated.onnx", qc.external_data)
+        return path, (
+            "bf16: no bf16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor to "
+            "bfloat16 (round to nearest even) where the bf16 graph produces it; the CPU provider cannot run "
+            "model.onnx itself."
         )
     return model_path, None
 
@@ -278,6 +372,27 @@ def _command(config: RunConfig, out_dir: Path) -> str:
     for flag, selectors in (("--exclude", config.exclude), ("--include", config.include)):
         for selector in selectors:
             parts += [flag, selector]
+    if config.bits == 4:
+        parts += ["--block-size", str(config.block_size), "--algorithm", config.weight_algorithm]
+    images = config.data_options
+    if images.image_size is not None:
+        parts += ["--image-size", "x".join(map(str, images.image_size))]
+    for flag, channel_values in (("--mean", images.mean), ("--std", images.std)):
+        if channel_values is not None:
+            parts += [flag, ",".join(map(str, channel_values))]
+    if images.layout != "nchw":
+        parts += ["--layout", images.layout]
+    if config.task is not None:
+        parts += ["--task", config.task]
+    text = config.data_options
+    if text.tokenizer is not None:
+        parts += ["--tokenizer", text.tokenizer]
+    if text.max_length is not None:
+        parts += ["--max-length", str(text.max_length)]
+    if text.padding != "max_length":
+        parts += ["--padding", text.padding]
+    if not text.truncation:
+        parts.append("--no-truncation")
     if config.latency_batch != DEFAULT_LATENCY_BATCH:
         parts += ["--latency-batch", str(config.latency_batch)]
     if config.calibration_method != "minmax":
@@ -459,6 +574,9 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
     tolerance = Tolerance.for_bits(config.bits, config.tolerance)
     opts = target.resolve_options(dict(config.target_options))
     candidates = target.quantize_candidates(config.bits, mode, config.calibration_method, opts)
+    if config.bits == 4:  # --block-size / --algorithm
+        size, algorithm = config.block_size, config.weight_algorithm
+        candidates = [replace(c, block_size=size, weight_algorithm=algorithm) for c in candidates]
     qc = candidates[0]
     if (config.exclude and qc.mode not in SELECTABLE_MODES) or (
         config.include and qc.mode not in INCLUDE_MODES
@@ -471,11 +589,14 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
         check_output_dir(config.out_dir, config.force)
 
     with _stage("load", report_progress, "loading the model"):
-        loaded = load_source(config.source, config.inputs)
+        loaded = load_source(config.source, config.inputs, task=config.task)
+    if loaded.token_outputs:  # a text model: embedding_cosine / next_token_agreement defaults too
+        tolerance = Tolerance.for_bits(config.bits, config.tolerance, text=True)
     out_dir = config.out_dir or default_out_dir(loaded, target.name, config.bits, mode)
     inputs = _model_inputs(loaded)
     with _stage("data", report_progress, "checking calibration and validation data"):
         calibration, heldout, notes = _load_data(config, loaded, inputs, mode)
+        notes[:0] = loaded.notes
     user_files = [*loaded.files, *(Path(p) for p in (config.calibration, config.data) if p)]
 
     with ArtifactDir(out_dir, force=config.force, inputs=user_files) as art:
@@ -484,8 +605,14 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
         large = artifacts.needs_external_data(onnx_size(exported.path))
         candidates = [replace(c, external_data=large) for c in candidates]
         qc = candidates[0]
+        fusion, fusions = _fusion(loaded, target.providers(inputs, opts)), None
         with _stage("prepare", report_progress, "shape inference and graph clean-up"):
-            prepared = prepared_from_onnx(exported.path, art.work / "prepared.onnx", external_data=large)
+            if fusion is None:
+                prepared = prepared_from_onnx(exported.path, art.work / "prepared.onnx", external_data=large)
+            else:
+                fused = prepared_transformer(exported.path, art.work / "prepared.onnx", fusion, large)
+                prepared, fusions = fused.path, {"model_type": fused.model_type, "fused": fused.fused}
+                notes.append(fused.note)
         if config.exclude or config.include:
             nodes = node_infos(prepared)
             excluded = tuple(select(nodes, config.exclude, "--exclude"))
@@ -524,11 +651,18 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                     + f" (p50, batch {config.latency_batch}); kept {qc.format} (another format must be 5% "
                     "faster to replace qdq)"
                 )
+        if qc.format == "matmulnbits":  # how many MatMuls went to 4 bits
+            notes.extend(int4_notes(model_path))
+        elif qc.mode == "bf16":  # which ops stay fp32 for want of a bf16 kernel
+            notes.extend(bf16_notes(model_path))
+        lost = lost_dynamic_axes(exported.path, model_path) if loaded.kind == "huggingface" else []
+        if lost:
+            raise QuantizationError(f"quantizing fixed dynamic axes of the model: {'; '.join(lost)}")
         reference_path = art.copy_onnx(exported.path, "reference.onnx")
         finalized = target.finalize(model_path, inputs, opts)
         if finalized:
             notes.append(finalized)
-        providers = target.providers(inputs, opts)
+        providers = target.providers_for(inputs, opts, qc)
         not_here = target.not_here(providers)
         with _stage("simulate", report_progress, "preparing what validation runs"):
             checked_path, stand_in_note = _stand_in(qc, model_path, prepared, art.work, calibration, not_here)
@@ -548,14 +682,15 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
             fp32_out = make_session(reference_path).run(heldout)
             ref_out = _reference_outputs(loaded, heldout, fp32_out)
             names = candidate.output_names
-            validation = evaluate(names, ref_out, candidate.run(heldout), tolerance, heldout.labels)
-            fidelity = evaluate(names, ref_out, fp32_out, Tolerance(()), heldout.labels)
+            tokens = _token_outputs(loaded, heldout)
+            validation = evaluate(names, ref_out, candidate.run(heldout), tolerance, heldout.labels, tokens)
+            fidelity = evaluate(names, ref_out, fp32_out, Tolerance(()), heldout.labels, tokens)
             blame, all_int8_path = None, None
             if config.auto or not validation:  # per-layer blame, and with --auto the fallback
 
                 def validate_graph(path: Path) -> ValidationResult:
                     run = make_session(path, providers, optimize=native).run(heldout)
-                    return evaluate(names, ref_out, run, tolerance, heldout.labels)
+                    return evaluate(names, ref_out, run, tolerance, heldout.labels, tokens)
 
                 blame = _blame(
                     config,
@@ -584,7 +719,7 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
             on_cpu_kernels = None
             if not native:
                 cpu_run = make_session(checked_path).run(heldout)
-                on_cpu_kernels = evaluate(names, ref_out, cpu_run, Tolerance(()), heldout.labels)
+                on_cpu_kernels = evaluate(names, ref_out, cpu_run, Tolerance(()), heldout.labels, tokens)
             if not_here is not None:
                 notes.append(
                     f"{not_here}: the verdict comes from the CPU provider with graph optimizations off, so the "
@@ -602,7 +737,10 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
         with _stage("benchmark", report_progress, "measuring latency against fp32 (interleaved)"):
             batch = _latency_feed(heldout, config.latency_batch)
             fp32_bench = make_session(reference_path, providers)
-            model_bench = make_session(model_path, providers)
+            # a bf16 graph does not load without bf16 kernels: time its stand-in (the notes say that
+            # latency here says nothing about the target's)
+            unloadable = qc.mode == "bf16" and not_here is not None
+            model_bench = make_session(checked_path if unloadable else model_path, providers)
             runners: dict[str, Callable[[], object]] = {
                 "fp32": lambda: fp32_bench.inner.run(None, batch),
                 "model": lambda: model_bench.inner.run(None, batch),
@@ -619,6 +757,10 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                 f"the quantized model is slower than fp32 on {model_bench.used} "
                 f"({latency_ratio:.2f}x fp32 latency at batch {config.latency_batch}): here, quantization "
                 "buys size, not speed"
+            )
+        if unloadable:
+            notes.append(
+                "bf16: model.onnx cannot run here, so the latency row times its fp32 stand-in on the CPU"
             )
         acc = validation.accuracy
         report: dict[str, Any] = {
@@ -648,6 +790,8 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                 "model": lat["model"].as_json(),
                 "ratio_p50": latency_ratio,
             },
+            "data": _random_data(config),
+            "fusions": fusions,
             "ops": {
                 "fp32": _op_counts(reference_path),
                 "model": _op_counts(model_path),
@@ -670,6 +814,8 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
                 "files": [{"path": str(p), "sha256": sha256_file(p)} for p in loaded.files],
                 "inputs": [asdict(i) for i in inputs],
                 "outputs": list(loaded.output_names),
+                "task": loaded.task,
+                "token_outputs": loaded.token_outputs,
             },
             "settings": {**asdict(config), "out_dir": str(out_dir), "mode": mode},
             "quantization": {
@@ -699,6 +845,8 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
             },
             "versions": _versions(),
         }
+        for companion in loaded.companion_files:  # config and tokenizer: OUT_DIR loads on its own
+            art.copy_file(companion, companion.name)
         art.write_json("report.json", report)
         from qconvert.report_html import render_html
 
@@ -843,7 +991,12 @@ def _sample_keys(data: Dataset) -> list[bytes]:
 
 
 def _calibration_notes(
-    calib_path: Path | None, explicit: bool, data_path: Path, heldout: Dataset, inputs: list[ModelInput]
+    calib_path: Path | None,
+    explicit: bool,
+    data_path: Path,
+    heldout: Dataset,
+    inputs: list[ModelInput],
+    options: DataOptions | None = None,
 ) -> list[str]:
     """Warn when the validation data is, or shares samples with, the calibration data."""
     if calib_path is None:
@@ -854,7 +1007,7 @@ def _calibration_notes(
             "samples, so figures will look better than they are. Give held-out samples with --data."
         ]
     try:
-        calibration = load_dataset(calib_path, inputs, flag="--calibration-data")
+        calibration = load_dataset(calib_path, inputs, flag="--calibration-data", options=options)
     except CalibrationError:
         if explicit:
             raise
@@ -972,6 +1125,40 @@ def _match_outputs(
     )
 
 
+def _collapse_settings(
+    config: ValidateConfig, model_bounds: list[Any], ref_spec: str, out_dir: Path | None
+) -> dict[str, Any] | None:
+    """probe_collapse's keyword arguments from --probe-option (None: no --probe collapse), checked
+    before any expensive work: a collapse_rate bound needs the probe, the probe needs an ONNX reference."""
+    from qconvert.errors import ConfigError
+    from qconvert.validation.collapse import collapse_options
+
+    bound = next((b for b in model_bounds if b.metric == "collapse_rate"), None)
+    if "collapse" not in config.probes:
+        if bound is not None:
+            raise ConfigError(
+                f"tolerance {bound.describe()} is measured by the collapse probe: add --probe collapse."
+            )
+        return None
+    in_out_dir = out_dir is not None and (out_dir / "reference.onnx").is_file()
+    has_onnx = Path(ref_spec).suffix == ".onnx" or in_out_dir
+    if not has_onnx:
+        raise ConfigError(
+            f"--probe collapse runs the reference on sequences it builds, so it needs the reference as ONNX; "
+            f"--reference {ref_spec} is not an .onnx file. Give the fp32 .onnx (an OUT_DIR's reference.onnx)."
+        )
+    return collapse_options(config.probe_options)
+
+
+def _artifact_tokenizer(config: ValidateConfig, out_dir: Path | None) -> DataOptions:
+    """The data options, with an OUT_DIR's own tokenizer (copied there from a Hugging Face source)
+    reading text --data unless --tokenizer names another."""
+    options = config.data_options
+    if options.tokenizer is None and out_dir is not None and (out_dir / "tokenizer_config.json").is_file():
+        return replace(options, tokenizer=str(out_dir))
+    return options
+
+
 def validate(config: ValidateConfig, progress: Progress | None = None) -> ValidationRun:
     """Validate an existing candidate (an .onnx file or an OUT_DIR) against a reference on the same
     inputs, apply the tolerance (defaults < qconvert.toml / pyproject.toml < --tolerance), and write
@@ -1006,7 +1193,9 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
     given = parse_tolerance(config.tolerance) if config.tolerance else ()
     if config.require_speedup and not any(b.metric == "speedup" for b in (*file_bounds, *given)):
         given = (*given, Bound("speedup", 1.0, explicit=True))
-    tolerance = Tolerance.layered(bits, file_bounds, given)
+    # a text model's token outputs (export records them): embedding_cosine / next_token_agreement too
+    token_kinds: dict[str, str] = (manifest or {}).get("source", {}).get("token_outputs") or {}
+    tolerance = Tolerance.layered(bits, file_bounds, given, text=bool(token_kinds))
     model_bounds = [b for b in tolerance.bounds if b.metric in MODEL_METRICS]
     per_output = Tolerance(tuple(b for b in tolerance.bounds if b.metric not in MODEL_METRICS))
 
@@ -1016,6 +1205,7 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
             f"--reference is needed when CANDIDATE is an .onnx file ({model_path}): give the fp32 .onnx or the "
             "torch SOURCE (file.py:factory) it was made from."
         )
+    probe_kwargs = _collapse_settings(config, model_bounds, ref_spec, out_dir)
     manifest_data = _manifest_data(manifest, "data")
     data_path = Path(config.data) if config.data else manifest_data
     if data_path is None:
@@ -1057,9 +1247,11 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
         check_output_file(report_path, config.force, inputs_given, flag)
 
     with _stage("load", report_progress, "reading the candidate and the data"):
-        heldout = load_dataset(data_path, inputs, flag="--data")
+        heldout = load_dataset(data_path, inputs, flag="--data", options=_artifact_tokenizer(config, out_dir))
         notes.extend(
-            _calibration_notes(calib_path, bool(config.calibration_data), data_path, heldout, inputs)
+            _calibration_notes(
+                calib_path, bool(config.calibration_data), data_path, heldout, inputs, config.data_options
+            )
         )
         metric_fn = _load_metric(config.metric) if config.metric else None
 
@@ -1086,6 +1278,14 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
                 "fp16: no fp16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor "
                 "to fp16 where the fp16 graph produces it (overflow included)."
             )
+        if quantization.get("mode") == "bf16" and not native:
+            checked = emulate_bf16(
+                model_path, Path(work) / "bf16_emulated.onnx", quantization.get("external_data", False)
+            )
+            notes.append(
+                "bf16: no bf16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor "
+                "to bfloat16 where the bf16 graph produces it."
+            )
         if quantization.get("calibration_table"):
             notes.append(
                 "implicit int8: model.onnx is the fp32 graph plus a calibration table, and that is what was "
@@ -1095,6 +1295,25 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
         with _stage("candidate", report_progress, f"running the candidate on {len(heldout)} samples"):
             candidate = make_session(checked, providers, optimize=native and checked == model_path)
             cand_out = candidate.run(heldout)
+        collapse = None
+        if probe_kwargs is not None:
+            from qconvert.validation.collapse import probe_collapse
+
+            with _stage("probe", report_progress, "collapse probe: held-out pairs, copy and count sequences"):
+                reference_for_probe = Path(ref_spec) if Path(ref_spec).suffix == ".onnx" else reference_onnx
+                assert reference_for_probe is not None  # _collapse_settings checked there is one
+                if reference_for_probe != Path(ref_spec):
+                    notes.append(
+                        f"--probe collapse ran the fp32 export {reference_for_probe} as the reference"
+                    )
+                collapse = probe_collapse(
+                    reference_for_probe,
+                    checked,
+                    heldout,
+                    optimize=candidate.optimized,
+                    providers=providers,
+                    **probe_kwargs,
+                )
     if not native:
         notes.append(
             f"{providers[0].name} is not installed here: the candidate ran on {candidate.used} with graph "
@@ -1109,7 +1328,9 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
                     f"{list(c.shape)} in the candidate. Give the reference the candidate was made from."
                 )
         try:
-            validation = evaluate(names, ref_out, cand_out, per_output, heldout.labels)
+            mask = heldout.feeds.get("attention_mask")
+            tokens = TokenOutputs(mask, token_kinds) if token_kinds and mask is not None else None
+            validation = evaluate(names, ref_out, cand_out, per_output, heldout.labels, tokens)
         except ConfigError as e:
             if tolerance_source is None:
                 raise
@@ -1136,6 +1357,14 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
                     "(fn(outputs, labels) -> float, higher is better)."
                 )
             extra.append(Check(MODEL_CHECKS, bound, task["drop"]))
+        for bound in (b for b in model_bounds if b.metric == "collapse_rate"):
+            assert collapse is not None  # _collapse_settings refused the bound without the probe
+            extra.append(Check(MODEL_CHECKS, bound, collapse.rate))
+        if collapse is not None and not any(b.metric == "collapse_rate" for b in model_bounds):
+            notes.append(
+                "--probe collapse: reported, not checked; add a bound with --tolerance 'collapse_rate<=X' to "
+                "gate on it"
+            )
         if task is not None and not any(b.metric == "task_drop" for b in model_bounds):
             notes.append(
                 f"--metric {config.metric}: reported, not checked; add a bound with --tolerance 'task_drop<=X' to "
@@ -1197,6 +1426,7 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
         "tolerance_source": tolerance_source,
         "task": task,
         "speed": speed,
+        "collapse": None if collapse is None else collapse.as_json(),
         "notes": notes,
     }
     run = ValidationRun(validation, context, time.perf_counter() - start)

@@ -18,7 +18,22 @@ def _pct(x: float) -> str:
 
 
 def quantized_label(report: dict[str, Any]) -> str:
+    if report["bits"] == 16 and report.get("mode") in ("bf16", "static"):  # not fp16: bf16, or A16W8
+        return "bf16" if report["mode"] == "bf16" else "a16w8"
     return {16: "fp16", 8: "int8", 4: "int4"}.get(report["bits"], f"{report['bits']}-bit")
+
+
+def random_data_warning(report: dict[str, Any]) -> str | None:
+    """The line to show in bold when `--calibration random` was used (report.json: data), else None."""
+    data = report.get("data")  # `qconvert validate` reports put the --data path here instead
+    if not isinstance(data, dict) or not data.get("calibration_random"):
+        return None
+    how = (
+        "calibrated and validated on random inputs"
+        if data.get("validation_random")
+        else "calibrated on random inputs"
+    )
+    return f"Accuracy figures are not meaningful: this model was {how} (--calibration random), not real data."
 
 
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -38,6 +53,11 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for name, m in report["validation"]["outputs"].items():
         if "top1_agreement" in m:
             rows.append((f"top-1 agreement with fp32 ({name})", "", _pct(m["top1_agreement"]), ""))
+        if "embedding_cosine" in m:  # text encoders: the mean-pooled sentence embedding
+            pooled = f"{m['embedding_cosine']:.5f} / {m['embedding_cosine_min']:.4f}"
+            rows.append((f"embedding cosine, mean / worst ({name})", "", pooled, ""))
+        if "next_token_agreement" in m:  # text decoders: argmax at the last real token
+            rows.append((f"next-token agreement ({name})", "", _pct(m["next_token_agreement"]), ""))
         rows.append((f"cosine, mean / worst ({name})", "", f"{m['cosine']:.5f} / {m['cosine_min']:.4f}", ""))
         rows.append((f"SQNR / max abs error ({name})", "", f"{m['sqnr_db']:.1f} dB / {m['max_abs']:.3g}", ""))
     size = report["size"]

@@ -13,14 +13,15 @@ import inspect
 import logging
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qconvert.config import InputSpec
-from qconvert.errors import SourceError, brief
+from qconvert.config import InputSpec, TransformerFusion
+from qconvert.errors import ConfigError, QConvertError, SourceError, brief
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class BuiltinModel:
 BUILTIN_MODELS = {
     "digits_cnn": BuiltinModel(
         "digits_cnn", "digits_cnn.py:digits_cnn", "digits_calib.npz", "digits_heldout.npz"
+    ),
+    "copycount": BuiltinModel(
+        "copycount", "copycount.py:copycount", "copycount_calib.npz", "copycount_heldout.npz"
     ),
 }
 
@@ -59,7 +63,7 @@ class LoadedModel:
     """A model ready to export: what it is, where it came from, and how to call it."""
 
     name: str
-    kind: str  # builtin | factory | onnx | torchscript | exported-program
+    kind: str  # builtin | factory | onnx | torchscript | exported-program | huggingface
     origin: str
     files: tuple[Path, ...]
     input_names: tuple[str, ...]
@@ -73,6 +77,12 @@ class LoadedModel:
     default_calibration: Path | None = None
     default_data: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # text models (Hugging Face folders, see qconvert/huggingface.py)
+    task: str | None = None  # what a Hugging Face folder is exported for, e.g. feature-extraction
+    tokenizer: str | None = None  # what reads text DATA when --tokenizer is not given (an HF folder)
+    fusion: TransformerFusion | None = None  # transformer fusions the prepare stage may apply
+    token_outputs: dict[str, str] = field(default_factory=dict)  # output -> metrics.TokenOutputs kind
+    companion_files: tuple[Path, ...] = ()  # copied into OUT_DIR beside model.onnx (config, tokenizer)
 
     def __post_init__(self) -> None:
         if not self.input_dims:
@@ -92,8 +102,16 @@ class LoadedModel:
         return [t.detach().cpu().numpy() for t in _flatten_outputs(out, self.origin)]
 
 
-def load_source(source: str | None, inputs: tuple[InputSpec, ...] = ()) -> LoadedModel:
-    """Resolve SOURCE and load it without running untrusted pickles."""
+def load_source(
+    source: str | None, inputs: tuple[InputSpec, ...] = (), task: str | None = None
+) -> LoadedModel:
+    """Resolve SOURCE and load it without running untrusted pickles. `task` (`--task`) is for Hugging
+    Face folders only."""
+    if task is not None and not (source and (Path(source) / "config.json").is_file()):
+        raise ConfigError(
+            f"--task {task}: only a Hugging Face model folder (one with config.json) takes a task; SOURCE "
+            f"{source or '(the built-in model)'} is not one. Drop --task."
+        )
     if source is None:
         return _load_builtin(DEFAULT_MODEL, inputs)
     if source in BUILTIN_MODELS:
@@ -108,12 +126,14 @@ def load_source(source: str | None, inputs: tuple[InputSpec, ...] = ()) -> Loade
             "path/file.py:factory or package.module:factory."
         )
     if path.is_dir():
-        if (path / "config.json").exists():
-            raise SourceError(
-                f"SOURCE {source}: Hugging Face model folders are not supported yet. Export it to ONNX "
-                "first and pass the .onnx file, or wrap it in a file.py:factory."
-            )
-        raise SourceError(f"SOURCE {source}: is a folder, not a model file.")
+        if (path / "config.json").is_file():
+            from qconvert.huggingface import load_hf_folder
+
+            return load_hf_folder(path, task, inputs)
+        raise SourceError(
+            f"SOURCE {source}: is a folder with no config.json, so neither a model file nor a Hugging Face "
+            "model folder. Give the folder that holds config.json and the weights, or a model file."
+        )
     if path.suffix == ".onnx":
         return _load_onnx(path, inputs)
     return _load_torch_archive(path, inputs)
@@ -138,15 +158,35 @@ def _load_builtin(name: str, inputs: tuple[InputSpec, ...]) -> LoadedModel:
     return loaded
 
 
-def _import_factory_module(source: str, where: str) -> tuple[Any, tuple[Path, ...]]:
+def import_callable(
+    spec: str, *, label: str = "SOURCE", error: type[QConvertError] = SourceError
+) -> tuple[Any, Callable[..., Any], tuple[Path, ...]]:
+    """(module, callable, files) for `path/file.py:name` or `package.module:name`.
+
+    The one way qconvert imports user code named on the command line (SOURCE factories, DATA
+    callables); errors are `error`s whose message starts with `label` (the flag or argument)."""
+    where, _, attr = spec.rpartition(":")
+    module, files = _import_factory_module(spec, where, label, error)
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise error(
+            f"{label} {spec}: {where} has no callable {attr!r}. Callables there: {', '.join(found) or 'none'}."
+        )
+    return module, fn, files
+
+
+def _import_factory_module(
+    source: str, where: str, label: str = "SOURCE", error: type[QConvertError] = SourceError
+) -> tuple[Any, tuple[Path, ...]]:
     if where.endswith(".py") or "/" in where or "\\" in where:
         path = Path(where)
         if not path.is_file():
-            raise SourceError(f"SOURCE {source}: no such file {where}. Check the path before the ':'.")
+            raise error(f"{label} {source}: no such file {where}. Check the path before the ':'.")
         mod_name = f"_qconvert_source_{abs(hash(str(path.resolve())))}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         if spec is None or spec.loader is None:
-            raise SourceError(f"SOURCE {source}: {where} cannot be imported as a Python file.")
+            raise error(f"{label} {source}: {where} cannot be imported as a Python file.")
         module = importlib.util.module_from_spec(spec)
         sys.path.insert(0, str(path.resolve().parent))
         try:
@@ -154,18 +194,18 @@ def _import_factory_module(source: str, where: str) -> tuple[Any, tuple[Path, ..
             spec.loader.exec_module(module)
         except Exception as e:
             sys.modules.pop(mod_name, None)
-            raise SourceError(f"SOURCE {source}: importing {where} raised {type(e).__name__}: {e}") from e
+            raise error(f"{label} {source}: importing {where} raised {type(e).__name__}: {e}") from e
         finally:
             sys.path.remove(str(path.resolve().parent))
         return module, (path,)
     try:
         module = importlib.import_module(where)
     except ImportError as e:
-        raise SourceError(
-            f"SOURCE {source}: cannot import module {where!r} ({e}). Install it, or give path/file.py:factory."
+        raise error(
+            f"{label} {source}: cannot import module {where!r} ({e}). Install it, or give path/file.py:name."
         ) from e
     except Exception as e:
-        raise SourceError(f"SOURCE {source}: importing {where} raised {type(e).__name__}: {e}") from e
+        raise error(f"{label} {source}: importing {where} raised {type(e).__name__}: {e}") from e
     file = getattr(module, "__file__", None)
     return module, ((Path(file),) if file else ())
 
@@ -173,13 +213,7 @@ def _import_factory_module(source: str, where: str) -> tuple[Any, tuple[Path, ..
 def _load_factory(source: str, where: str, attr: str, inputs: tuple[InputSpec, ...]) -> LoadedModel:
     import torch
 
-    module, files = _import_factory_module(source, where)
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise SourceError(
-            f"SOURCE {source}: {where} has no callable {attr!r}. Callables there: {', '.join(found) or 'none'}."
-        )
+    module, factory, files = import_callable(source)
     try:
         model = factory()
     except Exception as e:

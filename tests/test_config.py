@@ -198,3 +198,9 @@ def test_run_config_accepts(changes: dict[str, object]) -> None:
     config = RunConfig(**changes)  # type: ignore[arg-type]
     for key, value in changes.items():
         assert getattr(config, key) == value
+
+
+@pytest.mark.parametrize("spec", ["collapse_rate<=0.1", "speedup>=1", "cosine>=0.9,task_drop<=0.01"])
+def test_export_refuses_bounds_only_validate_measures(spec: str) -> None:
+    with pytest.raises(ConfigError, match="measured by `qconvert validate`"):
+        RunConfig(tolerance=spec)

@@ -14,15 +14,26 @@ from rich.text import Text
 from qconvert.cli._common import ProgressView, err, out, summary_line
 from qconvert.config import (
     CALIBRATION_METHODS,
+    DEFAULT_BLOCK_SIZE,
     DEFAULT_LATENCY_BATCH,
     DEFAULT_OPSET,
     DEFAULT_TARGET,
     MODES,
+    TEXT_PADDING,
+    WEIGHT_ALGORITHMS,
     InputSpec,
     RunConfig,
+    image_options,
     parse_target_option,
+    text_options,
 )
-from qconvert.report import failure_lines, quantized_label, sensitivity_rows, summary_rows
+from qconvert.report import (
+    failure_lines,
+    quantized_label,
+    random_data_warning,
+    sensitivity_rows,
+    summary_rows,
+)
 from qconvert.targets import TARGETS
 
 # Choices come from the registries, so the help can never drift from what exists.
@@ -30,26 +41,81 @@ TargetName = Enum("TargetName", {n: n for n in TARGETS.names()}, type=str)  # ty
 Bits = Enum("Bits", {f"b{b}": str(b) for b in (16, 8, 4)}, type=str)  # type: ignore[misc]
 Mode = Enum("Mode", {m: m for m in MODES}, type=str)  # type: ignore[misc]
 CalibrationMethod = Enum("CalibrationMethod", {m: m for m in CALIBRATION_METHODS}, type=str)  # type: ignore[misc]
+TextPadding = Enum("TextPadding", {p: p for p in TEXT_PADDING}, type=str)  # type: ignore[misc]
+WeightAlgorithm = Enum("WeightAlgorithm", {a: a for a in WEIGHT_ALGORITHMS}, type=str)  # type: ignore[misc]
 
 
 def export(
     source: str = typer.Argument(
         None,
-        help="file.py:factory, package.module:factory, .onnx, TorchScript or .pt2 file. "
-        "Omitted: the built-in digits CNN.",
+        help="file.py:factory, package.module:factory, .onnx, TorchScript or .pt2 file, or a Hugging Face "
+        'model folder (has config.json; needs pip install "qconvert[hf]"). Omitted: the built-in digits CNN.',
     ),
     bits: Bits = typer.Option("8", "--bits", help="Bit width."),
     target: TargetName = typer.Option(DEFAULT_TARGET, "--target", help="Hardware target."),
     mode: Mode = typer.Option(
         None, "--mode", help="Quantization mode. Default: the target's for these bits."
     ),
-    calibration: str = typer.Option(None, "--calibration", help="Calibration data (.npz, .npy or a folder)."),
+    calibration: str = typer.Option(
+        None,
+        "--calibration",
+        help="Calibration DATA: .npz (keyed by input name), .npy, a folder of them, a folder of images "
+        "(class subfolders give labels; see --image-size/--mean/--std/--layout), file.py:callable or "
+        "package.module:callable yielding feed dicts, or 'random' (seeded noise, to try a model out: "
+        "accuracy figures are then not meaningful).",
+    ),
     calibration_method: CalibrationMethod = typer.Option("minmax", "--calibration-method"),
     samples: int = typer.Option(None, "--samples", min=1, help="Use the first N calibration samples."),
     data: str = typer.Option(
         None,
         "--data",
-        help="Held-out validation data. Default: the built-in set, or 20% set aside from --calibration.",
+        help="Held-out validation DATA, in the same forms as --calibration except 'random'. Default: the "
+        "built-in set, or 20% set aside from --calibration (with --calibration random: other random inputs).",
+    ),
+    image_size: str = typer.Option(
+        None,
+        "--image-size",
+        help="Image folders: resize to HxW (or N for N x N). Default: the model input's own size.",
+    ),
+    mean: str = typer.Option(
+        None,
+        "--mean",
+        help="Image folders: subtracted per channel after scaling to [0, 1]; one value per channel or one "
+        "for all, e.g. 0.485,0.456,0.406. Default: none.",
+    ),
+    std: str = typer.Option(
+        None,
+        "--std",
+        help="Image folders: divided by per channel after --mean, e.g. 0.229,0.224,0.225. Default: none.",
+    ),
+    layout: str = typer.Option(
+        "nchw", "--layout", help="Image folders: nchw (channels first) or nhwc (channels last)."
+    ),
+    task: str = typer.Option(
+        None,
+        "--task",
+        help="Hugging Face folders: what to export the model for (feature-extraction, text-generation, "
+        "text-classification, ...). Default: detected from config.json.",
+    ),
+    tokenizer: str = typer.Option(
+        None,
+        "--tokenizer",
+        help="Text files (.txt, one sample per line): a Hugging Face folder, or file.py:fn with fn(lines) "
+        "returning feed dicts. Default: the SOURCE's own, when it is a Hugging Face folder.",
+    ),
+    max_length: int = typer.Option(
+        None,
+        "--max-length",
+        min=1,
+        help="Text files: tokens per sample. Default: the longest line, up to the tokenizer's limit.",
+    ),
+    padding: TextPadding = typer.Option(
+        "max_length",
+        "--padding",
+        help="Text files: max_length pads every line to --max-length; longest, to the longest line in the file.",
+    ),
+    truncation: bool = typer.Option(
+        True, "--truncation/--no-truncation", help="Text files: cut lines longer than --max-length."
     ),
     inputs: list[str] = typer.Option(
         [], "--input", help="NAME:SHAPE[:DTYPE], once per model input, e.g. x:1x3x32x32:float32."
@@ -87,6 +153,18 @@ def export(
         help="With --auto: at most this many nodes kept in float. Default: 10 or 25% of the quantized "
         "nodes, whichever is smaller.",
     ),
+    block_size: int = typer.Option(
+        DEFAULT_BLOCK_SIZE,
+        "--block-size",
+        help="--bits 4: input channels per 4-bit block, each with its own scale and zero point (a power "
+        "of two, 16 or more).",
+    ),
+    algorithm: WeightAlgorithm = typer.Option(
+        "rtn",
+        "--algorithm",
+        help="--bits 4: how weights are rounded: rtn (round to nearest), hqq (half-quadratic, no data), "
+        "gptq (error-compensating, needs --calibration).",
+    ),
 ) -> int:
     """Export, quantize for a target, validate against the original, and write OUT_DIR."""
     from qconvert.pipeline import export as run_export
@@ -103,6 +181,14 @@ def export(
         calibration_method=calibration_method.value,
         samples=samples,
         data=data,
+        data_options=text_options(
+            tokenizer,
+            max_length,
+            padding.value,
+            truncation,
+            base=image_options(image_size, mean, std, layout),
+        ),
+        task=task,
         inputs=tuple(InputSpec.parse(s) for s in inputs),
         opset=opset,
         out_dir=out_dir,
@@ -114,6 +200,8 @@ def export(
         force=force,
         auto=auto,
         auto_budget=auto_budget,
+        block_size=block_size,
+        weight_algorithm=algorithm.value,
     )
     with ProgressView() as progress:
         result = run_export(config, progress=progress)
@@ -126,6 +214,9 @@ def export(
     for row in summary_rows(report):
         table.add_row(*(Text(cell) for cell in row))
     out.print(table)
+    random_warning = random_data_warning(report)
+    if random_warning:
+        out.print(f"[bold]{escape(random_warning)}[/]", soft_wrap=True)
     ranking = sensitivity_rows(report)
     if ranking:
         sens = Table(title="per-layer sensitivity, worst first (SQNR against fp32)")
