@@ -25,6 +25,28 @@ from rich.progress import (
 
 from qconvert.errors import QConvertError
 
+# Image-folder DATA options, shared by the commands that read DATA (typer options are plain metadata,
+# so one instance can serve several commands).
+IMAGE_SIZE_OPTION = typer.Option(
+    None,
+    "--image-size",
+    help="Image folders: resize to HxW (or N for N x N). Default: the model input's own size.",
+)
+MEAN_OPTION = typer.Option(
+    None,
+    "--mean",
+    help="Image folders: subtracted per channel after scaling to [0, 1]; one value per channel or one "
+    "for all, e.g. 0.485,0.456,0.406. Default: none.",
+)
+STD_OPTION = typer.Option(
+    None,
+    "--std",
+    help="Image folders: divided by per channel after --mean, e.g. 0.229,0.224,0.225. Default: none.",
+)
+LAYOUT_OPTION = typer.Option(
+    "nchw", "--layout", help="Image folders: nchw (channels first) or nhwc (channels last)."
+)
+
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 STATE = {"debug": False}

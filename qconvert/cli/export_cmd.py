@@ -11,7 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from qconvert.cli._common import ProgressView, err, out, summary_line
+from qconvert.cli._common import (
+    IMAGE_SIZE_OPTION,
+    LAYOUT_OPTION,
+    MEAN_OPTION,
+    STD_OPTION,
+    ProgressView,
+    err,
+    out,
+    summary_line,
+)
 from qconvert.config import (
     CALIBRATION_METHODS,
     DEFAULT_BLOCK_SIZE,
@@ -72,25 +81,10 @@ def export(
         help="Held-out validation DATA, in the same forms as --calibration except 'random'. Default: the "
         "built-in set, or 20% set aside from --calibration (with --calibration random: other random inputs).",
     ),
-    image_size: str = typer.Option(
-        None,
-        "--image-size",
-        help="Image folders: resize to HxW (or N for N x N). Default: the model input's own size.",
-    ),
-    mean: str = typer.Option(
-        None,
-        "--mean",
-        help="Image folders: subtracted per channel after scaling to [0, 1]; one value per channel or one "
-        "for all, e.g. 0.485,0.456,0.406. Default: none.",
-    ),
-    std: str = typer.Option(
-        None,
-        "--std",
-        help="Image folders: divided by per channel after --mean, e.g. 0.229,0.224,0.225. Default: none.",
-    ),
-    layout: str = typer.Option(
-        "nchw", "--layout", help="Image folders: nchw (channels first) or nhwc (channels last)."
-    ),
+    image_size: str = IMAGE_SIZE_OPTION,
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
+    layout: str = LAYOUT_OPTION,
     task: str = typer.Option(
         None,
         "--task",

@@ -11,7 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from qconvert.cli._common import ProgressView, err, out, summary_line
+from qconvert.cli._common import (
+    IMAGE_SIZE_OPTION,
+    LAYOUT_OPTION,
+    MEAN_OPTION,
+    STD_OPTION,
+    ProgressView,
+    err,
+    out,
+    summary_line,
+)
 from qconvert.config import ValidateConfig, image_options
 from qconvert.report import failure_lines
 
@@ -31,28 +40,15 @@ def validate(
         "a folder of images (class subfolders give labels), or file.py:callable yielding feed dicts. "
         "Default with an OUT_DIR: the data its export validated on.",
     ),
-    image_size: str = typer.Option(
-        None,
-        "--image-size",
-        help="Image folders: resize to HxW (or N for N x N). Default: the model input's own size.",
-    ),
-    mean: str = typer.Option(
-        None,
-        "--mean",
-        help="Image folders: subtracted per channel after scaling to [0, 1]; one value per channel or one "
-        "for all. Default: none.",
-    ),
-    std: str = typer.Option(
-        None, "--std", help="Image folders: divided by per channel after --mean. Default: none."
-    ),
-    layout: str = typer.Option(
-        "nchw", "--layout", help="Image folders: nchw (channels first) or nhwc (channels last)."
-    ),
+    image_size: str = IMAGE_SIZE_OPTION,
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
+    layout: str = LAYOUT_OPTION,
     tolerance: str = typer.Option(
         None,
         "--tolerance",
-        help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Overrides qconvert.toml [tolerance] or "
-        "pyproject.toml [tool.qconvert.tolerance], which override the defaults for --bits.",
+        help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Overrides qconvert.toml \\[tolerance] or "
+        "pyproject.toml \\[tool.qconvert.tolerance], which override the defaults for --bits.",
     ),
     json_out: Path = typer.Option(None, "--json", help="Write the full result as JSON here."),
     junit_out: Path = typer.Option(

@@ -26,3 +26,12 @@ def check_output(path: Path) -> Path:
     except Exception as e:
         raise QuantizationError(f"the quantized model does not pass onnx.checker: {e}") from e
     return path
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name_1`, `name_2`... whichever is not in `taken`; the result is added to `taken`."""
+    out, i = name, 1
+    while out in taken:
+        out, i = f"{name}_{i}", i + 1
+    taken.add(out)
+    return out

@@ -42,7 +42,7 @@ from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
 from qconvert.config import MIN_BLOCK_SIZE, WEIGHT_ALGORITHMS, QuantizeConfig
 from qconvert.errors import CalibrationError, ConfigError, QuantizationError
-from qconvert.quantize._common import check_output
+from qconvert.quantize._common import check_output, unique_name
 
 if TYPE_CHECKING:
     import onnx
@@ -72,14 +72,6 @@ class Int4Record:
     embeddings_note: str = ""  # why tables stayed float, when they did
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    out, i = name, 1
-    while out in taken:
-        out, i = f"{name}_{i}", i + 1
-    taken.add(out)
-    return out
-
-
 def _taken_names(graph: onnx.GraphProto) -> set[str]:
     names = {t.name for t in graph.initializer} | {v.name for v in graph.input}
     for node in graph.node:
@@ -94,7 +86,7 @@ def name_unnamed_nodes(graph: onnx.GraphProto) -> None:
     taken = _taken_names(graph)
     for node in graph.node:
         if not node.name:
-            node.name = _unique(f"{node.op_type}_{node.output[0]}", taken)
+            node.name = unique_name(f"{node.op_type}_{node.output[0]}", taken)
 
 
 def _constant_floats(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -145,24 +137,24 @@ def matmuls_from_gemms(model: onnx.ModelProto) -> int:
         weight = numpy_helper.to_array(consts[b]).astype(np.float32)
         if _attr(node, "transB", 0):
             weight = weight.T
-        w_name = _unique(f"{b}_matmul", taken)
+        w_name = unique_name(f"{b}_matmul", taken)
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight * alpha), w_name))
         a = node.input[0]
         if _attr(node, "transA", 0):
-            a_t = _unique(f"{a}_transposed", taken)
+            a_t = unique_name(f"{a}_transposed", taken)
             new_nodes.append(
                 helper.make_node(
-                    "Transpose", [a], [a_t], name=_unique(f"{node.name}_transA", taken), perm=[1, 0]
+                    "Transpose", [a], [a_t], name=unique_name(f"{node.name}_transA", taken), perm=[1, 0]
                 )
             )
             a = a_t
         out = node.output[0]
-        product = _unique(f"{out}_matmul", taken) if c else out
+        product = unique_name(f"{out}_matmul", taken) if c else out
         new_nodes.append(helper.make_node("MatMul", [a, w_name], [product], name=node.name))
         bias = c
         if c:
             if beta != 1.0:
-                bias = _unique(f"{c}_scaled", taken)
+                bias = unique_name(f"{c}_scaled", taken)
                 scaled = numpy_helper.to_array(consts[c]).astype(np.float32) * beta
                 graph.initializer.append(numpy_helper.from_array(scaled, bias))
             new_nodes.append(helper.make_node("Add", [product, bias], [out], name=f"{node.name}_bias"))
@@ -445,10 +437,10 @@ def _quantize_gptq(
         codes, scales, zeros = gptq_codes(weight, hessians[node.input[0]], qc.block_size, qc.weight_symmetric)
         packed, scale, zero = pack_matmul_nbits(codes, scales, zeros, qc.block_size, qc.weight_symmetric)
         stem = node.input[1]
-        inputs = [node.input[0], _unique(f"{stem}_Q4", taken), _unique(f"{stem}_scales", taken)]
+        inputs = [node.input[0], unique_name(f"{stem}_Q4", taken), unique_name(f"{stem}_scales", taken)]
         new_inits = [numpy_helper.from_array(packed, inputs[1]), numpy_helper.from_array(scale, inputs[2])]
         if zero is not None:
-            inputs.append(_unique(f"{stem}_zero_points", taken))
+            inputs.append(unique_name(f"{stem}_zero_points", taken))
             new_inits.append(numpy_helper.from_array(zero, inputs[3]))
         graph.initializer.extend(new_inits)
         replaced.add(stem)

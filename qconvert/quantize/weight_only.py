@@ -30,7 +30,7 @@ from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError, QuantizationError
-from qconvert.quantize._common import check_output
+from qconvert.quantize._common import check_output, unique_name
 
 if TYPE_CHECKING:
     import onnx
@@ -97,14 +97,6 @@ def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
         yield from attr.graphs
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    out, i = name, 1
-    while out in taken:
-        out, i = f"{name}_{i}", i + 1
-    taken.add(out)
-    return out
-
-
 def quantize_weights(model: onnx.ModelProto, qc: QuantizeConfig) -> dict[str, int]:
     """Rewrite `model` in place; return counts: quantized, small (kept float), other (kept float)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -143,7 +135,7 @@ def quantize_weights(model: onnx.ModelProto, qc: QuantizeConfig) -> dict[str, in
         axis = next(iter(axes)) if qc.per_channel else None
         q, scale = quantize_symmetric(weight, axis)
         q_name, s_name, z_name = (
-            _unique(f"{name}_{part}", taken) for part in ("quantized", "scale", "zero_point")
+            unique_name(f"{name}_{part}", taken) for part in ("quantized", "scale", "zero_point")
         )
         graph.initializer.remove(tensor)
         graph.initializer.extend(
@@ -157,7 +149,7 @@ def quantize_weights(model: onnx.ModelProto, qc: QuantizeConfig) -> dict[str, in
             "DequantizeLinear",
             [q_name, s_name, z_name],
             [name],
-            name=_unique(f"{name}_DequantizeLinear", taken),
+            name=unique_name(f"{name}_DequantizeLinear", taken),
         )
         if axis is not None:
             dequantize.attribute.append(helper.make_attribute("axis", axis))
