@@ -499,7 +499,7 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
     Raises QConvertError (exit 2) on bad input, and when no trial could run at all; a sweep in
     which some trials fail returns rows that say so."""
     from qconvert.artifacts import ArtifactDir, check_output_dir
-    from qconvert.pipeline import _load_data, _model_inputs
+    from qconvert.pipeline import load_data, model_inputs
     from qconvert.sources import load_source
     from qconvert.targets import TARGETS
 
@@ -520,10 +520,10 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
 
     report_progress("load", "loading the model and the data", None, None)
     loaded = load_source(config.source, config.inputs, task=config.task)
-    inputs = _model_inputs(loaded)
+    inputs = model_inputs(loaded)
     # the held-out set every trial validates on (static trials also need calibration data; a
     # trial without it fails on its own row)
-    _, heldout, _ = _load_data(base, loaded, inputs, "dynamic")
+    _, heldout, _ = load_data(base, loaded, inputs, "dynamic")
     out_dir = config.out_dir or DEFAULT_OUT_ROOT / f"{loaded.name}-{target.name}-sweep"
     user_files = [
         *loaded.files,
@@ -708,13 +708,13 @@ def _time_settings(
     """p50 latency of fp32 and of each trial's model.onnx, interleaved, on the trial's providers
     (the first trial's reference.onnx stands for fp32: every trial exported the same model)."""
     from qconvert.benchmark import interleaved_latency
-    from qconvert.pipeline import _latency_feed
+    from qconvert.pipeline import latency_feed
     from qconvert.runtime import make_session, manifest_providers
 
     done = [o for o in outcomes if o.ran_in is not None and o.manifest is not None]
     if not done:
         return Timing(None, config.latency_batch, config.latency_repeats)
-    feed = _latency_feed(heldout, config.latency_batch)
+    feed = latency_feed(heldout, config.latency_batch)
     runners: dict[str, Callable[[], object]] = {}
     provider = None
     for outcome in done:

@@ -258,7 +258,7 @@ OUTCOMES: dict[tuple[Cell, str], Outcome] = {
     (Cell("arm64", 8, "dynamic"), "lstm"): KnownBug(
         "on an x86 CPU without VNNI the arm64 dynamic graph is validated on x86's u8s8 kernels, which "
         "saturate on full-range weights (cosine 0.976; the 7-bit cpu graph: 0.99998); an ARM64 CPU "
-        "does not saturate. pipeline._stand_in has no exact stand-in for dynamic graphs",
+        "does not saturate. pipeline.exporting._stand_in has no exact stand-in for dynamic graphs",
         when=SATURATING_HOST,
         affects=("tolerance",),
     ),
