@@ -631,7 +631,7 @@ def _threads_per_worker(workers: int) -> int:
 
 
 def _absolute_paths(run: RunConfig) -> RunConfig:
-    """SOURCE, --calibration and --data as absolute paths where they name files here."""
+    """SOURCE, --calibration, --data and --tokenizer as absolute paths where they name files here."""
 
     def absolute(spec: str | None) -> str | None:
         if spec is None:
@@ -644,7 +644,11 @@ def _absolute_paths(run: RunConfig) -> RunConfig:
         return spec
 
     return replace(
-        run, source=absolute(run.source), calibration=absolute(run.calibration), data=absolute(run.data)
+        run,
+        source=absolute(run.source),
+        calibration=absolute(run.calibration),
+        data=absolute(run.data),
+        data_options=replace(run.data_options, tokenizer=absolute(run.data_options.tokenizer)),
     )
 
 

@@ -240,6 +240,33 @@ def test_validate_reads_text_with_the_artifacts_tokenizer(
     assert "embedding_cosine>=0.98" in [c["bound"] for c in run["validation"]["checks"]]
 
 
+def test_validate_takes_the_text_flags(bert_dynamic: tuple[Path, str], hf_dir: Path, tmp_path: Path) -> None:
+    """--tokenizer replaces OUT_DIR's own tokenizer, --max-length/--no-truncation shape the text as
+    in export, and bad values exit 2 naming their flag."""
+    out, _ = bert_dynamic
+    held = hf_dir / "held.txt"
+    runs = {}
+    for name, flags in (("own", ()), ("short", ("--tokenizer", hf_dir / "bert", "--max-length", "8"))):
+        code, text = qconvert("validate", out, "--data", held, *flags, "--json", tmp_path / f"{name}.json")
+        assert code == 0, text
+        runs[name] = read_json(tmp_path / f"{name}.json")
+    assert runs["short"]["samples"] == runs["own"]["samples"] == 40
+    # every line cut to 8 tokens: other sentence embeddings, so other figures
+    cosine = {k: r["validation"]["outputs"]["last_hidden_state"]["cosine"] for k, r in runs.items()}
+    assert all(0.9 < c <= 1.0 for c in cosine.values()) and cosine["short"] != cosine["own"], cosine
+
+    empty = tmp_path / "no-tokenizer"
+    empty.mkdir()
+    for flags, needle in (
+        (("--tokenizer", empty), f"--tokenizer {empty}: transformers cannot load a tokenizer"),
+        (("--max-length", "4", "--no-truncation"), "--no-truncation keeps them whole"),
+        (("--max-length", "0"), "Invalid value for '--max-length'"),
+        (("--padding", "wide"), "Invalid value for '--padding'"),
+    ):
+        code, text = qconvert("validate", out, "--data", held, *flags)
+        assert code == 2 and needle in text, text
+
+
 @pytest.mark.parametrize("fixture", ["bert_dynamic", "bert_static"])
 def test_quantized_bert_keeps_dynamic_batch_and_sequence(
     fixture: str, request: pytest.FixtureRequest, hf_dir: Path

@@ -20,19 +20,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from _models import IMAGE_SHAPE, NUM_CLASSES, write_cnn_mlp
 from conftest import TINY_CNN, flat, leftovers, save_npz, write_model
 from typer.testing import CliRunner
 
 from qconvert.cli import app
-from qconvert.config import SweepConfig
+from qconvert.config import RunConfig, SweepConfig, image_options, text_options
 from qconvert.errors import ConfigError
 from qconvert.sweep import (
     NOT_SUPPORTED,
     OUT_OF_TOLERANCE,
     PASSED,
     SweepRow,
+    _absolute_paths,
     _base_run_config,
     bits_from_text,
     plan_trials,
@@ -218,6 +220,11 @@ def test_plan_without_modes_takes_each_bit_widths_default() -> None:
         (["--bits", "8", "--ray-address", "127.0.0.1:1"], ["--ray-address needs --executor ray"]),
         (["--bits", "8", "--executor", "ray", "--workers", "2"], ["--workers is for the local executor"]),
         (["--bits", "8", "--modes", "fp16"], ["supports none of the settings", "8bit-fp16: --mode fp16"]),
+        (["--bits", "8", "--image-size", "3x"], ["--image-size '3x' is not HxW"]),
+        (["--bits", "8", "--mean", "x"], ["--mean 'x' is not a comma-separated list"]),
+        (["--bits", "8", "--layout", "hwc"], ["--layout 'hwc' is not a layout"]),
+        (["--bits", "8", "--max-length", "0"], ["Invalid value for '--max-length'"]),
+        (["--bits", "8", "--padding", "wide"], ["Invalid value for '--padding'"]),
     ],
 )
 def test_bad_input_is_refused(args: list[str], needles: list[str], tmp_path: Path) -> None:
@@ -249,6 +256,61 @@ def test_a_sweep_where_no_trial_runs_leaves_nothing(files: dict[str, Path], tmp_
 
 
 # --- a real sweep --------------------------------------------------------------------------------
+
+
+def _gray_images(folder: Path, count: int, seed: int) -> Path:
+    """`count` 12x12 grayscale PNGs: larger than the ONNX source's 8x8 input, so they are resized."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (count, 12, 12), dtype=np.uint8)
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_image_flags_reach_every_trial(files: dict[str, Path], tmp_path: Path) -> None:
+    """--image-size/--mean/--std/--layout go into each trial's RunConfig: the trial's manifest
+    settings and rebuild command carry them, and a size the model cannot take fails on its flag."""
+    calib = _gray_images(tmp_path / "calib", 16, seed=0)
+    held = _gray_images(tmp_path / "held", 16, seed=1)
+    image_flags = ("--image-size", "8", "--mean", "0.5", "--std", "0.25", "--layout", "nchw")
+    out = tmp_path / "sweep"
+    code, text = qconvert(
+        "sweep", str(files["onnx"]), "--target", "cpu", "--target-option", "format=qdq", "--bits", "8",
+        "--modes", "static", "--workers", "1", "--calibration", str(calib), "--data", str(held),
+        "--tolerance", "top1_agreement>=0.5", "-o", str(out), *image_flags,
+    )  # fmt: skip
+    assert code == 0, text
+    assert json.loads((out / "sweep.json").read_text())["held_out_samples"] == 16
+    manifest = json.loads((out / "trials" / "8bit-static" / "qconvert.json").read_text())
+    options = manifest["settings"]["data_options"]
+    assert options["image_size"] == [8, 8] and options["mean"] == [0.5] and options["std"] == [0.25]
+    assert options["layout"] == "nchw" and options["tokenizer"] is None
+    assert "--image-size 8x8 --mean 0.5 --std 0.25" in manifest["command"]
+
+    code, text = qconvert(
+        "sweep", str(files["onnx"]), "--target", "cpu", "--bits", "8", "--modes", "dynamic", "--workers", "1",
+        "--data", str(held), "--image-size", "6", "-o", str(tmp_path / "small"),
+    )  # fmt: skip
+    assert code == 2 and "--image-size 6x6 does not fit input" in text, text
+    assert not (tmp_path / "small").exists()
+
+
+def test_ray_tasks_get_an_absolute_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray task may run in another folder: a relative --tokenizer (folder or file.py:fn) is made
+    absolute along with SOURCE and the DATA paths; a name that is no file here is left as given."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "hook.py").write_text("def fn(lines):\n    return {}\n")
+    for given, wanted in (("tok", str(tmp_path / "tok")), ("hook.py:fn", f"{tmp_path / 'hook.py'}:fn")):
+        run = RunConfig(data_options=text_options(given, 16, base=image_options("8", "0.5")))
+        moved = _absolute_paths(run).data_options
+        assert moved.tokenizer == wanted
+        assert (moved.max_length, moved.image_size, moved.mean) == (16, (8, 8), (0.5,))
+    assert _absolute_paths(RunConfig(data_options=text_options("org/model"))).data_options.tokenizer == (
+        "org/model"
+    )
 
 
 def test_table_rows_and_statuses(serial: tuple[int, str, Path]) -> None:

@@ -7,6 +7,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from enum import Enum
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +24,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from qconvert.config import TEXT_PADDING
 from qconvert.errors import QConvertError
 
 # Image-folder DATA options, shared by the commands that read DATA (typer options are plain metadata,
@@ -45,6 +47,36 @@ STD_OPTION = typer.Option(
 )
 LAYOUT_OPTION = typer.Option(
     "nchw", "--layout", help="Image folders: nchw (channels first) or nhwc (channels last)."
+)
+
+# Text-file DATA options (.txt, one sample per line) and the Hugging Face --task, shared the same way.
+TextPadding = Enum("TextPadding", {p: p for p in TEXT_PADDING}, type=str)  # type: ignore[misc]
+TASK_OPTION = typer.Option(
+    None,
+    "--task",
+    help="Hugging Face folders: what to export the model for (feature-extraction, text-generation, "
+    "text-classification, ...). Default: detected from config.json.",
+)
+TOKENIZER_OPTION = typer.Option(
+    None,
+    "--tokenizer",
+    help="Text files (.txt, one sample per line): a Hugging Face folder, or file.py:fn with fn(lines) "
+    "returning feed dicts. Default: the model's own (a Hugging Face SOURCE's, or the one `qconvert export` "
+    "copied into OUT_DIR).",
+)
+MAX_LENGTH_OPTION = typer.Option(
+    None,
+    "--max-length",
+    min=1,
+    help="Text files: tokens per sample. Default: the longest line, up to the tokenizer's limit.",
+)
+PADDING_OPTION = typer.Option(
+    "max_length",
+    "--padding",
+    help="Text files: max_length pads every line to --max-length; longest, to the longest line in the file.",
+)
+TRUNCATION_OPTION = typer.Option(
+    True, "--truncation/--no-truncation", help="Text files: cut lines longer than --max-length."
 )
 
 out = Console(highlight=False)

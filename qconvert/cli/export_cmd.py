@@ -14,9 +14,15 @@ from rich.text import Text
 from qconvert.cli._common import (
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
+    MAX_LENGTH_OPTION,
     MEAN_OPTION,
+    PADDING_OPTION,
     STD_OPTION,
+    TASK_OPTION,
+    TOKENIZER_OPTION,
+    TRUNCATION_OPTION,
     ProgressView,
+    TextPadding,
     err,
     out,
     summary_line,
@@ -28,7 +34,6 @@ from qconvert.config import (
     DEFAULT_OPSET,
     DEFAULT_TARGET,
     MODES,
-    TEXT_PADDING,
     WEIGHT_ALGORITHMS,
     InputSpec,
     RunConfig,
@@ -50,7 +55,6 @@ TargetName = Enum("TargetName", {n: n for n in TARGETS.names()}, type=str)  # ty
 Bits = Enum("Bits", {f"b{b}": str(b) for b in (16, 8, 4)}, type=str)  # type: ignore[misc]
 Mode = Enum("Mode", {m: m for m in MODES}, type=str)  # type: ignore[misc]
 CalibrationMethod = Enum("CalibrationMethod", {m: m for m in CALIBRATION_METHODS}, type=str)  # type: ignore[misc]
-TextPadding = Enum("TextPadding", {p: p for p in TEXT_PADDING}, type=str)  # type: ignore[misc]
 WeightAlgorithm = Enum("WeightAlgorithm", {a: a for a in WEIGHT_ALGORITHMS}, type=str)  # type: ignore[misc]
 
 
@@ -85,32 +89,11 @@ def export(
     mean: str = MEAN_OPTION,
     std: str = STD_OPTION,
     layout: str = LAYOUT_OPTION,
-    task: str = typer.Option(
-        None,
-        "--task",
-        help="Hugging Face folders: what to export the model for (feature-extraction, text-generation, "
-        "text-classification, ...). Default: detected from config.json.",
-    ),
-    tokenizer: str = typer.Option(
-        None,
-        "--tokenizer",
-        help="Text files (.txt, one sample per line): a Hugging Face folder, or file.py:fn with fn(lines) "
-        "returning feed dicts. Default: the SOURCE's own, when it is a Hugging Face folder.",
-    ),
-    max_length: int = typer.Option(
-        None,
-        "--max-length",
-        min=1,
-        help="Text files: tokens per sample. Default: the longest line, up to the tokenizer's limit.",
-    ),
-    padding: TextPadding = typer.Option(
-        "max_length",
-        "--padding",
-        help="Text files: max_length pads every line to --max-length; longest, to the longest line in the file.",
-    ),
-    truncation: bool = typer.Option(
-        True, "--truncation/--no-truncation", help="Text files: cut lines longer than --max-length."
-    ),
+    task: str = TASK_OPTION,
+    tokenizer: str = TOKENIZER_OPTION,
+    max_length: int = MAX_LENGTH_OPTION,
+    padding: TextPadding = PADDING_OPTION,
+    truncation: bool = TRUNCATION_OPTION,
     inputs: list[str] = typer.Option(
         [], "--input", help="NAME:SHAPE[:DTYPE], once per model input, e.g. x:1x3x32x32:float32."
     ),

@@ -11,7 +11,22 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from qconvert.cli._common import ProgressView, err, out, summary_line
+from qconvert.cli._common import (
+    IMAGE_SIZE_OPTION,
+    LAYOUT_OPTION,
+    MAX_LENGTH_OPTION,
+    MEAN_OPTION,
+    PADDING_OPTION,
+    STD_OPTION,
+    TASK_OPTION,
+    TOKENIZER_OPTION,
+    TRUNCATION_OPTION,
+    ProgressView,
+    TextPadding,
+    err,
+    out,
+    summary_line,
+)
 from qconvert.config import (
     CALIBRATION_METHODS,
     DEFAULT_LATENCY_BATCH,
@@ -22,7 +37,9 @@ from qconvert.config import (
     SWEEP_BITS,
     InputSpec,
     SweepConfig,
+    image_options,
     parse_target_option,
+    text_options,
 )
 from qconvert.targets import TARGETS
 
@@ -36,7 +53,8 @@ _STYLES = {"out_of_tolerance": "red", "error": "red", "not_supported": "dim", "p
 def sweep(
     source: str = typer.Argument(
         None,
-        help="file.py:factory, package.module:factory, .onnx, TorchScript or .pt2 file. Omitted: the built-in digits CNN.",
+        help="file.py:factory, package.module:factory, .onnx, TorchScript or .pt2 file, or a Hugging Face "
+        "model folder. Omitted: the built-in digits CNN.",
     ),
     bits: str = typer.Option(
         ",".join(map(str, SWEEP_BITS)), "--bits", help="Bit widths to try, comma-separated, e.g. 16,8,4."
@@ -48,7 +66,12 @@ def sweep(
         help=f"Modes to try at each bit width, comma-separated ({', '.join(MODES)}). Default: the target's "
         "default mode per bit width.",
     ),
-    calibration: str = typer.Option(None, "--calibration", help="Calibration data (.npz, .npy or a folder)."),
+    calibration: str = typer.Option(
+        None,
+        "--calibration",
+        help="Calibration DATA, as for `qconvert export`: .npz, .npy, a folder of them, a folder of images "
+        "(see --image-size/--mean/--std/--layout), a text file (see --tokenizer), or file.py:callable.",
+    ),
     calibration_method: CalibrationMethod = typer.Option("minmax", "--calibration-method"),
     samples: int = typer.Option(None, "--samples", min=1, help="Use the first N calibration samples."),
     data: str = typer.Option(
@@ -56,10 +79,16 @@ def sweep(
         "--data",
         help="Held-out validation data. Default: the built-in set, or 20% set aside from --calibration.",
     ),
+    image_size: str = IMAGE_SIZE_OPTION,
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
+    layout: str = LAYOUT_OPTION,
+    task: str = TASK_OPTION,
+    tokenizer: str = TOKENIZER_OPTION,
+    max_length: int = MAX_LENGTH_OPTION,
+    padding: TextPadding = PADDING_OPTION,
+    truncation: bool = TRUNCATION_OPTION,
     inputs: list[str] = typer.Option([], "--input", help="NAME:SHAPE[:DTYPE], once per model input."),
-    task: str = typer.Option(
-        None, "--task", help="Hugging Face folders: what to export the model for. Default: from config.json."
-    ),
     opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset to export with."),
     out_dir: Path = typer.Option(
         None, "-o", "--out", help="Output folder. Default: qconvert-out/<model>-<target>-sweep."
@@ -106,6 +135,13 @@ def sweep(
         calibration_method=calibration_method.value,
         samples=samples,
         data=data,
+        data_options=text_options(
+            tokenizer,
+            max_length,
+            padding.value,
+            truncation,
+            base=image_options(image_size, mean, std, layout),
+        ),
         inputs=tuple(InputSpec.parse(s) for s in inputs),
         task=task,
         opset=opset,

@@ -14,14 +14,19 @@ from rich.text import Text
 from qconvert.cli._common import (
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
+    MAX_LENGTH_OPTION,
     MEAN_OPTION,
+    PADDING_OPTION,
     STD_OPTION,
+    TOKENIZER_OPTION,
+    TRUNCATION_OPTION,
     ProgressView,
+    TextPadding,
     err,
     out,
     summary_line,
 )
-from qconvert.config import ValidateConfig, image_options
+from qconvert.config import ValidateConfig, image_options, text_options
 from qconvert.report import failure_lines
 
 
@@ -37,13 +42,18 @@ def validate(
         None,
         "--data",
         help="Held-out inputs: .npz keyed by input name ('labels' adds accuracy), .npy, a folder of them, "
-        "a folder of images (class subfolders give labels), or file.py:callable yielding feed dicts. "
-        "Default with an OUT_DIR: the data its export validated on.",
+        "a folder of images (class subfolders give labels), a text file (.txt, one sample per line; see "
+        "--tokenizer), or file.py:callable yielding feed dicts. Default with an OUT_DIR: the data its "
+        "export validated on.",
     ),
     image_size: str = IMAGE_SIZE_OPTION,
     mean: str = MEAN_OPTION,
     std: str = STD_OPTION,
     layout: str = LAYOUT_OPTION,
+    tokenizer: str = TOKENIZER_OPTION,
+    max_length: int = MAX_LENGTH_OPTION,
+    padding: TextPadding = PADDING_OPTION,
+    truncation: bool = TRUNCATION_OPTION,
     tolerance: str = typer.Option(
         None,
         "--tolerance",
@@ -98,7 +108,13 @@ def validate(
         candidate=candidate,
         reference=reference,
         data=data,
-        data_options=image_options(image_size, mean, std, layout),
+        data_options=text_options(
+            tokenizer,
+            max_length,
+            padding.value,
+            truncation,
+            base=image_options(image_size, mean, std, layout),
+        ),
         tolerance=tolerance,
         json_out=json_out,
         junit_out=junit_out,
