@@ -399,18 +399,30 @@ def _probe_collapse(
     out_dir: Path, report: dict[str, Any], manifest: dict[str, Any], heldout: Dataset
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The collapse probe of model.onnx against reference.onnx on the held-out data, run the way
-    validation ran the model (exact Q/DQ arithmetic where the target's provider is not here)."""
+    validation ran the model: exact Q/DQ arithmetic where the target's provider is not here, and
+    the same fp16/bf16 rounding stand-in where this machine has no kernels for that type. An
+    implicit-int8 model.onnx is the fp32 graph, so the probe is not run on it."""
+    from qconvert.quantize.bf16 import emulate_bf16
+    from qconvert.quantize.float16 import emulate_fp16
     from qconvert.runtime import manifest_providers
     from qconvert.validation.collapse import probe_collapse
 
+    stand_in = report.get("stand_in")
+    if stand_in == "implicit":
+        return None, "implicit int8: model.onnx is the fp32 graph; TensorRT picks precisions on the GPU"
     try:
-        result = probe_collapse(
-            out_dir / "reference.onnx",
-            out_dir / "model.onnx",
-            heldout,
-            optimize=not report.get("validation_exact_qdq", False),
-            providers=manifest_providers(out_dir, manifest),
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            candidate = out_dir / "model.onnx"
+            if stand_in in ("fp16", "bf16"):
+                emulate = emulate_fp16 if stand_in == "fp16" else emulate_bf16
+                candidate = emulate(candidate, Path(tmp) / f"{stand_in}_emulated.onnx")
+            result = probe_collapse(
+                out_dir / "reference.onnx",
+                candidate,
+                heldout,
+                optimize=not report.get("validation_exact_qdq", False),
+                providers=manifest_providers(out_dir, manifest),
+            )
     except QConvertError as e:
         return None, f"{e.stage}: {e}"
     return result.as_json(), None

@@ -480,3 +480,37 @@ def test_sweep_help_stays_light() -> None:
     assert "--executor" in proc.stdout and "--workers" in proc.stdout
     modules = set(next(ln for ln in proc.stdout.splitlines() if ln.startswith("MODULES")).split()[1:])
     assert not modules & {"torch", "matplotlib", "ray"}
+
+
+def test_collapse_probe_runs_the_bf16_stand_in_where_there_are_no_bf16_kernels(tmp_path: Path) -> None:
+    """A cuda bf16 trial is validated here on an fp32 graph that rounds to bf16, because the CPU
+    provider cannot even load the bf16 model.onnx; the probe must run that same stand-in."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qconvert.calibrate import Dataset
+    from qconvert.pipeline import export
+    from qconvert.sweep import _probe_collapse
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [weight],
+    )
+    source = tmp_path / "linear.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x)
+    config = RunConfig(
+        source=str(source), bits=16, mode="bf16", target="cuda", data=str(data), out_dir=tmp_path / "o"
+    )
+    result = export(config)
+    assert result.report["stand_in"] == "bf16"
+    probed, error = _probe_collapse(result.out_dir, result.report, result.manifest, Dataset("x", {"x": x}))
+    assert error is None and probed is not None, error
+    assert probed["pairs"] > 0 and probed["rate"] < 0.05, probed

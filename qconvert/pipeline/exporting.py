@@ -724,6 +724,11 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
             "mode": qc.mode,
             "validated_on": candidate.used,
             "validation_exact_qdq": not candidate.optimized,
+            # the graph validation ran when it was not model.onnx: implicit (an explicit Q/DQ graph with
+            # the table's ranges), fp16 or bf16 (an fp32 graph rounding to that type)
+            "stand_in": None
+            if checked_path == model_path
+            else ("implicit" if qc.calibration_table else qc.mode),
             "validation": validation.as_json(),
             "on_cpu_kernels": None if on_cpu_kernels is None else on_cpu_kernels.as_json(),
             "export_fidelity": fidelity.as_json()["outputs"],
