@@ -192,6 +192,16 @@ def _row_class(row: dict[str, Any]) -> str:
     return 'class="pass"' if row["status"] == "passed" else ""
 
 
+def _ratio_bars(rows: list[dict[str, Any]], key: str, chart_id: str, title: str) -> str:
+    """One bar per row that has `key` (a ratio to fp32); the fp32 row drawn as the baseline."""
+    bars = [
+        (r["name"], [(r[key], "fp32" if r["status"] == "baseline" else "model", f"{r[key]:.2f}x")])
+        for r in rows
+        if r.get(key) is not None
+    ]
+    return _bars_svg(bars, chart_id, title)
+
+
 def render_html(summary: dict[str, Any], png: bytes) -> str:
     """The whole sweep page: recommendation, table, the plot, size and latency bars, notes."""
     rows = summary["rows"]
@@ -215,42 +225,8 @@ def render_html(summary: dict[str, Any], png: bytes) -> str:
         ' id="sweep-table"',
         [" ".join(filter(None, (_row_class(r), f'data-name="{escape(r["name"])}"'))) for r in rows],
     )
-    measured = [r for r in rows if r.get("size_ratio") is not None]
-    size_bars = _bars_svg(
-        [
-            (
-                r["name"],
-                [
-                    (
-                        r["size_ratio"],
-                        "fp32" if r["status"] == "baseline" else "model",
-                        f"{r['size_ratio']:.2f}x",
-                    )
-                ],
-            )
-            for r in measured
-        ],
-        "size-chart",
-        "size, x fp32",
-    )
-    timed = [r for r in rows if r.get("latency_ratio") is not None]
-    latency_bars = _bars_svg(
-        [
-            (
-                r["name"],
-                [
-                    (
-                        r["latency_ratio"],
-                        "fp32" if r["status"] == "baseline" else "model",
-                        f"{r['latency_ratio']:.2f}x",
-                    )
-                ],
-            )
-            for r in timed
-        ],
-        "latency-chart",
-        "latency p50, x fp32",
-    )
+    size_bars = _ratio_bars(rows, "size_ratio", "size-chart", "size, x fp32")
+    latency_bars = _ratio_bars(rows, "latency_ratio", "latency-chart", "latency p50, x fp32")
     image = base64.b64encode(png).decode("ascii")
     notes = "".join(f"<li>{escape(str(n))}</li>" for n in summary.get("notes", []))
     title = f"qconvert sweep: {summary['source']} -> {summary['target']}"
