@@ -359,3 +359,18 @@ def test_relative_error_top5_and_kl_against_direct_formulas() -> None:
     assert 0 < m["top5_agreement"] < 1 or m["top5_agreement"] >= m["top1_agreement"]
     # top-5 of four classes would always agree: it is not reported there
     assert "top5_agreement" not in compare(ref[:, :4], cand[:, :4])
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("{tmp}/missing.py:f", "no such file"),
+        ("{tmp}/metrics.py:f", "has no callable 'f'. Callables there: g"),
+        ("{tmp}/metrics.py", "is not file.py:fn"),
+    ],
+)
+def test_bad_metric_names_the_flag(out_dir: Path, tmp_path: Path, spec: str, fragment: str) -> None:
+    (tmp_path / "metrics.py").write_text("def g(outputs, labels):\n    return 1.0\n")
+    code, text = qconvert_cli("validate", str(out_dir), "--metric", spec.format(tmp=tmp_path))
+    assert code == 2 and "--metric" in text and fragment in text, text
+    assert "Traceback" not in text

@@ -202,25 +202,14 @@ def _calibration_notes(
 
 def _load_metric(spec: str) -> Callable[..., Any]:
     """`--metric file.py:fn` or `module:fn`, imported the way a SOURCE factory is."""
-    from qconvert.errors import SourceError
-    from qconvert.sources import _import_factory_module
+    from qconvert.sources import import_callable
 
     where, _, attr = spec.rpartition(":")
     if not where or not attr.isidentifier():
         raise ConfigError(
             f"--metric {spec}: is not file.py:fn or package.module:fn. Example: --metric metrics.py:f1"
         )
-    try:
-        module, _ = _import_factory_module(spec, where)
-    except SourceError as e:
-        raise ConfigError(f"--metric {str(e).removeprefix('SOURCE ')}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise ConfigError(
-            f"--metric {spec}: {where} has no callable {attr!r}. Callables there: {', '.join(found) or 'none'}."
-        )
-    return fn
+    return import_callable(spec, label="--metric", error=ConfigError)[1]
 
 
 def _task_score(
