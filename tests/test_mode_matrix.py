@@ -155,6 +155,7 @@ EXPECTATIONS: dict[Cell, Expect] = {
         NBITS, symmetric_weights=False, why="MatMulNBits, accuracy_level unset (a CPU setting)"
     ),
     Cell("cuda", 16, "bf16"): Expect(BF16, fp32_ops=BF16_FP32_OPS, why="bf16 where CUDA has bf16 kernels"),
+    Cell("tensorrt", 16, "fp16"): Expect(FP16, why="the cuda fp16 graph; trt_fp16_enable, int8 off"),
     Cell("tensorrt", 16, "bf16"): Expect(
         BF16, fp32_ops=BF16_FP32_OPS, why="the cuda bf16 graph; trt_bf16_enable, int8 and fp16 off"
     ),
@@ -815,7 +816,9 @@ def target_problems(cell: Cell, g: Graph, result: RunResult) -> list[str]:
         flags = {k: trt.get(f"trt_{k}_enable") == "True" for k in ("int8", "fp16", "bf16")}
         if form == BF16 and flags != {"int8": False, "fp16": False, "bf16": True}:
             problems.append(f"tensorrt bf16: provider flags {flags}, expected bf16 only")
-        if form != BF16 and not flags["int8"]:
+        if form == FP16 and flags != {"int8": False, "fp16": True, "bf16": False}:
+            problems.append(f"tensorrt fp16: provider flags {flags}, expected fp16 only")
+        if form not in (BF16, FP16) and not flags["int8"]:
             problems.append("tensorrt: trt_int8_enable is not True")
         if ("trt_int8_calibration_table_name" in trt) != (form == IMPLICIT):
             problems.append(

@@ -714,3 +714,35 @@ def test_fp16_on_the_cuda_provider_matches_the_stand_in(prepared: Path, fp16_gra
     m = compare(_run(emulated, x, optimize=False), on_gpu)
     assert m["nonfinite"] == 0 and m["cosine"] > 0.9999
     assert compare(_run(prepared, x), on_gpu)["top1_agreement"] == 1.0
+
+
+def test_tensorrt_fp16_is_the_16_bit_default_and_its_flags_agree_with_the_graph() -> None:
+    """`--bits 16 --target tensorrt` is an fp16 graph run with trt_fp16_enable and int8 off; a
+    provider that would build it in fp32, or with int8 on, contradicts the graph."""
+    import dataclasses
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    trt = TARGETS.get("tensorrt")
+    assert trt.resolve_mode(16, None) == "fp16"
+    qc = trt.quantize_config(16, "fp16", "minmax")
+    providers = trt.providers_for([], None, qc)
+    options = providers[0].options
+    assert (options["trt_fp16_enable"], options["trt_int8_enable"]) == ("True", "False")
+    assert "trt_bf16_enable" not in options and "trt_int8_calibration_table_name" not in options
+    weight = numpy_helper.from_array(np.ones((2, 2), np.float16), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "fp16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 2])],
+        [weight],
+    )
+    model = helper.make_model(graph)
+    assert trt.provider_violations(model, providers) == []
+    fp32_build = dataclasses.replace(providers[0], options={**options, "trt_fp16_enable": "False"})
+    assert any("build this fp16 graph in fp32" in p for p in trt.provider_violations(model, [fp32_build]))
+    int8_on = dataclasses.replace(providers[0], options={**options, "trt_int8_enable": "True"})
+    assert any(
+        "trt_int8_enable is on for an fp16 graph" in p for p in trt.provider_violations(model, [int8_on])
+    )

@@ -10,10 +10,11 @@ Two ways to give TensorRT int8, never both on one graph:
   `write_calibration_table` gives TensorRT the activation ranges; TensorRT picks each layer's
   precision itself.
 
-bf16 (`--bits 16 --mode bf16`): model.onnx is the same bf16 graph as for `--target cuda` (fp32
-inputs and outputs; ops without a CUDA bf16 kernel kept fp32, since TensorRT hands what it does not
-take to the CUDA provider), and the provider runs with `trt_bf16_enable` (added in onnxruntime 1.23;
-onnxruntime turns it off on GPUs below compute capability 8.0), int8 and fp16 off.
+16 bits: model.onnx is the same fp16 (default) or bf16 (`--mode bf16`) graph as for `--target
+cuda` (fp32 inputs and outputs; ops without a CUDA kernel for the type kept fp32, since TensorRT
+hands what it does not take to the CUDA provider). The provider runs it with `trt_fp16_enable`, or
+with `trt_bf16_enable` (added in onnxruntime 1.23; off on GPUs below compute capability 8.0) and
+fp16 off, which would give up bf16's range; int8 is off in both.
 
 4 bits is refused: MatMulNBits is an onnxruntime contrib op that TensorRT does not build (the
 provider would leave those nodes to the CUDA provider); TensorRT's own 4-bit weights are symmetric
@@ -35,6 +36,7 @@ from qconvert.targets.base import (
     Target,
     TargetOption,
     bf16_config,
+    fp16_config,
     has_qdq,
 )
 
@@ -102,6 +104,8 @@ class TensorRTTarget(Target):
         o = self.resolve_options(opts)
         if mode == "bf16":
             return bf16_config(bits)
+        if mode == "fp16":
+            return fp16_config(bits, mode)
         implicit = o["quantization"] == "implicit"
         return QuantizeConfig(
             bits=bits,
@@ -145,14 +149,18 @@ class TensorRTTarget(Target):
     def providers_for(
         self, inputs: Sequence[ModelInput], opts: Options | None, qc: QuantizeConfig
     ) -> list[Provider]:
-        """bf16 graphs: trt_bf16_enable, with int8 and fp16 off (fp16 would give up bf16's range)."""
+        """16-bit float graphs: trt_fp16_enable or trt_bf16_enable, with int8 off (and fp16 off for
+        bf16, which would give up bf16's range)."""
         providers = self.providers(inputs, opts)
-        if qc.mode != "bf16":
+        if qc.mode not in ("fp16", "bf16"):
             return providers
         trt = providers[0]
         options = {k: v for k, v in trt.options.items() if not k.startswith("trt_int8_calibration")}
-        options.update({"trt_bf16_enable": "True", "trt_fp16_enable": "False", "trt_int8_enable": "False"})
         options.pop("trt_int8_use_native_calibration_table", None)
+        bf16 = qc.mode == "bf16"
+        options.update({"trt_fp16_enable": "False" if bf16 else "True", "trt_int8_enable": "False"})
+        if bf16:
+            options["trt_bf16_enable"] = "True"
         return [Provider(trt.name, options), *providers[1:]]
 
     def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
@@ -161,6 +169,8 @@ class TensorRTTarget(Target):
             return ["the TensorRT provider is missing from the provider list"]
         if trt.options.get("trt_bf16_enable") == "True":
             return _bf16_provider_problems(model, trt)
+        if _has_float16(model):
+            return _fp16_provider_problems(model, trt)
         problems = []
         qdq = has_qdq(model)
         table = trt.options.get("trt_int8_calibration_table_name") or (
@@ -173,6 +183,23 @@ class TensorRTTarget(Target):
         if not qdq and not table:
             problems.append("int8 on a graph without Q/DQ needs a calibration table (implicit quantization)")
         return problems
+
+
+def _has_float16(model: onnx.ModelProto) -> bool:
+    from onnx import TensorProto
+
+    return any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
+def _fp16_provider_problems(model: onnx.ModelProto, trt: Provider) -> list[str]:
+    problems = []
+    if has_qdq(model):
+        problems.append("an fp16 graph carries no Q/DQ; this one has both")
+    if trt.options.get("trt_fp16_enable") != "True":
+        problems.append("trt_fp16_enable is not True, so TensorRT would build this fp16 graph in fp32")
+    if trt.options.get("trt_int8_enable") == "True":
+        problems.append("trt_int8_enable is on for an fp16 graph without Q/DQ or a calibration table")
+    return problems
 
 
 def _bf16_provider_problems(model: onnx.ModelProto, trt: Provider) -> list[str]:
@@ -188,8 +215,8 @@ def _bf16_provider_problems(model: onnx.ModelProto, trt: Provider) -> list[str]:
 TENSORRT = TensorRTTarget(
     name="tensorrt",
     description="NVIDIA TensorRT EP: explicit symmetric int8 Q/DQ (per-channel weights, float bias), "
-    "or implicit int8 from a calibration table; bf16 (trt_bf16_enable, Ampere+)",
-    modes={16: ("bf16",), 8: ("static",)},
+    "or implicit int8 from a calibration table; fp16 (trt_fp16_enable) or bf16 (trt_bf16_enable, Ampere+)",
+    modes={16: ("fp16", "bf16"), 8: ("static",)},
     refused_bits={
         4: "MatMulNBits is an onnxruntime contrib op TensorRT does not build, so those nodes would fall to "
         "the CUDA provider; TensorRT's own 4-bit weights are symmetric block-quantized INT4 "
