@@ -348,6 +348,19 @@ def test_gpt2_fp16_for_cuda(hf_dir: Path) -> None:
     assert "transformer fusions" in text  # the CUDA provider runs contrib ops too
 
 
+def test_bert_fp16_for_tensorrt_stays_unfused(hf_dir: Path) -> None:
+    """TensorRT builds plain ONNX ops, not onnxruntime's contrib ops: no fusions, fp16 graph, and the
+    provider runs it with trt_fp16_enable."""
+    out, text = _export(hf_dir, "bert-trt-fp16", hf_dir / "bert", "--bits", "16", "--target", "tensorrt")
+    model = onnx.load(str(out / "model.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    assert not [n.op_type for n in model.graph.node if n.domain == "com.microsoft"]
+    assert "transformer fusions" not in text
+    trt = read_json(out / "qconvert.json")["providers"][0]
+    assert trt["name"] == "TensorrtExecutionProvider" and trt["options"]["trt_fp16_enable"] == "True"
+    assert read_json(out / "report.json")["passed"]
+
+
 def test_gpt2_int4_weight_only(hf_dir: Path) -> None:
     from qconvert.targets import TARGETS
 
