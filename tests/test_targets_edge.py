@@ -209,7 +209,7 @@ def test_openvino_providers_and_options() -> None:
     target = TARGETS.get("openvino")
     providers = target.providers([IMAGE_INPUT])
     assert [p.name for p in providers] == [OPENVINO, CPU]
-    assert providers[0].options == {"device_type": "CPU", "cache_dir": "ov_cache"}
+    assert providers[0].options == {"device_type": "CPU", "precision": "FP32", "cache_dir": "ov_cache"}
     gpu = target.providers([IMAGE_INPUT], {"device": "GPU", "cache_dir": ""})[0].options
     assert gpu == {"device_type": "GPU"}
     npu = target.providers([IMAGE_INPUT], {"device": "NPU"})[0].options

@@ -88,6 +88,10 @@ class OpenVINOTarget(Target):
     def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
         o = self.resolve_options(opts)
         options = {"device_type": o["device"]}
+        if o["device"] == "CPU":
+            # The CPU plugin's default inference precision is bf16 on CPUs with AMX/AVX512_BF16, so the
+            # float layers would not compute what was validated; FP32 pins them on every CPU.
+            options["precision"] = "FP32"
         if o["cache_dir"]:
             options["cache_dir"] = o["cache_dir"]
         if o["device"] == "NPU":
