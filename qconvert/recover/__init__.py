@@ -1,0 +1,10 @@
+"""Accuracy-recovery algorithms: one module per algorithm, registered here (see base.py)."""
+
+from __future__ import annotations
+
+from qconvert.recover.base import PHASES, Recovery, RecoveryInput, StepResult
+from qconvert.registry import Registry
+
+RECOVERY: Registry[Recovery] = Registry("accuracy-recovery algorithm", "--recover")
+
+__all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult"]

@@ -1,0 +1,106 @@
+"""The contract every accuracy-recovery algorithm follows (onnx-ir's passes, NNCF's PTQ algorithms).
+
+A recovery step is a small class registered in `RECOVERY`. It declares as data when it runs
+(`phase`), which quantization formats it applies to and whether it needs calibration data; it checks
+what it requires before any expensive work, and its output must pass `onnx.checker` (`ensures`).
+
+Phases, in pipeline order:
+- ``pre``: fp32 -> fp32 before quantization (cross-layer equalization, SmoothQuant, weight clipping).
+  A function-preserving step must leave the fp32 outputs unchanged.
+- ``post``: (fp32, quantized) -> quantized, editing the quantized graph's initializers (bias
+  correction, AdaRound).
+
+Steps never import each other; statistics come from `qconvert.recover.activations`, collected once
+per call and shared through `RecoveryInput.cache`.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import onnx
+
+from qconvert.calibrate import Dataset
+from qconvert.config import QuantizeConfig
+from qconvert.errors import CalibrationError, QConvertError, QuantizationError
+
+PHASES = ("pre", "post")
+
+
+@dataclass(frozen=True)
+class RecoveryInput:
+    """What a step sees besides the graph(s): the quantization settings, calibration data, a work
+    folder it may write temporary files into, and a progress callback (done, total)."""
+
+    qc: QuantizeConfig
+    calibration: Dataset | None
+    work: Path
+    progress: Callable[[int, int], None] | None = None
+    # statistics shared between steps of one run (activations.collect keys); not part of the contract
+    cache: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The step's output graph, whether it changed anything, notes for the report, JSON-able details."""
+
+    model: onnx.ModelProto
+    changed: bool
+    notes: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Recovery(ABC):
+    """One accuracy-recovery algorithm. Subclasses set the class data and implement `run`."""
+
+    name: ClassVar[str]
+    phase: ClassVar[str]  # one of PHASES
+    needs_calibration: ClassVar[bool] = True
+    formats: ClassVar[frozenset[str]] = frozenset({"qdq"})  # QuantizeConfig.format values
+    summary: ClassVar[str] = ""
+
+    def why_not(self, qc: QuantizeConfig) -> str | None:
+        """None when the step applies to `qc`, else the reason it does not (shown to the user)."""
+        if qc.format not in self.formats:
+            return f"{self.name} applies to {', '.join(sorted(self.formats))} graphs, not {qc.format}"
+        return None
+
+    def requires(self, inp: RecoveryInput) -> None:
+        """Checked before any work: raise a QConvertError naming the flag to fix."""
+        if self.needs_calibration and (inp.calibration is None or len(inp.calibration) == 0):
+            raise CalibrationError(
+                f"{self.name} needs calibration data: pass --calibration DATA (samples like the model's "
+                "real inputs), or leave it out of --recover."
+            )
+
+    @abstractmethod
+    def run(self, fp32: onnx.ModelProto, quantized: onnx.ModelProto | None, inp: RecoveryInput) -> StepResult:
+        """`pre` steps get (fp32, None) and return an fp32 graph; `post` steps return a quantized one."""
+
+    def ensures(self, result: StepResult) -> None:
+        try:
+            onnx.checker.check_model(result.model)
+        except Exception as e:
+            raise QuantizationError(f"{self.name} produced a graph that fails onnx.checker: {e}") from e
+
+    def __call__(
+        self, fp32: onnx.ModelProto, quantized: onnx.ModelProto | None, inp: RecoveryInput
+    ) -> StepResult:
+        self.requires(inp)
+        start = time.perf_counter()
+        try:
+            result = self.run(fp32, quantized, inp)
+        except QConvertError:
+            raise
+        except Exception as e:
+            raise QuantizationError(f"{self.name} failed: {type(e).__name__}: {e}") from e
+        self.ensures(result)
+        return StepResult(
+            result.model, result.changed, result.notes, result.details, time.perf_counter() - start
+        )
