@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ from qconvert.errors import CalibrationError, QConvertError, QuantizationError
 from qconvert.quantize._common import check_output, quant_type
 
 log = logging.getLogger(__name__)
+
+# Sensitivity and --auto re-quantize one prepared graph many times with other nodes excluded; its
+# ranges do not change, so they are calibrated once: (graph sha256, settings, external) -> the
+# calibration set (held, so its id stays valid) and the ranges. A few entries at most.
+_RANGES: OrderedDict[tuple[Any, ...], tuple[Dataset, Any]] = OrderedDict()
+RANGE_CACHE_ENTRIES = 4
 
 CALIBRATION_METHODS = ORT_METHODS
 # onnxruntime calibration options (extra_options) and the streaming setting each one maps to
@@ -62,6 +69,33 @@ def calibration_settings(
     return CalibrationSettings(method=qc.calibration_method, op_types=op_types, **given)
 
 
+def calibrated_ranges(
+    src: Path,
+    calibration: Dataset,
+    settings: CalibrationSettings,
+    on_batch: Callable[[int, int], None] | None,
+    external_data: bool,
+) -> Any:
+    """The streaming calibrator's ranges for `src`, computed once per (graph, data, settings).
+
+    Graphs with external data are always calibrated afresh: their weights are not in `src`'s bytes."""
+    from qconvert.artifacts import sha256_file
+
+    if external_data:
+        return calibrate_streaming(src, calibration, settings, on_batch, external_data)
+    key = (sha256_file(src), id(calibration), settings, external_data)
+    hit = _RANGES.get(key)
+    if hit is not None and hit[0] is calibration:
+        _RANGES.move_to_end(key)
+        log.debug("calibration ranges of %s reused", src)
+        return hit[1]
+    ranges = calibrate_streaming(src, calibration, settings, on_batch, external_data)
+    _RANGES[key] = (calibration, ranges)
+    while len(_RANGES) > RANGE_CACHE_ENTRIES:
+        _RANGES.popitem(last=False)
+    return ranges
+
+
 def quantize_static_int8(
     src: Path,
     dest: Path,
@@ -86,7 +120,7 @@ def quantize_static_int8(
     log.info("static quantization: %s, %d calibration samples", qc, len(calibration))
     try:
         settings = calibration_settings(qc, extra, static_op_types())
-        ranges = calibrate_streaming(src, calibration, settings, on_batch, qc.external_data)
+        ranges = calibrated_ranges(src, calibration, settings, on_batch, qc.external_data)
         with tempfile.TemporaryDirectory(prefix="qconvert-static-") as tmp:
             cache = Path(tmp) / "ranges.json"
             save_tensors_data(ranges_only(ranges), cache)
