@@ -23,7 +23,7 @@ HOLDOUT_FRACTION = 0.2
 
 SUPPORTED_BITS = (16, 8, 4)
 MODES = ("static", "dynamic", "weight-only", "fp16", "bf16")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 # 4-bit weight-only (MatMulNBits): how weights are rounded, and the default block size along K
 # (each block of that many input channels has its own scale and zero point)
 WEIGHT_ALGORITHMS = ("rtn", "hqq", "gptq")  # round to nearest, half-quadratic, GPTQ (needs calibration)

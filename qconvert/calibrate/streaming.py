@@ -8,13 +8,17 @@ statistics and dropped:
 
 - minmax: a running minimum and maximum, taken in the graph by ReduceMin/ReduceMax like
   onnxruntime does, so the ranges are exactly onnxruntime's.
-- entropy, percentile: a running histogram of x (or of |x| where onnxruntime histograms |x|) on a
+- entropy, percentile, mse: a running histogram of x (or of |x| where onnxruntime histograms |x|) on a
   grid anchored at 0 whose bin width is a power of two. When a batch exceeds the grid, the width
   doubles and neighbouring bins are summed; because scaling by a power of two is exact in floating
   point, the counts depend only on the data, never on how it was split into batches. At the end
   the fine histogram is re-binned onto the histogram onnxruntime would have built over all the
   data at once (its range and bin count), and onnxruntime's threshold rules are applied to it
   (KL-divergence search for entropy, cumulative percentile).
+- mse: the same exact histogram, re-binned over the data's range; the range is the grid (scale and
+  zero point of the activation type and symmetry being quantized to) whose expected squared
+  quantization error over the histogram (clipping and rounding, values spread evenly within each
+  bin) is smallest (see `mse_range`).
 
 onnxruntime's fourth method, Distribution, is left out on purpose: it computes the mean and
 standard deviation of each histogram, which only float8 quantization reads
@@ -39,12 +43,14 @@ from qconvert.errors import CalibrationError
 log = logging.getLogger(__name__)
 
 # qconvert's method name -> onnxruntime's CalibrationMethod member
-ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# (mse is qconvert's own: it hands onnxruntime finished ranges, which it reads as it reads minmax's)
+ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "MinMax"}
+ONNXRUNTIME_METHODS = ("minmax", "entropy", "percentile")  # the methods onnxruntime itself has
 DEFAULT_BATCH = 16
 # onnxruntime's defaults (create_calibrator): histogram bins per method, and whether the range is
 # made symmetric (percentile then histograms |x|)
-DEFAULT_NUM_BINS = {"entropy": 128, "percentile": 2048}
-DEFAULT_SYMMETRIC = {"minmax": False, "entropy": False, "percentile": True}
+DEFAULT_NUM_BINS = {"entropy": 128, "percentile": 2048, "mse": 2048}
+DEFAULT_SYMMETRIC = {"minmax": False, "entropy": False, "percentile": True, "mse": False}
 DEFAULT_NUM_QUANTIZED_BINS = 128
 DEFAULT_PERCENTILE = 99.999
 # Fine bins per output bin, at least: the fine grid spans up to twice the data's range, so it holds
@@ -54,6 +60,16 @@ FINE_OVERSAMPLING = 16
 # scale factor F / 2**exponent must stay a finite float32).
 MIN_EXPONENT = -100
 CHUNK = 1 << 16  # values binned at a time
+# mse: scales tried, evenly spaced up to minmax's scale (and every zero point for 8-bit grids)
+DEFAULT_MSE_CANDIDATES = 256
+MSE_MAX_ZERO_POINTS = 1024
+# activation type -> (full range, symmetric range) of onnxruntime's integer types
+ACTIVATION_QRANGES = {
+    "uint8": ((0, 255), (0, 255)),
+    "int8": ((-128, 127), (-127, 127)),
+    "uint16": ((0, 65535), (0, 65535)),
+    "int16": ((-32768, 32767), (-32767, 32767)),
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,11 @@ class CalibrationSettings:
     percentile: float = DEFAULT_PERCENTILE
     op_types: tuple[str, ...] | None = None  # tensors feeding or fed by these ops; None: every float tensor
     batch_size: int = DEFAULT_BATCH
+    # mse only: the activation grid the range is chosen for (QuantizeConfig.activation_type and
+    # activation_symmetric; the range then also follows `symmetric` when that is set)
+    activation_type: str = "uint8"
+    activation_symmetric: bool = False
+    mse_candidates: int = DEFAULT_MSE_CANDIDATES
 
     def __post_init__(self) -> None:
         if self.method not in ORT_METHODS:
@@ -82,6 +103,16 @@ class CalibrationSettings:
                 f"entropy calibration needs at least as many histogram bins ({self.bins}) as quantized "
                 f"bins ({self.num_quantized_bins})."
             )
+        if self.method == "mse" and self.activation_type not in ACTIVATION_QRANGES:
+            raise CalibrationError(
+                f"mse calibration chooses ranges for integer activation types "
+                f"({', '.join(ACTIVATION_QRANGES)}), not {self.activation_type!r}; use "
+                "--calibration-method minmax for it."
+            )
+        if self.mse_candidates < 1:
+            raise CalibrationError(
+                f"mse calibration needs at least 1 candidate scale, got {self.mse_candidates}."
+            )
 
     @property
     def is_symmetric(self) -> bool:
@@ -90,6 +121,12 @@ class CalibrationSettings:
     @property
     def bins(self) -> int:
         return self.num_bins or DEFAULT_NUM_BINS.get(self.method, 0)
+
+    @property
+    def grid_symmetric(self) -> bool:
+        """mse: whether the grid searched is symmetric (onnxruntime's ActivationSymmetric, or a
+        symmetric range asked for explicitly)."""
+        return self.activation_symmetric or bool(self.symmetric)
 
     @property
     def absolute(self) -> bool:
@@ -211,6 +248,16 @@ class RunningHistogram:
         edges = np.linspace(lo, hi, num_bins + 1, dtype=np.float32)
         return _spread(self.counts, self.fine_edges(), data_lo, data_hi, edges), edges
 
+    def data_histogram(self, num_bins: int) -> tuple[np.ndarray, np.ndarray]:
+        """(counts, edges): this data (signed) on `num_bins` equal bins over its range widened to
+        include 0, the range onnxruntime's grid covers."""
+        lo, hi = min(float(self.lowest), 0.0), max(float(self.highest), 0.0)
+        if lo == hi:
+            hi = lo + 1.0
+        edges = np.linspace(lo, hi, num_bins + 1)
+        spread = _spread(self.counts, self.fine_edges(), float(self.lowest), float(self.highest), edges)
+        return spread, edges
+
 
 def _spread(counts: np.ndarray, fine: np.ndarray, lo: float, hi: float, edges: np.ndarray) -> np.ndarray:
     """Counts on `fine` bins, all within [lo, hi], re-binned onto `edges` by linear interpolation of
@@ -311,6 +358,138 @@ def _smoothed(p: np.ndarray, eps: float = 0.0001) -> np.ndarray | None:
     taken = eps * n_zeros / (len(p) - n_zeros)
     out = np.where(zeros, eps, p - taken)
     return out if np.all(out > 0) else None
+
+
+# --- mse: the activation grid with the least expected squared error, on a histogram ---------------
+
+
+def activation_qrange(activation_type: str, symmetric: bool) -> tuple[int, int]:
+    """onnxruntime's integer range for an activation type (activations are never reduce_range)."""
+    full, sym = ACTIVATION_QRANGES[activation_type]
+    return sym if symmetric else full
+
+
+def mse_candidates(
+    lowest: float, highest: float, qmin: int, qmax: int, symmetric: bool, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scales, zero points) searched: `count` scales evenly spaced up to the scale onnxruntime
+    derives from [lowest, highest] (minmax's, the last one), each with every zero point of the type
+    (at most MSE_MAX_ZERO_POINTS of them, evenly spread, minmax's among them); a symmetric grid has
+    only the middle zero point."""
+    rmin, rmax = min(float(lowest), 0.0), max(float(highest), 0.0)
+    if symmetric:
+        rmin, rmax = -max(-rmin, rmax), max(-rmin, rmax)
+    top = (rmax - rmin) / (qmax - qmin)
+    scales = top * np.arange(1, count + 1, dtype=np.float64) / count
+    if symmetric:
+        zero_points = np.round(np.array([(qmin + qmax) / 2.0]))
+    elif qmax - qmin + 1 <= MSE_MAX_ZERO_POINTS:
+        zero_points = np.arange(qmin, qmax + 1, dtype=np.float64)
+    else:
+        spread = np.round(np.linspace(qmin, qmax, MSE_MAX_ZERO_POINTS))
+        minmax_zp = np.round(qmin - rmin / top) if top > 0 else float(qmin)
+        zero_points = np.unique(np.append(spread, minmax_zp))
+    return scales, zero_points
+
+
+class _Density:
+    """A histogram read as a piecewise-uniform density: its cumulative count, first and second
+    moment at any points, and the integral of a rounding error against it."""
+
+    def __init__(self, hist: np.ndarray, edges: np.ndarray) -> None:
+        self.edges = e = np.asarray(edges, dtype=np.float64)
+        width = np.diff(e)
+        hist = np.asarray(hist, dtype=np.float64)
+        self.density = np.divide(hist, width, out=np.zeros_like(hist), where=width > 0)
+        self.c0 = np.concatenate(([0.0], np.cumsum(hist)))
+        self.c1 = np.concatenate(([0.0], np.cumsum(self.density * np.diff(e**2) / 2)))
+        self.c2 = np.concatenate(([0.0], np.cumsum(self.density * np.diff(e**3) / 3)))
+
+    def _bin(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each point's bin and the point clamped into that bin."""
+        j = np.clip(np.searchsorted(self.edges, x, side="right") - 1, 0, len(self.density) - 1)
+        return j, np.clip(x, self.edges[j], self.edges[j + 1])
+
+    def moments(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(count, sum of t, sum of t^2) of the values t below each x."""
+        j, t = self._bin(x)
+        lo, d = self.edges[j], self.density[j]
+        t2, lo2 = t * t, lo * lo
+        return (
+            self.c0[j] + d * (t - lo),
+            self.c1[j] + d * (t2 - lo2) / 2,
+            self.c2[j] + d * (t2 * t - lo2 * lo) / 3,
+        )
+
+    def rounding_prefix(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each scale (row): the rounding error's antiderivative at the edges, and the
+        integral of the rounding error against the density up to each edge."""
+        at_edges = _rounding_antiderivative(self.edges[None, :], scales[:, None])
+        steps = self.density * np.diff(at_edges, axis=1)
+        prefix = np.concatenate((np.zeros((len(scales), 1)), np.cumsum(steps, axis=1)), axis=1)
+        return at_edges, prefix
+
+    def rounding(
+        self, x: np.ndarray, scales: np.ndarray, prefix: tuple[np.ndarray, np.ndarray]
+    ) -> np.ndarray:
+        """For each row k of x: the integral over the values t below x of (t - s_k round(t / s_k))^2."""
+        at_edges, cumulative = prefix
+        j, t = self._bin(x)
+        inside = _rounding_antiderivative(t, scales[:, None]) - np.take_along_axis(at_edges, j, axis=1)
+        return np.take_along_axis(cumulative, j, axis=1) + self.density[j] * inside
+
+
+def _rounding_antiderivative(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The integral from 0 to x of (t - s round(t / s))^2 dt: k s^3 / 12 + r^3 / 3, x = k s + r."""
+    k = np.round(x / s)
+    r = x - k * s
+    return k * (s * s * s / 12) + r * r * r / 3
+
+
+def mse_errors(
+    hist: np.ndarray, edges: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, qmin: int, qmax: int
+) -> np.ndarray:
+    """(len(scales), len(zero_points)): the histogram's total squared error on each grid
+    (q - zp) * s, q in [qmin, qmax]: values beyond the ends clip to them, the others round to
+    the nearest grid point; values are spread evenly within their bin."""
+    density = _Density(hist, edges)
+    s = scales[:, None]
+    low, high = s * (qmin - zero_points[None, :]), s * (qmax - zero_points[None, :])
+    n_low, m1_low, m2_low = density.moments(low)
+    n_high, m1_high, m2_high = density.moments(high)
+    total_n, total_m1, total_m2 = density.c0[-1], density.c1[-1], density.c2[-1]
+    below = m2_low - 2 * low * m1_low + low**2 * n_low
+    above = (total_m2 - m2_high) - 2 * high * (total_m1 - m1_high) + high**2 * (total_n - n_high)
+    prefix = density.rounding_prefix(scales)
+    inside = density.rounding(high, scales, prefix) - density.rounding(low, scales, prefix)
+    return np.maximum(below, 0.0) + np.maximum(inside, 0.0) + np.maximum(above, 0.0)
+
+
+def mse_range(
+    hist: np.ndarray,
+    edges: np.ndarray,
+    lowest: np.float32,
+    highest: np.float32,
+    qmin: int,
+    qmax: int,
+    symmetric: bool,
+    count: int = DEFAULT_MSE_CANDIDATES,
+) -> tuple[np.float32, np.float32]:
+    """The range whose grid, as onnxruntime derives it, gives the histogram the least squared
+    quantization error among `mse_candidates` (the first of equal minima: the smallest scale).
+
+    The range is the chosen grid's own ends, [s (qmin - zp), s (qmax - zp)], from which onnxruntime
+    computes that scale and zero point back (symmetric: [-t, t] with t the grid's half-width)."""
+    scales, zero_points = mse_candidates(float(lowest), float(highest), qmin, qmax, symmetric, count)
+    if scales[-1] <= 0:  # all zeros: minmax's range
+        return np.float32(min(float(lowest), 0.0)), np.float32(max(float(highest), 0.0))
+    errors = mse_errors(hist, edges, scales, zero_points, qmin, qmax)
+    k, z = np.unravel_index(int(np.argmin(errors)), errors.shape)
+    s, zp = scales[k], zero_points[z]
+    if symmetric:
+        top = s * (qmax - qmin) / 2
+        return np.float32(-top), np.float32(top)
+    return np.float32(s * (qmin - zp)), np.float32(s * (qmax - zp))
 
 
 # --- the calibrator ---------------------------------------------------------------------------------
@@ -479,6 +658,14 @@ class StreamingCalibrator:
             zero = np.array(0, dtype=np.float32)
             return {"lowest": zero, "highest": zero}
         s = self.settings
+        if s.method == "mse":
+            hist, edges = h.data_histogram(s.bins)
+            qmin, qmax = activation_qrange(s.activation_type, s.grid_symmetric)
+            lo, hi = mse_range(
+                hist, edges, h.lowest, h.highest, qmin, qmax, s.grid_symmetric, s.mse_candidates
+            )
+            edges32 = edges.astype(np.float32)
+            return {"lowest": np.array(lo), "highest": np.array(hi), "hist": hist, "hist_edges": edges32}
         hist, edges = h.rebinned(s.bins)
         if s.method == "percentile":
             lo, hi = percentile_range(hist, edges, h.lowest, h.highest, s.percentile, s.is_symmetric)

@@ -38,7 +38,9 @@ def quantize_implicit_int8(
     table = dest.parent / qc.calibration_table
     table.parent.mkdir(parents=True, exist_ok=True)
     try:
-        settings = CalibrationSettings(method=qc.calibration_method, symmetric=True)
+        settings = CalibrationSettings(
+            method=qc.calibration_method, symmetric=True, activation_type="int8", activation_symmetric=True
+        )
         ranges = calibrate_streaming(src, calibration, settings, on_batch, qc.external_data)
         with tempfile.TemporaryDirectory() as tmp:
             write_calibration_table(ranges_only(ranges).data, dir=str(tmp))

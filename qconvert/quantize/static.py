@@ -66,7 +66,13 @@ def calibration_settings(
             "Remove them from the target's extra_options."
         )
     given = {CALIB_OPTIONS[k]: v for k, v in extra.items() if k in CALIB_OPTIONS}
-    return CalibrationSettings(method=qc.calibration_method, op_types=op_types, **given)
+    return CalibrationSettings(
+        method=qc.calibration_method,
+        op_types=op_types,
+        activation_type=qc.activation_type,
+        activation_symmetric=bool(extra.get("ActivationSymmetric", qc.activation_symmetric)),
+        **given,
+    )
 
 
 def calibrated_ranges(
