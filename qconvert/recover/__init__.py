@@ -7,4 +7,8 @@ from qconvert.registry import Registry
 
 RECOVERY: Registry[Recovery] = Registry("accuracy-recovery algorithm", "--recover")
 
+from qconvert.recover.smoothquant import SmoothQuant  # noqa: E402
+
+RECOVERY.register("smoothquant")(SmoothQuant())
+
 __all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult"]

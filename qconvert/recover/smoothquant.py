@@ -1,0 +1,368 @@
+"""SmoothQuant (Xiao et al. 2022): move activation outliers of MatMul/Gemm inputs into the weights.
+
+A transformer's linear layers see inputs with a few channels far larger than the rest (LayerNorm
+outputs, GELU outputs); one per-tensor activation scale then spends most of its int8 grid on those
+channels. For each input channel j, with X the layer input and W its weight (K input channels),
+
+    s_j = max|X_j| ** alpha / max|W_j| ** (1 - alpha),   X' = X / s,   W' = diag(s) W,
+
+so X' W' = X W exactly in fp32, and the quantizer sees a flatter X' and a (slightly) less flat W'.
+
+Where X / s goes:
+- into the producer, where that changes nothing else: a LayerNormalization or SkipLayerNormalization
+  (gamma and beta divided by s) or a fused com.microsoft Attention (its V columns of the packed QKV
+  weight and bias divided by s: attention mixes tokens, never channels) whose output feeds only the
+  smoothed layers;
+- otherwise into an inserted Div by s in front of the layers. Div, not Mul: onnxruntime's static and
+  dynamic quantizers quantize Mul (and so its outlier-laden input) but leave Div in float, so the
+  step needs no node exclusions from the pipeline.
+
+Layers that read the same tensor (unfused Q, K and V) are smoothed together with one s (from the max
+over all their weights). alpha is chosen per group of layers on calibration data: the candidate (no
+smoothing, or alpha on a grid) with the smallest relative output error of the layer once its input is
+quantized per tensor (range from the calibration min/max, as the static quantizer sets it) and its
+weight as onnxruntime stores it under the run's QuantizeConfig (recover.weights.fake_quantize), on a
+sample of calibration rows. A group where no alpha beats leaving it alone is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qconvert.calibrate import Dataset
+from qconvert.config import QuantizeConfig
+from qconvert.recover.activations import collect, run_graph
+from qconvert.recover.base import Recovery, RecoveryInput, StepResult
+from qconvert.recover.weights import fake_quantize
+
+log = logging.getLogger(__name__)
+
+ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SAMPLE_ROWS = 512  # calibration rows (tokens) per input tensor used to score each alpha
+MIN_GAIN = 0.02  # a group is smoothed only if that lowers its output error by at least 2%
+EPS = 1e-8
+LAYERNORMS = {"LayerNormalization": (1, 2), "SkipLayerNormalization": (2, 3)}  # (gamma, beta) inputs
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A node whose first input is smoothed: its weight initializer, viewed as [K, N]."""
+
+    node: onnx.NodeProto
+    weight: str
+    transposed: bool  # Gemm transB=1: stored [N, K]
+
+
+@dataclass(frozen=True)
+class Choice:
+    tensor: str
+    layers: tuple[str, ...]
+    alpha: float | None  # None: left alone
+    error_before: float
+    error_after: float
+    where: str = ""  # what absorbed X / s
+
+
+def smoothable_layers(model: onnx.ModelProto, qc: QuantizeConfig) -> dict[str, list[Layer]]:
+    """{input tensor: layers reading it}: MatMul with a 2-D initializer weight, Gemm with a constant B
+    (alpha 1, transA 0), and under dynamic quantization the fused Attention (its QKV weight is
+    quantized there, not under static)."""
+    init = {t.name: t for t in model.graph.initializer}
+    groups: dict[str, list[Layer]] = {}
+    for node in model.graph.node:
+        layer = _layer(node, init, qc)
+        if layer is not None:
+            groups.setdefault(node.input[0], []).append(layer)
+    return groups
+
+
+def _layer(node: onnx.NodeProto, init: dict[str, onnx.TensorProto], qc: QuantizeConfig) -> Layer | None:
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
+        ok = len(node.input) == 2
+    elif node.op_type == "Gemm":
+        ok = attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0
+    elif node.op_type == "Attention" and node.domain == "com.microsoft":
+        ok = qc.mode == "dynamic" and not attrs.get("qkv_hidden_sizes")
+    else:
+        return None
+    if not ok or len(node.input) < 2 or node.input[1] not in init or len(init[node.input[1]].dims) != 2:
+        return None
+    return Layer(node, node.input[1], node.op_type == "Gemm" and attrs.get("transB", 0) == 1)
+
+
+def _kn(w: np.ndarray, layer: Layer) -> np.ndarray:
+    return w.T if layer.transposed else w
+
+
+def _scale(act_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float) -> np.ndarray:
+    a, w = np.maximum(act_absmax, EPS), np.maximum(w_absmax, EPS)
+    s = a**alpha / w ** (1.0 - alpha)
+    s = np.where((act_absmax <= EPS) | (w_absmax <= EPS), 1.0, s)  # dead channels: leave alone
+    return s / np.exp(np.mean(np.log(s)))  # overall scale is the quantizer's business
+
+
+def _quantize_activation(x: np.ndarray, lo: float, hi: float, qc: QuantizeConfig) -> np.ndarray:
+    """x through a per-tensor Q/DQ over [lo, hi] (the calibrated range), as onnxruntime sets it."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    signed = qc.activation_type.startswith("int")
+    bits = 16 if qc.activation_type.endswith("16") else 8
+    if qc.activation_symmetric:
+        bound = max(abs(lo), abs(hi))
+        lo, hi = -bound, bound
+    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    scale = max(hi - lo, EPS) / (qmax - qmin)
+    zero = np.round(qmin - lo / scale)
+    return (np.clip(np.round(x / scale) + zero, qmin, qmax) - zero) * scale
+
+
+def _group_error(
+    rows: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    weights: list[np.ndarray],
+    s: np.ndarray,
+    qc: QuantizeConfig,
+) -> float:
+    """Relative squared error of [X W for each layer] once X / s and diag(s) W are quantized."""
+    xs = rows / s
+    xq = _quantize_activation(xs, float((lo / s).min()), float((hi / s).max()), qc)
+    err = ref = 0.0
+    for w in weights:
+        axis = 1 if qc.per_channel else None
+        wq = fake_quantize((w * s[:, None]).astype(np.float32), qc, axis).astype(np.float64)
+        y = rows @ w
+        err += float(((xq @ wq - y) ** 2).sum())
+        ref += float((y**2).sum())
+    return err / max(ref, EPS)
+
+
+def _sample_rows(
+    model: onnx.ModelProto, data: Dataset, tensors: Sequence[str], rows: int
+) -> dict[str, np.ndarray]:
+    """Up to `rows` evenly spread rows (tokens) of each tensor, flattened to [rows, K]."""
+    total = len(data)
+    kept: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    for values in run_graph(model, data, list(tensors)):
+        for name, x in values.items():
+            flat = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+            per_batch = max(1, rows * len(x) // max(total, 1))
+            step = max(1, len(flat) // per_batch)
+            kept[name].append(flat[::step][:per_batch])
+    return {t: np.concatenate(v)[:rows] for t, v in kept.items() if v}
+
+
+def choose(
+    groups: dict[str, list[Layer]],
+    arrays: dict[str, np.ndarray],
+    stats: dict[str, Any],
+    rows: dict[str, np.ndarray],
+    qc: QuantizeConfig,
+    alphas: Sequence[float],
+) -> dict[str, tuple[float | None, np.ndarray, float, float]]:
+    """{tensor: (alpha or None, s, error before, error after)} per group, by the layer output error."""
+    out: dict[str, tuple[float | None, np.ndarray, float, float]] = {}
+    for tensor, layers in groups.items():
+        if tensor not in rows:
+            continue
+        weights = [_kn(arrays[la.weight], la).astype(np.float64) for la in layers]
+        values = stats[tensor].values
+        lo, hi, act = values["channel_min"], values["channel_max"], values["channel_absmax"]
+        if len(act) != weights[0].shape[0]:  # not a per-channel match (e.g. a broadcast input)
+            continue
+        w_absmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+        ones = np.ones_like(act)
+        before = _group_error(rows[tensor], lo, hi, weights, ones, qc)
+        best: tuple[float | None, np.ndarray, float] = (None, ones, before)
+        for alpha in alphas:
+            s = _scale(act, w_absmax, alpha)
+            error = _group_error(rows[tensor], lo, hi, weights, s, qc)
+            if error < best[2]:
+                best = (alpha, s, error)
+        if best[0] is not None and best[2] > before * (1.0 - MIN_GAIN):
+            best = (None, ones, before)
+        out[tensor] = (best[0], best[1], before, best[2])
+    return out
+
+
+def _unique(model: onnx.ModelProto, base: str, taken: set[str]) -> str:
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+class _Editor:
+    """Initializer edits made on copies: every changed tensor gets a new name, so shared
+    initializers stay intact for their other readers."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.taken = {t.name for t in model.graph.initializer} | {
+            o for n in model.graph.node for o in [*n.input, *n.output]
+        }
+        self.new: dict[str, np.ndarray] = {}
+
+    def replace_input(self, node: onnx.NodeProto, index: int, value: np.ndarray, tag: str) -> None:
+        name = _unique(self.model, f"{node.input[index]}_{tag}", self.taken)
+        self.new[name] = value.astype(self.arrays.get(node.input[index], value).dtype)
+        self.arrays[name] = self.new[name]
+        node.input[index] = name
+
+    def finish(self) -> None:
+        self.model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in self.new.items())
+        used = {i for n in self.model.graph.node for i in n.input} | {o.name for o in self.model.graph.output}
+        keep = [t for t in self.model.graph.initializer if t.name in used]
+        del self.model.graph.initializer[:]
+        self.model.graph.initializer.extend(keep)
+
+
+def _fold_into_producer(edit: _Editor, tensor: str, layers: list[Layer], s: np.ndarray) -> str | None:
+    """Divide `tensor` by s inside the node that makes it, when nothing else reads it; what absorbed it."""
+    graph = edit.model.graph
+    readers = [n for n in graph.node if tensor in n.input]
+    names = {id(la.node) for la in layers}
+    if any(id(n) not in names for n in readers) or tensor in {o.name for o in graph.output}:
+        return None
+    producer = next((n for n in graph.node if tensor in n.output), None)
+    if producer is None or producer.output[0] != tensor:
+        return None
+    if producer.op_type in LAYERNORMS and producer.domain in ("", "ai.onnx", "com.microsoft"):
+        gamma_at, beta_at = LAYERNORMS[producer.op_type]
+        ins = list(producer.input)
+        if gamma_at >= len(ins) or ins[gamma_at] not in edit.arrays:
+            return None
+        if beta_at < len(ins) and ins[beta_at] and ins[beta_at] not in edit.arrays:
+            return None
+        edit.replace_input(producer, gamma_at, edit.arrays[ins[gamma_at]] / s, "smoothquant")
+        if beta_at < len(ins) and ins[beta_at]:
+            edit.replace_input(producer, beta_at, edit.arrays[ins[beta_at]] / s, "smoothquant")
+        return f"{producer.op_type} {producer.name} (gamma, beta)"
+    if producer.op_type == "Attention" and producer.domain == "com.microsoft":
+        attrs = {a.name for a in producer.attribute}
+        w = edit.arrays.get(producer.input[1])
+        b = edit.arrays.get(producer.input[2]) if len(producer.input) > 2 else None
+        if "qkv_hidden_sizes" in attrs or w is None or b is None or w.shape[1] != 3 * len(s):
+            return None
+        v = slice(2 * len(s), 3 * len(s))
+        w, b = w.copy(), b.copy()
+        w[:, v] /= s
+        b[v] /= s
+        edit.replace_input(producer, 1, w, "smoothquant")
+        edit.replace_input(producer, 2, b, "smoothquant")
+        return f"Attention {producer.name} (V weight and bias)"
+    return None
+
+
+def _insert_div(edit: _Editor, tensor: str, layers: list[Layer], s: np.ndarray) -> str:
+    graph = edit.model.graph
+    scale = _unique(edit.model, f"{tensor}_smoothquant_scale", edit.taken)
+    out = _unique(edit.model, f"{tensor}_smoothed", edit.taken)
+    edit.new[scale] = s.astype(np.float32)
+    div = onnx.helper.make_node(
+        "Div", [tensor, scale], [out], name=_unique(edit.model, f"{out}/Div", edit.taken)
+    )
+    for la in layers:
+        la.node.input[0] = out
+    position = min(list(graph.node).index(la.node) for la in layers)
+    graph.node.insert(position, div)
+    known = next((v for v in [*graph.value_info, *graph.input] if v.name == tensor), None)
+    if known is not None:
+        info = onnx.ValueInfoProto()
+        info.CopyFrom(known)
+        info.name = out
+        graph.value_info.append(info)
+    return f"Div {div.name} (inserted)"
+
+
+def apply(
+    model: onnx.ModelProto, groups: dict[str, list[Layer]], scales: dict[str, np.ndarray]
+) -> dict[str, str]:
+    """Smooth `model` in place: each group's weights times s, its input divided by s. {tensor: where}."""
+    edit = _Editor(model)
+    where: dict[str, str] = {}
+    for tensor, s in scales.items():
+        layers = groups[tensor]
+        for la in layers:
+            w = edit.arrays[la.weight]
+            edit.replace_input(la.node, 1, w * (s[None, :] if la.transposed else s[:, None]), "smoothquant")
+        where[tensor] = _fold_into_producer(edit, tensor, layers, s) or _insert_div(edit, tensor, layers, s)
+    edit.finish()
+    return where
+
+
+class SmoothQuant(Recovery):
+    name: ClassVar[str] = "smoothquant"
+    phase: ClassVar[str] = "pre"
+    needs_calibration: ClassVar[bool] = True
+    formats: ClassVar[frozenset[str]] = frozenset({"qdq", "qoperator"})
+    summary: ClassVar[str] = (
+        "SmoothQuant: activation outlier channels of MatMul/Gemm inputs moved into the weights, alpha per "
+        "layer by the quantized output error"
+    )
+
+    def __init__(self, alphas: Sequence[float] = ALPHAS, rows: int = SAMPLE_ROWS) -> None:
+        self.alphas = tuple(alphas)
+        self.rows = rows
+
+    def why_not(self, qc: QuantizeConfig) -> str | None:
+        if qc.mode not in ("static", "dynamic") or qc.bits != 8:
+            return f"smoothquant applies to 8-bit static or dynamic quantization, not {qc.bits}-bit {qc.mode}"
+        return super().why_not(qc)
+
+    def run(self, fp32: onnx.ModelProto, quantized: onnx.ModelProto | None, inp: RecoveryInput) -> StepResult:
+        assert inp.calibration is not None  # requires() checked it
+        model = onnx.ModelProto()
+        model.CopyFrom(fp32)
+        groups = smoothable_layers(model, inp.qc)
+        if not groups:
+            return StepResult(model, False, ("smoothquant: no MatMul/Gemm with a constant weight to smooth",))
+        tensors = sorted(groups)
+        stats = collect(
+            model,
+            inp.calibration,
+            tensors,
+            ["channel_absmax", "channel_min", "channel_max"],
+            progress=inp.progress,
+            channel_last=True,
+        )
+        rows = _sample_rows(model, inp.calibration, tensors, self.rows)
+        arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        chosen = choose(groups, arrays, stats, rows, inp.qc, self.alphas)
+        scales = {t: c[1] for t, c in chosen.items() if c[0] is not None}
+        where = apply(model, groups, scales) if scales else {}
+        choices = [
+            Choice(t, tuple(la.node.name for la in groups[t]), c[0], c[2], c[3], where.get(t, ""))
+            for t, c in chosen.items()
+        ]
+        details = {"layers": [_choice_json(c) for c in choices]}
+        if not scales:
+            note = f"smoothquant: none of {len(groups)} layer input(s) gained from smoothing; graph unchanged"
+            return StepResult(fp32, False, (note,), details)
+        inserted = sum(1 for w in where.values() if w.startswith("Div"))
+        note = (
+            f"smoothquant: {len(scales)} of {len(groups)} layer input(s) smoothed (alpha "
+            f"{', '.join(sorted({f'{c.alpha:g}' for c in choices if c.alpha is not None}))}); "
+            f"{len(scales) - inserted} folded into the producer, {inserted} by an inserted Div"
+        )
+        return StepResult(model, True, (note,), details)
+
+
+def _choice_json(c: Choice) -> dict[str, Any]:
+    return {
+        "tensor": c.tensor,
+        "layers": list(c.layers),
+        "alpha": c.alpha,
+        "error_before": c.error_before,
+        "error_after": c.error_after,
+        "absorbed_by": c.where,
+    }
