@@ -39,11 +39,11 @@ def _long_tail(n: int, seed: int, tokens: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_t(3, shape).astype(np.float32)
 
 
-def _histogram(x: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, RunningHistogram]:
-    h = RunningHistogram(4096, absolute=False)
+def _histogram(x: np.ndarray, fine_bins: int) -> tuple[np.ndarray, np.ndarray, RunningHistogram]:
+    h = RunningHistogram(fine_bins, absolute=False)
     for part in np.array_split(x.ravel(), 3):
         h.add(part, "x")
-    hist, edges = h.data_histogram(bins)
+    hist, edges = h.data_histogram()
     return hist, edges, h
 
 
@@ -52,7 +52,7 @@ def _brute_force(
 ) -> np.ndarray:
     """Each candidate's error: every bin's count spread over `points` evenly spaced values, each
     fake-quantized as onnxruntime does (round half to even, clip to [qmin, qmax])."""
-    points = 64
+    points = 1024
     offsets = (np.arange(points) + 0.5) / points
     values = (edges[:-1, None] + np.diff(edges)[:, None] * offsets[None, :]).ravel()
     weights = np.repeat(hist / points, points)
@@ -71,7 +71,7 @@ def test_search_equals_brute_force(activation_type: str, symmetric: bool) -> Non
     x = _long_tail(2000, 0)
     if activation_type == "uint8" and not symmetric:
         x = np.maximum(x, -0.7)  # a short left side, as after a leaky activation
-    hist, edges, h = _histogram(x, 96)
+    hist, edges, h = _histogram(x, 64)
     qmin, qmax = activation_qrange(activation_type, symmetric)
     count = 48
     scales, zps = mse_candidates(float(h.lowest), float(h.highest), qmin, qmax, symmetric, count)
@@ -151,7 +151,7 @@ def test_long_tail_tighter_range_and_lower_output_error(tmp_path: Path) -> None:
 def test_mse_leaves_a_short_tailed_range_nearly_whole(tmp_path: Path) -> None:
     """Uniform values have no tail to cut: the range stays within a few grid steps of minmax's."""
     x = np.random.default_rng(3).uniform(-1, 1, (4000,)).astype(np.float32)
-    hist, edges, h = _histogram(x, 2048)
+    hist, edges, h = _histogram(x, 4096)
     lo, hi = mse_range(hist, edges, h.lowest, h.highest, -127, 127, True)
     top = max(-float(h.lowest), float(h.highest))
     assert 0.97 * top <= hi <= top and lo == -hi
@@ -162,3 +162,23 @@ def test_all_zero_tensor_and_bad_type() -> None:
     assert mse_range(hist, edges, h.lowest, h.highest, 0, 255, False) == (0.0, 0.0)
     with pytest.raises(CalibrationError, match="integer activation types"):
         CalibrationSettings(method="mse", activation_type="float16")
+
+
+def test_strided_counts_do_not_depend_on_batching(tmp_path: Path) -> None:
+    """Each sample's values are strided in the graph (1024 per sample, 256 counted), so batches of
+    5 or 32 give the same histograms and ranges; min and max still see every value."""
+    src = _export_layer(tmp_path / "fp32.onnx")
+    x = _long_tail(64, 4, 64)
+    calib = Dataset("calib", {"x": x})
+    found = []
+    for batch in (5, 32):
+        settings = CalibrationSettings(method="mse", batch_size=batch, mse_values_per_sample=256)
+        data = calibrate_streaming(src, calib, settings)
+        found.append({k: (v.range_value, v.hist) for k, v in data.items()})
+    assert found[0].keys() == found[1].keys() and {"x", "y"} <= found[0].keys()
+    for name in found[0]:
+        np.testing.assert_array_equal(found[0][name][1], found[1][name][1])
+        assert np.array_equal(found[0][name][0], found[1][name][0])
+    assert float(found[0]["x"][1].sum()) == 64 * 256  # strided: a quarter of each sample counted
+    lo, hi = found[0]["x"][0]
+    assert float(x.min()) <= float(np.ravel(lo)[0]) < 0 < float(np.ravel(hi)[0]) <= float(x.max())
