@@ -96,6 +96,7 @@ def test_outlier_channel_static_int8_error_drops_and_fp32_is_unchanged(
     np.testing.assert_allclose(_run(result.model, held), ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
     absorbed = [layer["absorbed_by"] for layer in result.details["layers"] if layer["alpha"] is not None]
     assert any(a.startswith("LayerNormalization") for a in absorbed), absorbed
+    assert any(a.startswith("Div") for a in absorbed), absorbed  # the GELU output: nothing can absorb it
     before = _sqnr(ref, _run(quantize_candidate(fp32, inp), held))
     after = _sqnr(ref, _run(quantize_candidate(result.model, inp), held))
     assert after > before + 3.0, (before, after)
@@ -199,4 +200,34 @@ def test_fused_attention_output_is_smoothed_inside_its_v_weights(tmp_path: Path,
     if mode == "dynamic":  # the Attention's own QKV weight is quantized there: its input is smoothed by a Div
         assert "attn" in by_layer
     ref = _run(model, held)
+    np.testing.assert_allclose(_run(result.model, held), ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
+class SharedInput(torch.nn.Module):
+    """An unfused attention-style block: one LayerNorm output read by three Linears (q, k, v) and by
+    the residual Add, so it cannot absorb 1/s; the three are smoothed together behind one Div."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.norm = torch.nn.LayerNorm(FEATURES)
+        self.q, self.k, self.v = (torch.nn.Linear(FEATURES, FEATURES) for _ in range(3))
+        with torch.no_grad():
+            self.norm.weight[7] = 50.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        return h + self.q(h) * torch.sigmoid(self.k(h)) + self.v(h)
+
+
+def test_shared_input_is_smoothed_once_for_all_its_readers(tmp_path: Path) -> None:
+    shape = (1, TOKENS, FEATURES)
+    fp32 = _export(SharedInput(), shape, tmp_path / "shared.onnx")
+    calib, held = _data(shape, 64, 5), _data(shape, 64, 6)
+    result = SmoothQuant()(fp32, None, RecoveryInput(_qc(), calib, tmp_path))
+    shared = [layer for layer in result.details["layers"] if len(layer["layers"]) == 3]
+    assert len(shared) == 1 and shared[0]["alpha"] is not None
+    assert shared[0]["absorbed_by"].startswith("Div")
+    assert sum(n.op_type == "Div" for n in result.model.graph.node) == 1
+    ref = _run(fp32, held)
     np.testing.assert_allclose(_run(result.model, held), ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
