@@ -11,4 +11,8 @@ from qconvert.recover.smoothquant import SmoothQuant  # noqa: E402
 
 RECOVERY.register("smoothquant")(SmoothQuant())
 
+from qconvert.recover.clipping import ClipWeights  # noqa: E402
+
+RECOVERY.register("clip_weights")(ClipWeights())
+
 __all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult"]
