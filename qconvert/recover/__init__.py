@@ -15,4 +15,8 @@ from qconvert.recover.clipping import ClipWeights  # noqa: E402
 
 RECOVERY.register("clip_weights")(ClipWeights())
 
+from qconvert.recover.bias_correction import BiasCorrection  # noqa: E402
+
+RECOVERY.register("bias_correction")(BiasCorrection())
+
 __all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult"]
