@@ -19,4 +19,8 @@ from qconvert.recover.bias_correction import BiasCorrection  # noqa: E402
 
 RECOVERY.register("bias_correction")(BiasCorrection())
 
+from qconvert.recover.equalize import Equalize  # noqa: E402
+
+RECOVERY.register("equalize")(Equalize())
+
 __all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult"]

@@ -8,7 +8,7 @@ layers before it) and W_q the weight exactly as onnxruntime stores it (`weights.
 shift = E[layer(x_q; W_q - W)] = layer(E[x_q]; W_q - W) (linearity: only the mean input tensor is
 needed, padding included), and bias -= shift. This removes the bias that weight rounding adds.
 
-All layers are corrected at once from one quantized candidate, then again (`passes`) on a fresh
+All layers are corrected at once from one quantized candidate, then (`passes` > 1) again on a fresh
 candidate quantized with the corrected biases, so that each correction sees the inputs the
 quantized, already corrected layers before it produce. Correcting the *total* output mean error
 (E[y_q] - E[y_fp32]) instead would count the error an earlier layer passes on twice when both are
@@ -213,7 +213,7 @@ class BiasCorrection(Recovery):
         "measured on calibration data layer after layer, folded into the fp32 bias"
     )
 
-    def __init__(self, passes: int = 2) -> None:
+    def __init__(self, passes: int = 1) -> None:
         self.passes = passes
 
     def run(self, fp32: onnx.ModelProto, quantized: onnx.ModelProto | None, inp: RecoveryInput) -> StepResult:
