@@ -1,0 +1,427 @@
+"""Accuracy recovery on a real CNN: EfficientNet-Lite1 (real ImageNet weights) on real photographs.
+
+    python benchmarks/bench_accuracy.py [--quick] [--targets cpu,tensorrt] [--steps ...]
+                                        [--analyze] [--no-nncf] [--json out.json]
+
+The model is exported with qconvert's own path (benchmarks/efficientnet_lite.py:build ->
+qconvert.onnx_export -> qconvert.prepare, BatchNorm folded); calibration and held-out images come
+from benchmarks/photos.py (different source photographs on each side). Side by side, per target:
+
+- ort quantize_static: plain onnxruntime (QDQ, per-channel, its own MinMax calibrator) on the same
+  prepared graph and calibration images (cpu only)
+- qconvert static: qconvert's static quantizer with the target's QuantizeConfig, as today
+- each recovery step alone (qconvert.recover: a pre step on the fp32 graph, then the same quantizer)
+  and the combinations
+- NNCF 3.4 `nncf.quantize` on the same prepared ONNX, fast and full bias correction, run in
+  /work/benchvenv as a subprocess (cpu only: NNCF makes its own Q/DQ scheme)
+
+Figures against fp32 on the held-out images: top-1 agreement, agreement where fp32 is confident
+(softmax max > 0.5), logits SQNR, KL(softmax fp32 || softmax q), latency (p50, batch 1, onnxruntime
+CPU provider with its optimizations, interleaved with fp32; rough on a shared 2-core machine) and
+size vs fp32, and the seconds the recovery steps plus quantization took. cpu accuracy is measured on
+onnxruntime's optimized CPU session (the integer kernels a user gets); tensorrt's with Q/DQ
+arithmetic as written (optimizations off), which is what TensorRT computes.
+
+--analyze adds where the loss comes from: weights-only and activations-only quantization, the
+weights-only loss per layer kind, and the cumulative SQNR after every conv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import photos  # noqa: E402
+
+from qconvert.benchmark import interleaved_latency  # noqa: E402
+from qconvert.calibrate import Dataset  # noqa: E402
+from qconvert.config import QuantizeConfig  # noqa: E402
+from qconvert.onnx_export import onnx_from_torch  # noqa: E402
+from qconvert.prepare import prepared_from_onnx  # noqa: E402
+from qconvert.quantize.static import quantize_static_int8  # noqa: E402
+from qconvert.recover import RECOVERY  # noqa: E402
+from qconvert.recover.base import RecoveryInput  # noqa: E402
+from qconvert.sources import load_source  # noqa: E402
+from qconvert.targets import TARGETS  # noqa: E402
+from qconvert.validation.metrics import compare  # noqa: E402
+
+BENCHVENV = Path("/work/benchvenv/bin/python")
+DEFAULT_STEPS = (
+    "bias_correction",
+    "equalize",
+    "clip_weights",
+    "equalize+bias_correction",
+    "clip_weights+bias_correction",
+    "equalize+clip_weights+bias_correction",
+)
+NNCF_SCRIPT = """
+import sys, time, numpy as np, onnx, nncf
+src, calib, out, fast = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "fast"
+x = np.load(calib)["input"]
+ds = nncf.Dataset([x[i:i + 1] for i in range(len(x))], lambda a: {"input": a})
+t = time.time()
+q = nncf.quantize(onnx.load(src), ds, subset_size=len(x), fast_bias_correction=fast)
+onnx.save(q, out)
+print("NNCF_SECONDS", time.time() - t)
+"""
+
+log = logging.getLogger("bench_accuracy")
+
+
+def session(path: Path | onnx.ModelProto, optimize: bool, extra_outputs: list[str] | None = None) -> Any:
+    import onnxruntime as ort
+
+    model = path if isinstance(path, onnx.ModelProto) else onnx.load(str(path))
+    if extra_outputs:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        for name in extra_outputs:
+            m.graph.output.append(onnx.ValueInfoProto(name=name))
+        model = m
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run(sess: Any, x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+    names = [o.name for o in sess.get_outputs()]
+    parts = [sess.run(None, {"input": x[i : i + batch]}) for i in range(0, len(x), batch)]
+    return {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
+
+
+def metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    c = compare(ref, out)
+    p = np.exp(ref - ref.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    confident = p.max(1) > 0.5
+    agree = ref.argmax(1) == out.argmax(1)
+    logq = out - out.max(1, keepdims=True)
+    logq = logq - np.log(np.exp(logq).sum(1, keepdims=True))
+    logp = np.log(np.maximum(p, 1e-30))
+    kl = float((p * (logp - logq)).sum(1).mean())
+    return {
+        "top1_agreement": float(agree.mean()),
+        "confident_agreement": float(agree[confident].mean()) if confident.any() else float("nan"),
+        "confident_n": int(confident.sum()),
+        "sqnr_db": c["sqnr_db"],
+        "kl": kl,
+    }
+
+
+def export_model(work: Path) -> tuple[Path, Path]:
+    loaded = load_source(f"{ROOT / 'benchmarks' / 'efficientnet_lite.py'}:build")
+    exported = onnx_from_torch(loaded, 17, work)
+    prepared = prepared_from_onnx(exported.path, work / "prepared.onnx")
+    return exported.path, prepared
+
+
+def target_config(target: str) -> QuantizeConfig:
+    t = TARGETS.get(target)
+    qc = t.quantize_config(8, "static", "minmax", t.resolve_options({}))
+    return replace(qc, format="qdq") if target == "cpu" else qc
+
+
+def apply_steps(
+    fp32: onnx.ModelProto, steps: list[str], inp: RecoveryInput
+) -> tuple[onnx.ModelProto, list[str], dict[str, float]]:
+    model, notes, seconds = fp32, [], {}
+    for name in steps:
+        result = RECOVERY.get(name)(model, None, inp)
+        model = result.model
+        notes.extend(result.notes)
+        seconds[name] = round(result.seconds, 2)
+    return model, notes, seconds
+
+
+def ort_plain(prepared: Path, dest: Path, calib: np.ndarray) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"input": calib[i : i + 1]} for i in range(len(calib))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    quantize_static(str(prepared), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+
+
+def nncf_quantize(prepared: Path, calib_npz: Path, dest: Path, fast: bool, timeout: int) -> float | None:
+    if not BENCHVENV.exists():
+        return None
+    script = dest.with_suffix(".py")
+    script.write_text(NNCF_SCRIPT)
+    cmd = [str(BENCHVENV), str(script), str(prepared), str(calib_npz), str(dest), "fast" if fast else "full"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("NNCF (%s bias correction) ran past %d s", "fast" if fast else "full", timeout)
+        return None
+    for line in done.stdout.splitlines():
+        if line.startswith("NNCF_SECONDS"):
+            return float(line.split()[1])
+    log.warning("NNCF failed: %s", done.stderr[-2000:])
+    return None
+
+
+def analyze(prepared: Path, quantized: Path, qc: QuantizeConfig, held: np.ndarray) -> dict[str, Any]:
+    """Where the loss comes from: weights-only / activations-only / per-kind / cumulative per layer."""
+    from onnx import numpy_helper
+
+    from qconvert.recover.weights import fake_quantize, weight_axis
+
+    fp = onnx.load(str(prepared))
+    x = held[:32]
+    ref = run(session(fp, False), x)["logits"]
+    inits = {i.name: numpy_helper.to_array(i) for i in fp.graph.initializer}
+    layers = [n for n in fp.graph.node if n.op_type in ("Conv", "Gemm")]
+
+    def kind(n: onnx.NodeProto) -> str:
+        w = inits[n.input[1]]
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if group > 1:
+            return "depthwise"
+        if w.ndim == 2:
+            return "classifier"
+        if w.shape[1] == 3:
+            return "stem"
+        return "pw-expand" if w.shape[0] > w.shape[1] else "pw-project"
+
+    def weights_only(names: set[str]) -> onnx.ModelProto:
+        m = onnx.ModelProto()
+        m.CopyFrom(fp)
+        by = {i.name: i for i in m.graph.initializer}
+        for n in m.graph.node:
+            if n.name in names:
+                w = inits[n.input[1]]
+                by[n.input[1]].CopyFrom(
+                    numpy_helper.from_array(fake_quantize(w, qc, weight_axis(m, n, qc)), n.input[1])
+                )
+        return m
+
+    def activations_only() -> onnx.ModelProto:
+        m = onnx.load(str(quantized))
+        names = {i.name for i in m.graph.initializer}
+        nodes = []
+        for n in m.graph.node:
+            base = n.input[0].removesuffix("_quantized")
+            if n.op_type == "DequantizeLinear" and n.input[0] in names and base in inits:
+                m.graph.initializer.append(numpy_helper.from_array(inits[base], base + "_fp32"))
+                nodes.append(onnx.helper.make_node("Identity", [base + "_fp32"], list(n.output)))
+            else:
+                nodes.append(n)
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+        return m
+
+    out: dict[str, Any] = {}
+    out["weights_only"] = metrics(
+        ref, run(session(weights_only({n.name for n in layers}), False), x)["logits"]
+    )
+    out["activations_only"] = metrics(ref, run(session(activations_only(), False), x)["logits"])
+    kinds: dict[str, set[str]] = {}
+    for n in layers:
+        kinds.setdefault(kind(n), set()).add(n.name)
+    out["weights_only_by_kind"] = {
+        k: {"layers": len(v), **metrics(ref, run(session(weights_only(v), False), x)["logits"])}
+        for k, v in kinds.items()
+    }
+    # cumulative SQNR after each conv (after its ReLU6 where it has one), full quantization
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in fp.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def post(n: onnx.NodeProto) -> str:
+        c = consumers.get(n.output[0], [])
+        return c[0].output[0] if len(c) == 1 and c[0].op_type == "Clip" else n.output[0]
+
+    q = onnx.load(str(quantized))
+    qcons: dict[str, list[onnx.NodeProto]] = {}
+    for n in q.graph.node:
+        for i in n.input:
+            qcons.setdefault(i, []).append(n)
+
+    def dequantized(t: str) -> str:
+        qn = [n for n in qcons.get(t, []) if n.op_type == "QuantizeLinear"]
+        if not qn:
+            return t
+        return next(n for n in qcons[qn[0].output[0]] if n.op_type == "DequantizeLinear").output[0]
+
+    names = [post(n) for n in layers]
+    fp_vals = run(session(fp, False, names), x)
+    q_vals = run(session(q, False, [dequantized(t) for t in names]), x)
+    rows = []
+    for n, t in zip(layers, names, strict=True):
+        a, b = fp_vals[t].astype(np.float64), q_vals[dequantized(t)].astype(np.float64)
+        sq = 10 * np.log10((a**2).sum() / max(((a - b) ** 2).sum(), 1e-30))
+        rows.append(
+            {
+                "node": n.name,
+                "kind": kind(n),
+                "shape": list(inits[n.input[1]].shape),
+                "cumulative_sqnr_db": round(float(sq), 2),
+            }
+        )
+    out["cumulative"] = rows
+    return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = "| target | variant | top-1 agr. | confident agr. | logits SQNR | KL | latency vs fp32 | size vs fp32 | seconds |"
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lat = f"{r['latency_ratio']:.2f}x" if r.get("latency_ratio") else "-"
+        lines.append(
+            f"| {r['target']} | {r['variant']} | {r['top1_agreement']:.1%} | {r['confident_agreement']:.1%} "
+            f"(n={r['confident_n']}) | {r['sqnr_db']:.2f} dB | {r['kl']:.4f} | {lat} | "
+            f"{r['size_ratio']:.2f}x | {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="32 calibration images, 1 held-out crop per photo"
+    )
+    parser.add_argument("--targets", default="cpu,tensorrt")
+    parser.add_argument("--steps", default=",".join(DEFAULT_STEPS), help="comma list; '+' chains steps")
+    parser.add_argument("--analyze", action="store_true")
+    parser.add_argument("--no-nncf", action="store_true")
+    parser.add_argument("--nncf-full", action="store_true", help="also NNCF's full (slow) bias correction")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
+    sets = photos.build(240, 32 if args.quick else 100, 1 if args.quick else 2)
+    calib, held = sets.calibration, sets.heldout
+    calib_npz = work / "calibration.npz"
+    np.savez(calib_npz, input=calib)
+    manifest = sets.manifest()
+    print(
+        f"photos: calibration {len(calib)} images from {manifest['calibration']['photos']} photos, "  # type: ignore[index]
+        f"held-out {len(held)} images from {manifest['heldout']['photos']} photos, no photo on both sides"
+    )  # type: ignore[index]
+    reference, prepared = export_model(work)
+    fp32_sess = session(reference, True)
+    ref = run(fp32_sess, held)["logits"]
+    dataset = Dataset("photos", {"input": calib})
+    rows: list[dict[str, Any]] = []
+    sizes = {"fp32": reference.stat().st_size}
+    models: dict[str, Path] = {}
+    results: dict[str, Any] = {"photos": manifest, "rows": rows}
+
+    def record(
+        target: str,
+        variant: str,
+        path: Path,
+        seconds: float,
+        notes: list[str] | None = None,
+        optimize: bool = True,
+    ) -> None:
+        out = run(session(path, optimize), held)["logits"]
+        row = {
+            "target": target,
+            "variant": variant,
+            **metrics(ref, out),
+            "seconds": seconds,
+            "size_ratio": path.stat().st_size / sizes["fp32"],
+            "notes": notes or [],
+        }
+        rows.append(row)
+        if target == "cpu":
+            models[variant] = path
+        print(markdown([row]).splitlines()[-1], flush=True)
+
+    fp32_model = onnx.load(str(prepared))
+    for target in args.targets.split(","):
+        qc = target_config(target)
+        exact = target != "cpu"  # tensorrt: Q/DQ arithmetic as written
+        if target == "cpu":
+            start = time.perf_counter()
+            ort_plain(prepared, work / "ort.onnx", calib)
+            record(target, "ort quantize_static", work / "ort.onnx", time.perf_counter() - start)
+        start = time.perf_counter()
+        base = work / f"{target}-static.onnx"
+        quantize_static_int8(prepared, base, qc, dataset)
+        record(target, "qconvert static", base, time.perf_counter() - start, optimize=not exact)
+        if args.analyze and target == "cpu":
+            results["analysis"] = analyze(prepared, base, qc, held)
+            print(json.dumps({k: v for k, v in results["analysis"].items() if k != "cumulative"}, indent=1))
+        for combo in [s for s in args.steps.split(",") if s]:
+            steps = combo.split("+")
+            missing = [s for s in steps if s not in RECOVERY.names()]
+            if missing:
+                print(f"skipping {combo}: {', '.join(missing)} not registered")
+                continue
+            start = time.perf_counter()
+            inp = RecoveryInput(qc=qc, calibration=dataset, work=work)
+            model, notes, per_step = apply_steps(fp32_model, steps, inp)
+            src, dest = work / f"{target}-{combo}-fp32.onnx", work / f"{target}-{combo}.onnx"
+            onnx.save_model(model, str(src))
+            quantize_static_int8(src, dest, qc, dataset)
+            record(
+                target,
+                combo,
+                dest,
+                time.perf_counter() - start,
+                [*notes, f"step seconds {per_step}"],
+                optimize=not exact,
+            )
+        if target == "cpu" and not args.no_nncf:
+            for fast in (True, False) if args.nncf_full else (True,):
+                dest = work / f"nncf-{'fast' if fast else 'full'}.onnx"
+                seconds = nncf_quantize(prepared, calib_npz, dest, fast, 900)
+                if seconds is not None:
+                    record(
+                        target,
+                        f"NNCF nncf.quantize ({'fast' if fast else 'full'} bias correction)",
+                        dest,
+                        seconds,
+                    )
+
+    # latency at batch 1, every cpu variant interleaved with fp32
+    one = held[:1]
+    runners = {"fp32": lambda: fp32_sess.run(None, {"input": one})}
+    sessions = {name: session(path, True) for name, path in models.items()}
+    for name, s in sessions.items():
+        runners[name] = lambda s=s: s.run(None, {"input": one})
+    latency = interleaved_latency(runners, args.repeats)
+    base_ms = latency["fp32"].p50_ms
+    for r in rows:
+        if r["target"] == "cpu" and r["variant"] in latency:
+            r["latency_ratio"] = latency[r["variant"]].p50_ms / base_ms
+    results["fp32_p50_ms"] = base_ms
+    print()
+    print(
+        f"EfficientNet-Lite1, {len(held)} held-out images ({manifest['heldout']['photos']} photos), "  # type: ignore[index]
+        f"{len(calib)} calibration images; fp32 p50 {base_ms:.1f} ms at batch 1"
+    )
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
