@@ -15,6 +15,10 @@ from qconvert.recover.clipping import ClipWeights  # noqa: E402
 
 RECOVERY.register("clip_weights")(ClipWeights())
 
+from qconvert.recover.adaround import AdaRound  # noqa: E402
+
+RECOVERY.register("adaround")(AdaRound())
+
 from qconvert.recover.bias_correction import BiasCorrection  # noqa: E402
 
 RECOVERY.register("bias_correction")(BiasCorrection())
