@@ -278,7 +278,8 @@ class RunningHistogram:
         first, last = int(occupied[0]), int(occupied[-1]) + 1
         edges = fine[first : last + 1].copy()
         edges[0] = max(edges[0], float(self.lowest))
-        edges[-1] = min(edges[-1], float(self.highest))
+        if float(self.highest) > edges[-2]:  # (a maximum on a bin's left edge keeps that bin's width)
+            edges[-1] = min(edges[-1], float(self.highest))
         counts = self.counts[first:last].astype(np.float64)
         group = -(-len(counts) // max_bins)
         if group > 1:  # sum neighbouring bins: exact counts on a coarser grid
@@ -286,7 +287,9 @@ class RunningHistogram:
             counts = np.concatenate((counts, np.zeros(pad))).reshape(-1, group).sum(axis=1)
             width = (fine[1] - fine[0]) * group
             grouped = fine[first] + width * np.arange(len(counts) + 1, dtype=np.float64)
-            grouped[0], grouped[-1] = edges[0], edges[-1]  # the data's ends (within the end groups)
+            grouped[0] = edges[0]  # the data's ends (within the end groups)
+            if edges[-1] > grouped[-2]:
+                grouped[-1] = edges[-1]
             edges = grouped
         if edges[-1] <= edges[0]:  # a single value
             edges = np.array([float(self.lowest), float(self.highest)])
@@ -435,9 +438,11 @@ class _Density:
         width = np.diff(e)
         hist = np.asarray(hist, dtype=np.float64)
         self.density = np.divide(hist, width, out=np.zeros_like(hist), where=width > 0)
+        a, b = e[:-1], e[1:]
+        # per-bin moments from the counts (a zero-width bin is a point mass at its edge)
         self.c0 = np.concatenate(([0.0], np.cumsum(hist)))
-        self.c1 = np.concatenate(([0.0], np.cumsum(self.density * np.diff(e**2) / 2)))
-        self.c2 = np.concatenate(([0.0], np.cumsum(self.density * np.diff(e**3) / 3)))
+        self.c1 = np.concatenate(([0.0], np.cumsum(hist * (a + b) / 2)))
+        self.c2 = np.concatenate(([0.0], np.cumsum(hist * (a * a + a * b + b * b) / 3)))
 
     def _bin(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each point's bin and the point clamped into that bin."""
@@ -449,10 +454,11 @@ class _Density:
         j, t = self._bin(x)
         lo, d = self.edges[j], self.density[j]
         t2, lo2 = t * t, lo * lo
+        past = x >= self.edges[-1]  # everything is below: the totals (a point mass at the end too)
         return (
-            self.c0[j] + d * (t - lo),
-            self.c1[j] + d * (t2 - lo2) / 2,
-            self.c2[j] + d * (t2 * t - lo2 * lo) / 3,
+            np.where(past, self.c0[-1], self.c0[j] + d * (t - lo)),
+            np.where(past, self.c1[-1], self.c1[j] + d * (t2 - lo2) / 2),
+            np.where(past, self.c2[-1], self.c2[j] + d * (t2 * t - lo2 * lo) / 3),
         )
 
     def rounding_prefix(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

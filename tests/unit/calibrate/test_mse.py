@@ -182,3 +182,24 @@ def test_strided_counts_do_not_depend_on_batching(tmp_path: Path) -> None:
     assert float(found[0]["x"][1].sum()) == 64 * 256  # strided: a quarter of each sample counted
     lo, hi = found[0]["x"][0]
     assert float(x.min()) <= float(np.ravel(lo)[0]) < 0 < float(np.ravel(hi)[0]) <= float(x.max())
+
+
+def test_pixel_values_with_saturated_maximum() -> None:
+    """Image inputs ((pixel - 127) / 128) put a large count exactly on the maximum 1.0, a power of
+    two and so a fine bin's left edge: that count must stay in the histogram, and the range must
+    keep the top (clipping the bright pixels would cost far more than any rounding it saves)."""
+    rng = np.random.default_rng(5)
+    pixels = np.clip(rng.normal(150, 70, 200_000), 0, 255).round()
+    x = ((pixels - 127) / 128).astype(np.float32)
+    hist, edges, h = _histogram(x, 4096)
+    assert hist.sum() == x.size and np.all(np.diff(edges) > 0)
+    lo, hi = mse_range(hist, edges, h.lowest, h.highest, 0, 255, False)
+    assert hi >= 0.99 and lo <= -0.99
+
+    def empirical(lo: float, hi: float) -> float:
+        scale = (hi - lo) / 255
+        zp = np.round(-lo / scale)
+        q = np.clip(np.round(x / scale) + zp, 0, 255)
+        return float(np.mean(((q - zp) * scale - x) ** 2))
+
+    assert empirical(float(lo), float(hi)) <= empirical(float(h.lowest), float(h.highest)) * 1.0001
