@@ -41,6 +41,9 @@ class RecoveryInput:
     calibration: Dataset | None
     work: Path
     progress: Callable[[int, int], None] | None = None
+    # fp32 graph -> the graph the run's quantizer makes of it (same settings, calibrated on `calibration`);
+    # None: `quantize_candidate` uses the static quantizer with `qc`
+    quantize: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None
     # statistics shared between steps of one run (activations.collect keys); not part of the contract
     cache: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -54,6 +57,21 @@ class StepResult:
     notes: tuple[str, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+def quantize_candidate(model: onnx.ModelProto, inp: RecoveryInput) -> onnx.ModelProto:
+    """`model` quantized as the run will quantize it: what a step measures its effect on."""
+    if inp.quantize is not None:
+        return inp.quantize(model)
+    import tempfile
+
+    from qconvert.quantize.static import quantize_static_int8
+
+    with tempfile.TemporaryDirectory(prefix="qconvert-candidate-", dir=inp.work) as tmp:
+        src, dest = Path(tmp) / "candidate.onnx", Path(tmp) / "quantized.onnx"
+        onnx.save_model(model, str(src))
+        quantize_static_int8(src, dest, inp.qc, inp.calibration)
+        return onnx.load(str(dest))
 
 
 class Recovery(ABC):
