@@ -23,7 +23,11 @@ from qconvert.errors import (
     ConfigError,
     QConvertError,
 )
-from qconvert.pipeline._stages import (
+from qconvert.quantize.bf16 import emulate_bf16
+from qconvert.quantize.float16 import emulate_fp16
+from qconvert.runtime import make_session
+from qconvert.sources import load_source
+from qconvert.stages._shared import (
     SMALL_HELDOUT,
     Progress,
     model_inputs,
@@ -31,10 +35,6 @@ from qconvert.pipeline._stages import (
     reference_outputs,
     stage,
 )
-from qconvert.quantize.bf16 import emulate_bf16
-from qconvert.quantize.float16 import emulate_fp16
-from qconvert.runtime import make_session
-from qconvert.sources import load_source
 from qconvert.validation import TokenOutputs, ValidationResult, evaluate
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,12 @@
-"""What both pipelines (export, validate) share: the progress callback, the stage guard, and
+"""What the stages of both pipelines (export, validate) share: the progress callback, the stage guard, and
 how held-out data is fed and the original model's outputs obtained."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,8 +14,13 @@ from qconvert.calibrate import Dataset, ModelInput
 from qconvert.errors import (
     InternalError,
     QConvertError,
+    TargetError,
 )
-from qconvert.sources import LoadedModel
+
+if TYPE_CHECKING:
+    from qconvert.config import QuantizeConfig
+    from qconvert.sources import LoadedModel
+    from qconvert.targets import Provider, Target
 
 SMALL_HELDOUT = 100  # below this, say how coarse agreement and accuracy figures are
 
@@ -58,3 +65,27 @@ def reference_outputs(loaded: LoadedModel, data: Dataset, fp32_out: list[np.ndar
         return fp32_out
     parts = [loaded.run_torch(batch) for batch in data.batches(256)]
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+
+def check_target_rules(
+    target: Target, qc: QuantizeConfig, model_path: Path, providers: list[Provider]
+) -> list[str]:
+    """Raise TargetError when the graph or the provider options break the target's rules; return
+    the nodes the provider would run in float between Q/DQ pairs."""
+    import onnx
+
+    quantized = onnx.load(str(model_path))
+    problems = target.graph_violations(quantized, qc) + target.provider_violations(quantized, providers)
+    if problems:
+        raise TargetError(f"the quantized graph breaks the {target.name} rules: " + "; ".join(problems[:10]))
+    return target.float_nodes(quantized)
+
+
+def float_nodes_note(float_nodes: list[str], provider: str) -> list[str]:
+    if not float_nodes:
+        return []
+    return [
+        f"{len(float_nodes)} node(s) sit between Q/DQ pairs but are not among the ops "
+        f"{provider} runs in int8, so they run in float with a dequantize/quantize round "
+        f"trip: {', '.join(float_nodes[:8])}{' ...' if len(float_nodes) > 8 else ''}"
+    ]
