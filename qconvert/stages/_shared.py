@@ -44,6 +44,22 @@ def stage(name: str, progress: Progress, message: str) -> Iterator[None]:
         raise InternalError(f"unexpected failure in the {name!r} stage: {type(e).__name__}: {e}") from e
 
 
+@contextlib.contextmanager
+def in_folder(folder: Path) -> Iterator[None]:
+    """Run with the process's directory at `folder`: onnxruntime's symbolic shape inference, when it
+    fails, dumps sym_shape_infer_temp.onnx and a UUID-named .data file into the current directory
+    (also from inside the transformer optimizer), and a run writes nothing outside OUT_DIR and its
+    temporary folder."""
+    import os
+
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def model_inputs(loaded: LoadedModel) -> list[ModelInput]:
     return [
         ModelInput(name, dims, str(example.dtype))

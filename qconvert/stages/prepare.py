@@ -3,9 +3,12 @@ first provider runs onnxruntime's contrib ops."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qconvert.config import TransformerFusion
 from qconvert.prepare import prepared_from_onnx, prepared_transformer
 from qconvert.sources import LoadedModel
+from qconvert.stages._shared import in_folder
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 from qconvert.targets import Provider
@@ -31,13 +34,17 @@ class PrepareOnnx(Stage[ExportContext]):
         return "shape inference and graph clean-up"
 
     def run(self, ctx: ExportContext) -> None:
-        exported, large = ctx.exported, ctx.qc.external_data
+        src, work = ctx.exported.path.resolve(), ctx.art.work.resolve()  # absolute: the directory changes
+        with in_folder(work):  # onnxruntime's failure dumps land in the work folder
+            self._prepare(ctx, src, work / "prepared.onnx")
+
+    def _prepare(self, ctx: ExportContext, src: Path, dest: Path) -> None:
+        large = ctx.qc.external_data
         fusion = _fusion(ctx.loaded, ctx.target.providers(ctx.inputs, ctx.opts))
         ctx.fusions = None
-        dest = ctx.art.work / "prepared.onnx"
         if fusion is None:
-            ctx.prepared = prepared_from_onnx(exported.path, dest, external_data=large)
+            ctx.prepared = prepared_from_onnx(src, dest, external_data=large)
         else:
-            fused = prepared_transformer(exported.path, dest, fusion, large)
+            fused = prepared_transformer(src, dest, fusion, large)
             ctx.prepared, ctx.fusions = fused.path, {"model_type": fused.model_type, "fused": fused.fused}
             ctx.notes.append(fused.note)

@@ -13,6 +13,7 @@ from qconvert.quantize.bf16 import emulate_bf16
 from qconvert.quantize.float16 import emulate_fp16
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
+from qconvert.validation.standin import emulation
 
 
 def _stand_in(
@@ -24,7 +25,8 @@ def _stand_in(
     not_here: str | None,
 ) -> tuple[Path, str | None]:
     """The graph validation runs, and a note when it is not model.onnx itself."""
-    if qc.calibration_table:
+    stand_in = emulation(qc.mode, bool(qc.calibration_table), not_here)
+    if stand_in == "implicit":
         # Implicit int8: model.onnx is fp32. Validate an explicit Q/DQ graph built from the same
         # calibration with the target's rules, the closest stand-in for what TensorRT runs.
         simulated = replace(qc, mode="static", format="qdq", calibration_table=None)
@@ -34,7 +36,7 @@ def _stand_in(
             "explicit Q/DQ graph with the same ranges. TensorRT chooses each layer's precision itself and "
             "may keep some in fp16/fp32, so measure on the GPU before shipping."
         )
-    if qc.mode == "fp16" and not_here is not None:
+    if stand_in == "fp16":
         # onnxruntime's CPU provider runs most fp16 nodes in fp32 and drops the casts between
         # them: it would neither round to fp16 nor overflow. Validate a stand-in that does both.
         path = emulate_fp16(model_path, work / "fp16_emulated.onnx", qc.external_data)
@@ -43,7 +45,7 @@ def _stand_in(
             "to fp16 where the fp16 graph produces it (overflow included); onnxruntime's CPU provider "
             "would run most of model.onnx in fp32 instead."
         )
-    if qc.mode == "bf16" and not_here is not None:
+    if stand_in == "bf16":
         # the CPU provider has no bf16 MatMul/Gemm/Conv: the bf16 graph would not even load here
         path = emulate_bf16(model_path, work / "bf16_emulated.onnx", qc.external_data)
         return path, (

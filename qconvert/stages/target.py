@@ -5,6 +5,7 @@ from __future__ import annotations
 from qconvert.stages._shared import check_target_rules, float_nodes_note
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
+from qconvert.validation.standin import not_here
 
 
 class FinalizeForTarget(Stage[ExportContext]):
@@ -17,7 +18,7 @@ class FinalizeForTarget(Stage[ExportContext]):
         if finalized:
             ctx.notes.append(finalized)
         ctx.providers = ctx.target.providers_for(ctx.inputs, ctx.opts, ctx.qc)
-        ctx.not_here = ctx.target.not_here(ctx.providers)
+        ctx.not_here = not_here(ctx.target.name, ctx.providers)  # the one stand-in decision
 
 
 class CheckTargetRules(Stage[ExportContext]):
