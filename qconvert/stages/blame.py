@@ -26,7 +26,7 @@ def _sensitivity_unavailable(qc: QuantizeConfig) -> str | None:
             "implicit int8 has no Q/DQ nodes in model.onnx (TensorRT picks each layer's precision "
             "itself), so there is no per-layer quantization to measure or to undo"
         )
-    if qc.mode != "static":
+    if not QUANTIZERS.get(qc.mode).supports_sensitivity:
         return (
             f"{qc.mode} mode: qconvert measures sensitivity and falls back to float only for static Q/DQ "
             "int8 graphs"

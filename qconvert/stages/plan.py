@@ -5,14 +5,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 from qconvert.artifacts import check_output_dir
-from qconvert.config import Tolerance
+from qconvert.config import MODES, Tolerance
 from qconvert.errors import ConfigError
+from qconvert.quantize import QUANTIZERS
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 from qconvert.targets import TARGETS
 
-SELECTABLE_MODES = ("static", "dynamic", "fp16")  # modes whose quantizer honours --exclude
-INCLUDE_MODES = ("static", "dynamic")  # modes whose quantizer honours --include
+
+def _modes_that(capability: str) -> str:
+    """The user-facing modes whose quantizer has `capability` (quantize.Method data), in MODES order."""
+    return ", ".join(m for m in MODES if m in QUANTIZERS and getattr(QUANTIZERS.get(m), capability))
 
 
 class PlanQuantization(Stage[ExportContext]):
@@ -33,13 +36,11 @@ class PlanQuantization(Stage[ExportContext]):
             size, algorithm = config.block_size, config.weight_algorithm
             candidates = [replace(c, block_size=size, weight_algorithm=algorithm) for c in candidates]
         ctx.candidates, ctx.qc = candidates, candidates[0]
-        qc = ctx.qc
-        if (config.exclude and qc.mode not in SELECTABLE_MODES) or (
-            config.include and qc.mode not in INCLUDE_MODES
-        ):
+        method = QUANTIZERS.get(ctx.qc.mode)
+        if (config.exclude and not method.honours_exclude) or (config.include and not method.honours_include):
             raise ConfigError(
-                f"--exclude/--include do not apply to {qc.mode} mode here: --exclude works with "
-                f"{', '.join(SELECTABLE_MODES)}, --include with {', '.join(INCLUDE_MODES)}."
+                f"--exclude/--include do not apply to {ctx.qc.mode} mode here: --exclude works with "
+                f"{_modes_that('honours_exclude')}, --include with {_modes_that('honours_include')}."
             )
         if config.recover:
             from qconvert.recover import RECOVERY
