@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from qconvert.artifacts import sha256_file
+from qconvert.results import Manifest, Report
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 
@@ -56,7 +57,7 @@ def report_json(ctx: ExportContext) -> dict[str, Any]:
             "model": _op_counts(ctx.model_path),
             "float_between_qdq": ctx.float_nodes,
         },
-        "notes": ctx.notes,
+        "notes": tuple(ctx.notes),
     }
 
 
@@ -130,21 +131,22 @@ class WriteArtifacts(Stage[ExportContext]):
     gives = ("report", "manifest")
 
     def run(self, ctx: ExportContext) -> None:
-        ctx.report = report = report_json(ctx)
-        if ctx.recovery:
-            report["recovery"] = ctx.recovery
-        if ctx.blame is not None:
-            report["sensitivity"] = ctx.blame.sensitivity
-            if ctx.fallback_json is not None:
-                report["fallback"] = ctx.fallback_json
-        ctx.manifest = manifest = manifest_json(ctx)
+        blame = ctx.blame
+        report = Report(
+            **report_json(ctx),
+            recovery=tuple(ctx.recovery),
+            sensitivity=None if blame is None else blame.sensitivity,
+            fallback=None if blame is None else ctx.fallback_json,
+        )
         art = ctx.art
         for companion in ctx.loaded.companion_files:  # config and tokenizer: OUT_DIR loads on its own
             art.copy_file(companion, companion.name)
-        art.write_json("report.json", report)
+        ctx.report = report.to_json()
+        art.write_json("report.json", ctx.report)
         from qconvert.report_html import render_html
 
-        art.write_text("report.html", render_html(report))
-        manifest["files"] = art.hashes()
-        art.write_json("qconvert.json", manifest)
+        art.write_text("report.html", render_html(ctx.report))
+        manifest = Manifest(**manifest_json(ctx), files=art.hashes())
+        ctx.manifest = manifest.to_json()
+        art.write_json("qconvert.json", ctx.manifest)
         art.commit()
