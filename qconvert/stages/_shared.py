@@ -105,3 +105,13 @@ def float_nodes_note(float_nodes: list[str], provider: str) -> list[str]:
         f"{provider} runs in int8, so they run in float with a dequantize/quantize round "
         f"trip: {', '.join(float_nodes[:8])}{' ...' if len(float_nodes) > 8 else ''}"
     ]
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    """Op type -> node count of the graph at `path` (sorted by op type)."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))

@@ -7,11 +7,11 @@ import shlex
 from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from qconvert.artifacts import sha256_file
 from qconvert.results import Manifest, Report
+from qconvert.stages._shared import op_counts
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 
@@ -53,8 +53,8 @@ def report_json(ctx: ExportContext) -> dict[str, Any]:
         "data": ctx.data_flags,
         "fusions": ctx.fusions,
         "ops": {
-            "fp32": _op_counts(ctx.reference_path),
-            "model": _op_counts(ctx.model_path),
+            "fp32": op_counts(ctx.reference_path),
+            "model": op_counts(ctx.model_path),
             "float_between_qdq": ctx.float_nodes,
         },
         "notes": tuple(ctx.notes),
@@ -114,15 +114,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def _op_counts(path: Path) -> dict[str, int]:
-    import onnx
-
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 class WriteArtifacts(Stage[ExportContext]):
