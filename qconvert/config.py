@@ -446,6 +446,66 @@ class RunConfig:
     # first) get an isolated measurement (one quantization each)
     sensitivity_samples: int = DEFAULT_SENSITIVITY_SAMPLES
     sensitivity_isolated: int = DEFAULT_SENSITIVITY_ISOLATED
+    # --recover: accuracy-recovery steps (qconvert.recover.RECOVERY names), run in this order: `pre`
+    # steps before quantization, `post` steps after it
+    recover: tuple[str, ...] = ()
+
+    def to_argv(self, out_dir: Path) -> list[str]:
+        """The `qconvert export` command line that makes this run (the manifest's `command`)."""
+        config = self
+        parts = ["qconvert", "export"]
+        if config.source:
+            parts.append(config.source)
+        parts += ["--bits", str(config.bits), "--target", config.target]
+        for flag, value in (
+            ("--mode", config.mode),
+            ("--calibration", config.calibration),
+            ("--data", config.data),
+            ("--samples", config.samples),
+            ("--tolerance", config.tolerance),
+        ):
+            if value is not None:
+                parts += [flag, str(value)]
+        for flag, selectors in (("--exclude", config.exclude), ("--include", config.include)):
+            for selector in selectors:
+                parts += [flag, selector]
+        if config.bits == 4:
+            parts += ["--block-size", str(config.block_size), "--algorithm", config.weight_algorithm]
+        images = config.data_options
+        if images.image_size is not None:
+            parts += ["--image-size", "x".join(map(str, images.image_size))]
+        for flag, channel_values in (("--mean", images.mean), ("--std", images.std)):
+            if channel_values is not None:
+                parts += [flag, ",".join(map(str, channel_values))]
+        if images.layout != "nchw":
+            parts += ["--layout", images.layout]
+        if config.task is not None:
+            parts += ["--task", config.task]
+        text = config.data_options
+        if text.tokenizer is not None:
+            parts += ["--tokenizer", text.tokenizer]
+        if text.max_length is not None:
+            parts += ["--max-length", str(text.max_length)]
+        if text.padding != "max_length":
+            parts += ["--padding", text.padding]
+        if not text.truncation:
+            parts.append("--no-truncation")
+        if config.latency_batch != DEFAULT_LATENCY_BATCH:
+            parts += ["--latency-batch", str(config.latency_batch)]
+        if config.calibration_method != "minmax":
+            parts += ["--calibration-method", config.calibration_method]
+        for name, value in config.target_options:
+            parts += ["--target-option", f"{name}={value}"]
+        for name in config.recover:
+            parts += ["--recover", name]
+        if config.auto:
+            parts.append("--auto")
+            if config.auto_budget is not None:
+                parts += ["--auto-budget", str(config.auto_budget)]
+        for spec in config.inputs:
+            parts += ["--input", f"{spec.name}:{'x'.join(map(str, spec.shape))}:{spec.dtype}"]
+        parts += ["--opset", str(config.opset), "-o", str(out_dir)]
+        return parts
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -602,25 +602,19 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
     return SweepResult(out_dir, tuple(rows), recommendation, summary, time.perf_counter() - start)
 
 
+# SweepConfig fields that mean something else there (bits is a tuple; out_dir and force are the
+# sweep folder's) or do not exist on RunConfig
+_NOT_COPIED = frozenset({"bits", "out_dir", "force"})
+
+
 def _base_run_config(config: SweepConfig) -> RunConfig:
-    """The RunConfig every trial starts from (bits and mode are set per trial). Building it checks
-    the export settings (--calibration-method, --samples, --opset ...) before any work."""
+    """The RunConfig every trial starts from (each trial is `replace()` of it with its bits and
+    mode). Every export setting the sweep shares by name is taken over, so a new shared field needs
+    no edit here. Building it checks the export settings (--calibration-method, --samples, --opset
+    ...) before any work."""
+    shared = {f.name for f in fields(RunConfig)} & {f.name for f in fields(SweepConfig)}
     return RunConfig(
-        source=config.source,
-        bits=config.bits[0],
-        target=config.target,
-        calibration=config.calibration,
-        calibration_method=config.calibration_method,
-        samples=config.samples,
-        data=config.data,
-        data_options=config.data_options,
-        inputs=config.inputs,
-        task=config.task,
-        opset=config.opset,
-        tolerance=config.tolerance,
-        target_options=config.target_options,
-        latency_repeats=config.latency_repeats,
-        latency_batch=config.latency_batch,
+        **{name: getattr(config, name) for name in sorted(shared - _NOT_COPIED)}, bits=config.bits[0]
     )
 
 

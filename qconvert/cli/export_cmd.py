@@ -136,6 +136,13 @@ def export(
         help="--bits 4: input channels per 4-bit block, each with its own scale and zero point (a power "
         "of two, 16 or more).",
     ),
+    recover: list[str] = typer.Option(
+        [],
+        "--recover",
+        help="Accuracy-recovery step to run, by name: before quantization (e.g. equalization) or after "
+        "it (e.g. bias correction). Repeatable or comma-separated; they run in the order given. An "
+        "unknown name lists the available ones.",
+    ),
     algorithm: WeightAlgorithm = typer.Option(
         "rtn",
         "--algorithm",
@@ -179,6 +186,7 @@ def export(
         auto_budget=auto_budget,
         block_size=block_size,
         weight_algorithm=algorithm.value,
+        recover=tuple(name.strip() for value in recover for name in value.split(",") if name.strip()),
     )
     with ProgressView() as progress:
         result = run_export(config, progress=progress)

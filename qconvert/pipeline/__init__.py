@@ -1,16 +1,13 @@
-"""The order of the stages: source -> export -> prepare -> quantize -> target -> validate -> artifacts.
-
-This package is the only place that knows that order: `exporting.export` runs it for `qconvert
-export`, `gate.validate` checks an existing candidate for `qconvert validate`. Each stage is called
-with values and returns values; an unexpected exception inside one is reported as a bug in that
-stage (`_stages.stage`).
+"""The order of the stages: `exporting.EXPORT` is the order of `qconvert export` (its stages live in
+qconvert/stages/, run by `stages.base.run_stages`); `gate.validate` checks an existing candidate for
+`qconvert validate`. A failure names its stage and the stages before it.
 """
 
 from __future__ import annotations
 
-from qconvert.pipeline._stages import Progress, latency_feed, model_inputs
 from qconvert.pipeline.exporting import RunResult, default_out_dir, export, load_data
 from qconvert.pipeline.gate import ValidationRun, validate
+from qconvert.stages._shared import Progress, latency_feed, model_inputs
 
 __all__ = [
     "Progress",

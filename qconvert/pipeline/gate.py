@@ -23,7 +23,11 @@ from qconvert.errors import (
     ConfigError,
     QConvertError,
 )
-from qconvert.pipeline._stages import (
+from qconvert.quantize.bf16 import emulate_bf16
+from qconvert.quantize.float16 import emulate_fp16
+from qconvert.runtime import make_session
+from qconvert.sources import load_source
+from qconvert.stages._shared import (
     SMALL_HELDOUT,
     Progress,
     model_inputs,
@@ -31,11 +35,8 @@ from qconvert.pipeline._stages import (
     reference_outputs,
     stage,
 )
-from qconvert.quantize.bf16 import emulate_bf16
-from qconvert.quantize.float16 import emulate_fp16
-from qconvert.runtime import make_session
-from qconvert.sources import load_source
 from qconvert.validation import TokenOutputs, ValidationResult, evaluate
+from qconvert.validation.standin import emulation, not_here
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +339,7 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
         tolerance_from_files,
     )
     from qconvert.junit import render_junit
-    from qconvert.runtime import CPU, available, manifest_providers
+    from qconvert.runtime import CPU, manifest_providers
     from qconvert.validation import Check
 
     report_progress = progress or no_progress
@@ -428,11 +429,15 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
 
     providers = manifest_providers(out_dir, manifest) if out_dir is not None and manifest else [CPU]
     providers = providers or [CPU]
-    native = available(providers[0].name)
     quantization = (manifest or {}).get("quantization", {})
+    # the same decision export made: the manifest's target says whether this machine runs it as the
+    # target will (an arm64 graph on x86 runs its exact Q/DQ arithmetic, not x86's fused kernels)
+    why_not_here = not_here((manifest or {}).get("target", {}).get("name"), providers)
+    native = why_not_here is None
+    stand_in = emulation(quantization.get("mode"), bool(quantization.get("calibration_table")), why_not_here)
     with tempfile.TemporaryDirectory(prefix="qconvert-validate-") as work:
         checked = model_path
-        if quantization.get("mode") == "fp16" and not native:
+        if stand_in == "fp16":
             checked = emulate_fp16(
                 model_path, Path(work) / "fp16_emulated.onnx", quantization.get("external_data", False)
             )
@@ -440,7 +445,7 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
                 "fp16: no fp16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor "
                 "to fp16 where the fp16 graph produces it (overflow included)."
             )
-        if quantization.get("mode") == "bf16" and not native:
+        if stand_in == "bf16":
             checked = emulate_bf16(
                 model_path, Path(work) / "bf16_emulated.onnx", quantization.get("external_data", False)
             )
@@ -448,7 +453,7 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
                 "bf16: no bf16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor "
                 "to bfloat16 where the bf16 graph produces it."
             )
-        if quantization.get("calibration_table"):
+        if stand_in == "implicit":
             notes.append(
                 "implicit int8: model.onnx is the fp32 graph plus a calibration table, and that is what was "
                 "checked here; TensorRT quantizes it on the GPU. `qconvert export` measures an explicit Q/DQ "
@@ -478,7 +483,7 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
                 )
     if not native:
         notes.append(
-            f"{providers[0].name} is not installed here: the candidate ran on {candidate.used} with graph "
+            f"{why_not_here}: the candidate ran on {candidate.used} with graph "
             "optimizations off, so the graph's arithmetic runs as written."
         )
 

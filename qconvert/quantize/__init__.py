@@ -1,8 +1,11 @@
-"""Quantization methods, by mode. One module per method."""
+"""Quantization methods, by mode. One module per method; what each needs and honours is data here
+(`Method`), read by the pipeline instead of tests on the mode's name. Third-party methods register
+through the `qconvert.quantizers` entry-point group (see registry.load_plugins)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -43,12 +46,52 @@ def quantize_weights_only(
     return quantize(src, dest, qc, calibration, on_batch)
 
 
-QUANTIZERS: Registry[Quantizer] = Registry("quantization mode", "--mode")
-QUANTIZERS.register("static")(quantize_static_int8)
-QUANTIZERS.register("dynamic")(quantize_dynamic_int8)
-QUANTIZERS.register("fp16")(quantize_fp16)
-QUANTIZERS.register("bf16")(quantize_bf16)
-QUANTIZERS.register("weight-only")(quantize_weights_only)
-QUANTIZERS.register("implicit")(quantize_implicit_int8)
+@dataclass(frozen=True)
+class Method:
+    """A quantization method and its capabilities, as data. Called like the function it wraps."""
 
-__all__ = ["QUANTIZERS", "Quantizer"]
+    quantize: Quantizer
+    needs_calibration: bool = False  # refuses to run without calibration data
+    honours_exclude: bool = False  # takes QuantizeConfig.nodes_to_exclude (--exclude)
+    honours_include: bool = False  # takes QuantizeConfig.nodes_to_include (--include)
+    # per-layer sensitivity and --auto can re-quantize it with nodes excluded (an explicit Q/DQ graph)
+    supports_sensitivity: bool = False
+
+    def __call__(
+        self,
+        src: Path,
+        dest: Path,
+        qc: QuantizeConfig,
+        calibration: Dataset | None,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> Path:
+        return self.quantize(src, dest, qc, calibration, on_batch)
+
+
+def as_method(entry: object) -> Method:
+    """A plugin may register a Method or a bare quantizer function (then it declares no capabilities)."""
+    if isinstance(entry, Method):
+        return entry
+    if callable(entry):
+        return Method(entry)
+    raise TypeError(f"a quantizer plugin must be a qconvert.quantize.Method or a function, not {entry!r}")
+
+
+QUANTIZERS: Registry[Method] = Registry("quantization mode", "--mode")
+QUANTIZERS.register("static")(
+    Method(
+        quantize_static_int8,
+        needs_calibration=True,
+        honours_exclude=True,
+        honours_include=True,
+        supports_sensitivity=True,
+    )
+)
+QUANTIZERS.register("dynamic")(Method(quantize_dynamic_int8, honours_exclude=True, honours_include=True))
+QUANTIZERS.register("fp16")(Method(quantize_fp16, honours_exclude=True))
+QUANTIZERS.register("bf16")(Method(quantize_bf16))
+QUANTIZERS.register("weight-only")(Method(quantize_weights_only))
+QUANTIZERS.register("implicit")(Method(quantize_implicit_int8, needs_calibration=True))
+QUANTIZERS.plugins("qconvert.quantizers", as_method)
+
+__all__ = ["QUANTIZERS", "Method", "Quantizer"]

@@ -1,4 +1,5 @@
-"""Targets, by name. Adding a target is one module here plus one `TARGETS.register` line."""
+"""Targets, by name. Adding a target is one module here plus one `TARGETS.register` line; a third
+party registers one through the `qconvert.targets` entry-point group (registry.load_plugins)."""
 
 from __future__ import annotations
 
@@ -20,5 +21,6 @@ TARGETS.register(COREML_TARGET.name)(COREML_TARGET)
 TARGETS.register(ARM64.name)(ARM64)
 TARGETS.register(OPENVINO.name)(OPENVINO)
 TARGETS.register(QNN.name)(QNN)
+TARGETS.plugins("qconvert.targets")
 
 __all__ = ["TARGETS", "Options", "Provider", "Target", "TargetOption", "graph_violations", "has_qdq"]

@@ -1,0 +1,129 @@
+"""Typed, versioned results: `Report` (report.json) and `Manifest` (qconvert.json).
+
+Both are frozen, top-level typed records whose `to_json()` emits exactly the JSON the artifacts have
+always had, plus `schema_version`; `from_json()` reads it back (files from before versioning read as
+version 0) and refuses a newer schema than this qconvert knows. Nested entries (per-output metrics,
+latency rows, settings) stay JSON objects for now.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qconvert.errors import SourceError
+
+SCHEMA_VERSION = 1  # bump on any change a reader must know about; additions keep the version
+
+R = TypeVar("R", bound="_Record")
+
+
+class _Record:
+    """to_json / from_json for a frozen dataclass; `OPTIONAL` entries are left out when empty."""
+
+    OPTIONAL: frozenset[str] = frozenset()
+    FILE: str = ""
+    schema_version: int  # a field of every record
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema_version": self.schema_version}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name == "schema_version" or (f.name in self.OPTIONAL and not value):
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_json(cls: type[R], data: dict[str, Any]) -> R:
+        version = data.get("schema_version", 0)
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise SourceError(
+                f"{cls.FILE}: schema_version {version!r} is newer than this qconvert reads ({SCHEMA_VERSION}). "
+                "Upgrade qconvert, or re-export with this one."
+            )
+        names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        kwargs = {
+            k: (tuple(v) if isinstance(v, list) and k in cls._TUPLES else v)
+            for k, v in data.items()
+            if k in names
+        }
+        kwargs["schema_version"] = version
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise SourceError(
+                f"{cls.FILE}: missing entries ({e}). Give a file written by `qconvert export`."
+            ) from e
+
+    @classmethod
+    def load(cls: type[R], out_dir: Path) -> R:
+        path = Path(out_dir) / cls.FILE
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise SourceError(
+                f"{out_dir}: no {cls.FILE} here. Give a folder written by `qconvert export`."
+            ) from None
+        except ValueError as e:
+            raise SourceError(f"{path}: not valid JSON ({e}).") from e
+
+    _TUPLES: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Report(_Record):
+    """report.json: what `qconvert export` measured."""
+
+    passed: bool
+    target: str
+    bits: int
+    mode: str
+    validated_on: str
+    validation_exact_qdq: bool
+    stand_in: str | None  # implicit | fp16 | bf16: the graph validated instead of model.onnx
+    validation: dict[str, Any]
+    on_cpu_kernels: dict[str, Any] | None
+    export_fidelity: dict[str, Any]
+    accuracy: dict[str, Any] | None
+    size: dict[str, Any]
+    latency: dict[str, Any]
+    data: dict[str, bool]
+    fusions: dict[str, Any] | None
+    ops: dict[str, Any]
+    notes: tuple[str, ...]
+    recovery: tuple[dict[str, Any], ...] = ()  # --recover steps, in run order
+    sensitivity: dict[str, Any] | None = None  # per-layer blame (failed or --auto runs)
+    fallback: dict[str, Any] | None = None  # --auto's float fallback
+    schema_version: int = SCHEMA_VERSION
+
+    OPTIONAL = frozenset({"recovery", "sensitivity", "fallback"})
+    FILE = "report.json"
+    _TUPLES = frozenset({"notes", "recovery"})
+
+
+@dataclass(frozen=True)
+class Manifest(_Record):
+    """qconvert.json: everything needed to re-run and re-check the export."""
+
+    qconvert: str
+    created: str
+    command: str
+    source: dict[str, Any]
+    settings: dict[str, Any]
+    quantization: dict[str, Any]
+    export: dict[str, Any]
+    target: dict[str, Any]
+    providers: list[dict[str, Any]]
+    provider_paths_relative_to: str
+    validated_on: dict[str, Any]
+    data: dict[str, Any]
+    tolerance: list[str]
+    validation: dict[str, Any]
+    versions: dict[str, str]
+    files: dict[str, Any] = field(default_factory=dict)  # name -> sha256 (added when written)
+    schema_version: int = SCHEMA_VERSION
+
+    FILE = "qconvert.json"

@@ -1,0 +1,117 @@
+"""What the stages of both pipelines (export, validate) share: the progress callback, the stage guard, and
+how held-out data is fed and the original model's outputs obtained."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from qconvert.calibrate import Dataset, ModelInput
+from qconvert.errors import (
+    InternalError,
+    QConvertError,
+    TargetError,
+)
+
+if TYPE_CHECKING:
+    from qconvert.config import QuantizeConfig
+    from qconvert.sources import LoadedModel
+    from qconvert.targets import Provider, Target
+
+SMALL_HELDOUT = 100  # below this, say how coarse agreement and accuracy figures are
+
+
+# progress(stage, message, done, total): done/total are None for stages without a count
+Progress = Callable[[str, str, "int | None", "int | None"], None]
+
+
+def no_progress(stage: str, message: str, done: int | None = None, total: int | None = None) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def stage(name: str, progress: Progress, message: str) -> Iterator[None]:
+    progress(name, message, None, None)
+    try:
+        yield
+    except QConvertError:
+        raise
+    except Exception as e:
+        raise InternalError(f"unexpected failure in the {name!r} stage: {type(e).__name__}: {e}") from e
+
+
+@contextlib.contextmanager
+def in_folder(folder: Path) -> Iterator[None]:
+    """Run with the process's directory at `folder`: onnxruntime's symbolic shape inference, when it
+    fails, dumps sym_shape_infer_temp.onnx and a UUID-named .data file into the current directory
+    (also from inside the transformer optimizer), and a run writes nothing outside OUT_DIR and its
+    temporary folder."""
+    import os
+
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def model_inputs(loaded: LoadedModel) -> list[ModelInput]:
+    return [
+        ModelInput(name, dims, str(example.dtype))
+        for name, dims, example in zip(
+            loaded.input_names, loaded.input_dims, loaded.example_inputs, strict=True
+        )
+    ]
+
+
+def latency_feed(data: Dataset, batch: int) -> dict[str, np.ndarray]:
+    """Exactly `batch` held-out samples (repeated in order when there are fewer) for timing."""
+    index = np.arange(batch) % len(data)
+    return {name: values[index] for name, values in data.feeds.items()}
+
+
+def reference_outputs(loaded: LoadedModel, data: Dataset, fp32_out: list[np.ndarray]) -> list[np.ndarray]:
+    """The original model's outputs: PyTorch itself for torch sources, else the fp32 ONNX."""
+    if not loaded.is_torch:
+        return fp32_out
+    parts = [loaded.run_torch(batch) for batch in data.batches(256)]
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+
+def check_target_rules(
+    target: Target, qc: QuantizeConfig, model_path: Path, providers: list[Provider]
+) -> list[str]:
+    """Raise TargetError when the graph or the provider options break the target's rules; return
+    the nodes the provider would run in float between Q/DQ pairs."""
+    import onnx
+
+    quantized = onnx.load(str(model_path))
+    problems = target.graph_violations(quantized, qc) + target.provider_violations(quantized, providers)
+    if problems:
+        raise TargetError(f"the quantized graph breaks the {target.name} rules: " + "; ".join(problems[:10]))
+    return target.float_nodes(quantized)
+
+
+def float_nodes_note(float_nodes: list[str], provider: str) -> list[str]:
+    if not float_nodes:
+        return []
+    return [
+        f"{len(float_nodes)} node(s) sit between Q/DQ pairs but are not among the ops "
+        f"{provider} runs in int8, so they run in float with a dequantize/quantize round "
+        f"trip: {', '.join(float_nodes[:8])}{' ...' if len(float_nodes) > 8 else ''}"
+    ]
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    """Op type -> node count of the graph at `path` (sorted by op type)."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))

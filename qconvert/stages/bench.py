@@ -1,0 +1,51 @@
+"""TimeAgainstFp32: latency of model.onnx against the fp32 export, interleaved, and both sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from qconvert.artifacts import onnx_size
+from qconvert.benchmark import interleaved_latency
+from qconvert.runtime import make_session
+from qconvert.stages._shared import latency_feed
+from qconvert.stages.base import Stage
+from qconvert.stages.context import ExportContext
+
+
+class TimeAgainstFp32(Stage[ExportContext]):
+    name = "benchmark"
+    needs = ("reference_path", "model_path", "checked_path", "providers", "all_int8_path")
+    gives = ("lat", "bench_provider", "sizes")
+
+    def message(self, ctx: ExportContext) -> str:
+        return "measuring latency against fp32 (interleaved)"
+
+    def run(self, ctx: ExportContext) -> None:
+        config, providers = ctx.config, ctx.providers
+        batch = latency_feed(ctx.heldout, config.latency_batch)
+        fp32_bench = make_session(ctx.reference_path, providers)
+        # a bf16 graph does not load without bf16 kernels: time its stand-in (the notes say that
+        # latency here says nothing about the target's)
+        unloadable = ctx.qc.mode == "bf16" and ctx.not_here is not None
+        model_bench = make_session(ctx.checked_path if unloadable else ctx.model_path, providers)
+        runners: dict[str, Callable[[], object]] = {
+            "fp32": lambda: fp32_bench.inner.run(None, batch),
+            "model": lambda: model_bench.inner.run(None, batch),
+        }
+        if ctx.all_int8_path is not None:  # what keeping nodes in float cost, measured alongside
+            int8_bench = make_session(ctx.all_int8_path, providers)
+            runners["all_int8"] = lambda: int8_bench.inner.run(None, batch)
+        ctx.lat = lat = interleaved_latency(runners, repeats=config.latency_repeats)
+        ctx.bench_provider = model_bench.used
+        ctx.sizes = {"fp32_bytes": onnx_size(ctx.reference_path), "model_bytes": onnx_size(ctx.model_path)}
+        latency_ratio = lat["model"].p50_ms / lat["fp32"].p50_ms
+        if latency_ratio >= 1.0 and ctx.checked_path == ctx.model_path:
+            ctx.notes.append(
+                f"the quantized model is slower than fp32 on {model_bench.used} "
+                f"({latency_ratio:.2f}x fp32 latency at batch {config.latency_batch}): here, quantization "
+                "buys size, not speed"
+            )
+        if unloadable:
+            ctx.notes.append(
+                "bf16: model.onnx cannot run here, so the latency row times its fp32 stand-in on the CPU"
+            )

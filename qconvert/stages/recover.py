@@ -1,0 +1,131 @@
+"""Recover and Correct: the accuracy-recovery steps named by --recover (qconvert.recover.RECOVERY).
+
+Recover runs the `pre` steps on the prepared fp32 graph before Quantize (each step's output becomes
+the graph that is quantized); Correct runs the `post` steps on (fp32, model.onnx) after it. A step
+that does not apply to this run's format is skipped with its reason. Every step's notes, details and
+seconds go into report.json's `recovery` list, in run order.
+
+Each step gets a RecoveryInput whose `quantize` quantizes a candidate fp32 graph exactly as the run
+will (same QuantizeConfig, same calibration data), so a step can measure its effect.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from qconvert import artifacts
+from qconvert.calibrate import Dataset
+from qconvert.config import QuantizeConfig
+from qconvert.quantize import QUANTIZERS
+from qconvert.recover import RECOVERY, Recovery, RecoveryInput
+from qconvert.stages.base import Stage
+from qconvert.stages.context import ExportContext
+
+
+def run_quantizer(
+    qc: QuantizeConfig, calibration: Dataset | None, work: Path
+) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
+    """fp32 graph -> the graph this run's quantizer makes of it (files only under `work`)."""
+
+    def quantize(model: onnx.ModelProto) -> onnx.ModelProto:
+        with tempfile.TemporaryDirectory(prefix="candidate-", dir=work) as tmp:
+            src = artifacts.save_onnx(
+                onnx.ModelProto.FromString(model.SerializeToString()), Path(tmp) / "in.onnx"
+            )
+            dest = QUANTIZERS.get(qc.mode)(src, Path(tmp) / "out.onnx", qc, calibration, None)
+            return onnx.load(str(dest))
+
+    return quantize
+
+
+def _steps(names: tuple[str, ...], phase: str) -> list[Recovery]:
+    steps = [RECOVERY.get(name) for name in names]  # registered instances
+    return [step for step in steps if step.phase == phase]
+
+
+def _run(ctx: ExportContext, phase: str, quantized: Path | None) -> Path | None:
+    """Run the `phase` steps in order; the path of the last changed graph (None: nothing changed)."""
+    if not hasattr(ctx, "recovery"):
+        ctx.recovery, ctx.recovery_cache = [], {}
+    changed: Path | None = None
+    for i, step in enumerate(_steps(ctx.config.recover, phase)):
+        entry: dict[str, Any] = {"name": step.name, "phase": phase}
+        reason = step.why_not(ctx.qc)
+        if reason is not None:
+            ctx.recovery.append({**entry, "applied": False, "reason": reason})
+            ctx.notes.append(f"--recover {step.name} skipped: {reason}")
+            continue
+
+        def on_step(done: int, total: int, name: str = step.name) -> None:
+            ctx.progress("recover", f"--recover {name}", done, total)
+
+        inp = RecoveryInput(
+            ctx.qc,
+            ctx.calibration,
+            ctx.art.work,
+            on_step,
+            quantize=run_quantizer(ctx.qc, ctx.calibration, ctx.art.work),
+            cache=ctx.recovery_cache,
+        )
+        fp32 = onnx.load(str(ctx.prepared))
+        result = step(fp32, None if quantized is None else onnx.load(str(quantized)), inp)
+        ctx.recovery.append(
+            {
+                **entry,
+                "applied": True,
+                "changed": result.changed,
+                "notes": list(result.notes),
+                "details": result.details,
+                "seconds": result.seconds,
+            }
+        )
+        ctx.notes.extend(f"--recover {step.name}: {note}" for note in result.notes)
+        if result.changed:
+            dest = quantized or ctx.art.work / f"recovered-{i}-{step.name}.onnx"
+            changed = artifacts.save_onnx(result.model, dest, ctx.qc.external_data or None)
+            if quantized is None:
+                ctx.prepared = changed  # the next pre step, and Quantize, take this graph
+            else:
+                quantized = changed
+    return changed
+
+
+class Recover(Stage[ExportContext]):
+    """`pre` steps: fp32 -> fp32 before quantization."""
+
+    name = "recover"
+    needs = ("prepared", "qc", "calibration", "art")
+    gives = ("recovery",)
+
+    def message(self, ctx: ExportContext) -> str:
+        return "accuracy recovery before quantization: " + ", ".join(ctx.config.recover)
+
+    def skip(self, ctx: ExportContext) -> bool:
+        if not ctx.config.recover:
+            ctx.recovery = []
+            return True
+        return False
+
+    def run(self, ctx: ExportContext) -> None:
+        _run(ctx, "pre", None)
+
+
+class Correct(Stage[ExportContext]):
+    """`post` steps: (fp32, quantized) -> quantized, rewriting model.onnx."""
+
+    name = "correct"
+    needs = ("prepared", "model_path", "recovery")
+
+    def skip(self, ctx: ExportContext) -> bool:
+        return not _steps(ctx.config.recover, "post")
+
+    def message(self, ctx: ExportContext) -> str:
+        return "accuracy corrections after quantization"
+
+    def run(self, ctx: ExportContext) -> None:
+        _run(ctx, "post", ctx.model_path)

@@ -1,0 +1,143 @@
+"""WriteArtifacts: report.json, report.html, qconvert.json and the companions, then the atomic move."""
+
+from __future__ import annotations
+
+import platform
+import shlex
+from dataclasses import asdict
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from qconvert.artifacts import sha256_file
+from qconvert.results import Manifest, Report
+from qconvert.stages._shared import op_counts
+from qconvert.stages.base import Stage
+from qconvert.stages.context import ExportContext
+
+
+def report_json(ctx: ExportContext) -> dict[str, Any]:
+    """report.json: what was measured."""
+    return {
+        "passed": bool(ctx.validation),
+        "target": ctx.target.name,
+        "bits": ctx.config.bits,
+        "mode": ctx.qc.mode,
+        "validated_on": ctx.candidate.used,
+        "validation_exact_qdq": not ctx.candidate.optimized,
+        # the graph validation ran when it was not model.onnx: implicit (an explicit Q/DQ graph with
+        # the table's ranges), fp16 or bf16 (an fp32 graph rounding to that type)
+        "stand_in": None
+        if ctx.checked_path == ctx.model_path
+        else ("implicit" if ctx.qc.calibration_table else ctx.qc.mode),
+        "validation": ctx.validation.as_json(),
+        "on_cpu_kernels": None if ctx.on_cpu_kernels is None else ctx.on_cpu_kernels.as_json(),
+        "export_fidelity": ctx.fidelity.as_json()["outputs"],
+        "accuracy": None
+        if ctx.validation.accuracy is None
+        else {
+            "reference": ctx.validation.accuracy["reference"],
+            "fp32_onnx": ctx.fidelity.accuracy["candidate"] if ctx.fidelity.accuracy else None,
+            "model": ctx.validation.accuracy["candidate"],
+            "drop": ctx.validation.accuracy["drop"],
+            "samples": len(ctx.heldout),
+        },
+        "size": {**ctx.sizes, "ratio": ctx.sizes["model_bytes"] / ctx.sizes["fp32_bytes"]},
+        "latency": {
+            "provider": ctx.bench_provider,
+            "batch": ctx.config.latency_batch,
+            "fp32": ctx.lat["fp32"].as_json(),
+            "model": ctx.lat["model"].as_json(),
+            "ratio_p50": ctx.lat["model"].p50_ms / ctx.lat["fp32"].p50_ms,
+        },
+        "data": ctx.data_flags,
+        "fusions": ctx.fusions,
+        "ops": {
+            "fp32": op_counts(ctx.reference_path),
+            "model": op_counts(ctx.model_path),
+            "float_between_qdq": ctx.float_nodes,
+        },
+        "notes": tuple(ctx.notes),
+    }
+
+
+def manifest_json(ctx: ExportContext) -> dict[str, Any]:
+    """qconvert.json: everything needed to re-run and re-check (`files` is added when written)."""
+    return {
+        "qconvert": _versions()["qconvert"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(ctx.config.to_argv(ctx.out_dir)),
+        "source": {
+            "origin": ctx.loaded.origin,
+            "kind": ctx.loaded.kind,
+            "files": [{"path": str(p), "sha256": sha256_file(p)} for p in ctx.loaded.files],
+            "inputs": [asdict(i) for i in ctx.inputs],
+            "outputs": list(ctx.loaded.output_names),
+            "task": ctx.loaded.task,
+            "token_outputs": ctx.loaded.token_outputs,
+        },
+        "settings": {**asdict(ctx.config), "out_dir": str(ctx.out_dir), "mode": ctx.mode},
+        "quantization": {
+            **asdict(ctx.qc),
+            "forbidden_ops": sorted(ctx.qc.forbidden_ops),
+            "keep_fp32_ops": sorted(ctx.qc.keep_fp32_ops),
+        },
+        "export": {
+            "exporter": ctx.exported.exporter,
+            "fallback_reason": ctx.exported.fallback_reason,
+            "opset": ctx.exported.opset,
+        },
+        "target": {"name": ctx.target.name, "options": ctx.opts, "facts": ctx.target.facts()},
+        "providers": [p.as_json() for p in ctx.providers],
+        "provider_paths_relative_to": "this folder",
+        "validated_on": {"provider": ctx.candidate.used, "exact_qdq": not ctx.candidate.optimized},
+        "data": {
+            "calibration": None
+            if ctx.calibration is None
+            else {"origin": ctx.calibration.origin, "samples": len(ctx.calibration)},
+            "validation": {"origin": ctx.heldout.origin, "samples": len(ctx.heldout)},
+        },
+        "tolerance": [b.describe() for b in ctx.tolerance.bounds],
+        "validation": {
+            "passed": bool(ctx.validation),
+            "failures": [c.describe() for c in ctx.validation.failures],
+        },
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("qconvert", "torch", "onnx", "onnxruntime", "onnxscript", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+class WriteArtifacts(Stage[ExportContext]):
+    name = "write"
+    needs = ("validation", "lat", "sizes", "fallback_json", "recovery")
+    gives = ("report", "manifest")
+
+    def run(self, ctx: ExportContext) -> None:
+        blame = ctx.blame
+        report = Report(
+            **report_json(ctx),
+            recovery=tuple(ctx.recovery),
+            sensitivity=None if blame is None else blame.sensitivity,
+            fallback=None if blame is None else ctx.fallback_json,
+        )
+        art = ctx.art
+        for companion in ctx.loaded.companion_files:  # config and tokenizer: OUT_DIR loads on its own
+            art.copy_file(companion, companion.name)
+        ctx.report = report.to_json()
+        art.write_json("report.json", ctx.report)
+        from qconvert.report_html import render_html
+
+        art.write_text("report.html", render_html(ctx.report))
+        manifest = Manifest(**manifest_json(ctx), files=art.hashes())
+        ctx.manifest = manifest.to_json()
+        art.write_json("qconvert.json", ctx.manifest)
+        art.commit()

@@ -1,0 +1,71 @@
+"""results.py: Report and Manifest round-trip through JSON and carry a schema version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qconvert.errors import SourceError
+from qconvert.results import SCHEMA_VERSION, Manifest, Report
+
+REPORT: dict[str, Any] = {
+    "passed": True,
+    "target": "cpu",
+    "bits": 8,
+    "mode": "static",
+    "validated_on": "CPUExecutionProvider",
+    "validation_exact_qdq": False,
+    "stand_in": None,
+    "validation": {"passed": True, "outputs": {"logits": {"cosine": 0.999}}},
+    "on_cpu_kernels": None,
+    "export_fidelity": {"logits": {"cosine": 1.0}},
+    "accuracy": None,
+    "size": {"fp32_bytes": 100, "model_bytes": 30, "ratio": 0.3},
+    "latency": {"provider": "CPUExecutionProvider", "ratio_p50": 0.8},
+    "data": {"calibration_random": False, "validation_random": False},
+    "fusions": None,
+    "ops": {"fp32": {"Conv": 2}, "model": {"QuantizeLinear": 3}, "float_between_qdq": []},
+    "notes": ["a note"],
+}
+
+
+def test_report_round_trips_and_leaves_out_empty_optional_entries() -> None:
+    report = Report.from_json({**REPORT, "schema_version": SCHEMA_VERSION})
+    assert report.notes == ("a note",) and report.recovery == ()
+    out = report.to_json()
+    assert out == {"schema_version": SCHEMA_VERSION, **REPORT}
+    assert "recovery" not in out and "sensitivity" not in out and "fallback" not in out
+    assert Report.from_json(json.loads(json.dumps(out))) == report
+
+
+def test_report_keeps_recovery_sensitivity_and_fallback_when_present() -> None:
+    steps = ({"name": "x", "phase": "pre", "notes": ["n"]},)
+    report = Report(**{**REPORT, "notes": ("a note",)}, recovery=steps, sensitivity={"available": False})
+    out = report.to_json()
+    assert out["recovery"] == list(steps) and out["sensitivity"] == {"available": False}
+    assert Report.from_json(out).recovery == steps
+
+
+def test_files_from_before_versioning_read_as_version_0() -> None:
+    assert Report.from_json(REPORT).schema_version == 0
+
+
+def test_a_newer_schema_is_refused_with_what_to_do() -> None:
+    with pytest.raises(SourceError, match="schema_version 99 is newer than this qconvert reads"):
+        Report.from_json({**REPORT, "schema_version": SCHEMA_VERSION + 98})
+
+
+def test_a_report_with_missing_entries_is_a_source_error() -> None:
+    with pytest.raises(SourceError, match=r"report\.json: missing entries"):
+        Report.from_json({"passed": True})
+
+
+def test_manifest_load_reads_an_out_dir(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"no qconvert\.json here"):
+        Manifest.load(tmp_path)
+    (tmp_path / "qconvert.json").write_text("{not json")
+    with pytest.raises(SourceError, match="not valid JSON"):
+        Manifest.load(tmp_path)
