@@ -154,3 +154,14 @@ def test_nothing_to_equalize(tmp_path: Path) -> None:
     fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     result = Equalize()(fp32, None, RecoveryInput(qc=_qc(), calibration=None, work=tmp_path))
     assert not result.changed and "no Conv/Gemm/MatMul pair" in result.notes[0]
+
+
+def test_relu6_bound_mode_is_exact(tmp_path: Path) -> None:
+    """relu6="bound" equalizes across Clip(0, 6) by rewriting it as Min(Relu(x), 6 / s) per channel."""
+    fp32 = _chain(imbalance=4.0, activation="Clip")
+    result = Equalize(relu6="bound")(fp32, None, RecoveryInput(qc=_qc(), calibration=None, work=tmp_path))
+    assert result.changed and result.details["equalized"] == 2
+    assert [n.op_type for n in result.model.graph.node].count("Min") == 2
+    held = _x(2, 32) * 4  # large enough that the 6 bound is hit
+    ref = _run(fp32, held)
+    np.testing.assert_allclose(_run(result.model, held), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
