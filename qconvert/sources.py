@@ -429,8 +429,12 @@ def _load_torch_archive(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedMode
             input_names=tuple(s.name for s in inputs),
         )
     if kind == "exported-program":
+        from qconvert.trust import check_torch_archive, weights_only_loads
+
+        check_torch_archive(path)  # no pickle in it may run code; torch.export.load would run it
         try:
-            program = torch.export.load(str(path))
+            with weights_only_loads():
+                program = torch.export.load(str(path))
         except Exception as e:
             raise SourceError(f"SOURCE {path}: cannot load this torch.export archive: {e}") from e
         user_inputs = set(program.graph_signature.user_inputs)

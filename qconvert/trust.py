@@ -1,0 +1,182 @@
+"""What qconvert trusts, in one place: nothing a model file or an artifact folder says is executed,
+and an artifact is measured only once every file its manifest records has been verified.
+
+- `check_torch_archive` reads every pickle inside a `torch.export` archive (`.pt2`) opcode by
+  opcode, without running it, and refuses the archive unless each one only rebuilds plain tensors
+  and containers; compiled code (AOTInductor) and pickled Python objects are refused outright.
+- `data_named_by_manifest` keeps `validate` from importing a `file.py:fn` an artifact's manifest
+  names: only callables given on the command line run.
+- `verify_artifact` checks the SHA-256 of every file qconvert.json records and returns the
+  manifest's own SHA-256 (for a signature or a CI log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import pickletools
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any  # noqa: F401
+
+from qconvert.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+# --- pickles inside torch archives -----------------------------------------------------------------
+
+# The globals a pickle of plain tensors, parameters and containers refers to (what torch.save writes for
+# a tensor, a dict or a tuple of them). Calling any of these builds data; none runs user code.
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor_v3"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("_codecs", "encode"),  # how protocol 2 writes a bytes object
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+}
+_DTYPES = {
+    "float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "bool",
+    "complex64", "complex128", "float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64",
+}  # fmt: skip
+_STRING_OPS = {
+    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING",
+}  # fmt: skip
+_MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
+_MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
+_CODE_SUFFIXES = (".so", ".dll", ".dylib", ".pyd", ".py", ".pyc", ".cpp", ".cubin", ".o")
+_MAX_NESTING = 3
+
+
+def _global_name(module: str, name: str) -> str:
+    return f"{'builtins' if module == '__builtin__' else module}.{name}"
+
+
+def _safe_global(module: str, name: str) -> bool:
+    module = "builtins" if module == "__builtin__" else module
+    if (module, name) in _SAFE_GLOBALS:
+        return True
+    return module == "torch" and (name.endswith("Storage") or name in _DTYPES)
+
+
+def unsafe_globals(data: bytes) -> list[str]:
+    """The globals (module.name) a pickle refers to that are not plain-tensor builders, read opcode by
+    opcode without executing anything. A global whose name cannot be read statically counts as unsafe.
+    A stream that stops parsing is read up to that point (pickle would have failed there too)."""
+    found: list[str] = []
+    strings: list[str | None] = []  # what the last ops pushed, for STACK_GLOBAL
+    memo: dict[int, str | None] = {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            name = op.name
+            if name in _STRING_OPS:
+                strings.append(arg if isinstance(arg, str) else bytes(arg or b"").decode("latin-1"))
+            elif name == "MEMOIZE":
+                memo[len(memo)] = strings[-1] if strings else None
+            elif name in _MEMO_PUT:
+                memo[int(arg or 0)] = strings[-1] if strings else None
+            elif name in _MEMO_GET:
+                strings.append(memo.get(int(arg or 0)))
+            elif name in ("GLOBAL", "INST"):
+                module, _, attr = str(arg).partition(" ")
+                if not _safe_global(module, attr):
+                    found.append(_global_name(module, attr))
+                strings.clear()
+            elif name == "STACK_GLOBAL":
+                module_s, attr_s = (strings[-2], strings[-1]) if len(strings) >= 2 else (None, None)
+                if module_s is None or attr_s is None or not _safe_global(module_s, attr_s):
+                    found.append(_global_name(module_s or "?", attr_s or "?"))
+                strings.clear()
+            elif name.startswith("EXT"):
+                found.append(f"copyreg extension {arg}")
+            elif name not in ("PROTO", "FRAME", "MARK"):
+                strings.clear()
+    except (ValueError, EOFError, KeyError, UnicodeDecodeError):
+        pass
+    return found
+
+
+def _raw_payloads(z: zipfile.ZipFile) -> set[str]:
+    """Members a .pt2 declares as raw tensor bytes (use_pickle false): torch never unpickles them."""
+    raw: set[str] = set()
+    for name in z.namelist():
+        if not name.endswith("_config.json") or "/data/" not in f"/{name}":
+            continue
+        try:
+            config = json.loads(z.read(name)).get("config", {})
+        except (ValueError, AttributeError):
+            continue
+        for entry in config.values() if isinstance(config, dict) else ():
+            if isinstance(entry, dict) and entry.get("use_pickle") is False and entry.get("path_name"):
+                raw.add(f"{Path(name).parent.as_posix()}/{entry['path_name']}")
+    return raw
+
+
+def _scan_zip(z: zipfile.ZipFile, label: str, depth: int) -> None:
+    raw = _raw_payloads(z)
+    for info in z.infolist():
+        member = info.filename
+        where = f"{label}: member {member}"
+        if member.lower().endswith(_CODE_SUFFIXES) or "aotinductor" in member.lower():
+            raise SourceError(
+                f"{where} is compiled or Python code, and qconvert never runs code from a model file. "
+                "Save the program with torch.export.save(...) without AOTInductor packaging."
+            )
+        if Path(member).name.startswith("custom_obj"):
+            raise SourceError(
+                f"{where} is a pickled Python object, not a tensor; qconvert loads only tensors from a .pt2. "
+                "Export a module whose constants are tensors."
+            )
+        if member in raw or info.is_dir():
+            continue
+        with z.open(info) as f:
+            head = f.read(4)
+        if head.startswith(b"PK\x03\x04"):
+            if depth >= _MAX_NESTING:
+                raise SourceError(f"{where}: archives nested more than {_MAX_NESTING} deep; refused.")
+            with z.open(info) as f:
+                inner: IO[bytes] = io.BytesIO(f.read())
+            with zipfile.ZipFile(inner) as nested:
+                _scan_zip(nested, f"{label}: {member}", depth + 1)
+        elif member.endswith(".pkl") or head[:1] == b"\x80":
+            bad = unsafe_globals(z.read(info))
+            if bad:
+                raise SourceError(
+                    f"{where} is a pickle that would call {', '.join(sorted(set(bad))[:5])} when loaded, "
+                    "and qconvert never runs code from a model file (torch.export.load would). Only "
+                    "archives whose pickles hold plain tensors and containers are loaded. Re-save the "
+                    "program with torch.export.save(...) from a trusted model, or give path/file.py:factory."
+                )
+
+
+def check_torch_archive(path: Path) -> None:
+    """Refuse a torch.export archive that could run code when torch loads it (SourceError, exit 2)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            _scan_zip(z, f"SOURCE {path}", 0)
+    except zipfile.BadZipFile as e:
+        raise SourceError(f"SOURCE {path}: not a readable torch.export archive ({e}).") from e
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """While inside, every torch.load is weights-only even where the caller asks for a full unpickle
+    (torch honours TORCH_FORCE_WEIGHTS_ONLY_LOAD): a second guard behind `check_torch_archive`."""
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
