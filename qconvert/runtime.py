@@ -111,7 +111,11 @@ def manifest_providers(out_dir: Path, manifest: dict[str, Any]) -> list[Provider
     """The manifest's providers, in priority order, with path options made absolute (they are
     stored relative to the artifact folder): `*_path` (TensorRT's caches) and `*_dir` (OpenVINO's
     `cache_dir`)."""
+    from qconvert.trust import check_provider_options
+
     base = Path(out_dir).resolve()
+    for p in manifest.get("providers", []):  # never an option that loads a library
+        check_provider_options(Path(out_dir) / MANIFEST, str(p.get("name")), p.get("options", {}))
     return [
         Provider(
             p["name"],

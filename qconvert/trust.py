@@ -20,8 +20,9 @@ import os
 import pickletools
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any  # noqa: F401
+from typing import IO, Any
 
 from qconvert.errors import SourceError
 
@@ -180,3 +181,102 @@ def weights_only_loads() -> Iterator[None]:
             os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
         else:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+
+
+# --- what validate takes from a manifest ----------------------------------------------------------
+
+
+def data_named_by_manifest(spec: str, key: str) -> Path | None:
+    """The data file a manifest's `settings.<key>` names, or None where it names code (`file.py:fn`,
+    `pkg.mod:fn`): a manifest is someone else's file, and only callables given on the command line run."""
+    from qconvert.calibrate.python_source import is_callable_spec
+
+    if is_callable_spec(str(spec)):
+        flag = "--data" if key == "data" else "--calibration-data"
+        log.warning(
+            "qconvert.json names code for its %s data (%s); validate never runs code an artifact names, so it "
+            "is not used. Pass %s to give the data yourself.",
+            key,
+            spec,
+            flag,
+        )
+        return None
+    return Path(spec)
+
+
+# Provider options that make onnxruntime load a shared library: never taken from a manifest.
+_LIBRARY_OPTION_WORDS = ("plugin", "library", "lib_path", "custom_op", ".so", ".dll", ".dylib")
+
+
+def check_provider_options(where: Path, name: str, options: dict[str, Any]) -> None:
+    """Refuse manifest provider options that would load native code (a TensorRT plugin library, a
+    custom-op library): they are code the artifact names."""
+    for key, value in options.items():
+        text = f"{key}={value}".lower()
+        if any(word in text for word in _LIBRARY_OPTION_WORDS):
+            raise SourceError(
+                f"{where}: the manifest asks {name} to load a library ({key}={value}); qconvert never loads "
+                "code an artifact names. Remove the option from qconvert.json, or re-export."
+            )
+
+
+# --- verifying an artifact folder ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verified:
+    """An artifact whose recorded hashes all held: the manifest's own SHA-256 and how many files."""
+
+    manifest_sha256: str
+    files: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"manifest_sha256": self.manifest_sha256, "verified_files": self.files}
+
+    def note(self) -> str:
+        return (
+            f"qconvert.json sha256 {self.manifest_sha256}: the {self.files} files it records match their "
+            "SHA-256 (sign or pin this hash to pin the whole artifact)"
+        )
+
+
+def _recorded_file(out_dir: Path, rel: object, manifest_path: Path) -> Path:
+    text = str(rel)
+    parts = Path(text).parts
+    if not text or Path(text).is_absolute() or ".." in parts:
+        raise SourceError(
+            f"{manifest_path}: records a file outside its folder ({text}); refused. Re-export the artifact."
+        )
+    path = out_dir / text
+    if path.is_symlink() or (path.exists() and out_dir.resolve() not in path.resolve().parents):
+        raise SourceError(f"{path}: a link out of the artifact folder; refused. Re-export the artifact.")
+    return path
+
+
+def verify_artifact(out_dir: Path, manifest: dict[str, Any]) -> Verified:
+    """Check every SHA-256 the manifest records (model.onnx among them) before anything is measured;
+    a missing, swapped or edited file is SourceError (exit 2) naming it."""
+    from qconvert.artifacts import sha256_file
+
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / "qconvert.json"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "model.onnx" not in files:
+        raise SourceError(
+            f"{manifest_path}: records no SHA-256 for model.onnx, so the artifact cannot be verified. "
+            "Give a folder written by `qconvert export`, or validate the .onnx file with --reference."
+        )
+    for rel, expected in files.items():
+        path = _recorded_file(out_dir, rel, manifest_path)
+        if not path.is_file():
+            raise SourceError(
+                f"{path}: recorded in {manifest_path} but missing; the artifact is incomplete. Re-export it, "
+                "or copy the whole folder."
+            )
+        if sha256_file(path) != str(expected):
+            raise SourceError(
+                f"{path}: does not match the SHA-256 recorded in {manifest_path}; the file was changed or "
+                "swapped after export. Nothing was measured. Re-export, or validate the file on its own "
+                "(CANDIDATE.onnx --reference ...)."
+            )
+    return Verified(sha256_file(manifest_path), len(files))
