@@ -7,6 +7,7 @@ pickle is loaded weights-only, so it can never run code; a full pickled module i
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -183,7 +184,10 @@ def _import_factory_module(
         path = Path(where)
         if not path.is_file():
             raise error(f"{label} {source}: no such file {where}. Check the path before the ':'.")
-        mod_name = f"_qconvert_source_{abs(hash(str(path.resolve())))}"
+        # a name fixed by the file's path (not hash(), which changes every process): it lands in the
+        # exported graph's node metadata, and the same inputs must give the same model.onnx bytes
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+        mod_name = f"_qconvert_source_{digest}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         if spec is None or spec.loader is None:
             raise error(f"{label} {source}: {where} cannot be imported as a Python file.")
