@@ -89,6 +89,7 @@ def check_output_dir(out_dir: Path, force: bool, inputs: Iterable[Path] = ()) ->
     out = out_dir.resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out_dir}: exists and is a file, not a folder. Choose another -o.")
+    check_writable_parent(out_dir)
     if out.exists() and not force:
         raise ConfigError(
             f"-o {out_dir}: the output folder already exists. Pass --force to replace it, or choose "
@@ -101,6 +102,26 @@ def check_output_dir(out_dir: Path, force: bool, inputs: Iterable[Path] = ()) ->
                 f"-o {out_dir}: the input {given} lies inside the output folder and would be lost when "
                 "it is replaced. Choose an -o outside it."
             )
+
+
+def check_writable_parent(out_dir: Path, flag: str = "-o") -> None:
+    """Refuse an output path that cannot be created: an ancestor is a file, or the nearest existing
+    folder cannot be written (read-only, no permission). Probed by making and removing a folder, which
+    is what the run will do, so it holds for root and read-only file systems alike."""
+    out = Path(out_dir).resolve()
+    existing = next(p for p in out.parents if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{flag} {out_dir}: {existing} is a file, not a folder, so nothing can be written under it. "
+            f"Choose another {flag}."
+        )
+    try:
+        Path(tempfile.mkdtemp(prefix=".qconvert-probe-", dir=existing)).rmdir()
+    except OSError as e:
+        raise ConfigError(
+            f"{flag} {out_dir}: cannot write in {existing} ({e.strerror or e}). Choose an {flag} in a folder "
+            "you can write to."
+        ) from None
 
 
 class ArtifactDir:

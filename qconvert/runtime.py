@@ -104,6 +104,9 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
         manifest: dict[str, Any] = json.loads(path.read_text())
     except ValueError as e:
         raise SourceError(f"{path}: not valid JSON ({e}).") from e
+    from qconvert.trust import check_manifest
+
+    check_manifest(path, manifest)
     return manifest
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from qconvert.errors import SourceError
+from qconvert.errors import CalibrationError, ConfigError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -280,3 +280,141 @@ def verify_artifact(out_dir: Path, manifest: dict[str, Any]) -> Verified:
                 "(CANDIDATE.onnx --reference ...)."
             )
     return Verified(sha256_file(manifest_path), len(files))
+
+
+# --- sizes checked before anything is allocated ----------------------------------------------------
+
+# One example input qconvert builds from --input (zeros, to trace the model) may not exceed this.
+MAX_EXAMPLE_BYTES = 1 << 31
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def check_input_shape(text: str, shape: tuple[int, ...], dtype: str) -> None:
+    """Refuse an --input whose example tensor could not sensibly be built (ConfigError, exit 2)."""
+    import numpy as np
+
+    size = int(np.prod([int(d) for d in shape], dtype=object)) * np.dtype(dtype).itemsize
+    if size > MAX_EXAMPLE_BYTES:
+        raise ConfigError(
+            f"--input {text!r}: one example input of this shape is {_human(size)} ({dtype}); qconvert builds "
+            f"it to trace the model, and the limit is {_human(MAX_EXAMPLE_BYTES)}. Give the shape of one "
+            "small batch (the batch axis is exported as dynamic), e.g. NAME:1x3x224x224."
+        )
+
+
+def _declared_bytes(f: IO[bytes]) -> tuple[int, tuple[int, ...], str]:
+    import numpy as np
+    from numpy.lib import format as npformat
+
+    version = npformat.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = npformat.read_array_header_1_0(f)
+    else:
+        shape, _, dtype = npformat.read_array_header_2_0(f)
+    count = int(np.prod([int(d) for d in shape], dtype=object)) if shape else 1
+    return count * np.dtype(dtype).itemsize, tuple(shape), str(dtype)
+
+
+def check_array_headers(path: Path, where: str) -> None:
+    """Refuse a .npy / .npz whose array headers declare more data than the file holds (a truncated or
+    crafted file would otherwise make numpy allocate what the header says, terabytes included)."""
+    members: list[tuple[str, int, io.BytesIO]] = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                for info in z.infolist():
+                    if info.filename.endswith(".npy"):
+                        with z.open(info) as f:
+                            head = io.BytesIO(f.read(1 << 16))
+                        members.append((info.filename, info.file_size, head))
+        else:
+            with Path(path).open("rb") as f:
+                members.append((Path(path).name, Path(path).stat().st_size, io.BytesIO(f.read(1 << 16))))
+        for name, stored, head in members:
+            declared, shape, dtype = _declared_bytes(head)
+            if declared > stored - head.tell():
+                raise CalibrationError(
+                    f"{where}: array {name} declares shape {list(shape)} ({dtype}, {_human(declared)}) but "
+                    f"the file holds {_human(stored)}; it is truncated or malformed. Re-save it with numpy."
+                )
+    except (ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise CalibrationError(f"{where}: cannot read {Path(path).name}'s array headers ({e}).") from e
+
+
+def check_manifest(path: Path, manifest: object) -> None:
+    """Refuse a qconvert.json that is not a manifest qconvert wrote (`{}`, a list, another tool's)."""
+    required = {"qconvert": str, "providers": list, "files": dict, "source": dict}
+    missing = [
+        k
+        for k, kind in required.items()
+        if not isinstance(manifest, dict) or not isinstance(manifest.get(k), kind)
+    ]
+    if not missing and isinstance(manifest, dict) and not isinstance(manifest["source"].get("inputs"), list):
+        missing = ["source.inputs"]
+    if missing:
+        raise SourceError(
+            f"{path}: not a qconvert manifest (no {', '.join(missing)}). Give a folder written by "
+            "`qconvert export`, whose qconvert.json it wrote."
+        )
+
+
+def _vocab_sizes(model_path: Path) -> dict[str, int]:
+    """Graph inputs used as Gather indices into a constant table (an embedding): input -> table rows.
+    The table is found through DequantizeLinear / Cast / Identity, so quantized graphs count too."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    graph = model.graph
+    rows = {t.name: int(t.dims[0]) for t in graph.initializer if len(t.dims) >= 1}
+    producers = {o: n for n in graph.node for o in n.output}
+    inputs = {i.name for i in graph.input} - set(rows)
+    found: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in inputs:
+            continue
+        attrs = {a.name: a.i for a in node.attribute}
+        if attrs.get("axis", 0) != 0:
+            continue
+        table = node.input[0]
+        for _ in range(4):
+            if table in rows or table not in producers:
+                break
+            producer = producers[table]
+            if producer.op_type not in ("DequantizeLinear", "Cast", "Identity"):
+                break
+            table = producer.input[0]
+        if table in rows:
+            found[node.input[1]] = min(rows[table], found.get(node.input[1], rows[table]))
+    return found
+
+
+def check_token_ids(model_path: Path, feeds: dict[str, Any], where: str) -> None:
+    """Refuse integer data outside the vocabulary of the embedding it indexes (CalibrationError, exit 2)
+    before the model runs on it: onnxruntime and torch would fail mid-run, or read out of bounds."""
+    import numpy as np
+
+    for name, rows in _vocab_sizes(Path(model_path)).items():
+        values = feeds.get(name)
+        if values is None or not np.issubdtype(np.asarray(values).dtype, np.integer) or not np.size(values):
+            continue
+        low, high = int(np.min(values)), int(np.max(values))
+        if low < 0 or high >= rows:
+            bad = high if high >= rows else low
+            raise CalibrationError(
+                f"{where}: input {name!r} holds token id {bad}, outside the model's vocabulary of {rows} "
+                f"(valid ids 0..{rows - 1}). Tokenize the data with the model's own tokenizer."
+            )
+
+
+def check_data_vocab(model_path: Path, *named: tuple[str, Any]) -> None:
+    """`check_token_ids` for each (flag, Dataset or None)."""
+    for flag, data in named:
+        if data is not None:
+            check_token_ids(model_path, data.feeds, f"{flag} {data.origin}")

@@ -21,8 +21,10 @@ def run(
     from qconvert.artifacts import write_npz
     from qconvert.calibrate import ModelInput, load_dataset
     from qconvert.runtime import make_session, manifest_providers, read_manifest
+    from qconvert.trust import verify_artifact
 
     manifest = read_manifest(out_dir)
+    verify_artifact(out_dir, manifest)  # run only the files the manifest records
     inputs = [ModelInput(i["name"], tuple(i["dims"]), i["dtype"]) for i in manifest["source"]["inputs"]]
     dataset = load_dataset(data, inputs, flag="--data")
     session = make_session(out_dir / "model.onnx", manifest_providers(out_dir, manifest))

@@ -56,6 +56,7 @@ from qconvert.quantize.selectors import node_infos, select
 from qconvert.runtime import make_session
 from qconvert.sources import LoadedModel, load_source
 from qconvert.targets import TARGETS, Provider, Target
+from qconvert.trust import check_data_vocab
 from qconvert.validation import TokenOutputs, ValidationResult, evaluate
 
 log = logging.getLogger(__name__)
@@ -556,6 +557,7 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
     with ArtifactDir(out_dir, force=config.force, inputs=user_files) as art:
         with stage("export", report_progress, "exporting to ONNX"):
             exported = onnx_from_torch(loaded, config.opset, art.work)
+        check_data_vocab(exported.path, ("--data", heldout), ("--calibration", calibration))
         large = artifacts.needs_external_data(onnx_size(exported.path))
         candidates = [replace(c, external_data=large) for c in candidates]
         qc = candidates[0]

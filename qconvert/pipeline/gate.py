@@ -340,7 +340,7 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
     )
     from qconvert.junit import render_junit
     from qconvert.runtime import CPU, available, manifest_providers
-    from qconvert.trust import verify_artifact
+    from qconvert.trust import check_data_vocab, verify_artifact
     from qconvert.validation import Check
 
     report_progress = progress or no_progress
@@ -414,6 +414,7 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
 
     with stage("load", report_progress, "reading the candidate and the data"):
         heldout = load_dataset(data_path, inputs, flag="--data", options=_artifact_tokenizer(config, out_dir))
+        check_data_vocab(model_path, ("--data", heldout))  # before anything runs on it
         notes.extend(
             _calibration_notes(
                 calib_path, bool(config.calibration_data), data_path, heldout, inputs, config.data_options
