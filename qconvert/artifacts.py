@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from qconvert.errors import ConfigError, Terminated
+from qconvert.trust import check_not_an_input
 
 if TYPE_CHECKING:
     import onnx
@@ -395,8 +396,7 @@ def write_npz(path: Path, arrays: dict[str, Any], force: bool = False, inputs: I
     path = Path(path)
     if path.suffix != ".npz":
         raise ConfigError(f"-o {path}: outputs are written as .npz; give a path ending in .npz.")
-    if any(path.resolve() == Path(p).resolve() for p in inputs):
-        raise ConfigError(f"-o {path}: that is an input file; choose another path.")
+    check_not_an_input(path, inputs, "-o")
     if path.exists() and not force:
         raise ConfigError(f"-o {path}: exists. Pass --force to replace it, or choose another path.")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -414,8 +414,7 @@ def write_npz(path: Path, arrays: dict[str, Any], force: bool = False, inputs: I
 def check_output_file(path: Path, force: bool, inputs: Iterable[Path] = (), flag: str = "-o") -> None:
     """Refuse to write `path` where it would overwrite an input, a folder, or (without `force`) a file."""
     path = Path(path)
-    if any(path.resolve() == Path(p).resolve() for p in inputs):
-        raise ConfigError(f"{flag} {path}: that is an input file; choose another path.")
+    check_not_an_input(path, inputs, flag)
     if path.is_dir():
         raise ConfigError(f"{flag} {path}: is a folder; give a file path.")
     if path.exists() and not force:

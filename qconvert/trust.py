@@ -418,3 +418,34 @@ def check_data_vocab(model_path: Path, *named: tuple[str, Any]) -> None:
     for flag, data in named:
         if data is not None:
             check_token_ids(model_path, data.feeds, f"{flag} {data.origin}")
+
+
+# --- never writing into what a command reads -------------------------------------------------------
+
+
+def read_folders(inputs: Any) -> list[Path]:
+    """The folders a command reads: each input that is a folder, and the artifact folder (one with a
+    qconvert.json) around each input file. No command writes any file inside them."""
+    folders: list[Path] = []
+    for given in inputs:
+        p = Path(given).resolve()
+        if p.is_dir():
+            folders.append(p)
+        elif p.is_file() and (p.parent / "qconvert.json").is_file():
+            folders.append(p.parent)
+    return folders
+
+
+def check_not_an_input(path: Path, inputs: Any, flag: str) -> None:
+    """Refuse an output file that is an input, or lies in a folder the command reads (ConfigError)."""
+    inputs = [Path(p) for p in inputs]
+    target = Path(path).resolve()
+    if any(target == p.resolve() for p in inputs):
+        raise ConfigError(f"{flag} {path}: that is an input file; choose another path.")
+    for folder in read_folders(inputs):
+        if folder in target.parents:
+            raise ConfigError(
+                f"{flag} {path}: lies inside {folder}, a folder this command reads (an input, or the artifact "
+                "folder of one), and qconvert never writes into what it reads, --force or not. Choose a path "
+                "outside it."
+            )

@@ -31,7 +31,7 @@ def run(
     if session.fell_back:
         err.print(f"[yellow]note:[/] {session.wanted} is not installed here; running on {session.used}.")
     results = dict(zip(session.output_names, session.run(dataset), strict=True))
-    target = write_npz(output, results, force=force, inputs=[Path(data)])
+    target = write_npz(output, results, force=force, inputs=[Path(data), out_dir])
     out.print(
         f"{len(dataset)} samples -> {target} ({', '.join(f'{k}{list(v.shape)}' for k, v in results.items())})"
     )
