@@ -78,9 +78,10 @@ def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None = None) 
 
 
 def onnx_files(path: Path) -> list[Path]:
-    """The model file and its external-data file, if it has one."""
-    data = path.with_name(f"{path.name}.data")
-    return [path, data] if data.exists() else [path]
+    """The model file and the external-data files it references (any names), if it has any."""
+    from qconvert.trust import external_data_files
+
+    return [Path(path), *external_data_files(Path(path), label="model")]
 
 
 def onnx_size(path: Path) -> int:

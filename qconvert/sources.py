@@ -360,6 +360,9 @@ def _load_onnx(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
             f"SOURCE {path}: not a valid ONNX model ({type(e).__name__}: {brief(e)}). "
             "Re-export it, or check the file is complete."
         ) from e
+    from qconvert.trust import external_data_files
+
+    external = external_data_files(path)  # any name, checked, and named as the user's file in errors
     init = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in init]
     specs = {s.name: s for s in inputs}
@@ -385,7 +388,7 @@ def _load_onnx(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
         name=path.stem,
         kind="onnx",
         origin=str(path),
-        files=(path,),
+        files=(path, *external),
         input_names=tuple(i.name for i in graph_inputs),
         output_names=tuple(o.name for o in model.graph.output),
         example_inputs=tuple(examples),

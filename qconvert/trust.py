@@ -449,3 +449,48 @@ def check_not_an_input(path: Path, inputs: Any, flag: str) -> None:
                 "folder of one), and qconvert never writes into what it reads, --force or not. Choose a path "
                 "outside it."
             )
+
+
+# --- an ONNX model's external data -----------------------------------------------------------------
+
+
+def external_data_files(model_path: Path, label: str = "SOURCE") -> list[Path]:
+    """Every external-data file `model_path` references, whatever it is named (weights.bin, a.data, ...),
+    each checked: a plain file inside the model's folder (no '..', absolute path or link out) that holds
+    every byte its tensors say it does. A failure names the user's file (SourceError, exit 2)."""
+    import numpy as np
+    import onnx
+    from onnx import external_data_helper, helper
+
+    path = Path(model_path)
+    model = onnx.load(str(path), load_external_data=False)
+    base = path.resolve().parent
+    files: dict[Path, int] = {}
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        where = f"{label} {path}: tensor {tensor.name!r} keeps its data in {location!r}"
+        candidate = path.parent / location
+        if not location or Path(location).is_absolute() or ".." in Path(location).parts:
+            raise SourceError(
+                f"{where}, outside the model's folder; refused. Keep external data beside the model."
+            )
+        if candidate.is_symlink() or base not in candidate.resolve().parents:
+            raise SourceError(
+                f"{where}, a link out of the model's folder; refused. Copy the file in instead."
+            )
+        if not candidate.is_file():
+            raise SourceError(f"{where}, and {candidate} is missing. Copy it beside {path.name}.")
+        count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or count * itemsize)
+        size = candidate.stat().st_size
+        if end > size:
+            raise SourceError(
+                f"{where}: {candidate} is truncated (the tensor needs bytes up to {end}, the file has {size}). "
+                "Copy the complete file."
+            )
+        files[candidate] = max(end, files.get(candidate, 0))
+    return sorted(files)
