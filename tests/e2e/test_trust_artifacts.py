@@ -136,3 +136,15 @@ def test_validate_prints_and_writes_the_manifests_own_hash(art: Path, tmp_path: 
     written = json.loads(report.read_text())
     assert written["manifest_sha256"] == digest
     assert written["verified_files"] >= 4
+
+
+@pytest.mark.slow
+def test_export_prints_the_manifests_own_hash(tmp_path: Path) -> None:
+    from _trust_helpers import export_args
+
+    out = tmp_path / "out"
+    code, text = qconvert(*export_args(tmp_path, out))
+
+    assert code == 0, text
+    digest = hashlib.sha256((out / "qconvert.json").read_bytes()).hexdigest()
+    assert f"qconvert.json sha256: {digest}" in text
