@@ -51,7 +51,7 @@ def test_validate_never_imports_a_calibration_callable_the_manifest_names(
     evil = _evil_module(tmp_path, marker)
     _edit_manifest(art, calibration=f"{evil}:fn")
 
-    code, text = qconvert("validate", str(art), "--data", _heldout(art))
+    code, text = qconvert("validate", str(art), "--data", _heldout(art), "--tolerance", "top1_agreement>=0.5")
 
     assert not marker.exists(), f"validate ran code the manifest names ({marker.read_text()})"
     assert code == 0, text
@@ -76,7 +76,7 @@ def test_validate_refuses_a_provider_option_that_loads_a_library(art: Path, tmp_
     manifest["providers"][0]["options"] = {"custom_op_library": str(tmp_path / "evil.so")}
     path.write_text(json.dumps(manifest))
 
-    code, text = qconvert("validate", str(art), "--data", _heldout(art))
+    code, text = qconvert("validate", str(art), "--data", _heldout(art), "--tolerance", "top1_agreement>=0.5")
 
     assert code == 2, text
     assert "never loads code an artifact names" in text
@@ -87,7 +87,7 @@ def test_validate_refuses_a_file_that_no_longer_matches_its_recorded_hash(art: P
     with (art / name).open("ab") as f:
         f.write(b"\0")
 
-    code, text = qconvert("validate", str(art), "--data", _heldout(art))
+    code, text = qconvert("validate", str(art), "--data", _heldout(art), "--tolerance", "top1_agreement>=0.5")
 
     assert code == 2, text
     assert f"{art / name}" in text and "SHA-256" in text
@@ -98,7 +98,7 @@ def test_validate_refuses_a_swapped_model(art: Path, tmp_path: Path) -> None:
     """model.onnx replaced by another valid model (the reference): still a hash mismatch."""
     (art / "model.onnx").write_bytes((art / "reference.onnx").read_bytes())
 
-    code, text = qconvert("validate", str(art), "--data", _heldout(art))
+    code, text = qconvert("validate", str(art), "--data", _heldout(art), "--tolerance", "top1_agreement>=0.5")
 
     assert code == 2, text
     assert "model.onnx" in text and "does not match" in text
@@ -107,7 +107,7 @@ def test_validate_refuses_a_swapped_model(art: Path, tmp_path: Path) -> None:
 def test_validate_refuses_a_recorded_file_that_is_missing(art: Path) -> None:
     (art / "report.html").unlink()
 
-    code, text = qconvert("validate", str(art), "--data", _heldout(art))
+    code, text = qconvert("validate", str(art), "--data", _heldout(art), "--tolerance", "top1_agreement>=0.5")
 
     assert code == 2, text
     assert "report.html" in text and "missing" in text
@@ -119,7 +119,7 @@ def test_validate_refuses_a_manifest_path_outside_the_folder(art: Path) -> None:
     manifest["files"]["../outside.txt"] = "0" * 64
     path.write_text(json.dumps(manifest))
 
-    code, text = qconvert("validate", str(art), "--data", _heldout(art))
+    code, text = qconvert("validate", str(art), "--data", _heldout(art), "--tolerance", "top1_agreement>=0.5")
 
     assert code == 2, text
     assert "../outside.txt" in text
@@ -129,7 +129,16 @@ def test_validate_prints_and_writes_the_manifests_own_hash(art: Path, tmp_path: 
     report = tmp_path / "validate.json"
     digest = hashlib.sha256((art / "qconvert.json").read_bytes()).hexdigest()
 
-    code, text = qconvert("validate", str(art), "--data", _heldout(art), "--json", str(report))
+    code, text = qconvert(
+        "validate",
+        str(art),
+        "--data",
+        _heldout(art),
+        "--tolerance",
+        "top1_agreement>=0.5",
+        "--json",
+        str(report),
+    )
 
     assert code == 0, text
     assert digest in text
