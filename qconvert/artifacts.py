@@ -12,13 +12,16 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from qconvert.errors import ConfigError
+from qconvert.errors import ConfigError, Terminated
+from qconvert.trust import check_not_an_input
 
 if TYPE_CHECKING:
     import onnx
@@ -75,13 +78,142 @@ def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None = None) 
 
 
 def onnx_files(path: Path) -> list[Path]:
-    """The model file and its external-data file, if it has one."""
-    data = path.with_name(f"{path.name}.data")
-    return [path, data] if data.exists() else [path]
+    """The model file and the external-data files it references (any names), if it has any."""
+    from qconvert.trust import external_data_files
+
+    return [Path(path), *external_data_files(Path(path), label="model")]
 
 
 def onnx_size(path: Path) -> int:
     return sum(p.stat().st_size for p in onnx_files(path))
+
+
+# A folder holding one of these was written by qconvert (export / sweep): --force may replace it.
+ARTIFACT_MARKERS = ("qconvert.json", "sweep.json")
+
+
+def replaceable(folder: Path) -> bool:
+    """Whether --force may replace `folder`: it is empty, or a qconvert artifact folder."""
+    return not any(folder.iterdir()) or any((folder / m).is_file() for m in ARTIFACT_MARKERS)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def _owner(name: str, kind: str) -> int | None:
+    """The pid in `.NAME.<kind>-<pid>-XXXX` (None when the name has no pid: an older qconvert's)."""
+    head = name.split(f".{kind}-", 1)[1] if f".{kind}-" in name else ""
+    pid = head.split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def sweep_stale(out_dir: Path) -> list[Path]:
+    """Remove temporaries beside OUT_DIR that a dead qconvert process left (killed with SIGKILL, or a
+    machine that went down): `.NAME.tmp-PID-*` is dropped; `.NAME.old-PID-*` holds the previous OUT_DIR
+    of a --force run that died mid-swap, so it is put back when OUT_DIR is missing, else dropped."""
+    parent = Path(out_dir).resolve().parent
+    if not parent.is_dir():
+        return []
+    swept: list[Path] = []
+    for p in sorted(parent.glob(f".{Path(out_dir).name}.*-*")):
+        kind = "tmp" if ".tmp-" in p.name else "old" if ".old-" in p.name else None
+        pid = _owner(p.name, kind) if kind else None
+        if kind is None or pid is None or _alive(pid) or not p.is_dir():
+            continue
+        if kind == "old" and (p / "old").is_dir() and not Path(out_dir).exists():
+            (p / "old").replace(out_dir)
+            log.warning("put back %s from a --force run that was killed mid-swap (pid %d)", out_dir, pid)
+        shutil.rmtree(p, ignore_errors=True)
+        swept.append(p)
+        log.info("removed %s, left by qconvert process %d, which is no longer running", p, pid)
+    return swept
+
+
+class OutputLock:
+    """An atomic claim on OUT_DIR: `.NAME.lock` beside it, holding the owner's pid, made with a hard
+    link so that of two runs exactly one gets it. A lock whose owner is dead is taken over."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir.resolve().parent / f".{self.out_dir.name}.lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.out_dir.name}.lock-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            for _ in range(2):
+                try:
+                    os.link(tmp, self.path)
+                    self.held = True
+                    return
+                except FileExistsError:
+                    if not self._take_over_stale():
+                        break
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(
+            f"-o {self.out_dir}: another qconvert run{self._owner_text()} is writing this output folder right "
+            "now. Wait for it to finish, or choose another -o."
+        )
+
+    def _pid(self) -> int | None:
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def _owner_text(self) -> str:
+        pid = self._pid()
+        return f" (pid {pid})" if pid else ""
+
+    def _take_over_stale(self) -> bool:
+        pid = self._pid()
+        if pid is None or _alive(pid):
+            return False
+        log.info("taking over %s from qconvert process %d, which is no longer running", self.path, pid)
+        self.path.unlink(missing_ok=True)
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+class _CleanupOnSignals:
+    """While inside, SIGTERM and SIGHUP raise Terminated (as Ctrl-C raises KeyboardInterrupt), so the
+    temporary folder and the lock go away before the process ends. Main thread only (Python's rule)."""
+
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+    def __init__(self) -> None:
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, _raise_terminated)
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old.clear()
 
 
 def check_output_dir(out_dir: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
@@ -89,10 +221,17 @@ def check_output_dir(out_dir: Path, force: bool, inputs: Iterable[Path] = ()) ->
     out = out_dir.resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out_dir}: exists and is a file, not a folder. Choose another -o.")
+    check_writable_parent(out_dir)
     if out.exists() and not force:
         raise ConfigError(
             f"-o {out_dir}: the output folder already exists. Pass --force to replace it, or choose "
             "another -o. It was left untouched."
+        )
+    if out.exists() and not replaceable(out):
+        raise ConfigError(
+            f"-o {out_dir}: --force replaces only an empty folder or one qconvert wrote (with its "
+            f"{' or '.join(ARTIFACT_MARKERS)}), and this folder holds other files. It was left untouched; "
+            "choose another -o, or empty it yourself."
         )
     for given in inputs:
         p = Path(given).resolve()
@@ -101,6 +240,26 @@ def check_output_dir(out_dir: Path, force: bool, inputs: Iterable[Path] = ()) ->
                 f"-o {out_dir}: the input {given} lies inside the output folder and would be lost when "
                 "it is replaced. Choose an -o outside it."
             )
+
+
+def check_writable_parent(out_dir: Path, flag: str = "-o") -> None:
+    """Refuse an output path that cannot be created: an ancestor is a file, or the nearest existing
+    folder cannot be written (read-only, no permission). Probed by making and removing a folder, which
+    is what the run will do, so it holds for root and read-only file systems alike."""
+    out = Path(out_dir).resolve()
+    existing = next(p for p in out.parents if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{flag} {out_dir}: {existing} is a file, not a folder, so nothing can be written under it. "
+            f"Choose another {flag}."
+        )
+    try:
+        Path(tempfile.mkdtemp(prefix=".qconvert-probe-", dir=existing)).rmdir()
+    except OSError as e:
+        raise ConfigError(
+            f"{flag} {out_dir}: cannot write in {existing} ({e.strerror or e}). Choose an {flag} in a folder "
+            "you can write to."
+        ) from None
 
 
 class ArtifactDir:
@@ -113,7 +272,10 @@ class ArtifactDir:
     def __init__(self, out_dir: Path, force: bool = False, inputs: Iterable[Path] = ()) -> None:
         self.out_dir = Path(out_dir)
         self.force = force
-        check_output_dir(self.out_dir, force, inputs)
+        self._inputs = list(inputs)
+        check_output_dir(self.out_dir, force, self._inputs)
+        self._lock = OutputLock(self.out_dir)
+        self._signals = _CleanupOnSignals()
         self._made_parents: list[Path] = []
         self.root: Path | None = None
         self.committed = False
@@ -123,7 +285,15 @@ class ArtifactDir:
         missing = [p for p in [parent, *parent.parents] if not p.exists()]
         parent.mkdir(parents=True, exist_ok=True)
         self._made_parents = missing  # deepest first, so they can be removed in order
-        self.root = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=parent))
+        self._signals.__enter__()
+        try:
+            self._lock.acquire()
+            sweep_stale(self.out_dir)
+            check_output_dir(self.out_dir, self.force, self._inputs)  # again, now that OUT_DIR is ours
+            self.root = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-{os.getpid()}-", dir=parent))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         # mkdtemp makes the folder owner-only (0700); the finished OUT_DIR gets the permissions
         # any folder the user makes would get (0777 less the umask)
         umask = os.umask(0)
@@ -136,6 +306,8 @@ class ArtifactDir:
     ) -> None:
         if self.root is not None and self.root.exists():
             shutil.rmtree(self.root, ignore_errors=True)
+        self._lock.release()
+        self._signals.__exit__()
         if not self.committed:
             for p in self._made_parents:
                 try:
@@ -199,7 +371,9 @@ class ArtifactDir:
         shutil.rmtree(root / "_work", ignore_errors=True)
         backup: Path | None = None
         if self.out_dir.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.old-", dir=root.parent))
+            check_output_dir(self.out_dir, self.force, self._inputs)  # it appeared while this run worked
+            prefix = f".{self.out_dir.name}.old-{os.getpid()}-"
+            backup = Path(tempfile.mkdtemp(prefix=prefix, dir=root.parent))
             self.out_dir.replace(backup / "old")
         try:
             root.replace(self.out_dir)
@@ -223,8 +397,7 @@ def write_npz(path: Path, arrays: dict[str, Any], force: bool = False, inputs: I
     path = Path(path)
     if path.suffix != ".npz":
         raise ConfigError(f"-o {path}: outputs are written as .npz; give a path ending in .npz.")
-    if any(path.resolve() == Path(p).resolve() for p in inputs):
-        raise ConfigError(f"-o {path}: that is an input file; choose another path.")
+    check_not_an_input(path, inputs, "-o")
     if path.exists() and not force:
         raise ConfigError(f"-o {path}: exists. Pass --force to replace it, or choose another path.")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,8 +415,7 @@ def write_npz(path: Path, arrays: dict[str, Any], force: bool = False, inputs: I
 def check_output_file(path: Path, force: bool, inputs: Iterable[Path] = (), flag: str = "-o") -> None:
     """Refuse to write `path` where it would overwrite an input, a folder, or (without `force`) a file."""
     path = Path(path)
-    if any(path.resolve() == Path(p).resolve() for p in inputs):
-        raise ConfigError(f"{flag} {path}: that is an input file; choose another path.")
+    check_not_an_input(path, inputs, flag)
     if path.is_dir():
         raise ConfigError(f"{flag} {path}: is a folder; give a file path.")
     if path.exists() and not force:

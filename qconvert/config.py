@@ -75,6 +75,9 @@ class InputSpec:
             raise ConfigError(
                 f"--input {text!r}: unknown dtype {parts[2]!r}. Valid: {', '.join(sorted(_DTYPES))}"
             )
+        from qconvert.trust import check_input_shape
+
+        check_input_shape(text, tuple(int(d) for d in dims), dtype)  # before anything is allocated
         return cls(name=name, shape=tuple(int(d) for d in dims), dtype=dtype)
 
 

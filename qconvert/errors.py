@@ -70,7 +70,29 @@ class ValidationFailed(QConvertError):
 
 
 class InternalError(Exception):
-    """A bug in qconvert itself: an invariant of our own code did not hold."""
+    """A bug in qconvert itself: an invariant of our own code did not hold (exit code 3)."""
+
+    exit_code = 3
+
+
+class Terminated(BaseException):
+    """The process got SIGTERM or SIGHUP: raised from the signal handler so that every `with` block
+    (the output folder's temporary sibling, its lock) cleans up as it does for Ctrl-C. Exit code
+    128 + the signal number, as a shell reports a process killed by that signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+# The exit codes, for --help and the README: CI acts on these.
+EXIT_CODES = {
+    0: "passed",
+    1: "validation ran and the model is outside tolerance",
+    2: "bad input or usage (the message names the file or flag and the fix)",
+    3: "internal error: a bug in qconvert (traceback shown; please report it)",
+}
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

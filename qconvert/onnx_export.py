@@ -34,9 +34,10 @@ def onnx_from_torch(loaded: LoadedModel, opset: int, workdir: Path) -> ExportRes
     path = workdir / "fp32.onnx"
     if loaded.onnx_path is not None:
         shutil.copyfile(loaded.onnx_path, path)
-        data = loaded.onnx_path.with_name(loaded.onnx_path.name + ".data")
-        if data.exists():
-            shutil.copyfile(data, workdir / data.name)
+        for data in loaded.files[1:]:  # its external data files, checked by load_source; same relative paths
+            dest = workdir / data.relative_to(loaded.onnx_path.parent)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(data, dest)
         return ExportResult(path, "none (ONNX source)", None, _opset_of(path))
     if loaded.kind == "huggingface":
         from qconvert.huggingface import onnx_from_hf

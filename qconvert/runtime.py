@@ -104,6 +104,9 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
         manifest: dict[str, Any] = json.loads(path.read_text())
     except ValueError as e:
         raise SourceError(f"{path}: not valid JSON ({e}).") from e
+    from qconvert.trust import check_manifest
+
+    check_manifest(path, manifest)
     return manifest
 
 
@@ -111,7 +114,11 @@ def manifest_providers(out_dir: Path, manifest: dict[str, Any]) -> list[Provider
     """The manifest's providers, in priority order, with path options made absolute (they are
     stored relative to the artifact folder): `*_path` (TensorRT's caches) and `*_dir` (OpenVINO's
     `cache_dir`)."""
+    from qconvert.trust import check_provider_options
+
     base = Path(out_dir).resolve()
+    for p in manifest.get("providers", []):  # never an option that loads a library
+        check_provider_options(Path(out_dir) / MANIFEST, str(p.get("name")), p.get("options", {}))
     return [
         Provider(
             p["name"],

@@ -7,6 +7,7 @@ pickle is loaded weights-only, so it can never run code; a full pickled module i
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -183,7 +184,10 @@ def _import_factory_module(
         path = Path(where)
         if not path.is_file():
             raise error(f"{label} {source}: no such file {where}. Check the path before the ':'.")
-        mod_name = f"_qconvert_source_{abs(hash(str(path.resolve())))}"
+        # a name fixed by the file's path (not hash(), which changes every process): it lands in the
+        # exported graph's node metadata, and the same inputs must give the same model.onnx bytes
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+        mod_name = f"_qconvert_source_{digest}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         if spec is None or spec.loader is None:
             raise error(f"{label} {source}: {where} cannot be imported as a Python file.")
@@ -356,6 +360,9 @@ def _load_onnx(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
             f"SOURCE {path}: not a valid ONNX model ({type(e).__name__}: {brief(e)}). "
             "Re-export it, or check the file is complete."
         ) from e
+    from qconvert.trust import external_data_files
+
+    external = external_data_files(path)  # any name, checked, and named as the user's file in errors
     init = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in init]
     specs = {s.name: s for s in inputs}
@@ -381,7 +388,7 @@ def _load_onnx(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
         name=path.stem,
         kind="onnx",
         origin=str(path),
-        files=(path,),
+        files=(path, *external),
         input_names=tuple(i.name for i in graph_inputs),
         output_names=tuple(o.name for o in model.graph.output),
         example_inputs=tuple(examples),
@@ -429,8 +436,12 @@ def _load_torch_archive(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedMode
             input_names=tuple(s.name for s in inputs),
         )
     if kind == "exported-program":
+        from qconvert.trust import check_torch_archive, weights_only_loads
+
+        check_torch_archive(path)  # no pickle in it may run code; torch.export.load would run it
         try:
-            program = torch.export.load(str(path))
+            with weights_only_loads():
+                program = torch.export.load(str(path))
         except Exception as e:
             raise SourceError(f"SOURCE {path}: cannot load this torch.export archive: {e}") from e
         user_inputs = set(program.graph_signature.user_inputs)

@@ -29,11 +29,12 @@ def _old_out_dir(tmp_path: Path) -> Path:
     out.mkdir()
     (out / "model.onnx").write_text("old model")
     (out / "notes.txt").write_text("keep me")
+    (out / "qconvert.json").write_text("{}")  # a qconvert artifact folder: --force may replace it
     return out
 
 
 def _assert_old_contents(out: Path) -> None:
-    assert _listing(out) == ["model.onnx", "notes.txt"]
+    assert _listing(out) == ["model.onnx", "notes.txt", "qconvert.json"]
     assert (out / "model.onnx").read_text() == "old model"
     assert (out / "notes.txt").read_text() == "keep me"
 

@@ -335,6 +335,7 @@ def test_output_path_that_is_a_file_is_refused(tmp_path: Path, monkeypatch: pyte
 @pytest.mark.slow
 def test_force_replaces_the_output_folder(existing_out: tuple[Path, Path], tmp_path: Path) -> None:
     out, sentinel = existing_out
+    (out / "qconvert.json").write_text("{}")  # --force replaces only a folder qconvert wrote (issue 13)
 
     code, text = qconvert("export", "--target", "cpu", "-o", str(out), "--force")
 

@@ -148,6 +148,9 @@ def _random_calibration(inputs: Sequence[ModelInput], flag: str, samples: int | 
 
 
 def _load_npz(path: Path, where: str) -> dict[str, np.ndarray]:
+    from qconvert.trust import check_array_headers
+
+    check_array_headers(path, where)  # before numpy allocates what a header declares
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -156,6 +159,9 @@ def _load_npz(path: Path, where: str) -> dict[str, np.ndarray]:
 
 
 def _load_npy(path: Path, where: str) -> np.ndarray:
+    from qconvert.trust import check_array_headers
+
+    check_array_headers(path, where)  # before numpy allocates what a header declares
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:

@@ -15,7 +15,10 @@ from qconvert.cli import _common
 
 app = typer.Typer(
     name="qconvert",
-    help="PyTorch model -> quantized ONNX for a named target, with accuracy, size and latency measured.",
+    help="PyTorch model -> quantized ONNX for a named target, with accuracy, size and latency measured.\n\n"
+    "Exit codes: 0 passed; 1 validated and outside tolerance; 2 bad input or usage (the message names the "
+    "file or flag and the fix); 3 internal error, a bug in qconvert (traceback shown; please report it). "
+    "--debug adds tracebacks and never changes a code.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -30,7 +33,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks and debug logs (exit codes stay the same)."
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Show info logs."),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."

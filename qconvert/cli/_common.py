@@ -85,18 +85,43 @@ STATE = {"debug": False}
 
 
 def command(fn: Callable[..., int]) -> Callable[..., None]:
-    """The error boundary: a QConvertError becomes one clean message and its exit code (2 for bad
-    input, 1 for out of tolerance); `--debug` shows the traceback instead."""
+    """The error boundary, and the exit codes CI acts on (errors.EXIT_CODES): a QConvertError becomes one
+    clean message and its own code (2 bad input, 1 out of tolerance); SIGTERM/SIGHUP/Ctrl-C exit 128 +
+    the signal; anything else is a bug in qconvert: its traceback, a request to report it, and code 3.
+    `--debug` adds the traceback to a QConvertError's message and never changes a code."""
+    import traceback
+
+    import click
+
+    from qconvert.errors import EXIT_CODES, Terminated
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> None:
         try:
             code = fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
         except QConvertError as e:
             if STATE["debug"]:
-                raise
+                err.print(escape(traceback.format_exc()), soft_wrap=True)
             err.print(f"[bold red]error[/] ({e.stage}): {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+        except Terminated as e:
+            err.print(f"[bold red]stopped[/]: {escape(str(e))}; nothing was left half-written.")
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]; nothing was left half-written.")
+            raise typer.Exit(130) from None
+        except Exception as e:
+            err.print(escape(traceback.format_exc()), soft_wrap=True)
+            err.print(
+                f"[bold red]internal error[/]: {escape(type(e).__name__)}: {escape(str(e))}\n"
+                "This is a bug in qconvert, not a problem with your model or data: please report it with "
+                "the traceback above and the command you ran. Exit code 3 "
+                f"({escape(EXIT_CODES[3].split(':')[0])}).",
+                soft_wrap=True,
+            )
+            raise typer.Exit(3) from None
         raise typer.Exit(code)
 
     return run

@@ -21,15 +21,17 @@ def run(
     from qconvert.artifacts import write_npz
     from qconvert.calibrate import ModelInput, load_dataset
     from qconvert.runtime import make_session, manifest_providers, read_manifest
+    from qconvert.trust import verify_artifact
 
     manifest = read_manifest(out_dir)
+    verify_artifact(out_dir, manifest)  # run only the files the manifest records
     inputs = [ModelInput(i["name"], tuple(i["dims"]), i["dtype"]) for i in manifest["source"]["inputs"]]
     dataset = load_dataset(data, inputs, flag="--data")
     session = make_session(out_dir / "model.onnx", manifest_providers(out_dir, manifest))
     if session.fell_back:
         err.print(f"[yellow]note:[/] {session.wanted} is not installed here; running on {session.used}.")
     results = dict(zip(session.output_names, session.run(dataset), strict=True))
-    target = write_npz(output, results, force=force, inputs=[Path(data)])
+    target = write_npz(output, results, force=force, inputs=[Path(data), out_dir])
     out.print(
         f"{len(dataset)} samples -> {target} ({', '.join(f'{k}{list(v.shape)}' for k, v in results.items())})"
     )

@@ -143,12 +143,13 @@ def _resolve_candidate(spec: str | Path) -> tuple[Path, Path | None, dict[str, A
 def _manifest_data(manifest: dict[str, Any] | None, key: str) -> Path | None:
     """The data file an export used: its --data / --calibration, or the built-in model's own set."""
     from qconvert.sources import BUILTIN_MODELS, DEFAULT_MODEL, zoo_root
+    from qconvert.trust import data_named_by_manifest
 
     if manifest is None:
         return None
     settings = manifest.get("settings", {})
     if settings.get(key):
-        return Path(settings[key])
+        return data_named_by_manifest(settings[key], key)  # never code the manifest names
     if manifest.get("source", {}).get("kind") == "builtin":
         model = BUILTIN_MODELS.get(settings.get("source") or DEFAULT_MODEL)
         if model is None:
@@ -340,6 +341,7 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
     )
     from qconvert.junit import render_junit
     from qconvert.runtime import CPU, manifest_providers
+    from qconvert.trust import check_data_vocab, verify_artifact
     from qconvert.validation import Check
 
     report_progress = progress or no_progress
@@ -347,6 +349,8 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
     notes: list[str] = []
 
     model_path, out_dir, manifest = _resolve_candidate(config.candidate)
+    verified = verify_artifact(out_dir, manifest) if out_dir is not None and manifest is not None else None
+    notes.extend([verified.note()] if verified else [])
     inputs, names = _onnx_io(model_path, "CANDIDATE")
     settings = (manifest or {}).get("settings", {})
     bits = config.bits or settings.get("bits") or DEFAULT_BITS
@@ -411,6 +415,7 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
 
     with stage("load", report_progress, "reading the candidate and the data"):
         heldout = load_dataset(data_path, inputs, flag="--data", options=_artifact_tokenizer(config, out_dir))
+        check_data_vocab(model_path, ("--data", heldout))  # before anything runs on it
         notes.extend(
             _calibration_notes(
                 calib_path, bool(config.calibration_data), data_path, heldout, inputs, config.data_options
@@ -595,6 +600,7 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
         "speed": speed,
         "collapse": None if collapse is None else collapse.as_json(),
         "notes": notes,
+        **(verified.as_json() if verified else {"manifest_sha256": None}),
     }
     run = ValidationRun(validation, context, time.perf_counter() - start)
     if config.json_out is not None:
