@@ -7,6 +7,9 @@ channels. For each input channel j, with X the layer input and W its weight (K i
     s_j = max|X_j| ** alpha / max|W_j| ** (1 - alpha),   X' = X / s,   W' = diag(s) W,
 
 so X' W' = X W exactly in fp32, and the quantizer sees a flatter X' and a (slightly) less flat W'.
+Here s is normalised to the median channel and clamped at >= 1 (see `_scale`): outlier channels are
+divided down, calm ones are never amplified, which keeps the result robust to inputs unlike the
+calibration data.
 
 Where X / s goes:
 - into the producer, where that changes nothing else: a LayerNormalization or SkipLayerNormalization
@@ -103,10 +106,14 @@ def _kn(w: np.ndarray, layer: Layer) -> np.ndarray:
 
 
 def _scale(act_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float) -> np.ndarray:
+    """The paper's s, scaled so the median channel gets 1, then clamped at >= 1: only channels louder
+    than the median are divided down; calm channels are never amplified. Amplified calm channels
+    carry any spike calibration did not see straight into the quantizer (measured on MiniLM with the
+    two sentence files swapped: worst cosine 0.984 unclamped, 0.996 clamped)."""
     a, w = np.maximum(act_absmax, EPS), np.maximum(w_absmax, EPS)
     s = a**alpha / w ** (1.0 - alpha)
     s = np.where((act_absmax <= EPS) | (w_absmax <= EPS), 1.0, s)  # dead channels: leave alone
-    return s / np.exp(np.mean(np.log(s)))  # overall scale is the quantizer's business
+    return np.maximum(s / np.median(s), 1.0)
 
 
 def _quantize_activation(x: np.ndarray, lo: float, hi: float, qc: QuantizeConfig) -> np.ndarray:
