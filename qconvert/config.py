@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -411,6 +412,19 @@ def image_options(
     )
 
 
+def parse_recover(values: Sequence[str]) -> tuple[str, ...] | None:
+    """--recover values (repeatable, comma-separated): None when not given (the family's defaults),
+    () for `none`, else the step names in order."""
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    if not names:
+        return None
+    if "none" in names:
+        if len(names) > 1:
+            raise ConfigError("--recover none turns every recovery step off: give it alone, or name steps.")
+        return ()
+    return tuple(names)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything `qconvert export` does, as one value. The CLI builds exactly this."""
@@ -442,6 +456,8 @@ class RunConfig:
     auto: bool = False
     # --auto-budget: most nodes kept in float; None: 10 or 25% of the quantized nodes, the smaller
     auto_budget: int | None = None
+    # --auto-seconds: time --auto may spend on recovery attempts before it keeps layers in float
+    auto_seconds: float = 600.0
     # --block-size / --algorithm: 4-bit weight-only only (see WEIGHT_ALGORITHMS)
     block_size: int = DEFAULT_BLOCK_SIZE
     weight_algorithm: str = "rtn"
@@ -450,8 +466,9 @@ class RunConfig:
     sensitivity_samples: int = DEFAULT_SENSITIVITY_SAMPLES
     sensitivity_isolated: int = DEFAULT_SENSITIVITY_ISOLATED
     # --recover: accuracy-recovery steps (qconvert.recover.RECOVERY names), run in this order: `pre`
-    # steps before quantization, `post` steps after it
-    recover: tuple[str, ...] = ()
+    # steps before quantization, `post` steps after it; None: the model family's defaults
+    # (qconvert.recover.defaults), () (`--recover none`): none
+    recover: tuple[str, ...] | None = None
 
     def to_argv(self, out_dir: Path) -> list[str]:
         """The `qconvert export` command line that makes this run (the manifest's `command`)."""
@@ -499,12 +516,14 @@ class RunConfig:
             parts += ["--calibration-method", config.calibration_method]
         for name, value in config.target_options:
             parts += ["--target-option", f"{name}={value}"]
-        for name in config.recover:
-            parts += ["--recover", name]
+        if config.recover is not None:
+            parts += ["--recover", ",".join(config.recover) or "none"]
         if config.auto:
             parts.append("--auto")
             if config.auto_budget is not None:
                 parts += ["--auto-budget", str(config.auto_budget)]
+            if config.auto_seconds != 600.0:
+                parts += ["--auto-seconds", f"{config.auto_seconds:g}"]
         for spec in config.inputs:
             parts += ["--input", f"{spec.name}:{'x'.join(map(str, spec.shape))}:{spec.dtype}"]
         parts += ["--opset", str(config.opset), "-o", str(out_dir)]

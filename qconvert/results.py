@@ -95,13 +95,16 @@ class Report(_Record):
     ops: dict[str, Any]
     notes: tuple[str, ...]
     recovery: tuple[dict[str, Any], ...] = ()  # --recover steps, in run order
+    # the model family and what its defaults chose (recover.defaults); None in files written before
+    defaults: dict[str, Any] | None = None
+    auto: tuple[dict[str, Any], ...] = ()  # --auto's recovery attempts, in order (pipeline/auto.py)
     sensitivity: dict[str, Any] | None = None  # per-layer blame (failed or --auto runs)
     fallback: dict[str, Any] | None = None  # --auto's float fallback
     schema_version: int = SCHEMA_VERSION
 
-    OPTIONAL = frozenset({"recovery", "sensitivity", "fallback"})
+    OPTIONAL = frozenset({"recovery", "sensitivity", "fallback", "defaults", "auto"})
     FILE = "report.json"
-    _TUPLES = frozenset({"notes", "recovery"})
+    _TUPLES = frozenset({"notes", "recovery", "auto"})
 
 
 @dataclass(frozen=True)

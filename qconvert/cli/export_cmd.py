@@ -38,6 +38,7 @@ from qconvert.config import (
     InputSpec,
     RunConfig,
     image_options,
+    parse_recover,
     parse_target_option,
     text_options,
 )
@@ -120,8 +121,16 @@ def export(
     auto: bool = typer.Option(
         False,
         "--auto",
-        help="If validation fails, keep the most sensitive nodes in float (greedily, worst first) until "
-        "the tolerance holds. Also ranks every quantized layer by SQNR in report.json.",
+        help="If validation fails, first add accuracy-recovery steps (bias correction, weight clipping, "
+        "MSE ranges, AdaRound; SmoothQuant for transformers), then keep the most sensitive nodes in "
+        "float (greedily, worst first) until the tolerance holds. Also ranks every quantized layer by "
+        "SQNR in report.json.",
+    ),
+    auto_seconds: float = typer.Option(
+        600.0,
+        "--auto-seconds",
+        min=0,
+        help="With --auto: seconds the recovery attempts may take before layers are kept in float.",
     ),
     auto_budget: int = typer.Option(
         None,
@@ -139,9 +148,10 @@ def export(
     recover: list[str] = typer.Option(
         [],
         "--recover",
-        help="Accuracy-recovery step to run, by name: before quantization (e.g. equalization) or after "
-        "it (e.g. bias correction). Repeatable or comma-separated; they run in the order given. An "
-        "unknown name lists the available ones.",
+        help="Accuracy-recovery step to run, by name (equalize, bias_correction, clip_weights, "
+        "adaround, smoothquant). Repeatable or comma-separated; they run in the order given. Default: "
+        "the model family's (bias_correction for conv nets; smoothquant, and dynamic int8 on cpu, for "
+        "transformers); 'none' runs none.",
     ),
     algorithm: WeightAlgorithm = typer.Option(
         "rtn",
@@ -184,9 +194,10 @@ def export(
         force=force,
         auto=auto,
         auto_budget=auto_budget,
+        auto_seconds=auto_seconds,
         block_size=block_size,
         weight_algorithm=algorithm.value,
-        recover=tuple(name.strip() for value in recover for name in value.split(",") if name.strip()),
+        recover=parse_recover(recover),
     )
     with ProgressView() as progress:
         result = run_export(config, progress=progress)

@@ -1,7 +1,7 @@
 """`qconvert export`: the order of its stages, and the function that runs them.
 
-    plan -> load -> data -> output -> export -> prepare -> select -> recover -> quantize -> correct
-    -> finalize -> simulate -> target -> validate -> sensitivity -> cpu-kernels -> benchmark
+    plan -> load -> data -> output -> export -> prepare -> select -> defaults -> recover -> quantize -> correct
+    -> finalize -> simulate -> target -> validate -> auto-recover -> sensitivity -> cpu-kernels -> benchmark
     -> fallback-cost -> write
 
 Each stage is a class in qconvert/stages/ (one per file, none imports another); EXPORT below is the
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qconvert.config import RunConfig
+from qconvert.pipeline.auto import AutoRecover
 from qconvert.stages._shared import Progress, no_progress
 from qconvert.stages.base import Stage, run_stages
 from qconvert.stages.bench import TimeAgainstFp32
@@ -24,6 +25,7 @@ from qconvert.stages.blame import BlameLayers
 from qconvert.stages.compare import CompareOnCpuKernels, CompareToReference
 from qconvert.stages.context import ExportContext
 from qconvert.stages.data import LoadData, load_data
+from qconvert.stages.defaults import ChooseDefaults
 from qconvert.stages.export import OnnxFromTorch
 from qconvert.stages.fallback import FallbackCost
 from qconvert.stages.load import LoadSource, default_out_dir
@@ -48,6 +50,7 @@ EXPORT: tuple[Stage[ExportContext], ...] = (
     OnnxFromTorch(),
     PrepareOnnx(),
     SelectNodes(),
+    ChooseDefaults(),
     Recover(),
     Quantize(),
     Correct(),
@@ -55,6 +58,7 @@ EXPORT: tuple[Stage[ExportContext], ...] = (
     StandInForHere(),
     CheckTargetRules(),
     CompareToReference(),
+    AutoRecover(),
     BlameLayers(),
     CompareOnCpuKernels(),
     TimeAgainstFp32(),

@@ -48,6 +48,12 @@ class ExportContext:
     exported: ExportResult
     prepared: Path
     fusions: dict[str, Any] | None
+    # defaults: the recovery steps this run uses (--recover, else the family's) and what was chosen
+    recover: tuple[str, ...]
+    defaults: dict[str, Any]
+    prepared_fp32: Path  # the prepared graph before any recovery step (where --auto starts again)
+    notes_mark: int  # len(notes) before the recovery stages (their notes are redone by --auto)
+    auto: list[dict[str, Any]]  # report.json's `auto`: each --auto recovery attempt
     # recover / quantize / correct
     recovery: list[dict[str, Any]]  # report.json's `recovery`: one entry per --recover step run
     recovery_cache: dict[str, Any]  # statistics shared by the steps of this run (RecoveryInput.cache)

@@ -53,7 +53,7 @@ def _run(ctx: ExportContext, phase: str, quantized: Path | None) -> Path | None:
     if not hasattr(ctx, "recovery"):
         ctx.recovery, ctx.recovery_cache = [], {}
     changed: Path | None = None
-    for i, step in enumerate(_steps(ctx.config.recover, phase)):
+    for i, step in enumerate(_steps(ctx.recover, phase)):
         entry: dict[str, Any] = {"name": step.name, "phase": phase}
         reason = step.why_not(ctx.qc)
         if reason is not None:
@@ -99,14 +99,14 @@ class Recover(Stage[ExportContext]):
     """`pre` steps: fp32 -> fp32 before quantization."""
 
     name = "recover"
-    needs = ("prepared", "qc", "calibration", "art")
+    needs = ("prepared", "qc", "calibration", "art", "recover")
     gives = ("recovery",)
 
     def message(self, ctx: ExportContext) -> str:
-        return "accuracy recovery before quantization: " + ", ".join(ctx.config.recover)
+        return "accuracy recovery before quantization: " + ", ".join(ctx.recover)
 
     def skip(self, ctx: ExportContext) -> bool:
-        if not ctx.config.recover:
+        if not _steps(ctx.recover, "pre"):
             ctx.recovery = []
             return True
         return False
@@ -122,7 +122,7 @@ class Correct(Stage[ExportContext]):
     needs = ("prepared", "model_path", "recovery")
 
     def skip(self, ctx: ExportContext) -> bool:
-        return not _steps(ctx.config.recover, "post")
+        return not _steps(ctx.recover, "post")
 
     def message(self, ctx: ExportContext) -> str:
         return "accuracy corrections after quantization"

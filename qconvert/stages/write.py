@@ -118,7 +118,7 @@ def _versions() -> dict[str, str]:
 
 class WriteArtifacts(Stage[ExportContext]):
     name = "write"
-    needs = ("validation", "lat", "sizes", "fallback_json", "recovery")
+    needs = ("validation", "lat", "sizes", "fallback_json", "recovery", "defaults", "auto")
     gives = ("report", "manifest")
 
     def run(self, ctx: ExportContext) -> None:
@@ -126,6 +126,8 @@ class WriteArtifacts(Stage[ExportContext]):
         report = Report(
             **report_json(ctx),
             recovery=tuple(ctx.recovery),
+            defaults=ctx.defaults,
+            auto=tuple(ctx.auto),
             sensitivity=None if blame is None else blame.sensitivity,
             fallback=None if blame is None else ctx.fallback_json,
         )

@@ -1,0 +1,141 @@
+"""--auto, first half: when validation fails, more accuracy recovery before any layer is given up.
+
+AutoRecover re-runs the stages from Recover to CompareToReference with the next step of the model
+family's ladder added (cheap data-free or one-pass steps first, then MSE activation ranges, then
+AdaRound), keeping a step only where it improved the verdict, until the tolerance holds or the time
+budget is spent. What each attempt bought (worst check before and after, seconds) goes into
+report.json's `auto`. Where recovery alone does not reach the tolerance, the second half of --auto
+(BlameLayers: mixed precision, the most sensitive layers kept in float) takes the best attempt on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from qconvert.recover import RECOVERY
+from qconvert.stages.base import Stage, run_stages
+from qconvert.stages.compare import CompareToReference
+from qconvert.stages.context import ExportContext
+from qconvert.stages.quantize import Quantize
+from qconvert.stages.recover import Correct, Recover
+from qconvert.stages.standin import StandInForHere
+from qconvert.stages.target import CheckTargetRules, FinalizeForTarget
+from qconvert.validation import ValidationResult
+
+MSE_RANGES = "ranges:mse"  # a ladder rung that changes the calibration method, not a recovery step
+LADDER: dict[str, tuple[str, ...]] = {
+    "conv": ("bias_correction", "clip_weights", MSE_RANGES, "adaround"),
+    "transformer": ("smoothquant", MSE_RANGES, "adaround"),
+    "other": ("bias_correction", MSE_RANGES, "adaround"),
+}
+RETRY: tuple[Stage[ExportContext], ...] = (
+    Recover(),
+    Quantize(),
+    Correct(),
+    FinalizeForTarget(),
+    StandInForHere(),
+    CheckTargetRules(),
+    CompareToReference(),
+)
+
+
+def score(validation: ValidationResult) -> float:
+    """The worst check's slack relative to its bound (>= 0 when every check passes)."""
+    slacks = []
+    for check in validation.checks:
+        bound, measured = check.bound.value, check.measured
+        gap = measured - bound if check.bound.kind == "min" else bound - measured
+        slacks.append(gap / max(abs(bound), 1e-6))
+    return min(slacks, default=0.0)
+
+
+def _worst(validation: ValidationResult) -> str:
+    failed = validation.failures
+    return failed[0].describe() if failed else "every check passes"
+
+
+class AutoRecover(Stage[ExportContext]):
+    """--auto: add the family ladder's recovery steps one at a time while validation fails."""
+
+    name = "auto-recover"
+    needs = ("validation", "defaults", "prepared_fp32", "notes_mark")
+    gives = ("auto",)
+
+    def skip(self, ctx: ExportContext) -> bool:
+        if not (ctx.config.auto and not ctx.validation and ctx.qc.mode in ("static", "dynamic")):
+            ctx.auto = []
+            return True
+        return False
+
+    def message(self, ctx: ExportContext) -> str:
+        return "--auto: trying accuracy-recovery steps"
+
+    def _attempt(self, ctx: ExportContext, recover: tuple[str, ...], method: str) -> ValidationResult:
+        ctx.prepared, ctx.recover, ctx.recovery = ctx.prepared_fp32, recover, []
+        ctx.candidates = [replace(c, calibration_method=method) for c in ctx.candidates]
+        ctx.qc = replace(ctx.qc, calibration_method=method)
+        del ctx.notes[ctx.notes_mark :]
+        run_stages(RETRY, ctx, ctx.progress)
+        return ctx.validation
+
+    def run(self, ctx: ExportContext) -> None:
+        start = time.perf_counter()
+        budget = ctx.config.auto_seconds
+        best = (tuple(ctx.recover), ctx.qc.calibration_method)
+        best_score = score(ctx.validation)
+        attempts: list[dict[str, Any]] = [
+            {
+                "recover": list(best[0]),
+                "calibration_method": best[1],
+                "passed": False,
+                "worst": _worst(ctx.validation),
+                "score": best_score,
+                "seconds": 0.0,
+                "kept": True,
+            }
+        ]
+        ladder = LADDER.get(ctx.defaults["family"], LADDER["other"])
+        rungs = [r for r in ladder if r == MSE_RANGES or (r in RECOVERY and r not in best[0])]
+        passed = False
+        for i, rung in enumerate(rungs):
+            if time.perf_counter() - start > budget:
+                break
+            ctx.progress("auto-recover", f"--auto: {rung}", i, len(rungs))
+            recover, method = best
+            if rung == MSE_RANGES:
+                if method == "mse" or ctx.qc.mode != "static":
+                    continue
+                method = "mse"
+            else:
+                recover = (*recover, rung)
+            tried = time.perf_counter()
+            validation = self._attempt(ctx, recover, method)
+            now = score(validation)
+            kept = bool(validation) or now > best_score
+            attempts.append(
+                {
+                    "recover": list(recover),
+                    "calibration_method": method,
+                    "passed": bool(validation),
+                    "worst": _worst(validation),
+                    "score": now,
+                    "seconds": time.perf_counter() - tried,
+                    "kept": kept,
+                }
+            )
+            if kept:
+                best, best_score = (recover, method), now
+            if validation:
+                passed = True
+                break
+        last = attempts[-1]
+        if not passed and (tuple(last["recover"]), last["calibration_method"]) != best:
+            self._attempt(ctx, *best)  # the last attempt was worse: rebuild the best one
+        ctx.auto = attempts
+        ctx.notes.append(
+            f"--auto: accuracy recovery {'reached the tolerance' if passed else 'did not reach the tolerance'}"
+            f" with {', '.join(best[0]) or 'no steps'} (ranges {best[1]}); {len(attempts) - 1} attempt(s), "
+            f"{time.perf_counter() - start:.0f} s (report.json: auto)"
+        )

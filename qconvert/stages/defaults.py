@@ -1,0 +1,54 @@
+"""ChooseDefaults: where the user named no --mode or no --recover, the defaults for the model's family
+(qconvert.recover.defaults: conv nets get bias correction, transformers on cpu dynamic int8 after
+SmoothQuant). Runs on the prepared graph, after the selectors, before the recovery steps."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import onnx
+
+from qconvert.errors import ConfigError
+from qconvert.recover.defaults import choose, model_family
+from qconvert.stages.base import Stage
+from qconvert.stages.context import ExportContext
+
+
+class ChooseDefaults(Stage[ExportContext]):
+    name = "defaults"
+    needs = ("prepared", "candidates", "target", "mode", "opts")
+    gives = ("recover", "defaults", "prepared_fp32", "notes_mark")
+
+    def run(self, ctx: ExportContext) -> None:
+        config = ctx.config
+        family = model_family(onnx.load(str(ctx.prepared), load_external_data=False))
+        chosen = choose(family, ctx.target.name, config.bits, ctx.mode)
+        mode = chosen.mode if config.mode is None else None
+        if mode is not None and mode != ctx.mode:
+            try:
+                ctx.target.resolve_mode(config.bits, mode)
+            except ConfigError:
+                mode = None  # this target does not run it: keep its own default
+        if mode is not None and mode != ctx.mode:
+            external = ctx.qc.external_data  # and the selectors' choice, made before
+            ctx.mode = mode
+            excluded, included = ctx.qc.nodes_to_exclude, ctx.qc.nodes_to_include
+            ctx.candidates = [
+                replace(c, external_data=external, nodes_to_exclude=excluded, nodes_to_include=included)
+                for c in ctx.target.quantize_candidates(
+                    config.bits, mode, config.calibration_method, ctx.opts
+                )
+            ]
+            ctx.qc = ctx.candidates[0]
+        recover = chosen.recover if config.recover is None else config.recover
+        if config.recover is None and config.mode is not None and chosen.mode is not None:
+            recover = ()  # the family default's steps were measured with its mode, not the user's
+        ctx.recover = recover
+        used = (config.recover is None and bool(recover)) or (mode is not None)
+        ctx.defaults = {**asdict(chosen), "mode": ctx.mode, "recover": list(recover), "applied": used}
+        if used and chosen.why:
+            ctx.notes.append(
+                f"defaults for {chosen.why}; --mode / --recover choose otherwise (--recover none)"
+            )
+        # where --auto starts again from: the graph before recovery, the notes before its stages
+        ctx.prepared_fp32, ctx.notes_mark = ctx.prepared, len(ctx.notes)
