@@ -11,7 +11,8 @@ from benchmarks/photos.py (different source photographs on each side). Side by s
   prepared graph and calibration images (cpu only)
 - qconvert static: qconvert's static quantizer with the target's QuantizeConfig, as today
 - each recovery step alone (qconvert.recover: a pre step on the fp32 graph, then the same quantizer)
-  and the combinations
+  and the combinations; "STEPS@float-stem" also leaves the first conv and the depthwise conv after
+  it in float (their quantized stem activation alone costs the model 27.6 dB, see --analyze)
 - NNCF 3.4 `nncf.quantize` on the same prepared ONNX, fast and full bias correction, run in
   /work/benchvenv as a subprocess (cpu only: NNCF makes its own Q/DQ scheme)
 
@@ -62,7 +63,9 @@ from qconvert.validation.metrics import compare  # noqa: E402
 
 BENCHVENV = Path("/work/benchvenv/bin/python")
 DEFAULT_STEPS = (
+    "none@float-stem",
     "bias_correction",
+    "bias_correction@float-stem",
     "equalize",
     "clip_weights",
     "equalize+bias_correction",
@@ -148,6 +151,21 @@ def apply_steps(
         notes.extend(result.notes)
         seconds[name] = round(result.seconds, 2)
     return model, notes, seconds
+
+
+def float_stem(model: onnx.ModelProto) -> tuple[str, ...]:
+    """The first Conv and the Conv that reads its output (through its activation): left in float by
+    "@float-stem", so the stem's output activation is never quantized."""
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    first, out = convs[0], convs[0].output[0]
+    nxt = consumers.get(out, [])
+    if len(nxt) == 1 and nxt[0].op_type != "Conv":
+        nxt = consumers.get(nxt[0].output[0], [])
+    return (first.name, *(n.name for n in nxt if n.op_type == "Conv"))
 
 
 def ort_plain(prepared: Path, dest: Path, calib: np.ndarray) -> None:
@@ -243,6 +261,7 @@ def analyze(prepared: Path, quantized: Path, qc: QuantizeConfig, held: np.ndarra
         k: {"layers": len(v), **metrics(ref, run(session(weights_only(v), False), x)["logits"])}
         for k, v in kinds.items()
     }
+    out["activations_only_by_kind"] = activations_by_kind(quantized, fp, inits, kind, ref, x)
     # cumulative SQNR after each conv (after its ReLU6 where it has one), full quantization
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in fp.graph.node:
@@ -282,6 +301,79 @@ def analyze(prepared: Path, quantized: Path, qc: QuantizeConfig, held: np.ndarra
         )
     out["cumulative"] = rows
     return out
+
+
+def activations_by_kind(
+    quantized: Path,
+    fp: onnx.ModelProto,
+    inits: dict[str, np.ndarray],
+    kind: Any,
+    ref: np.ndarray,
+    x: np.ndarray,
+) -> dict[str, Any]:
+    """Weights in fp32 and only one kind of activation tensor quantized (by the layer that writes it);
+    a bypassed tensor that a folded ReLU6 bounded gets its Clip(0, 6) back."""
+    from onnx import helper, numpy_helper
+
+    q = onnx.load(str(quantized))
+    names = {i.name for i in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    fp_nodes = {n.name: n for n in fp.graph.node}
+    clipped = {c.input[0] for c in fp.graph.node if c.op_type == "Clip"}
+
+    def kind_of(t: str) -> str:
+        p = producer.get(t)
+        if p is None:
+            return "graph input"
+        if p.op_type in ("Conv", "Gemm") and p.name in fp_nodes:
+            return kind(fp_nodes[p.name]) + " output"
+        return p.op_type + " output"
+
+    quants = [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in names]
+    groups: dict[str, set[str]] = {}
+    for n in quants:
+        groups.setdefault(kind_of(n.input[0]), set()).add(n.name)
+    relu6 = {
+        n.name
+        for n in quants
+        if (p := producer.get(n.input[0])) is not None
+        and p.name in fp_nodes
+        and fp_nodes[p.name].output[0] in clipped
+    }
+
+    def only(keep: set[str]) -> onnx.ModelProto:
+        m = onnx.ModelProto()
+        m.CopyFrom(q)
+        m.graph.initializer.extend(
+            [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in (("_z", 0), ("_six", 6))]
+        )
+        dropped = {n.output[0]: n for n in quants if n.name not in keep}
+        nodes = []
+        for n in m.graph.node:
+            if n.op_type == "QuantizeLinear" and n.output[0] in dropped:
+                continue
+            if n.op_type == "DequantizeLinear" and n.input[0] in dropped:
+                src = dropped[n.input[0]]
+                nodes.append(
+                    helper.make_node("Clip", [src.input[0], "_z", "_six"], list(n.output))
+                    if src.name in relu6
+                    else helper.make_node("Identity", [src.input[0]], list(n.output))
+                )
+                continue
+            base = n.input[0].removesuffix("_quantized") if n.input else ""
+            if n.op_type == "DequantizeLinear" and n.input[0] in names and base in inits:
+                m.graph.initializer.append(numpy_helper.from_array(inits[base], base + "_fp32"))
+                nodes.append(helper.make_node("Identity", [base + "_fp32"], list(n.output)))
+                continue
+            nodes.append(n)
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+        return m
+
+    return {
+        k: {"tensors": len(v), **metrics(ref, run(session(only(v), False), x)["logits"])}
+        for k, v in groups.items()
+    }
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -370,13 +462,15 @@ def main() -> None:
             results["analysis"] = analyze(prepared, base, qc, held)
             print(json.dumps({k: v for k, v in results["analysis"].items() if k != "cumulative"}, indent=1))
         for combo in [s for s in args.steps.split(",") if s]:
-            steps = combo.split("+")
+            chain, _, where = combo.partition("@")
+            steps = [s for s in chain.split("+") if s != "none"]
             missing = [s for s in steps if s not in RECOVERY.names()]
             if missing:
                 print(f"skipping {combo}: {', '.join(missing)} not registered")
                 continue
             start = time.perf_counter()
-            inp = RecoveryInput(qc=qc, calibration=dataset, work=work)
+            run_qc = replace(qc, nodes_to_exclude=float_stem(fp32_model)) if where == "float-stem" else qc
+            inp = RecoveryInput(qc=run_qc, calibration=dataset, work=work)
             model, notes, per_step = apply_steps(fp32_model, steps, inp)
             src, dest = work / f"{target}-{combo}-fp32.onnx", work / f"{target}-{combo}.onnx"
             onnx.save_model(model, str(src))
