@@ -43,11 +43,24 @@ def cli(*args: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`qconvert export copycount` (cpu, int8 Q/DQ), through the CLI. The format is fixed so that the
-    graph does not depend on which format measures faster on this machine."""
+    """`qconvert export copycount` (cpu, static int8 Q/DQ, no recovery), through the CLI: the setting
+    that loses counting lengths, so the probe has something to find (the cpu default for this
+    transformer, dynamic int8 after SmoothQuant, keeps them). The format is fixed so that the graph
+    does not depend on which format measures faster on this machine."""
     out = tmp_path_factory.mktemp("copycount") / "int8"
     code, text = cli(
-        "export", "copycount", "-o", str(out), "--tolerance", LENIENT, "--target-option", "format=qdq"
+        "export",
+        "copycount",
+        "-o",
+        str(out),
+        "--mode",
+        "static",
+        "--recover",
+        "none",
+        "--tolerance",
+        LENIENT,
+        "--target-option",
+        "format=qdq",
     )
     assert code == 0, text
     return out

@@ -154,7 +154,17 @@ def bert_dynamic(hf_dir: Path) -> tuple[Path, str]:
 @pytest.fixture(scope="module")
 def bert_static(hf_dir: Path) -> tuple[Path, str]:
     return _export(
-        hf_dir, "bert-static", hf_dir / "bert", "--bits", "8", "--target", "cpu", "--max-length", "20"
+        hf_dir,
+        "bert-static",
+        hf_dir / "bert",
+        "--bits",
+        "8",
+        "--target",
+        "cpu",
+        "--mode",
+        "static",  # the cpu default for a transformer is dynamic int8
+        "--max-length",
+        "20",
     )
 
 

@@ -22,13 +22,14 @@ class ChooseDefaults(Stage[ExportContext]):
     def run(self, ctx: ExportContext) -> None:
         config = ctx.config
         family = model_family(onnx.load(str(ctx.prepared), load_external_data=False))
-        chosen = choose(family, ctx.target.name, config.bits, ctx.mode)
-        mode = chosen.mode if config.mode is None else None
+        chosen = choose(family, ctx.target.name, config.bits, ctx.mode, mode_given=config.mode is not None)
+        mode = chosen.mode
         if mode is not None and mode != ctx.mode:
             try:
                 ctx.target.resolve_mode(config.bits, mode)
-            except ConfigError:
-                mode = None  # this target does not run it: keep its own default
+            except ConfigError:  # this target does not run it: keep its own default
+                mode = None
+                chosen = choose(family, ctx.target.name, config.bits, ctx.mode, mode_given=True)
         if mode is not None and mode != ctx.mode:
             external = ctx.qc.external_data  # and the selectors' choice, made before
             ctx.mode = mode
@@ -40,11 +41,29 @@ class ChooseDefaults(Stage[ExportContext]):
                 )
             ]
             ctx.qc = ctx.candidates[0]
+        if chosen.matmuls_only and config.recover is None and not ctx.qc.nodes_to_include:
+            graph = onnx.load(str(ctx.prepared), load_external_data=False).graph
+            matmuls = tuple(n.name for n in graph.node if n.op_type == "MatMul" and n.name)
+            outputs_float = (("OpTypesToExcludeOutputQuantization", ("MatMul",)),)
+            ctx.candidates = [
+                replace(c, nodes_to_include=matmuls, extra_options=(*c.extra_options, *outputs_float))
+                for c in ctx.candidates
+                if c.format == "qdq"  # QOperator has no int8 MatMul with a float output
+            ] or ctx.candidates
+            ctx.qc = ctx.candidates[0]
         recover = chosen.recover if config.recover is None else config.recover
-        if config.recover is None and config.mode is not None and chosen.mode is not None:
-            recover = ()  # the family default's steps were measured with its mode, not the user's
+        if config.recover is None and ctx.calibration is None:
+            from qconvert.recover import RECOVERY
+
+            needing = [r for r in recover if RECOVERY.get(r).needs_calibration]
+            if needing:
+                ctx.notes.append(
+                    f"default step(s) {', '.join(needing)} left out: they need calibration data "
+                    "(pass --calibration DATA)"
+                )
+                recover = tuple(r for r in recover if r not in needing)
         ctx.recover = recover
-        used = (config.recover is None and bool(recover)) or (mode is not None)
+        used = (config.recover is None and (bool(recover) or chosen.matmuls_only)) or mode is not None
         ctx.defaults = {**asdict(chosen), "mode": ctx.mode, "recover": list(recover), "applied": used}
         if used and chosen.why:
             ctx.notes.append(

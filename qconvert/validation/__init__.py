@@ -110,11 +110,17 @@ def evaluate(
     the text-model metrics (embedding_cosine, next_token_agreement) to the token outputs it names."""
     if len(reference) != len(candidate) or len(names) != len(reference):
         raise ValueError("reference, candidate and names must have the same length")
-    outputs = {n: compare(r, c) for n, r, c in zip(names, reference, candidate, strict=True)}
+    outputs = {}
     for name, r, c in zip(names, reference, candidate, strict=True):
         kind = tokens.kinds.get(name) if tokens is not None else None
         if tokens is not None and kind and r.ndim == 3 and r.shape[:2] == tokens.mask.shape:
-            outputs[name].update(token_metrics(kind, r, c, tokens.mask))
+            # a token output is compared on the real tokens only, one row per token: what a model
+            # computes at padding positions is never used, and differs freely between runtimes
+            real = tokens.mask != 0
+            per_token = compare(r[real], c[real], classes=False)
+            outputs[name] = {**per_token, **token_metrics(kind, r, c, tokens.mask)}
+        else:
+            outputs[name] = compare(r, c)
     acc: dict[str, Any] | None = None
     task_output = next((n for n, r in zip(names, reference, strict=True) if is_classifier_output(r)), None)
     if labels is not None and task_output is not None:

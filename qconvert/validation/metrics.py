@@ -16,13 +16,14 @@ def is_classifier_output(a: np.ndarray) -> bool:
     return a.ndim == 2 and a.shape[1] > 1
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+def compare(reference: np.ndarray, candidate: np.ndarray, classes: bool = True) -> dict[str, float]:
     """max/mean/p99 abs error, relative error (mean |a-b| / mean |a|), cosine similarity (per
     sample: mean and worst), SQNR in dB, `nonfinite` (values that are NaN or Inf in the candidate
     where the reference is finite, e.g. an fp16 overflow), and for class-score outputs: top-1
     agreement, top-5 agreement (the reference's top-1 among the candidate's top 5; only with more
     than 5 classes, where it is not trivially 1) and the KL divergence
-    softmax(reference) || softmax(candidate), averaged over samples."""
+    softmax(reference) || softmax(candidate), averaged over samples (`classes=False`: never, e.g. for
+    the rows of a token output's hidden states)."""
     if reference.shape != candidate.shape:
         raise ValueError(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     ref = reference.astype(np.float64)
@@ -46,7 +47,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
         out["rel_error"] = out["mean_abs"] / mean_ref
     else:  # an all-zero reference: any error at all is infinitely large relative to it
         out["rel_error"] = 0.0 if out["mean_abs"] <= EPS else float("inf")
-    if is_classifier_output(ref):
+    if classes and is_classifier_output(ref):
         out["top1_agreement"] = float((ref.argmax(1) == cand.argmax(1)).mean())
         if ref.shape[1] > TOP_K:
             top_k = np.argpartition(-cand, TOP_K - 1, axis=1)[:, :TOP_K]

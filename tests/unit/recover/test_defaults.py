@@ -1,0 +1,40 @@
+"""The model family (from the graph's ops) and the defaults each family gets."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from qconvert.recover.defaults import choose, model_family
+
+
+def _graph(ops: list[str]) -> onnx.ModelProto:
+    nodes = [helper.make_node(op, ["x"], [f"y{i}"], name=f"n{i}") for i, op in enumerate(ops)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    return helper.make_model(helper.make_graph(nodes, "g", [x], []))
+
+
+def test_families() -> None:
+    assert model_family(_graph(["Conv", "Relu", "Conv", "Gemm"])) == "conv"
+    encoder = ["MatMul"] * 6 + ["Softmax", "LayerNormalization", "Add"]
+    assert model_family(_graph(encoder)) == "transformer"
+    assert model_family(_graph(["Attention", "SkipLayerNormalization", "MatMul"])) == "transformer"
+    # a ViT: one patch-embedding Conv does not make it a conv net
+    assert model_family(_graph(["Conv", *encoder])) == "transformer"
+    # attention without normalisation, or plain MLPs, are neither
+    assert model_family(_graph(["MatMul", "MatMul", "Softmax"])) == "other"
+    assert model_family(_graph(["Gemm", "Relu", "Gemm"])) == "other"
+
+
+def test_defaults_per_family() -> None:
+    conv = choose("conv", "tensorrt", 8, "static")
+    assert conv.recover == ("bias_correction",) and conv.mode is None
+    text = choose("transformer", "cpu", 8, "static")
+    assert text.mode == "dynamic" and text.recover == ("smoothquant",)
+    assert not text.matmuls_only
+    assert choose("transformer", "tensorrt", 8, "static").mode is None  # no dynamic int8 there
+    # the user's own static on cpu is kept: SmoothQuant, and only the MatMuls quantized
+    forced = choose("transformer", "cpu", 8, "static", mode_given=True)
+    assert forced.mode is None and forced.recover == ("smoothquant",) and forced.matmuls_only
+    assert choose("conv", "cpu", 4, "weight-only").recover == ()  # measured at 8 bits only
+    assert choose("other", "cpu", 8, "static").recover == ()
