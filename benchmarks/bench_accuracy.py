@@ -474,7 +474,7 @@ def main() -> None:
             model, notes, per_step = apply_steps(fp32_model, steps, inp)
             src, dest = work / f"{target}-{combo}-fp32.onnx", work / f"{target}-{combo}.onnx"
             onnx.save_model(model, str(src))
-            quantize_static_int8(src, dest, qc, dataset)
+            quantize_static_int8(src, dest, run_qc, dataset)
             record(
                 target,
                 combo,
