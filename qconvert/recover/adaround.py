@@ -216,14 +216,17 @@ class AdaRound(Recovery):
         data = inp.calibration.subset(slice(0, min(self.samples, len(inp.calibration))))
         inits = {t.name: t for t in model.graph.initializer}
         details: dict[str, dict[str, float]] = {}
-        done, stopped, layer_seconds = 0, False, 0.0
+        done, stopped, layer_seconds, refresh_seconds = 0, False, 0.0, 0.0
         for first in range(0, len(layers), self.refresh_every):
             chunk = layers[first : first + self.refresh_every]
-            if time.perf_counter() - start + layer_seconds > self.budget_seconds:
+            # the next refresh (a quantization of the whole graph) and one layer must still fit
+            if time.perf_counter() - start + refresh_seconds + layer_seconds > self.budget_seconds:
                 stopped = True
                 break
+            began = time.perf_counter()
             inputs_q = self._layer_inputs(quantize_candidate(model, inp), chunk, data, quantized=True)
             inputs_fp = self._layer_inputs(fp32, chunk, data, quantized=False)
+            refresh_seconds = time.perf_counter() - began
             for layer in chunk:
                 began = time.perf_counter()
                 if began - start + layer_seconds > self.budget_seconds:
