@@ -57,6 +57,7 @@ from qconvert.prepare import prepared_from_onnx  # noqa: E402
 from qconvert.quantize.static import quantize_static_int8  # noqa: E402
 from qconvert.recover import RECOVERY  # noqa: E402
 from qconvert.recover.base import RecoveryInput  # noqa: E402
+from qconvert.recover.defaults import float_stem  # noqa: E402
 from qconvert.sources import load_source  # noqa: E402
 from qconvert.targets import TARGETS  # noqa: E402
 from qconvert.validation.metrics import compare  # noqa: E402
@@ -151,21 +152,6 @@ def apply_steps(
         notes.extend(result.notes)
         seconds[name] = round(result.seconds, 2)
     return model, notes, seconds
-
-
-def float_stem(model: onnx.ModelProto) -> tuple[str, ...]:
-    """The first Conv and the Conv that reads its output (through its activation): left in float by
-    "@float-stem", so the stem's output activation is never quantized."""
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    first, out = convs[0], convs[0].output[0]
-    nxt = consumers.get(out, [])
-    if len(nxt) == 1 and nxt[0].op_type != "Conv":
-        nxt = consumers.get(nxt[0].output[0], [])
-    return (first.name, *(n.name for n in nxt if n.op_type == "Conv"))
 
 
 def ort_plain(prepared: Path, dest: Path, calib: np.ndarray) -> None:

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 import onnx
 
 from qconvert.errors import ConfigError
-from qconvert.recover.defaults import choose, model_family
+from qconvert.recover.defaults import choose, float_stem, model_family
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 
@@ -51,6 +51,18 @@ class ChooseDefaults(Stage[ExportContext]):
                 if c.format == "qdq"  # QOperator has no int8 MatMul with a float output
             ] or ctx.candidates
             ctx.qc = ctx.candidates[0]
+        if chosen.float_stem and config.recover is None and not ctx.qc.nodes_to_include:
+            stem = float_stem(onnx.load(str(ctx.prepared), load_external_data=False))
+            ctx.candidates = [
+                replace(
+                    c,
+                    nodes_to_exclude=(*c.nodes_to_exclude, *(n for n in stem if n not in c.nodes_to_exclude)),
+                )
+                for c in ctx.candidates
+            ]
+            ctx.qc = ctx.candidates[0]
+            if stem:
+                ctx.notes.append(f"stem kept in float: {', '.join(stem)}")
         recover = chosen.recover if config.recover is None else config.recover
         if config.recover is None and ctx.calibration is None:
             from qconvert.recover import RECOVERY
@@ -63,7 +75,9 @@ class ChooseDefaults(Stage[ExportContext]):
                 )
                 recover = tuple(r for r in recover if r not in needing)
         ctx.recover = recover
-        used = (config.recover is None and (bool(recover) or chosen.matmuls_only)) or mode is not None
+        used = (
+            config.recover is None and (bool(recover) or chosen.matmuls_only or chosen.float_stem)
+        ) or mode is not None
         ctx.defaults = {**asdict(chosen), "mode": ctx.mode, "recover": list(recover), "applied": used}
         if used and chosen.why:
             ctx.notes.append(

@@ -38,3 +38,36 @@ def test_defaults_per_family() -> None:
     assert forced.mode is None and forced.recover == ("smoothquant",) and forced.matmuls_only
     assert choose("conv", "cpu", 4, "weight-only").recover == ()  # measured at 8 bits only
     assert choose("other", "cpu", 8, "static").recover == ()
+
+
+def _conv(name: str, x: str, y: str, group: int = 1) -> onnx.NodeProto:
+    return helper.make_node("Conv", [x, f"{name}_w"], [y], name=name, group=group)
+
+
+def test_float_stem_is_the_first_conv_and_a_depthwise_conv_after_it() -> None:
+    from qconvert.recover.defaults import float_stem
+
+    mobilenet = helper.make_model(
+        helper.make_graph(
+            [
+                _conv("stem", "x", "s"),
+                helper.make_node("Clip", ["s"], ["a"], name="relu6"),
+                _conv("dw", "a", "d", group=32),
+                _conv("pw", "d", "p"),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+            [],
+        )
+    )
+    assert float_stem(mobilenet) == ("stem", "dw")
+    plain = helper.make_model(
+        helper.make_graph(
+            [_conv("c1", "x", "a"), helper.make_node("Relu", ["a"], ["r"], name="r"), _conv("c2", "r", "b")],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+            [],
+        )
+    )
+    assert float_stem(plain) == ("c1",)
+    assert float_stem(_graph(["Gemm"])) == ()
