@@ -373,6 +373,7 @@ class Matrix:
                     data=str(heldout),
                     out_dir=self.root / "runs" / f"{model}-torch",
                     latency_repeats=LATENCY_REPEATS,
+                    recover=(),  # the target's own graph for the mode: no family defaults
                 )
             )
             self._torch[model] = result
@@ -403,6 +404,7 @@ class Matrix:
                         data=str(files.heldout),
                         out_dir=self.out_dir(model, cell),
                         latency_repeats=LATENCY_REPEATS,
+                        recover=(),  # the target's own graph for the mode: no family defaults
                     )
                 )
             except Exception as e:  # kept, so that the graph and tolerance tests do not both run it

@@ -73,7 +73,7 @@ class AutoRecover(Stage[ExportContext]):
         return "--auto: trying accuracy-recovery steps"
 
     def _attempt(self, ctx: ExportContext, recover: tuple[str, ...], method: str) -> ValidationResult:
-        ctx.prepared, ctx.recover, ctx.recovery = ctx.prepared_fp32, recover, []
+        ctx.prepared, ctx.recover, ctx.recovery, ctx.recovery_cache = ctx.prepared_fp32, recover, [], {}
         ctx.candidates = [replace(c, calibration_method=method) for c in ctx.candidates]
         ctx.qc = replace(ctx.qc, calibration_method=method)
         del ctx.notes[ctx.notes_mark :]

@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 import onnx
 
 from qconvert.errors import ConfigError
+from qconvert.recover import RECOVERY
 from qconvert.recover.defaults import choose, float_stem, model_family
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
@@ -16,8 +17,15 @@ from qconvert.stages.context import ExportContext
 
 class ChooseDefaults(Stage[ExportContext]):
     name = "defaults"
-    needs = ("prepared", "candidates", "target", "mode", "opts")
+    needs = ("prepared", "candidates", "target", "mode", "opts", "calibration")
     gives = ("recover", "defaults", "prepared_fp32", "notes_mark")
+
+    @staticmethod
+    def _reads_calibration(ctx: ExportContext) -> bool:
+        qc, config = ctx.qc, ctx.config
+        if qc.mode == "static" or qc.weight_algorithm == "gptq" or config.auto:
+            return True
+        return any(RECOVERY.get(name).needs_calibration for name in ctx.recover)
 
     def run(self, ctx: ExportContext) -> None:
         config = ctx.config
@@ -65,8 +73,6 @@ class ChooseDefaults(Stage[ExportContext]):
                 ctx.notes.append(f"stem kept in float: {', '.join(stem)}")
         recover = chosen.recover if config.recover is None else config.recover
         if config.recover is None and ctx.calibration is None:
-            from qconvert.recover import RECOVERY
-
             needing = [r for r in recover if RECOVERY.get(r).needs_calibration]
             if needing:
                 ctx.notes.append(
@@ -75,6 +81,8 @@ class ChooseDefaults(Stage[ExportContext]):
                 )
                 recover = tuple(r for r in recover if r not in needing)
         ctx.recover = recover
+        if ctx.calibration is not None and not self._reads_calibration(ctx):
+            ctx.calibration = None  # kept for recovery steps this run does not take
         used = (
             config.recover is None and (bool(recover) or chosen.matmuls_only or chosen.float_stem)
         ) or mode is not None

@@ -51,7 +51,9 @@ def _steps(names: tuple[str, ...], phase: str) -> list[Recovery]:
 def _run(ctx: ExportContext, phase: str, quantized: Path | None) -> Path | None:
     """Run the `phase` steps in order; the path of the last changed graph (None: nothing changed)."""
     if not hasattr(ctx, "recovery"):
-        ctx.recovery, ctx.recovery_cache = [], {}
+        ctx.recovery = []
+    if not hasattr(ctx, "recovery_cache"):
+        ctx.recovery_cache = {}
     changed: Path | None = None
     for i, step in enumerate(_steps(ctx.recover, phase)):
         entry: dict[str, Any] = {"name": step.name, "phase": phase}

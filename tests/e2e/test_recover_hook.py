@@ -76,7 +76,7 @@ def test_recovery_steps_run_around_quantize_and_are_reported(
     assert f"--recover {ScaleNothing.name}: scaled nothing" in report["notes"]
     manifest = json.loads((out / "qconvert.json").read_text())
     assert manifest["settings"]["recover"] == [ScaleNothing.name, MeasureCandidate.name]
-    assert f"--recover {ScaleNothing.name} --recover {MeasureCandidate.name}" in manifest["command"]
+    assert f"--recover {ScaleNothing.name},{MeasureCandidate.name}" in manifest["command"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing written beside OUT_DIR
 
 
@@ -97,9 +97,10 @@ def test_an_unknown_step_is_refused_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_without_recover_there_is_no_recovery_entry_in_the_plan() -> None:
-    assert RunConfig().recover == ()
+def test_without_recover_the_family_defaults_apply() -> None:
+    assert RunConfig().recover is None  # None: the model family's defaults (recover.defaults)
     assert "--recover" not in RunConfig().to_argv(Path("out"))
+    assert "--recover none" in " ".join(RunConfig(recover=()).to_argv(Path("out")))
 
 
 @pytest.mark.slow
