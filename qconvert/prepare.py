@@ -14,6 +14,7 @@ import ast
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +122,12 @@ def _upgrade_failure(model: onnx.ModelProto, opset: int, wanted: int, error: Exc
     ops = {n.op_type for n in model.graph.node}
     blocking = next((op for op in sorted(ops, key=len, reverse=True) if op in text), None)
     node = next((n for n in model.graph.node if n.op_type == blocking), None)
+    attribute = re.search(r"Attribute (\w+)", text)
+    if node is None and attribute:  # the converter's adapters name the attribute, not the op
+        node = next((n for n in model.graph.node if any(a.name == attribute[1] for a in n.attribute)), None)
     where = (
-        f"the {blocking} node '{node.name or node.output[0]}' blocks it"
+        f"the {node.op_type} node '{node.name or node.output[0]}' blocks it"
+        + (f": {brief(error)}" if attribute else "")
         if node is not None
         else f"{type(error).__name__}: {brief(error)}"
     )
