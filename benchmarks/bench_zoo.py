@@ -59,7 +59,9 @@ HEADER = (
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="", help="comma-separated zoo names (and foreign kinds); default all")
+    parser.add_argument(
+        "--models", default="", help="comma-separated zoo names (and foreign kinds); default all"
+    )
     parser.add_argument("--targets", default="cpu,tensorrt,cuda")
     parser.add_argument("--json", default="", help="also write the rows here")
     args = parser.parse_args()
@@ -74,7 +76,7 @@ def main() -> int:
                 outcome, _, _ = test_zoo.foreign_case(kind, target, bits, Path(tmp) / kind)
                 rows.append(row(outcome, "foreign ONNX"))
                 records.append({**asdict(outcome), "family": "foreign ONNX"})
-                print(rows[-1], flush=True)  # noqa: T201
+                print(rows[-1], flush=True)
         for entry in _zoo.ZOO:
             if wanted and entry.name not in wanted:
                 continue
@@ -86,11 +88,13 @@ def main() -> int:
                 start = time.perf_counter()
                 outcome, _ = test_zoo.zoo_case(entry.name, target, bits, Path(tmp) / entry.name, fast=False)
                 rows.append(row(outcome, entry.family))
-                records.append({**asdict(outcome), "family": entry.family, "seconds": time.perf_counter() - start})
-                print(rows[-1], flush=True)  # noqa: T201
+                records.append(
+                    {**asdict(outcome), "family": entry.family, "seconds": time.perf_counter() - start}
+                )
+                print(rows[-1], flush=True)
     for record in records:
         record.pop("output", None)
-    print("\n" + HEADER + "\n" + "\n".join(rows))  # noqa: T201
+    print("\n" + HEADER + "\n" + "\n".join(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
     return 0

@@ -306,9 +306,11 @@ def vendor_graph(path: Path) -> tuple[list[str], list[str]]:
     from onnx import TensorProto, numpy_helper
 
     rng = np.random.default_rng(0)
-    w = lambda *s: numpy_helper.from_array(
-        (rng.standard_normal(s) * (2 / np.prod(s[1:])) ** 0.5).astype(np.float32)
-    )  # noqa: E731
+
+    def w(*shape: int) -> onnx.TensorProto:
+        scale = (2 / np.prod(shape[1:])) ** 0.5
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32))
+
     inits = [w(16, 3, 3, 3), w(16, 16, 3, 3), w(10, 16)]
     for t, name in zip(inits, ("conv1/kernel", "conv2/kernel", "dense/kernel"), strict=True):
         t.name = name
