@@ -32,9 +32,9 @@ CONTRIB_DOMAIN = "com.microsoft"
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # node metadata: the PyTorch module path (quantize.selectors)
 # Per-channel QuantizeLinear/DequantizeLinear (their `axis` attribute) exist from opset 13; an older
 # graph (PaddlePaddle, tf2onnx, older torch exports: opset 10-12) is converted up to this first.
+# (16-bit Q/DQ below opset 21 is written in the com.microsoft domain by onnxruntime's quantizer, and
+# quantize.int4 converts to opset 21 itself, so neither needs a higher `min_opset` here.)
 MIN_QDQ_OPSET = 13
-# 16-bit and 4-bit tensors in ONNX's own QuantizeLinear/DequantizeLinear need opset 21.
-LOWBIT_QDQ_OPSET = 21
 
 
 def prepared_from_onnx(
