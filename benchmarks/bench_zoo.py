@@ -77,16 +77,19 @@ def main() -> int:
                 rows.append(row(outcome, "foreign ONNX"))
                 records.append({**asdict(outcome), "family": "foreign ONNX"})
                 print(rows[-1], flush=True)
-        for entry in _zoo.ZOO:
-            if wanted and entry.name not in wanted:
-                continue
-            reason = _zoo.available(entry)
-            if reason:
-                rows.append(f"| {entry.name} | {entry.family} | all | skipped: {reason} |" + " |" * 8)
-                continue
-            for target, bits in targets:
+        for target, bits in targets:  # every model on one target before the next target
+            for entry in _zoo.ZOO:
+                if wanted and entry.name not in wanted:
+                    continue
+                reason = _zoo.available(entry)
+                if reason:
+                    rows.append(
+                        f"| {entry.name} | {entry.family} | {target} | skipped: {reason} |" + " |" * 8
+                    )
+                    continue
                 start = time.perf_counter()
-                outcome, _ = test_zoo.zoo_case(entry.name, target, bits, Path(tmp) / entry.name, fast=False)
+                work = Path(tmp) / f"{entry.name}-{target}"
+                outcome, _ = test_zoo.zoo_case(entry.name, target, bits, work, fast=False)
                 rows.append(row(outcome, entry.family))
                 records.append(
                     {**asdict(outcome), "family": entry.family, "seconds": time.perf_counter() - start}
