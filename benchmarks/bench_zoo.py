@@ -89,7 +89,13 @@ def main() -> int:
                     continue
                 start = time.perf_counter()
                 work = Path(tmp) / f"{entry.name}-{target}"
-                outcome, _ = test_zoo.zoo_case(entry.name, target, bits, work, fast=False)
+                try:
+                    outcome, _ = test_zoo.zoo_case(entry.name, target, bits, work, fast=False)
+                except Exception as e:  # one model's failure must not end the table
+                    rows.append(f"| {entry.name} | {entry.family} | {target} | bench error: {type(e).__name__}: "
+                                f"{str(e)[:160]} |" + " |" * 8)  # fmt: skip
+                    print(rows[-1], flush=True)
+                    continue
                 rows.append(row(outcome, entry.family))
                 records.append(
                     {**asdict(outcome), "family": entry.family, "seconds": time.perf_counter() - start}
