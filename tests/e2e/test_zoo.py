@@ -184,6 +184,8 @@ def run_case(
     out = work / f"{name}-{target}-{bits}"
     rc, report, text = qconvert_export(source, out, target, bits, *args, *extra)
     status = "PASSED" if rc == 0 else "FAILED (tolerance)" if rc == 1 else f"ERROR (exit {rc})"
+    if rc in (0, 1) and not (out / "model.onnx").exists():
+        rc, status = -1, f"ERROR (exit {rc}, no model.onnx written)"
     if rc not in (0, 1):
         return Outcome(name, target, bits, rc, status, compare, float("nan"), None, "", float("nan"),
                        None, None, None, None, text[-3000:])  # fmt: skip
