@@ -258,9 +258,11 @@ class _Heads:
                 super().__init__()
                 self.net = net
 
-            def forward(self, *args: torch.Tensor) -> torch.Tensor:
-                names = ("input_values",) if kind == "wav2vec2" else ("input_ids", "attention_mask")
-                out = self.net(**dict(zip(names, args, strict=True)), return_dict=True)
+            def forward(self, first: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+                if kind == "wav2vec2":
+                    out = self.net(input_values=first, return_dict=True)
+                else:
+                    out = self.net(input_ids=first, attention_mask=mask, return_dict=True)
                 return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
         return Plain()
