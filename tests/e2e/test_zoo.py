@@ -15,6 +15,7 @@ the rest is `slow` and is also what benchmarks/bench_zoo.py runs and tabulates.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -70,10 +71,14 @@ def ort_baseline(fp32: Path, dest: Path, target: str, bits: int, calibration: di
             return f"float16 converter: {type(e).__name__}: {str(e)[:200]}"
         return ""
     pre = dest.with_name(dest.stem + "-pre.onnx")
+    here = Path.cwd()
+    os.chdir(dest.parent)  # where its symbolic shape inference, when it fails, writes a debug copy
     try:
         quant_pre_process(str(fp32), str(pre))
     except Exception as e:
         return f"quant_pre_process: {type(e).__name__}: {str(e)[:200]}"
+    finally:
+        os.chdir(here)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
