@@ -14,6 +14,7 @@ import ast
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +30,25 @@ log = logging.getLogger(__name__)
 
 CONTRIB_DOMAIN = "com.microsoft"
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # node metadata: the PyTorch module path (quantize.selectors)
+# Per-channel QuantizeLinear/DequantizeLinear (their `axis` attribute) exist from opset 13; an older
+# graph (PaddlePaddle, tf2onnx, older torch exports: opset 10-12) is converted up to this first.
+# (16-bit Q/DQ below opset 21 is written in the com.microsoft domain by onnxruntime's quantizer, and
+# quantize.int4 converts to opset 21 itself, so neither needs a higher `min_opset` here.)
+MIN_QDQ_OPSET = 13
 
 
-def prepared_from_onnx(src: Path, dest: Path, external_data: bool = False) -> Path:
+def prepared_from_onnx(
+    src: Path, dest: Path, external_data: bool = False, min_opset: int = MIN_QDQ_OPSET
+) -> Path:
     """Run onnxruntime's quantization pre-processing (symbolic shape inference, constant
     folding and basic fusions, ONNX shape inference). Symbolic inference fails on some graphs;
     then it is skipped and plain ONNX shape inference is used, except on a graph with contrib ops,
-    which plain inference cannot type: that is a PrepareError."""
+    which plain inference cannot type: that is a PrepareError. A graph below `min_opset` is first
+    converted up to it with onnx's version converter (`upgraded_opset`); the graph's input and
+    output names are kept throughout."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src = upgraded_opset(src, dest.with_name(f"{dest.stem}-opset.onnx"), min_opset, external_data)
     save = {
         "save_as_external_data": external_data,
         "all_tensors_to_one_file": True,
@@ -68,8 +79,80 @@ def prepared_from_onnx(src: Path, dest: Path, external_data: bool = False) -> Pa
     lost = lost_dynamic_axes(src, dest)
     if lost:
         raise PrepareError(f"preparing {src.name} fixed dynamic axes: {'; '.join(lost)}")
+    _check_io_names(src, dest)
     _restore_module_scopes(src, dest, external_data)
     return dest
+
+
+def ai_onnx_opset(model: onnx.ModelProto) -> int:
+    """The graph's default-domain opset (0: none declared)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def upgraded_opset(src: Path, dest: Path, min_opset: int, external_data: bool = False) -> Path:
+    """`src` itself when its opset is `min_opset` or newer; else the graph converted to `min_opset`
+    with onnx's version converter, saved to `dest`. A graph the converter cannot take there is a
+    PrepareError naming the node that blocks it and what to try."""
+    import onnx
+    import onnx.version_converter
+
+    from qconvert.artifacts import save_onnx
+
+    header = onnx.load(str(src), load_external_data=False)
+    opset = ai_onnx_opset(header)
+    if opset >= min_opset:
+        return src
+    model = onnx.load(str(src))
+    try:
+        upgraded = onnx.version_converter.convert_version(model, min_opset)
+        onnx.checker.check_model(upgraded, full_check=False)
+    except Exception as e:
+        raise PrepareError(_upgrade_failure(model, opset, min_opset, e)) from e
+    # the converter sets the IR version to its own; onnxruntime reads any IR >= 7
+    save_onnx(upgraded, dest, external=external_data or None)
+    _check_io_names(src, dest)
+    log.info("%s: opset %d converted to %d with onnx's version converter", src.name, opset, min_opset)
+    return dest
+
+
+def _upgrade_failure(model: onnx.ModelProto, opset: int, wanted: int, error: Exception) -> str:
+    """The message for a graph the version converter cannot take from `opset` to `wanted`: the
+    node it stopped at, when its message names an op type of the graph."""
+    text = str(error)
+    ops = {n.op_type for n in model.graph.node}
+    blocking = next((op for op in sorted(ops, key=len, reverse=True) if op in text), None)
+    node = next((n for n in model.graph.node if n.op_type == blocking), None)
+    attribute = re.search(r"Attribute (\w+)", text)
+    if node is None and attribute:  # the converter's adapters name the attribute, not the op
+        node = next((n for n in model.graph.node if any(a.name == attribute[1] for a in n.attribute)), None)
+    where = (
+        f"the {node.op_type} node '{node.name or node.output[0]}' blocks it"
+        + (f": {brief(error)}" if attribute else "")
+        if node is not None
+        else f"{type(error).__name__}: {brief(error)}"
+    )
+    return (
+        f"this model is ONNX opset {opset}, and quantizing it to Q/DQ needs opset {wanted} or newer; onnx's "
+        f"version converter cannot convert it ({where}). Re-export the model at opset {wanted} or newer "
+        "(a PyTorch SOURCE: --opset 17; tf2onnx: --opset 17; paddle2onnx: --opset_version 17)."
+    )
+
+
+def _check_io_names(before: Path, after: Path) -> None:
+    """A preparation step must keep the graph's input and output names: they are what the user feeds
+    and reads."""
+    import onnx
+
+    def names(path: Path) -> tuple[list[str], list[str]]:
+        model = onnx.load(str(path), load_external_data=False)
+        init = {t.name for t in model.graph.initializer}
+        return [i.name for i in model.graph.input if i.name not in init], [o.name for o in model.graph.output]
+
+    old, new = names(before), names(after)
+    if old != new:
+        raise PrepareError(
+            f"preparing {before.name} renamed its graph inputs {old[0]} -> {new[0]} or outputs {old[1]} -> {new[1]}"
+        )
 
 
 def _restore_module_scopes(src: Path, dest: Path, external_data: bool) -> None:
