@@ -10,7 +10,7 @@ import onnx
 
 from qconvert.errors import ConfigError
 from qconvert.recover import RECOVERY
-from qconvert.recover.defaults import choose, float_stem, model_family
+from qconvert.recover.defaults import choose, float_stem, has_depthwise, model_family
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 
@@ -29,15 +29,17 @@ class ChooseDefaults(Stage[ExportContext]):
 
     def run(self, ctx: ExportContext) -> None:
         config = ctx.config
-        family = model_family(onnx.load(str(ctx.prepared), load_external_data=False))
-        chosen = choose(family, ctx.target.name, config.bits, ctx.mode, mode_given=config.mode is not None)
+        graph = onnx.load(str(ctx.prepared), load_external_data=False)
+        family, depthwise = model_family(graph), has_depthwise(graph)
+        given = config.mode is not None
+        chosen = choose(family, ctx.target.name, config.bits, ctx.mode, given, depthwise)
         mode = chosen.mode
         if mode is not None and mode != ctx.mode:
             try:
                 ctx.target.resolve_mode(config.bits, mode)
             except ConfigError:  # this target does not run it: keep its own default
                 mode = None
-                chosen = choose(family, ctx.target.name, config.bits, ctx.mode, mode_given=True)
+                chosen = choose(family, ctx.target.name, config.bits, ctx.mode, True, depthwise)
         if mode is not None and mode != ctx.mode:
             external = ctx.qc.external_data  # and the selectors' choice, made before
             ctx.mode = mode
@@ -50,8 +52,7 @@ class ChooseDefaults(Stage[ExportContext]):
             ]
             ctx.qc = ctx.candidates[0]
         if chosen.matmuls_only and config.recover is None and not ctx.qc.nodes_to_include:
-            graph = onnx.load(str(ctx.prepared), load_external_data=False).graph
-            matmuls = tuple(n.name for n in graph.node if n.op_type == "MatMul" and n.name)
+            matmuls = tuple(n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name)
             outputs_float = (("OpTypesToExcludeOutputQuantization", ("MatMul",)),)
             ctx.candidates = [
                 replace(c, nodes_to_include=matmuls, extra_options=(*c.extra_options, *outputs_float))
@@ -60,7 +61,7 @@ class ChooseDefaults(Stage[ExportContext]):
             ] or ctx.candidates
             ctx.qc = ctx.candidates[0]
         if chosen.float_stem and config.recover is None and not ctx.qc.nodes_to_include:
-            stem = float_stem(onnx.load(str(ctx.prepared), load_external_data=False))
+            stem = float_stem(graph)
             ctx.candidates = [
                 replace(
                     c,

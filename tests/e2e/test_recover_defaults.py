@@ -1,28 +1,66 @@
-"""Recovery in real exports of the built-in conv net: the family default (bias correction) runs unless
---recover says otherwise, and --auto tries the family ladder before keeping layers in float."""
+"""Recovery in real exports: a MobileNet-style conv net gets its family defaults (float stem, bias
+correction) unless --recover says otherwise; the built-in digits CNN (no depthwise convolutions)
+gets none; --auto tries the family ladder before keeping layers in float."""
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from qconvert.config import RunConfig
 from qconvert.pipeline import export
 
 BASE = RunConfig(target="cpu", target_options=(("format", "qdq"),), latency_repeats=3)
 
+MOBILENET = """
+import torch
+from torch import nn
 
-def test_conv_net_gets_bias_correction_by_default(tmp_path: Path) -> None:
-    result = export(replace(BASE, out_dir=tmp_path / "default"))
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU6(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(),
+        nn.Conv2d(16, 32, 1), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()
+
+def example_inputs():
+    return (torch.randn(1, 3, 32, 32),)
+"""
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("src") / "mobilenet.py"
+    path.write_text(textwrap.dedent(MOBILENET))
+    return f"{path}:build"
+
+
+def test_depthwise_conv_net_gets_its_defaults(mobilenet: str, tmp_path: Path) -> None:
+    config = replace(BASE, source=mobilenet, calibration="random", tolerance="top1_agreement>=0")
+    result = export(replace(config, out_dir=tmp_path / "default"))
     report = result.report
     assert report["defaults"]["family"] == "conv" and report["defaults"]["applied"]
     assert [s["name"] for s in report["recovery"]] == ["bias_correction"]
     assert report["recovery"][0]["changed"]
+    assert any(n.startswith("stem kept in float") for n in report["notes"])
     assert result.manifest["settings"]["recover"] is None  # the user named none: the defaults ran
+    assert len(result.manifest["quantization"]["nodes_to_exclude"]) == 2  # stem conv + depthwise
 
-    off = export(replace(BASE, out_dir=tmp_path / "off", recover=()))
+    off = export(replace(config, out_dir=tmp_path / "off", recover=()))
     assert "recovery" not in off.report and not off.report["defaults"]["applied"]
+    assert not off.manifest["quantization"]["nodes_to_exclude"]
     assert "--recover none" in off.manifest["command"]
+
+
+def test_a_conv_net_without_depthwise_convs_gets_no_defaults(tmp_path: Path) -> None:
+    result = export(replace(BASE, out_dir=tmp_path / "digits"))
+    assert result.report["defaults"]["family"] == "conv" and not result.report["defaults"]["applied"]
+    assert "recovery" not in result.report
 
 
 def test_auto_tries_the_ladder_then_keeps_layers_in_float(tmp_path: Path) -> None:
@@ -33,16 +71,16 @@ def test_auto_tries_the_ladder_then_keeps_layers_in_float(tmp_path: Path) -> Non
     result = export(config)
     assert not result
     attempts = result.report["auto"]
-    assert attempts[0]["recover"] == ["bias_correction"]  # the default run it started from
+    assert attempts[0]["recover"] == []  # the default run it started from
     tried = [(*a["recover"], a["calibration_method"]) for a in attempts[1:]]
-    assert tried[0] == ("bias_correction", "clip_weights", "minmax")  # cheapest first
+    assert tried[0] == ("bias_correction", "minmax")  # cheapest first
     assert any(a["calibration_method"] == "mse" for a in attempts[1:])
     assert any("adaround" in a["recover"] for a in attempts[1:])
     assert all(a["seconds"] >= 0 and "sqnr_db" in a["worst"] for a in attempts)
     kept = [a for a in attempts if a["kept"]]
     # what shipped is the best attempt kept, and its figure is what was validated
     best = max(kept, key=lambda a: a["score"])
-    assert [s["name"] for s in result.report["recovery"]] == best["recover"]
+    assert [s["name"] for s in result.report.get("recovery", [])] == best["recover"]
     assert result.report["fallback"]["needed"]  # then mixed precision (float fallback) was tried
     assert (tmp_path / "auto" / "model.onnx").exists()  # the best candidate is written, marked FAILED
     assert not result.manifest["validation"]["passed"]

@@ -38,6 +38,7 @@ def test_defaults_per_family() -> None:
     assert forced.mode is None and forced.recover == ("smoothquant",) and forced.matmuls_only
     assert choose("conv", "cpu", 4, "weight-only").recover == ()  # measured at 8 bits only
     assert choose("other", "cpu", 8, "static").recover == ()
+    assert choose("conv", "cpu", 8, "static", depthwise=False).recover == ()  # a ResNet: measured no gain
 
 
 def _conv(name: str, x: str, y: str, group: int = 1) -> onnx.NodeProto:
