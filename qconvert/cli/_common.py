@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import shlex
 import sys
 import time
@@ -23,6 +24,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 
 from qconvert.config import TEXT_PADDING
 from qconvert.errors import QConvertError
@@ -81,7 +83,32 @@ TRUNCATION_OPTION = typer.Option(
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
-STATE = {"debug": False}
+STATE = {"debug": False, "verbose": False, "quiet": False}
+STARTED = time.perf_counter()  # replaced by cli.STARTED (taken before the imports) when the CLI runs
+
+
+def set_verbosity(
+    *, debug: bool = False, verbose: bool = False, quiet: bool = False, reset: bool = False
+) -> None:
+    """-q/-v/--debug, before or after the subcommand: the root callback resets (one invocation's
+    flags never leak into the next, in-process), the subcommand's flags add to the root's."""
+    import logging
+
+    if reset:
+        STATE.update(debug=False, verbose=False, quiet=False)
+    STATE["debug"] = STATE["debug"] or debug
+    STATE["verbose"] = STATE["verbose"] or verbose
+    STATE["quiet"] = (STATE["quiet"] or quiet) and not (STATE["debug"] or STATE["verbose"])
+    if STATE["debug"]:
+        level = logging.DEBUG
+    elif STATE["verbose"]:
+        level = logging.INFO
+    elif STATE["quiet"]:
+        level = logging.ERROR
+    else:
+        level = logging.WARNING
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
 
 
 def command(fn: Callable[..., int]) -> Callable[..., None]:
@@ -97,6 +124,7 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> None:
+        set_verbosity(**{name: kwargs.pop(name) for name in VERBOSITY})
         try:
             code = fn(*args, **kwargs)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
@@ -124,7 +152,27 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
             raise typer.Exit(3) from None
         raise typer.Exit(code)
 
+    signature = inspect.signature(fn)
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=bool)
+        for name, option in VERBOSITY.items()
+    ]
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *extra]
+    )
     return run
+
+
+# -q/-v/--debug after the subcommand too (`qconvert export -v`), as polygraphy's and optimum's users type
+VERBOSITY = {
+    "quiet": typer.Option(
+        False, "-q", "--quiet", help="No progress display and no warnings: results, errors, summary."
+    ),
+    "verbose": typer.Option(False, "-v", "--verbose", help="Show info logs."),
+    "debug": typer.Option(
+        False, "--debug", help="Show tracebacks and debug logs (exit codes stay the same)."
+    ),
+}
 
 
 class ProgressView:
@@ -139,6 +187,7 @@ class ProgressView:
             TimeElapsedColumn(),
             console=err,
             transient=False,
+            disable=STATE["quiet"],
         )
         self._tasks: dict[str, TaskID] = {}
         self._current: str | None = None
@@ -168,7 +217,18 @@ class ProgressView:
         self._progress.update(self._tasks[stage], description=message, completed=done or 0, total=total)
 
 
+def print_table(table: Table) -> None:
+    """Print a table that folds long cells onto more lines instead of cutting them with `…`: a CI log
+    is 80 columns wide, and the cut part (an option's choices, a file name) is often the one needed."""
+    for column in table.columns:
+        column.overflow = "fold"
+        column.no_wrap = False
+    out.print(table)
+
+
 def summary_line(passed: bool, started: float) -> None:
+    """`PASSED | N s | command`: N is the whole run, from before the imports (cli.STARTED)."""
     verdict = "[bold green]PASSED[/]" if passed else "[bold red]FAILED[/]"
     command = shlex.join(["qconvert", *sys.argv[1:]])
-    out.print(f"{verdict} | {time.perf_counter() - started:.1f} s | {escape(command)}")
+    seconds = time.perf_counter() - min(started, STARTED)
+    out.print(f"{verdict} | {seconds:.1f} s | {escape(command)}")

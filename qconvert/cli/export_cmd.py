@@ -25,6 +25,7 @@ from qconvert.cli._common import (
     TextPadding,
     err,
     out,
+    print_table,
     summary_line,
 )
 from qconvert.config import (
@@ -198,7 +199,7 @@ def export(
     table.add_column("change", justify="right")
     for row in summary_rows(report):
         table.add_row(*(Text(cell) for cell in row))
-    out.print(table)
+    print_table(table)
     random_warning = random_data_warning(report)
     if random_warning:
         out.print(f"[bold]{escape(random_warning)}[/]", soft_wrap=True)
@@ -209,7 +210,7 @@ def export(
             sens.add_column(name, justify="left" if name in ("node", "op") else "right")
         for layer in ranking:
             sens.add_row(*(Text(cell) for cell in layer))
-        out.print(sens)
+        print_table(sens)
     for note in report["notes"]:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from qconvert.cli._common import out
+from qconvert.cli._common import out, print_table
 from qconvert.errors import SourceError
 from qconvert.report import human_bytes
 
@@ -46,5 +46,5 @@ def inspect(model: Path = typer.Argument(..., help="An .onnx file.")) -> int:
     table = Table("op", "count")
     for op, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         table.add_row(op, str(n))
-    out.print(table)
+    print_table(table)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from qconvert.cli._common import out
+from qconvert.cli._common import out, print_table
 from qconvert.targets import TARGETS
 
 
@@ -15,13 +15,13 @@ def targets() -> int:
 
     installed = set(ort.get_available_providers())
     table = Table(title="qconvert targets", show_lines=True)
-    for col in (
-        "target",
-        "bits: modes (first = default)",
-        "providers, priority order",
-        "options (--target-option)",
-    ):
-        table.add_column(col)
+    # the options column is the one `--target-option` needs whole: on a narrow console (a CI log is 80
+    # columns) the others give it room
+    narrow = out.width < 120
+    table.add_column("target", max_width=16 if narrow else None)
+    table.add_column("bits: modes (first = default)", max_width=16 if narrow else None)
+    table.add_column("providers, priority order", max_width=15 if narrow else None)
+    table.add_column("options (--target-option)")
     for name, target in TARGETS:
         modes = "\n".join(f"{b}: {', '.join(m)}" for b, m in sorted(target.modes.items(), reverse=True))
         refused = "\n".join(
@@ -32,7 +32,7 @@ def targets() -> int:
             for p in target.providers([])
         )
         opts = "\n".join(
-            f"{o.name}={o.default}" + (f" [{'|'.join(o.choices)}]" if o.choices else "")
+            f"{o.name}={o.default}" + (f"\n  [{' | '.join(o.choices)}]" if o.choices else "")
             for o in target.options
         )
         table.add_row(
@@ -41,5 +41,5 @@ def targets() -> int:
             provs,
             escape(opts) or "-",
         )
-    out.print(table)
+    print_table(table)
     return 0

@@ -24,6 +24,7 @@ from qconvert.cli._common import (
     TextPadding,
     err,
     out,
+    print_table,
     summary_line,
 )
 from qconvert.config import ValidateConfig, image_options, text_options
@@ -57,8 +58,8 @@ def validate(
     tolerance: str = typer.Option(
         None,
         "--tolerance",
-        help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Overrides qconvert.toml \\[tolerance] or "
-        "pyproject.toml \\[tool.qconvert.tolerance], which override the defaults for --bits.",
+        help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Overrides qconvert.toml [tolerance] or "
+        "pyproject.toml [tool.qconvert.tolerance], which override the defaults for --bits.",
     ),
     json_out: Path = typer.Option(None, "--json", help="Write the full result as JSON here."),
     junit_out: Path = typer.Option(
@@ -142,7 +143,7 @@ def validate(
             Text(check["bound"]),
             Text("ok", style="green") if check["passed"] else Text("FAILED", style="bold red"),
         )
-    out.print(table)
+    print_table(table)
     for name, m in report["validation"]["outputs"].items():
         measured = [
             f"cosine {m['cosine']:.5f} (worst {m['cosine_min']:.4f})",
@@ -208,7 +209,7 @@ def print_collapse(collapse: dict[str, Any]) -> None:
         table.add_row(str(n), *(_family_cell(fam, n) for fam in families.values()))
     kept = [fam["kept_longest"] for fam in families.values()]
     table.add_row(Text("kept up to", style="bold"), *("-" if k is None else str(k) for k in kept))
-    out.print(table)
+    print_table(table)
 
 
 def _family_cell(family: dict[str, Any], length: int) -> Text:
