@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from qconvert.cli._common import err, out, print_table
+from qconvert.cli._common import err, json_on_stdout, out, print_table, write_json_stdout
 from qconvert.config import DEFAULT_BENCHMARK_BATCH, DEFAULT_BENCHMARK_REPEATS, BenchmarkConfig
 from qconvert.report import human_bytes
 
@@ -34,7 +34,9 @@ def benchmark(
     threads: int = typer.Option(
         None, "--threads", min=1, help="onnxruntime intra-op threads. Default: onnxruntime's."
     ),
-    json_path: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    json_path: Path | None = typer.Option(
+        None, "--json", help="Also write the figures to this JSON file; '-' for stdout (then only the JSON)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> int:
     """Latency p50/p90, throughput, peak memory and file size of MODEL (and the model it is compared with)."""
@@ -45,6 +47,11 @@ def benchmark(
         model=model, vs=vs, data=data, batch=batch, repeats=repeats, threads=threads, memory=True
     )
     inputs = [p for p in (model, vs, Path(data) if data else None) if p is not None]
+    if json_on_stdout(json_path):
+        json_path = None
+        to_stdout = True
+    else:
+        to_stdout = False
     if json_path is not None:  # refuse before measuring
         check_output_file(json_path, force, inputs, flag="--json")
     with err.status("benchmarking") as status:
@@ -105,4 +112,6 @@ def benchmark(
             json_path, json.dumps(result.as_json(), indent=2) + "\n", force, inputs, flag="--json"
         )
         out.print(f"json: {escape(str(json_path))}")
+    if to_stdout:
+        write_json_stdout(result.as_json())
     return 0

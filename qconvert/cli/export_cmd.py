@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from qconvert.cli import _settings_file
 from qconvert.cli._common import (
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
@@ -65,8 +66,18 @@ def export(
         help="file.py:factory, package.module:factory, .onnx, TorchScript or .pt2 file, or a Hugging Face "
         'model folder (has config.json; needs pip install "qconvert[hf]"). Omitted: the built-in digits CNN.',
     ),
+    config_file: Path | None = typer.Option(
+        None,
+        "--config",
+        is_eager=True,
+        callback=_settings_file.load,
+        help="A TOML file whose [export] table holds these settings under the flags' names (target = "
+        '"tensorrt", calibration-method = "entropy", target-option = ["format=qdq"]); flags given here win.',
+    ),
     bits: Bits = typer.Option("8", "--bits", help="Bit width."),
-    target: TargetName = typer.Option(DEFAULT_TARGET, "--target", help="Hardware target."),
+    target: TargetName = typer.Option(
+        DEFAULT_TARGET, "--target", case_sensitive=False, help="Hardware target (any case: TensorRT)."
+    ),
     mode: Mode = typer.Option(
         None, "--mode", help="Quantization mode. Default: the target's for these bits."
     ),
@@ -192,7 +203,15 @@ def export(
     with ProgressView() as progress:
         result = run_export(config, progress=progress)
     report = result.report
-    table = Table(title=f"{result.manifest['source']['origin']} -> {report['target']} ({report['mode']})")
+    bounds = {
+        "flag": "--tolerance",
+        "config": f"--config {config_file}",
+        "default": f"the defaults for --bits {bits.value}",
+    }[_settings_file.source_of("tolerance")]
+    table = Table(
+        title=f"{result.manifest['source']['origin']} -> {report['target']} ({report['mode']})",
+        caption=f"bounds: {bounds}",
+    )
     table.add_column("")
     table.add_column("fp32", justify="right")
     table.add_column(quantized_label(report), justify="right")

@@ -60,7 +60,9 @@ def sweep(
     bits: str = typer.Option(
         ",".join(map(str, SWEEP_BITS)), "--bits", help="Bit widths to try, comma-separated, e.g. 16,8,4."
     ),
-    target: TargetName = typer.Option(DEFAULT_TARGET, "--target", help="Hardware target."),
+    target: TargetName = typer.Option(
+        DEFAULT_TARGET, "--target", case_sensitive=False, help="Hardware target (any case: TensorRT)."
+    ),
     modes: str = typer.Option(
         None,
         "--modes",

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import typer
 from rich.markup import escape
 from rich.table import Table
 
-from qconvert.cli._common import out, print_table
+from qconvert.cli._common import out, print_table, write_json_stdout
 from qconvert.targets import TARGETS
 
 
-def targets() -> int:
+def targets(
+    as_json: bool = typer.Option(False, "--json", help="Print the targets as JSON on stdout instead."),
+) -> int:
     """List the targets: bit widths and modes, providers (installed here or not), options."""
     import onnxruntime as ort
 
     installed = set(ort.get_available_providers())
+    if as_json:
+        write_json_stdout([_as_json(name, target, installed) for name, target in TARGETS])
+        return 0
     table = Table(title="qconvert targets", show_lines=True)
     # the options column is the one `--target-option` needs whole: on a narrow console (a CI log is 80
     # columns) the others give it room
@@ -43,3 +51,17 @@ def targets() -> int:
         )
     print_table(table)
     return 0
+
+
+def _as_json(name: str, target: Any, installed: set[str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": target.description,
+        "modes": {str(bits): list(modes) for bits, modes in sorted(target.modes.items(), reverse=True)},
+        "refused_bits": {str(bits): why for bits, why in sorted(target.refused_bits.items(), reverse=True)},
+        "providers": [{"name": p.name, "installed": p.name in installed} for p in target.providers([])],
+        "options": [
+            {"name": o.name, "default": o.default, "help": o.help, "choices": list(o.choices) or None}
+            for o in target.options
+        ],
+    }
