@@ -297,7 +297,7 @@ def _checks(report: dict[str, Any]) -> str:
                 _td(escape(str(c.get("bound"))), 'class="text"'),
                 _td("ok" if ok else "FAILED", 'class="status"'),
                 _td(
-                    "" if ok else f"--tolerance '{escape(str(c.get('needed')))}'",
+                    "" if ok or not c.get("needed") else f"--tolerance '{escape(str(c.get('needed')))}'",
                     'class="text" data-field="needed"',
                 ),
                 _td(escape(str(c.get("hint") or "")), 'class="text"'),

@@ -139,7 +139,7 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
             err.print(f"[bold red]stopped[/]: {escape(str(e))}; nothing was left half-written.")
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]; nothing was left half-written.")
+            err.print("[bold red]interrupted[/]; nothing was written.")
             raise typer.Exit(130) from None
         except Exception as e:
             err.print(escape(traceback.format_exc()), soft_wrap=True)

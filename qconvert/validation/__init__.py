@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,15 @@ class Check:
             )
         return ""
 
+    @property
+    def needed(self) -> str | None:
+        """The --tolerance bound that would let this check pass, rounded to the digits that matter; None
+        for `speedup`: a release gate must never be told to accept a slowdown."""
+        if self.bound.metric == "speedup" or not math.isfinite(self.measured):
+            return None
+        op = ">=" if self.bound.kind == "min" else "<="
+        return f"{self.bound.metric}{op}{passing_round(self.measured, self.bound)}"
+
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
         needs = self.bound.describe()
@@ -49,9 +59,6 @@ class Check:
         return f"{text}: {self.hint}" if self.hint else text
 
     def as_json(self) -> dict[str, object]:
-        needed = f"{self.measured:.6g}"
-        if not self.bound.holds(float(needed)):  # rounded the wrong way: give the exact value
-            needed = repr(self.measured)
         return {
             "output": self.output,
             "metric": self.bound.metric,
@@ -59,9 +66,22 @@ class Check:
             "measured": self.measured,
             "passed": self.passed,
             # the tolerance that would have let this check pass
-            "needed": f"{self.bound.metric}{'>=' if self.bound.kind == 'min' else '<='}{needed}",
+            "needed": self.needed,
             "hint": self.hint,
         }
+
+
+def passing_round(measured: float, bound: Bound) -> str:
+    """`measured` rounded towards passing (down for a min bound, up for a max bound) to the fewest
+    decimals that give away at most a tenth of the gap to the bound: 0.97 (not 0.969999), 0.9987."""
+    gap = abs(bound.value - measured) or abs(measured) or 1.0
+    for decimals in range(10):
+        scale = 10.0**decimals
+        rounded = (math.floor if bound.kind == "min" else math.ceil)(measured * scale) / scale
+        text = f"{rounded:.{decimals}f}"
+        if abs(float(text) - measured) <= 0.1 * gap and replace(bound, value=float(text)).holds(measured):
+            return text
+    return repr(measured)
 
 
 @dataclass(frozen=True)
