@@ -98,6 +98,8 @@ class ValidationResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     # per output: the distribution of |reference - candidate| (metrics.abs_error_histogram)
     histograms: dict[str, dict[str, object]] = field(default_factory=dict)
+    # per output: a few hundred (reference, candidate) value pairs, for report.html's scatter plot
+    scatter: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return all(c.passed for c in self.checks)
@@ -115,6 +117,7 @@ class ValidationResult:
             "checks": [c.as_json() for c in self.checks],
             "notes": list(self.notes),
             "abs_error_histograms": self.histograms,
+            "scatter": self.scatter,
         }
 
 
@@ -179,6 +182,27 @@ def evaluate(
     histograms = {
         name: abs_error_histogram(r, c) for name, r, c in zip(names, reference, candidate, strict=True)
     }
+    scatter = {
+        name: value_pairs(r, c) for name, r, c in zip(names, reference, candidate, strict=True) if r.size
+    }
     return ValidationResult(
-        samples=n, outputs=outputs, checks=tuple(checks), accuracy=acc, histograms=histograms
+        samples=n, outputs=outputs, checks=tuple(checks), accuracy=acc, histograms=histograms, scatter=scatter
     )
+
+
+SCATTER_POINTS = 300
+
+
+def value_pairs(reference: np.ndarray, candidate: np.ndarray) -> dict[str, list[float]]:
+    """Up to SCATTER_POINTS (reference, candidate) value pairs, evenly spaced over the flattened
+    output (deterministic), to 5 significant digits; non-finite values are left out."""
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    cand = np.asarray(candidate, dtype=np.float64).ravel()
+    if ref.shape != cand.shape or not np.issubdtype(np.asarray(reference).dtype, np.floating):
+        return {"reference": [], "candidate": []}
+    index = np.unique(np.linspace(0, ref.size - 1, min(SCATTER_POINTS, ref.size)).astype(np.int64))
+    keep = index[np.isfinite(ref[index]) & np.isfinite(cand[index])]
+    return {
+        "reference": [float(f"{x:.5g}") for x in ref[keep]],
+        "candidate": [float(f"{x:.5g}") for x in cand[keep]],
+    }
