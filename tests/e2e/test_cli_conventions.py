@@ -145,3 +145,13 @@ def test_target_names_are_case_insensitive(tmp_path: Path) -> None:
     proc, _ = qconvert("export", "--target", "TensorRT", "--bits", "3", cwd=tmp_path)
     assert proc.returncode == 2
     assert "'--bits'" in proc.stderr and "--target" not in proc.stderr
+
+
+def test_validate_table_says_a_tolerance_file_applied(
+    exported: tuple[subprocess.CompletedProcess[str], float, Path], tmp_path: Path
+) -> None:
+    _, _, work = exported
+    (tmp_path / "qconvert.toml").write_text("[tolerance]\ncosine = 0.9\n")
+    proc, _ = qconvert("validate", str(work / "from-config"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "bounds: the defaults for --bits 8 < qconvert.toml" in " ".join(proc.stdout.split())
