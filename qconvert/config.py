@@ -411,21 +411,6 @@ def image_options(
     )
 
 
-def _plain_paths(config: object, as_path: tuple[str, ...] = (), as_text: tuple[str, ...] = ()) -> None:
-    """Let the Python API take `str` or any `os.PathLike` for every path (issue 14): fields typed Path
-    become Path, fields that hold a path inside text (SOURCE, DATA) become str. Frozen: set in place."""
-    import os
-
-    for name in as_path:
-        value = getattr(config, name)
-        if value is not None and not isinstance(value, Path):
-            object.__setattr__(config, name, Path(os.fspath(value)))
-    for name in as_text:
-        value = getattr(config, name)
-        if value is not None and not isinstance(value, str) and isinstance(value, os.PathLike):
-            object.__setattr__(config, name, os.fspath(value))
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """Everything `qconvert export` does, as one value. The CLI builds exactly this."""
@@ -645,6 +630,21 @@ def check_weight_only_4bit(bits: int, block_size: int, algorithm: str) -> None:
             f"--block-size and --algorithm apply to --bits 4 (4-bit weight-only, MatMulNBits); this run is "
             f"--bits {bits}. Drop them, or use --bits 4 --mode weight-only."
         )
+
+
+def _plain_paths(config: object, as_path: tuple[str, ...] = (), as_text: tuple[str, ...] = ()) -> None:
+    """Let the Python API take `str` or any `os.PathLike` for every path (issue 14): fields typed Path
+    become Path, fields that hold a path inside text (SOURCE, DATA) become str. Frozen: set in place."""
+    import os
+
+    for name in as_path:
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, Path):
+            object.__setattr__(config, name, Path(os.fspath(value)))
+    for name in as_text:
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, str) and isinstance(value, os.PathLike):
+            object.__setattr__(config, name, os.fspath(value))
 
 
 @dataclass(frozen=True)
