@@ -52,6 +52,11 @@ if TYPE_CHECKING:
     from qconvert.runtime import load_session
 
 
+def __dir__() -> list[str]:
+    """The public API only (not `Any`, `TYPE_CHECKING` or the submodules), lazy names included."""
+    return sorted(__all__)
+
+
 def __getattr__(name: str) -> Any:
     # the pipeline pulls in onnx/onnxruntime; load it on first use only
     if name in ("export", "RunResult", "validate", "ValidationRun"):

@@ -530,6 +530,7 @@ class RunConfig:
         return parts
 
     def __post_init__(self) -> None:
+        _plain_paths(self, ("out_dir",), ("source", "calibration", "data"))
         if self.bits not in SUPPORTED_BITS:
             raise ConfigError(
                 f"--bits {self.bits} is not supported. Valid: {', '.join(map(str, SUPPORTED_BITS))}"
@@ -595,6 +596,7 @@ class SweepConfig:
     latency_batch: int = DEFAULT_LATENCY_BATCH
 
     def __post_init__(self) -> None:
+        _plain_paths(self, ("out_dir",), ("source", "calibration", "data"))
         if not self.bits:
             raise ConfigError("--bits: give at least one bit width, e.g. --bits 16,8,4")
         for bits in self.bits:
@@ -649,6 +651,21 @@ def check_weight_only_4bit(bits: int, block_size: int, algorithm: str) -> None:
         )
 
 
+def _plain_paths(config: object, as_path: tuple[str, ...] = (), as_text: tuple[str, ...] = ()) -> None:
+    """Let the Python API take `str` or any `os.PathLike` for every path (issue 14): fields typed Path
+    become Path, fields that hold a path inside text (SOURCE, DATA) become str. Frozen: set in place."""
+    import os
+
+    for name in as_path:
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, Path):
+            object.__setattr__(config, name, Path(os.fspath(value)))
+    for name in as_text:
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, str) and isinstance(value, os.PathLike):
+            object.__setattr__(config, name, os.fspath(value))
+
+
 @dataclass(frozen=True)
 class ValidateConfig:
     """Everything `qconvert validate` does, as one value. The CLI builds exactly this."""
@@ -674,6 +691,13 @@ class ValidateConfig:
     probe_options: tuple[tuple[str, str], ...] = ()  # --probe-option KEY=VALUE, checked by the probe
 
     def __post_init__(self) -> None:
+        _plain_paths(
+            self,
+            ("json_out", "junit_out", "html_out", "settings_dir"),
+            ("reference", "data", "calibration_data", "metric"),
+        )
+        if not isinstance(self.candidate, (str, Path)):
+            object.__setattr__(self, "candidate", Path(self.candidate))
         if self.bits is not None and self.bits not in SUPPORTED_BITS:
             raise ConfigError(
                 f"--bits {self.bits} is not supported. Valid: {', '.join(map(str, SUPPORTED_BITS))}"
@@ -797,6 +821,7 @@ class BenchmarkConfig:
     memory: bool = True  # measure peak memory (one child process per model, plus a baseline)
 
     def __post_init__(self) -> None:
+        _plain_paths(self, ("model", "vs"), ("data",))
         for flag, value in (
             ("--batch", self.batch),
             ("--repeats", self.repeats),

@@ -6,9 +6,11 @@ which one was used and why. The output is checked with `onnx.checker` before it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +48,15 @@ def onnx_from_torch(loaded: LoadedModel, opset: int, workdir: Path) -> ExportRes
         _check(path)
         return ExportResult(path, exporter, None, _opset_of(path))
     try:
-        _export_dynamo(loaded, opset, path)
+        with quiet_exporter_logs():
+            _export_dynamo(loaded, opset, path)
         exporter, reason = "dynamo", None
     except Exception as e:  # the dynamo exporter fails in many ways; all of them mean "try the other"
         reason = f"{type(e).__name__}: {brief(e)}"
         log.warning("dynamo exporter failed (%s); falling back to the TorchScript exporter", reason)
         try:
-            _export_torchscript(loaded, opset, path)
+            with quiet_exporter_logs():
+                _export_torchscript(loaded, opset, path)
         except Exception as e2:
             raise ExportError(
                 f"exporting {loaded.origin} to ONNX failed with both exporters. dynamo: {reason}. "
@@ -61,6 +65,29 @@ def onnx_from_torch(loaded: LoadedModel, opset: int, workdir: Path) -> ExportRes
         exporter = "torchscript"
     _check(path)
     return ExportResult(path, exporter, reason, opset)
+
+
+# torch's exporter logs its own progress and registry notes ("torchvision is not installed. Skipping
+# torchvision::nms", ...) at WARNING; they say nothing about the user's model
+EXPORTER_LOGGERS = ("torch", "torch.onnx", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def quiet_exporter_logs() -> Iterator[None]:
+    """While exporting, the exporter's loggers show errors only, from Python as in the CLI, unless
+    qconvert itself logs at DEBUG (`--debug`, or the caller's logging set-up)."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _batch2(examples: tuple[np.ndarray, ...]) -> tuple[object, ...]:

@@ -80,8 +80,9 @@ def failure_lines(report: dict[str, Any]) -> list[str]:
     """One line per failed check, with the tolerance that would have passed; then, where per-layer
     sensitivity ran, the worst layers and what --auto did or could do."""
     return [
-        f"{c['output']}: {c['metric']} = {c['measured']:.6g}, needs {c['bound']} "
-        f"(would pass with --tolerance '{c['needed']}')" + (f": {c['hint']}" if c.get("hint") else "")
+        f"{c['output']}: {c['metric']} = {c['measured']:.6g}, needs {c['bound']}"
+        + (f" (would pass with --tolerance '{c['needed']}')" if c.get("needed") else "")
+        + (f": {c['hint']}" if c.get("hint") else "")
         for c in report["validation"]["checks"]
         if not c["passed"]
     ] + blame_lines(report)

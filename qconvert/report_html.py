@@ -57,14 +57,50 @@ svg .isolated-node, .isolated-node-key { fill: #e8b04a; color: #a07010; }
 svg .cumulative, .cumulative-key { fill: #7a4fd6; color: #7a4fd6; } svg .hist { fill: #2f6fde; }
 svg .axis { stroke: #5b6475; stroke-width: 1; fill: none; }
 pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; font-size: .8rem; }
+.scroll { overflow-x: auto; max-width: 100%; }
+p, li, td.text { overflow-wrap: anywhere; }
+#identity { margin: .2rem 0 1rem; } #identity code { background: #f6f8fa; padding: 0 .25rem; }
+svg .point { fill: #2f6fde; opacity: .6; } svg .diagonal { stroke: #8a94a6; stroke-dasharray: 4 3; }
+svg .line { stroke: #7a4fd6; stroke-width: 1.5; fill: none; } svg .dot { fill: #7a4fd6; }
 """
+DASH = "–"  # a missing figure (None), as the page shows it
+
+# column headers a person reads (report.json keeps its keys)
+HEADERS = {
+    "top1_agreement": "top-1 agreement",
+    "top5_agreement": "top-5 agreement",
+    "cosine": "cosine (mean)",
+    "cosine_min": "cosine (worst)",
+    "sqnr_db": "SQNR (dB)",
+    "max_abs": "max abs error",
+    "mean_abs": "mean abs error",
+    "p99_abs": "p99 abs error",
+    "rel_error": "relative error",
+    "kl_div": "KL divergence",
+    "nonfinite": "non-finite values",
+    "node": "ONNX node",
+    "module": "PyTorch module",
+    "depth": "depth",
+    "op_type": "op",
+    "tensor": "tensor",
+    "cumulative_sqnr_db": "SQNR in the whole model (dB)",
+    "isolated_sqnr_db": "SQNR, this layer alone (dB)",
+    "isolated_model_output_sqnr_db": "output SQNR, this layer alone (dB)",
+}
+
+
+def header(key: str) -> str:
+    """`sqnr_db` -> "SQNR (dB)"; an unknown key with its underscores as spaces."""
+    return HEADERS.get(key, key.replace("_", " "))
 
 
 # --- formatting ----------------------------------------------------------------------------------
 
 
-def _num(x: Any, digits: int = 6) -> str:
-    """A number as the page shows it: `digits` significant digits, ∞ for infinity."""
+def _num(x: Any, digits: int = 4) -> str:
+    """A number as the page shows it: `digits` significant digits, ∞ for infinity, – for None."""
+    if x is None:
+        return DASH
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return escape(str(x))
     if math.isnan(x):
@@ -73,6 +109,9 @@ def _num(x: Any, digits: int = 6) -> str:
         return "∞" if x > 0 else "-∞"
     if isinstance(x, int):
         return str(x)
+    if 0.9 <= abs(x) < 1.0:  # cosine, agreement: the digits that tell it from 1 (0.999978, not 1)
+        decimals = 1 - math.floor(math.log10(1.0 - abs(x)))
+        return f"{x:.{decimals}f}".rstrip("0")
     return f"{x:.{digits}g}"
 
 
@@ -93,7 +132,8 @@ def _table(
     for i, row in enumerate(rows):
         extra = f" {row_attrs[i]}" if i < len(row_attrs) and row_attrs[i] else ""
         body.append(f"<tr{extra}>" + "".join(row) + "</tr>")
-    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    table = f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'  # a wide table scrolls in its own box, not the page
 
 
 def _td(text: str, attrs: str = "") -> str:
@@ -202,7 +242,12 @@ def _histogram_svg(name: str, hist: dict[str, Any]) -> str:
 # --- sections ------------------------------------------------------------------------------------
 
 
-def _summary(report: dict[str, Any]) -> str:
+def _in_boxes(body: str) -> str:
+    """Every chart in a box of its own that scrolls sideways: the page itself never does."""
+    return body.replace("<svg ", '<div class="scroll"><svg ').replace("</svg>", "</svg></div>")
+
+
+def _summary(report: dict[str, Any], identity: str = "") -> str:
     passed = bool(report.get("passed"))
     verdict = (
         '<span class="verdict passed" id="verdict">PASSED</span>'
@@ -236,7 +281,7 @@ def _summary(report: dict[str, Any]) -> str:
             ("model", quantized_label(report)),
         ]
         acc_rows = [
-            [_td(escape(label)), _td(_pct(acc[key]) if _is_number(acc.get(key)) else "—")]
+            [_td(escape(label)), _td(_pct(acc[key]) if _is_number(acc.get(key)) else "–")]
             for key, label in cells
         ]
         acc_rows.append([_td("drop (reference - quantized)"), _td(f"{-100 * acc['drop'] + 0.0:+.2f} pt")])
@@ -248,7 +293,7 @@ def _summary(report: dict[str, Any]) -> str:
         )
     warning = random_data_warning(report)
     random_html = f'<p id="random-data"><strong>{escape(warning)}</strong></p>' if warning else ""
-    return f"<h1>qconvert report {verdict}</h1>{random_html}{table}{acc_html}"
+    return f"<h1>qconvert report {verdict}</h1>{identity}{random_html}{table}{acc_html}"
 
 
 def _metric_columns(blocks: Sequence[dict[str, Any]]) -> list[str]:
@@ -271,14 +316,16 @@ def _metrics(report: dict[str, Any]) -> str:
             rows.append(
                 [_td(escape(name)), _td(escape(label), 'class="text"')]
                 + [
-                    _td(_num(m[c]) if c in m else "—", f'data-metric="{escape(c)}"' if c in m else "")
+                    _td(_num(m[c]) if c in m else "–", f'data-metric="{escape(c)}"' if c in m else "")
                     for c in columns
                 ]
             )
             attrs.append(f'data-output="{escape(name)}" data-compare="{key}"')
     return (
         "<h2>Metrics per output</h2>"
-        + _table(["output", "comparison", *map(escape, columns)], rows, ' id="metrics"', attrs)
+        + _table(
+            ["output", "comparison", *(escape(header(c)) for c in columns)], rows, ' id="metrics"', attrs
+        )
         + '<p class="muted">cosine: per-sample cosine similarity (mean, and worst as cosine_min); SQNR in dB; '
         "errors are absolute.</p>"
     )
@@ -297,7 +344,7 @@ def _checks(report: dict[str, Any]) -> str:
                 _td(escape(str(c.get("bound"))), 'class="text"'),
                 _td("ok" if ok else "FAILED", 'class="status"'),
                 _td(
-                    "" if ok else f"--tolerance '{escape(str(c.get('needed')))}'",
+                    "" if ok or not c.get("needed") else f"--tolerance '{escape(str(c.get('needed')))}'",
                     'class="text" data-field="needed"',
                 ),
                 _td(escape(str(c.get("hint") or "")), 'class="text"'),
@@ -441,15 +488,20 @@ def _sensitivity(report: dict[str, Any]) -> str:
             value = _db(r.get(key))
             if value is not None:
                 bars.append((value, cls, f"{_num(value, 4)} dB"))
-        chart_rows.append((f"{r.get('node', '?')} ({r.get('op_type', r.get('op', '?'))})", bars))
+        layer = r.get("module") or r.get("node", "?")  # the PyTorch module path where the export gave it
+        chart_rows.append((f"{layer} ({r.get('op_type', r.get('op', '?'))})", bars))
     legend = "; ".join(f'<span class="{cls}-key">{cls}</span>: {escape(what)}' for _, cls, what in series)
     chart = _bars_svg(chart_rows, "sensitivity-chart", "per-layer SQNR (dB), worst first; lower is worse")
     keys = list(dict.fromkeys(k for r in rows for k in r))
     table = _table(
-        list(map(escape, keys)),
+        [escape(header(k)) for k in keys],
         [
             [
-                _td(_num(_db(r.get(k))) if _db(r.get(k)) is not None else escape(str(r.get(k, ""))))
+                _td(
+                    _num(_db(r.get(k)))
+                    if _db(r.get(k)) is not None
+                    else (DASH if r.get(k) is None else escape(str(r.get(k))))
+                )
                 for k in keys
             ]
             for r in rows
@@ -465,6 +517,7 @@ def _sensitivity(report: dict[str, Any]) -> str:
     method = escape(str(sens.get("method", ""))) if isinstance(sens, dict) else ""
     return (
         head
+        + _depth_svg(rows)
         + f'<p class="muted">In the order the report ranks them, worst first. {method}{shown}</p>'
         + f'<p class="muted">{legend}</p>'
         + chart
@@ -487,7 +540,7 @@ def _generic(value: Any) -> str:
             [[_td(_generic(r.get(k)), 'class="text"') for k in keys] for r in value],
         )
     if isinstance(value, list):
-        return escape(", ".join(str(v) for v in value)) or "—"
+        return escape(", ".join(str(v) for v in value)) or "–"
     if _is_number(value):
         return _num(value)
     return escape(str(value))
@@ -564,13 +617,132 @@ def _notes(report: dict[str, Any]) -> str:
     )
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The whole page for `report` (the dict written to report.json)."""
+def _identity(about: dict[str, Any] | None) -> str:
+    """What was converted, by which qconvert, when, with which command: the page stands on its own
+    when pasted into a pull request."""
+    from qconvert import __version__
+
+    about = about or {}
+    items = [
+        ("model", about.get("source")),
+        ("qconvert", about.get("qconvert") or __version__),
+        ("date", about.get("created")),
+        ("command", about.get("command")),
+    ]
+    shown = [
+        f'<span data-key="{k}"><strong>{k}</strong> '
+        + (f"<code>{escape(str(v))}</code>" if k == "command" else escape(str(v)))
+        + "</span>"
+        for k, v in items
+        if v
+    ]
+    return '<p id="identity" class="muted">' + " &middot; ".join(shown) + "</p>"
+
+
+def _worst_output(report: dict[str, Any]) -> str | None:
+    outputs = report.get("validation", {}).get("outputs") or {}
+    scored = [(m.get("sqnr_db"), name) for name, m in outputs.items() if _is_number(m.get("sqnr_db"))]
+    return min(scored)[1] if scored else next(iter(outputs), None)
+
+
+def _scatter(report: dict[str, Any]) -> str:
+    """fp32 against quantized values of the worst output (lowest SQNR): on the diagonal is exact."""
+    name = _worst_output(report)
+    pairs = (report.get("validation", {}).get("scatter") or {}).get(name or "", {})
+    ref, cand = pairs.get("reference") or [], pairs.get("candidate") or []
+    if not name or not ref or len(ref) != len(cand):
+        return ""
+    lo, hi = min(min(ref), min(cand)), max(max(ref), max(cand))
+    if hi == lo:
+        hi = lo + 1.0
+    size, pad = 300.0, 40.0
+
+    def at(v: float) -> float:
+        return pad + (v - lo) / (hi - lo) * (size - 2 * pad)
+
+    parts = [
+        f'<svg id="scatter-{escape(name)}" class="scatter" width="{_f(size)}" height="{_f(size)}" '
+        f'viewBox="0 0 {_f(size)} {_f(size)}" role="img">',
+        f"<title>fp32 vs quantized values of {escape(name)}</title>",
+        f'<path class="axis" d="M {_f(pad)} {_f(pad / 2)} V {_f(size - pad)} H {_f(size - pad / 2)}"/>',
+        f'<path class="diagonal" d="M {_f(at(lo))} {_f(size - at(lo))} L {_f(at(hi))} {_f(size - at(hi))}"/>',
+    ]
+    parts += [
+        f'<circle class="point" cx="{_f(at(r))}" cy="{_f(size - at(c))}" r="2"/>'
+        for r, c in zip(ref, cand, strict=True)
+    ]
+    parts += [
+        f'<text x="{_f(pad)}" y="{_f(size - pad + 14)}">{escape(_num(lo, 3))}</text>',
+        f'<text x="{_f(size - pad)}" y="{_f(size - pad + 14)}" text-anchor="end">{escape(_num(hi, 3))}</text>',
+        f'<text x="{_f(size / 2)}" y="{_f(size - 6)}" text-anchor="middle">fp32 (reference)</text>',
+        f'<text x="12" y="{_f(size / 2)}" text-anchor="middle" transform="rotate(-90 12 {_f(size / 2)})">'
+        "quantized</text>",
+        "</svg>",
+    ]
+    return (
+        f"<h2>fp32 against quantized: {escape(name)}</h2>"
+        f'<p class="muted">{len(ref)} values of the output with the lowest SQNR, evenly spaced over the '
+        "held-out outputs; on the dashed diagonal the quantized model is exact.</p>" + "".join(parts)
+    )
+
+
+def _depth_svg(rows: Sequence[dict[str, Any]]) -> str:
+    """Per-layer SQNR in the whole quantized model, along the network's depth (input on the left):
+    where the error enters and whether it grows."""
+    points = sorted(
+        (
+            int(r["depth"]),
+            float(_db(r.get("cumulative_sqnr_db")) or 0.0),
+            str(r.get("module") or r.get("node")),
+        )
+        for r in rows
+        if _is_number(r.get("depth"))
+        and _db(r.get("cumulative_sqnr_db")) is not None
+        and math.isfinite(_db(r.get("cumulative_sqnr_db")) or 0.0)
+    )
+    if len(points) < 2:
+        return ""
+    width, height, left, bottom, top = 560.0, 180.0, 48.0, 30.0, 10.0
+    plot_w, plot_h = width - left - 10, height - bottom - top
+    d_hi = max(p[0] for p in points) or 1
+    v_lo, v_hi = min(p[1] for p in points), max(p[1] for p in points)
+    if v_hi == v_lo:
+        v_hi = v_lo + 1.0
+    xy = [
+        (left + d / d_hi * plot_w, top + (v_hi - v) / (v_hi - v_lo) * plot_h, v, label)
+        for d, v, label in points
+    ]
+    line = " ".join(f"{'M' if i == 0 else 'L'} {_f(x)} {_f(y)}" for i, (x, y, _, _) in enumerate(xy))
+    parts = [
+        f'<svg id="depth-chart" width="{_f(width)}" height="{_f(height)}" viewBox="0 0 {_f(width)} '
+        f'{_f(height)}" role="img"><title>per-layer SQNR along the depth of the network</title>',
+        f'<path class="axis" d="M {_f(left)} {_f(top)} V {_f(top + plot_h)} H {_f(left + plot_w)}"/>',
+        f'<path class="line" d="{line}"/>',
+    ]
+    parts += [
+        f'<circle class="dot" cx="{_f(x)}" cy="{_f(y)}" r="3" data-value="{v!r}">'
+        f"<title>{escape(label)}: {_num(v, 4)} dB</title></circle>"
+        for x, y, v, label in xy
+    ]
+    parts += [
+        f'<text x="{_f(left - 4)}" y="{_f(top + 8)}" text-anchor="end">{_num(v_hi, 3)}</text>',
+        f'<text x="{_f(left - 4)}" y="{_f(top + plot_h)}" text-anchor="end">{_num(v_lo, 3)}</text>',
+        f'<text x="{_f(left + plot_w / 2)}" y="{_f(height - 4)}" text-anchor="middle">'
+        "quantized layers, input to output; SQNR in the whole model (dB)</text>",
+        "</svg>",
+    ]
+    return "".join(parts)
+
+
+def render_html(report: dict[str, Any], about: dict[str, Any] | None = None) -> str:
+    """The whole page for `report` (the dict written to report.json). `about`: the manifest's
+    `source` (its origin), `qconvert`, `created` and `command`, shown at the top."""
     title = f"qconvert report: {report.get('target')} {quantized_label(report)} ({report.get('mode')})"
     body = "".join(
         (
-            _summary(report),
+            _summary(report, _identity(about)),
             _metrics(report),
+            _scatter(report),
             _checks(report),
             _histograms(report),
             _performance(report),
@@ -586,7 +758,7 @@ def render_html(report: dict[str, Any]) -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head>"
-        f"<body>{body}"
+        f"<body>{_in_boxes(body)}"
         '<p class="muted">Written by qconvert from report.json; every figure on this page is in that file.</p>'
         "</body></html>\n"
     )

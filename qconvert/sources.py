@@ -136,8 +136,76 @@ def load_source(
             "model folder. Give the folder that holds config.json and the weights, or a model file."
         )
     if path.suffix == ".onnx":
+        refuse_quantized_onnx(path)
         return _load_onnx(path, inputs)
+    if path.suffix == ".py":
+        raise SourceError(_no_factory_message(path))
     return _load_torch_archive(path, inputs)
+
+
+# --- SOURCE slips: diagnosed before any work -------------------------------------------------
+
+# ops that only a quantized graph holds (a QLinear* op is matched by its prefix)
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "MatMulNBits",
+        "DynamicQuantizeMatMul",
+        "QGemm",
+        "QAttention",
+    }
+)
+
+
+def quantized_ops(model: Any) -> dict[str, int]:
+    """op type -> count, for the ops in `model`'s graph that mean it is quantized already."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def refuse_quantized_onnx(path: Path) -> None:
+    """An already-quantized .onnx as SOURCE would fail deep in the quantizer (an SSA error from
+    onnx.checker); say what it is up front, and what to give instead."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return  # _load_onnx explains an unreadable file
+    found = quantized_ops(model)
+    if found:
+        ops = ", ".join(f"{n} {op}" for op, n in sorted(found.items(), key=lambda kv: -kv[1]))
+        raise SourceError(
+            f"SOURCE {path}: is quantized already ({ops}); qconvert quantizes an fp32 model. Give the fp32 "
+            f".onnx it was made from (an OUT_DIR's reference.onnx), or check this one as it is with "
+            f"`qconvert validate {path} --reference FP32.onnx --data DATA`."
+        )
+
+
+def _no_factory_message(path: Path) -> str:
+    """`export model.py` without `:factory`: name the callables there, read without running the file."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError, OSError) as e:
+        return f"SOURCE {path}: a Python file needs `:factory` (path/file.py:factory), and this one does not parse ({e})."
+    names = [
+        node.name
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_")
+    ]
+    here = f"; callables here: {', '.join(names)}" if names else "; it defines no top-level function or class"
+    pick = "build" if "build" in names else names[0] if names else ""
+    example = f" e.g. {path}:{pick}" if names else ""
+    return f"SOURCE {path}: a Python file needs the function that builds the model: add `:factory`{here}.{example}"
 
 
 # --- factories -------------------------------------------------------------------------------

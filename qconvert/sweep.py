@@ -458,9 +458,22 @@ def _run_local(jobs: list[TrialJob], workers: int, progress: Progress) -> list[T
             log.info("trial %s: %s (%.1f s)", outcome.name, outcome.status, outcome.seconds)
             outcomes.append(outcome)
             progress("trials", message, len(outcomes), total)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        _stop_now(pool)  # Ctrl-C, SIGTERM, a failed trial: not after the running trials end
+        raise
+    pool.shutdown(wait=True)
     return outcomes
+
+
+def _stop_now(pool: Any) -> None:
+    """Stop the worker processes at once: waiting for the running trials (minutes on a big model) is
+    what made Ctrl-C take 5-13 s. Their files are all in the sweep's temporary folder, removed after."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # CPython's pid -> Process map
+    for process in procs:
+        process.kill()  # SIGTERM would make each worker print its own Terminated traceback
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in procs:
+        process.join(timeout=1.0)
 
 
 def _run_ray(jobs: list[TrialJob], address: str | None, progress: Progress) -> list[TrialOutcome]:

@@ -87,8 +87,8 @@ def number(cell: str) -> float:
     return float(cell)
 
 
-def close(shown: float, value: float, digits: int = 6) -> bool:
-    """`shown` is `value` to the page's precision (6 significant digits)."""
+def close(shown: float, value: float, digits: int = 4) -> bool:
+    """`shown` is `value` to the page's precision (4 significant digits; near 1, the digits of 1 - x)."""
     if math.isinf(value) or math.isinf(shown):
         return shown == value
     return math.isclose(shown, value, rel_tol=10 ** (1 - digits), abs_tol=1e-12)
@@ -148,8 +148,9 @@ def test_the_export_writes_report_html_and_hashes_it(passed_dir: Path) -> None:
     manifest = json.loads((passed_dir / "qconvert.json").read_text())
     assert "report.html" in manifest["files"]
     report = json.loads((passed_dir / "report.json").read_text())
-    # the page is a pure function of report.json
-    assert (passed_dir / "report.html").read_text(encoding="utf-8") == render_html(report)
+    # the page is a pure function of report.json and the manifest's identity of the run
+    about = {**manifest, "source": manifest["source"]["origin"]}
+    assert (passed_dir / "report.html").read_text(encoding="utf-8") == render_html(report, about)
 
 
 @pytest.mark.slow
@@ -191,9 +192,10 @@ def test_every_chart_is_valid_svg_with_drawn_shapes(which: str, request: pytest.
                 assert values[2] >= 0 and values[3] >= 0, (chart_id, el.attrib)
             else:
                 assert re.fullmatch(r"[MVHL0-9. \-]+", el.get("d", "")), (chart_id, el.attrib)
-        assert any(float(r.get("width", 0)) > 0 and float(r.get("height", 0)) > 0 for r in rects(svg)), (
-            chart_id
-        )
+        dots = [el for el in svg.iter() if el.tag == "circle" and float(el.get("r", 0)) > 0]
+        assert dots or any(
+            float(r.get("width", 0)) > 0 and float(r.get("height", 0)) > 0 for r in rects(svg)
+        ), chart_id
 
 
 @pytest.mark.slow

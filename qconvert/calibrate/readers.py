@@ -207,11 +207,20 @@ def _read_folder(
         raise CalibrationError(f"{where}: the folder has no .npy or .npz files.")
     parts: dict[str, list[np.ndarray]] = {i.name: [] for i in inputs}
     label_parts: list[Any] = []
+    first: dict[str, tuple[str, tuple[int, ...]]] = {}  # input -> (file, sample shape) seen first
     for f in files:
         arrays, labels = _read_file(f, inputs, f"{where}/{f.name}")
         for inp in inputs:
             a = arrays[inp.name]
-            parts[inp.name].append(a[None] if a.ndim == len(inp.dims) - 1 else a)
+            a = a[None] if a.ndim == len(inp.dims) - 1 else a
+            seen = first.setdefault(inp.name, (f.name, a.shape[1:]))
+            if a.shape[1:] != seen[1]:
+                raise CalibrationError(
+                    f"{where}/{f.name}: input '{inp.name}' has samples of shape {a.shape[1:]}, but "
+                    f"{where}/{seen[0]} has {seen[1]}. Every file in a DATA folder is read as samples; "
+                    f"move {f.name} (or {seen[0]}) out of the folder, or pass the one file you mean."
+                )
+            parts[inp.name].append(a)
         label_parts.append(labels)
     if any(lab is None for lab in label_parts) and any(lab is not None for lab in label_parts):
         raise CalibrationError(f"{where}: some files have labels and some do not.")

@@ -6,12 +6,15 @@ and its exit code; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import logging
+import time
+from collections.abc import Callable
 
-import typer
+STARTED = time.perf_counter()  # the `PASSED | N s` line counts from here: imports included
 
-from qconvert import __version__
-from qconvert.cli import _common
+import typer  # noqa: E402
+
+from qconvert import __version__  # noqa: E402
+from qconvert.cli import _common, _help  # noqa: E402
 
 app = typer.Typer(
     name="qconvert",
@@ -20,7 +23,9 @@ app = typer.Typer(
     "file or flag and the fix); 3 internal error, a bug in qconvert (traceback shown; please report it). "
     "--debug adds tracebacks and never changes a code.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 
@@ -37,29 +42,34 @@ def _root(
         False, "--debug", help="Show tracebacks and debug logs (exit codes stay the same)."
     ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Show info logs."),
+    quiet: bool = typer.Option(
+        False, "-q", "--quiet", help="No progress display and no warnings: results, errors, summary."
+    ),
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version."
+        False, "-V", "--version", callback=_version, is_eager=True, help="Print the version."
     ),
 ) -> None:
-    _common.STATE["debug"] = debug
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _common.STARTED = STARTED
+    _common.set_verbosity(debug=debug, verbose=verbose, quiet=quiet, reset=True)
 
 
 def _register() -> None:
     from qconvert.cli import export_cmd, inspect_cmd, run_cmd, targets_cmd, validate_cmd
 
-    app.command("export")(_common.command(export_cmd.export))
-    app.command("targets")(_common.command(targets_cmd.targets))
-    app.command("inspect")(_common.command(inspect_cmd.inspect))
-    app.command("run")(_common.command(run_cmd.run))
-    app.command("validate")(_common.command(validate_cmd.validate))
+    def add(name: str, fn: Callable[..., int]) -> None:
+        app.command(name, cls=_help.HelpCommand, short_help=_help.short_help(fn))(_common.command(fn))
+
+    add("export", export_cmd.export)
+    add("targets", targets_cmd.targets)
+    add("inspect", inspect_cmd.inspect)
+    add("run", run_cmd.run)
+    add("validate", validate_cmd.validate)
     from qconvert.cli import benchmark_cmd
 
-    app.command("benchmark")(_common.command(benchmark_cmd.benchmark))
+    add("benchmark", benchmark_cmd.benchmark)
     from qconvert.cli import sweep_cmd
 
-    app.command("sweep")(_common.command(sweep_cmd.sweep))
+    add("sweep", sweep_cmd.sweep)
 
 
 _register()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import shlex
 import sys
 import time
 from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +25,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 
 from qconvert.config import TEXT_PADDING
 from qconvert.errors import QConvertError
@@ -81,7 +84,32 @@ TRUNCATION_OPTION = typer.Option(
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
-STATE = {"debug": False}
+STATE = {"debug": False, "verbose": False, "quiet": False}
+STARTED = time.perf_counter()  # replaced by cli.STARTED (taken before the imports) when the CLI runs
+
+
+def set_verbosity(
+    *, debug: bool = False, verbose: bool = False, quiet: bool = False, reset: bool = False
+) -> None:
+    """-q/-v/--debug, before or after the subcommand: the root callback resets (one invocation's
+    flags never leak into the next, in-process), the subcommand's flags add to the root's."""
+    import logging
+
+    if reset:
+        STATE.update(debug=False, verbose=False, quiet=False)
+    STATE["debug"] = STATE["debug"] or debug
+    STATE["verbose"] = STATE["verbose"] or verbose
+    STATE["quiet"] = (STATE["quiet"] or quiet) and not (STATE["debug"] or STATE["verbose"])
+    if STATE["debug"]:
+        level = logging.DEBUG
+    elif STATE["verbose"]:
+        level = logging.INFO
+    elif STATE["quiet"]:
+        level = logging.ERROR
+    else:
+        level = logging.WARNING
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
 
 
 def command(fn: Callable[..., int]) -> Callable[..., None]:
@@ -97,6 +125,7 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> None:
+        set_verbosity(**{name: kwargs.pop(name) for name in VERBOSITY})
         try:
             code = fn(*args, **kwargs)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
@@ -110,7 +139,7 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
             err.print(f"[bold red]stopped[/]: {escape(str(e))}; nothing was left half-written.")
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]; nothing was left half-written.")
+            err.print("[bold red]interrupted[/]; nothing was written.")
             raise typer.Exit(130) from None
         except Exception as e:
             err.print(escape(traceback.format_exc()), soft_wrap=True)
@@ -122,9 +151,31 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
                 soft_wrap=True,
             )
             raise typer.Exit(3) from None
+        finally:
+            out.file = None  # type: ignore[assignment]  # undo json_on_stdout: sys.stdout, looked up late
         raise typer.Exit(code)
 
+    signature = inspect.signature(fn)
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=bool)
+        for name, option in VERBOSITY.items()
+    ]
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *extra]
+    )
     return run
+
+
+# -q/-v/--debug after the subcommand too (`qconvert export -v`), as polygraphy's and optimum's users type
+VERBOSITY = {
+    "quiet": typer.Option(
+        False, "-q", "--quiet", help="No progress display and no warnings: results, errors, summary."
+    ),
+    "verbose": typer.Option(False, "-v", "--verbose", help="Show info logs."),
+    "debug": typer.Option(
+        False, "--debug", help="Show tracebacks and debug logs (exit codes stay the same)."
+    ),
+}
 
 
 class ProgressView:
@@ -139,6 +190,7 @@ class ProgressView:
             TimeElapsedColumn(),
             console=err,
             transient=False,
+            disable=STATE["quiet"],
         )
         self._tasks: dict[str, TaskID] = {}
         self._current: str | None = None
@@ -168,7 +220,50 @@ class ProgressView:
         self._progress.update(self._tasks[stage], description=message, completed=done or 0, total=total)
 
 
+STDOUT = Path("-")
+
+
+def json_on_stdout(path: Path | None) -> bool:
+    """`--json -`: the JSON is the only thing on stdout, so from here on the tables, notes and the
+    summary line go to stderr (`command` puts them back when the command ends)."""
+    if path != STDOUT:
+        return False
+    out.file = sys.stderr
+    return True
+
+
+def write_json_stdout(value: Any) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_table(table: Table) -> None:
+    """Print a table that folds long cells onto more lines instead of cutting them with `…`: a CI log
+    is 80 columns wide, and the cut part (an option's choices, a file name) is often the one needed."""
+    for column in table.columns:
+        column.overflow = "fold"
+        column.no_wrap = False
+    out.print(table)
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (interpreter start-up and every import included), from
+    /proc on Linux; None elsewhere (then the line counts from cli.STARTED, before qconvert's imports)."""
+    import os
+
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def summary_line(passed: bool, started: float) -> None:
+    """`PASSED | N s | command`: N is the whole run, from before the imports (cli.STARTED)."""
     verdict = "[bold green]PASSED[/]" if passed else "[bold red]FAILED[/]"
     command = shlex.join(["qconvert", *sys.argv[1:]])
-    out.print(f"{verdict} | {time.perf_counter() - started:.1f} s | {escape(command)}")
+    seconds = max(time.perf_counter() - min(started, STARTED), process_seconds() or 0.0)
+    out.print(f"{verdict} | {seconds:.1f} s | {escape(command)}")

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from qconvert.cli._common import err, out
+from qconvert.cli._common import err, json_on_stdout, out, print_table, write_json_stdout
 from qconvert.config import DEFAULT_BENCHMARK_BATCH, DEFAULT_BENCHMARK_REPEATS, BenchmarkConfig
 from qconvert.report import human_bytes
 
@@ -34,7 +34,9 @@ def benchmark(
     threads: int = typer.Option(
         None, "--threads", min=1, help="onnxruntime intra-op threads. Default: onnxruntime's."
     ),
-    json_path: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    json_path: Path | None = typer.Option(
+        None, "--json", help="Also write the figures to this JSON file; '-' for stdout (then only the JSON)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> int:
     """Latency p50/p90, throughput, peak memory and file size of MODEL (and the model it is compared with)."""
@@ -45,6 +47,11 @@ def benchmark(
         model=model, vs=vs, data=data, batch=batch, repeats=repeats, threads=threads, memory=True
     )
     inputs = [p for p in (model, vs, Path(data) if data else None) if p is not None]
+    if json_on_stdout(json_path):
+        json_path = None
+        to_stdout = True
+    else:
+        to_stdout = False
     if json_path is not None:  # refuse before measuring
         check_output_file(json_path, force, inputs, flag="--json")
     with err.status("benchmarking") as status:
@@ -52,34 +59,36 @@ def benchmark(
 
     first = result.models[0]
     baseline = result.models[1] if len(result.models) > 1 else None
+    # one column per model, one row per figure: it fits 80 columns however long the paths are
     table = Table(
         title=f"benchmark, batch {result.batch}, {result.repeats} runs per model",
         caption=None if baseline is None else f"p50 ratio: against {baseline.label}",
     )
-    for name in ("model", "precision", "provider"):
-        table.add_column(name)
-    for name in ("size", "p50 ms", "p90 ms", "samples/s", "peak memory", "p50 ratio"):
-        table.add_column(name, justify="right")
+    table.add_column("")
+    for i, m in enumerate(result.models):
+        table.add_column(f"{chr(ord('A') + i)}: {Path(m.label).name}", justify="right")
+    rows: dict[str, list[str]] = {
+        name: [] for name in ("precision", "provider", "size", "p50 ms", "p90 ms", "samples/s", "peak memory")
+    }
+    if baseline is not None:
+        rows["p50 ratio"] = []
     for m in result.models:
-        ratio = "" if baseline is None else f"{m.latency.p50_ms / baseline.latency.p50_ms:.2f}x"
-        memory = "" if m.peak_memory_bytes is None else f"+{human_bytes(m.peak_memory_bytes)}"
-        table.add_row(
-            *(
-                Text(cell)
-                for cell in (
-                    m.label,
-                    m.precision,
-                    m.provider.replace("ExecutionProvider", ""),
-                    human_bytes(m.size_bytes),
-                    f"{m.latency.p50_ms:.3f}",
-                    f"{m.latency.p90_ms:.3f}",
-                    f"{m.throughput:,.0f}",
-                    memory,
-                    ratio,
-                )
-            )
+        rows["precision"].append(m.precision)
+        rows["provider"].append(m.provider.replace("ExecutionProvider", ""))
+        rows["size"].append(human_bytes(m.size_bytes))
+        rows["p50 ms"].append(f"{m.latency.p50_ms:.3f}")
+        rows["p90 ms"].append(f"{m.latency.p90_ms:.3f}")
+        rows["samples/s"].append(f"{m.throughput:,.0f}")
+        rows["peak memory"].append(
+            "" if m.peak_memory_bytes is None else f"+{human_bytes(m.peak_memory_bytes)}"
         )
-    out.print(table)
+        if baseline is not None:
+            rows["p50 ratio"].append(f"{m.latency.p50_ms / baseline.latency.p50_ms:.2f}x")
+    for name, cells in rows.items():
+        table.add_row(name, *(Text(cell) for cell in cells))
+    print_table(table)
+    for i, m in enumerate(result.models):
+        out.print(f"{chr(ord('A') + i)}: {escape(m.label)}", soft_wrap=True)
     shapes = ", ".join(f"{k} {v}" for k, v in result.input_shapes.items())
     out.print(f"inputs: {escape(result.inputs_description)}; {escape(shapes)}", soft_wrap=True)
     out.print(f"latency: {escape(result.latency_method)}; samples/s = batch / p50", soft_wrap=True)
@@ -103,4 +112,6 @@ def benchmark(
             json_path, json.dumps(result.as_json(), indent=2) + "\n", force, inputs, flag="--json"
         )
         out.print(f"json: {escape(str(json_path))}")
+    if to_stdout:
+        write_json_stdout(result.as_json())
     return 0

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from qconvert.cli import _settings_file
 from qconvert.cli._common import (
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
@@ -25,6 +26,7 @@ from qconvert.cli._common import (
     TextPadding,
     err,
     out,
+    print_table,
     summary_line,
 )
 from qconvert.config import (
@@ -65,8 +67,18 @@ def export(
         help="file.py:factory, package.module:factory, .onnx, TorchScript or .pt2 file, or a Hugging Face "
         'model folder (has config.json; needs pip install "qconvert[hf]"). Omitted: the built-in digits CNN.',
     ),
+    config_file: Path | None = typer.Option(
+        None,
+        "--config",
+        is_eager=True,
+        callback=_settings_file.load,
+        help="A TOML file whose [export] table holds these settings under the flags' names (target = "
+        '"tensorrt", calibration-method = "entropy", target-option = ["format=qdq"]); flags given here win.',
+    ),
     bits: Bits = typer.Option("8", "--bits", help="Bit width."),
-    target: TargetName = typer.Option(DEFAULT_TARGET, "--target", help="Hardware target."),
+    target: TargetName = typer.Option(
+        DEFAULT_TARGET, "--target", case_sensitive=False, help="Hardware target (any case: TensorRT)."
+    ),
     mode: Mode = typer.Option(
         None, "--mode", help="Quantization mode. Default: the target's for these bits."
     ),
@@ -202,14 +214,22 @@ def export(
     with ProgressView() as progress:
         result = run_export(config, progress=progress)
     report = result.report
-    table = Table(title=f"{result.manifest['source']['origin']} -> {report['target']} ({report['mode']})")
+    bounds = {
+        "flag": "--tolerance",
+        "config": f"--config {config_file}",
+        "default": f"the defaults for --bits {bits.value}",
+    }[_settings_file.source_of("tolerance")]
+    table = Table(
+        title=f"{result.manifest['source']['origin']} -> {report['target']} ({report['mode']})",
+        caption=f"bounds: {bounds}",
+    )
     table.add_column("")
     table.add_column("fp32", justify="right")
     table.add_column(quantized_label(report), justify="right")
     table.add_column("change", justify="right")
     for row in summary_rows(report):
         table.add_row(*(Text(cell) for cell in row))
-    out.print(table)
+    print_table(table)
     random_warning = random_data_warning(report)
     if random_warning:
         out.print(f"[bold]{escape(random_warning)}[/]", soft_wrap=True)
@@ -220,7 +240,7 @@ def export(
             sens.add_column(name, justify="left" if name in ("node", "op") else "right")
         for layer in ranking:
             sens.add_row(*(Text(cell) for cell in layer))
-        out.print(sens)
+        print_table(sens)
     for note in report["notes"]:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):

@@ -25,6 +25,7 @@ from qconvert.cli._common import (
     TextPadding,
     err,
     out,
+    print_table,
     summary_line,
 )
 from qconvert.config import (
@@ -59,7 +60,9 @@ def sweep(
     bits: str = typer.Option(
         ",".join(map(str, SWEEP_BITS)), "--bits", help="Bit widths to try, comma-separated, e.g. 16,8,4."
     ),
-    target: TargetName = typer.Option(DEFAULT_TARGET, "--target", help="Hardware target."),
+    target: TargetName = typer.Option(
+        DEFAULT_TARGET, "--target", case_sensitive=False, help="Hardware target (any case: TensorRT)."
+    ),
     modes: str = typer.Option(
         None,
         "--modes",
@@ -123,7 +126,7 @@ def sweep(
     from qconvert.cli.export_cmd import _quiet_torch
     from qconvert.sweep import bits_from_text, modes_from_text
     from qconvert.sweep import sweep as run_sweep
-    from qconvert.sweep_report import cells, header
+    from qconvert.sweep_report import STATUS_TEXT, cells, header
 
     started = time.perf_counter()
     config = SweepConfig(
@@ -159,18 +162,25 @@ def sweep(
         result = run_sweep(config, progress=progress)
     summary = result.summary
     table = Table(title=f"{summary['source']} -> {summary['target']}: sweep")
+    widest = max((len(row["name"]) for row in summary["rows"]), default=7)
     for i, name in enumerate(header(summary)):
-        table.add_column(name, justify="left" if i < 2 else "right", overflow="fold")
+        table.add_column(name, justify="left" if i < 2 else "right", min_width=widest if i == 0 else None)
     for row in summary["rows"]:
         style = _STYLES.get(row["status"], "")
         texts = cells(summary, row)
+        texts[1] = STATUS_TEXT.get(row["status"], row["status"])  # the reason goes below the table
         table.add_row(*(Text(t, style=style if i == 1 else "") for i, t in enumerate(texts)))
-    out.print(table)
+    print_table(table)
     for row in summary["rows"]:
-        if row["status"] == "out_of_tolerance" and row.get("reason"):
+        if not row.get("reason"):
+            continue
+        if row["status"] == "out_of_tolerance":
             err.print(
                 f"[red]out of tolerance:[/] {escape(row['name'])}: {escape(row['reason'])}", soft_wrap=True
             )
+        elif row["status"] in ("not_supported", "error"):
+            what = f"{row['name']} {STATUS_TEXT[row['status']]}: {row['reason']}"
+            err.print(f"[yellow]note:[/] {escape(what)}", soft_wrap=True)
     for note in result.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     out.print(f"[bold]{escape(result.recommendation.describe())}[/]", soft_wrap=True)

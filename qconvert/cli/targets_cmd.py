@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import typer
 from rich.markup import escape
 from rich.table import Table
 
-from qconvert.cli._common import out
+from qconvert.cli._common import out, print_table, write_json_stdout
 from qconvert.targets import TARGETS
 
 
-def targets() -> int:
+def targets(
+    as_json: bool = typer.Option(False, "--json", help="Print the targets as JSON on stdout instead."),
+) -> int:
     """List the targets: bit widths and modes, providers (installed here or not), options."""
     import onnxruntime as ort
 
     installed = set(ort.get_available_providers())
+    if as_json:
+        write_json_stdout([_as_json(name, target, installed) for name, target in TARGETS])
+        return 0
     table = Table(title="qconvert targets", show_lines=True)
-    for col in (
-        "target",
-        "bits: modes (first = default)",
-        "providers, priority order",
-        "options (--target-option)",
-    ):
-        table.add_column(col)
+    # the options column is the one `--target-option` needs whole: on a narrow console (a CI log is 80
+    # columns) the others give it room
+    narrow = out.width < 120
+    table.add_column("target", max_width=16 if narrow else None)
+    table.add_column("bits: modes (first = default)", max_width=16 if narrow else None)
+    table.add_column("providers, priority order", max_width=15 if narrow else None)
+    table.add_column("options (--target-option)")
     for name, target in TARGETS:
         modes = "\n".join(f"{b}: {', '.join(m)}" for b, m in sorted(target.modes.items(), reverse=True))
         refused = "\n".join(
@@ -32,7 +40,7 @@ def targets() -> int:
             for p in target.providers([])
         )
         opts = "\n".join(
-            f"{o.name}={o.default}" + (f" [{'|'.join(o.choices)}]" if o.choices else "")
+            f"{o.name}={o.default}" + (f"\n  [{' | '.join(o.choices)}]" if o.choices else "")
             for o in target.options
         )
         table.add_row(
@@ -41,5 +49,19 @@ def targets() -> int:
             provs,
             escape(opts) or "-",
         )
-    out.print(table)
+    print_table(table)
     return 0
+
+
+def _as_json(name: str, target: Any, installed: set[str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": target.description,
+        "modes": {str(bits): list(modes) for bits, modes in sorted(target.modes.items(), reverse=True)},
+        "refused_bits": {str(bits): why for bits, why in sorted(target.refused_bits.items(), reverse=True)},
+        "providers": [{"name": p.name, "installed": p.name in installed} for p in target.providers([])],
+        "options": [
+            {"name": o.name, "default": o.default, "help": o.help, "choices": list(o.choices) or None}
+            for o in target.options
+        ],
+    }

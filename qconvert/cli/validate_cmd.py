@@ -23,8 +23,11 @@ from qconvert.cli._common import (
     ProgressView,
     TextPadding,
     err,
+    json_on_stdout,
     out,
+    print_table,
     summary_line,
+    write_json_stdout,
 )
 from qconvert.config import ValidateConfig, image_options, text_options
 from qconvert.report import failure_lines
@@ -57,10 +60,14 @@ def validate(
     tolerance: str = typer.Option(
         None,
         "--tolerance",
-        help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Overrides qconvert.toml \\[tolerance] or "
-        "pyproject.toml \\[tool.qconvert.tolerance], which override the defaults for --bits.",
+        help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Overrides qconvert.toml [tolerance] or "
+        "pyproject.toml [tool.qconvert.tolerance], which override the defaults for --bits.",
     ),
-    json_out: Path = typer.Option(None, "--json", help="Write the full result as JSON here."),
+    json_out: Path = typer.Option(
+        None,
+        "--json",
+        help="Write the full result as JSON here; '-' for stdout (then nothing else goes there).",
+    ),
     junit_out: Path = typer.Option(
         None, "--junit", help="Write JUnit XML here: one test case per output and metric."
     ),
@@ -104,6 +111,7 @@ def validate(
     from qconvert.pipeline import validate as run_validate
 
     started = time.perf_counter()
+    to_stdout = json_on_stdout(json_out)
     config = ValidateConfig(
         candidate=candidate,
         reference=reference,
@@ -116,7 +124,7 @@ def validate(
             base=image_options(image_size, mean, std, layout),
         ),
         tolerance=tolerance,
-        json_out=json_out,
+        json_out=None if to_stdout else json_out,
         junit_out=junit_out,
         html_out=html_out,
         calibration_data=calibration_data,
@@ -130,7 +138,13 @@ def validate(
     with ProgressView() as progress:
         result = run_validate(config, progress=progress)
     report = result.as_json()
-    table = Table(title=f"{report['model']} vs {report['reference']} ({report['samples']} samples)")
+    layers = [f"the defaults for --bits {report.get('bits')}"]
+    layers += [str(report["tolerance_source"])] if report.get("tolerance_source") else []
+    layers += ["--tolerance"] if tolerance else []
+    table = Table(
+        title=f"{report['model']} vs {report['reference']} ({report['samples']} samples)",
+        caption="bounds: " + " < ".join(layers),  # a stray qconvert.toml is never invisible
+    )
     for col, justify in (("output", "left"), ("metric", "left"), ("measured", "right"), ("needs", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     table.add_column("")
@@ -142,7 +156,7 @@ def validate(
             Text(check["bound"]),
             Text("ok", style="green") if check["passed"] else Text("FAILED", style="bold red"),
         )
-    out.print(table)
+    print_table(table)
     for name, m in report["validation"]["outputs"].items():
         measured = [
             f"cosine {m['cosine']:.5f} (worst {m['cosine_min']:.4f})",
@@ -171,10 +185,12 @@ def validate(
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):
         err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)
-    for flag, path in (("json", json_out), ("junit", junit_out), ("html", html_out)):
+    for flag, path in (("json", None if to_stdout else json_out), ("junit", junit_out), ("html", html_out)):
         if path is not None:
             out.print(f"{flag}: {escape(str(path))}")
     summary_line(result.passed, started)
+    if to_stdout:
+        write_json_stdout(result.as_json())
     return 0 if result.passed else 1
 
 
@@ -208,7 +224,7 @@ def print_collapse(collapse: dict[str, Any]) -> None:
         table.add_row(str(n), *(_family_cell(fam, n) for fam in families.values()))
     kept = [fam["kept_longest"] for fam in families.values()]
     table.add_row(Text("kept up to", style="bold"), *("-" if k is None else str(k) for k in kept))
-    out.print(table)
+    print_table(table)
 
 
 def _family_cell(family: dict[str, Any], length: int) -> Text:

@@ -60,6 +60,15 @@ def load_data(
             notes.append(
                 "the validation data is the calibration data; figures will look better than they are"
             )
+        elif (
+            calib_path
+            and Path(calib_path).is_dir()
+            and Path(calib_path).resolve() in Path(data_path).resolve().parents
+        ):
+            notes.append(
+                f"--data {data_path} lies inside the --calibration folder {calib_path}, so its samples were "
+                "calibrated on too; figures will look better than they are. Move it out of the folder."
+            )
     elif calibration is not None and config.calibration == RANDOM_DATA:
         heldout = random_dataset(
             inputs,

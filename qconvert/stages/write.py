@@ -138,8 +138,10 @@ class WriteArtifacts(Stage[ExportContext]):
         art.write_json("report.json", ctx.report)
         from qconvert.report_html import render_html
 
-        art.write_text("report.html", render_html(ctx.report))
-        manifest = Manifest(**manifest_json(ctx), files=art.hashes())
+        about = manifest_json(ctx)  # the page names the model, qconvert, the date and the command
+        page_about = {**about, "source": about["source"]["origin"]}
+        art.write_text("report.html", render_html(ctx.report, page_about))
+        manifest = Manifest(**about, files=art.hashes())
         ctx.manifest = manifest.to_json()
         art.write_json("qconvert.json", ctx.manifest)
         art.commit()

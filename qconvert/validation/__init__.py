@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,15 @@ class Check:
             )
         return ""
 
+    @property
+    def needed(self) -> str | None:
+        """The --tolerance bound that would let this check pass, rounded to the digits that matter; None
+        for `speedup`: a release gate must never be told to accept a slowdown."""
+        if self.bound.metric == "speedup" or not math.isfinite(self.measured):
+            return None
+        op = ">=" if self.bound.kind == "min" else "<="
+        return f"{self.bound.metric}{op}{passing_round(self.measured, self.bound)}"
+
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
         needs = self.bound.describe()
@@ -49,9 +59,6 @@ class Check:
         return f"{text}: {self.hint}" if self.hint else text
 
     def as_json(self) -> dict[str, object]:
-        needed = f"{self.measured:.6g}"
-        if not self.bound.holds(float(needed)):  # rounded the wrong way: give the exact value
-            needed = repr(self.measured)
         return {
             "output": self.output,
             "metric": self.bound.metric,
@@ -59,9 +66,22 @@ class Check:
             "measured": self.measured,
             "passed": self.passed,
             # the tolerance that would have let this check pass
-            "needed": f"{self.bound.metric}{'>=' if self.bound.kind == 'min' else '<='}{needed}",
+            "needed": self.needed,
             "hint": self.hint,
         }
+
+
+def passing_round(measured: float, bound: Bound) -> str:
+    """`measured` rounded towards passing (down for a min bound, up for a max bound) to the fewest
+    decimals that give away at most a tenth of the gap to the bound: 0.97 (not 0.969999), 0.9987."""
+    gap = abs(bound.value - measured) or abs(measured) or 1.0
+    for decimals in range(10):
+        scale = 10.0**decimals
+        rounded = (math.floor if bound.kind == "min" else math.ceil)(measured * scale) / scale
+        text = f"{rounded:.{decimals}f}"
+        if abs(float(text) - measured) <= 0.1 * gap and replace(bound, value=float(text)).holds(measured):
+            return text
+    return repr(measured)
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,8 @@ class ValidationResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     # per output: the distribution of |reference - candidate| (metrics.abs_error_histogram)
     histograms: dict[str, dict[str, object]] = field(default_factory=dict)
+    # per output: a few hundred (reference, candidate) value pairs, for report.html's scatter plot
+    scatter: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return all(c.passed for c in self.checks)
@@ -95,6 +117,7 @@ class ValidationResult:
             "checks": [c.as_json() for c in self.checks],
             "notes": list(self.notes),
             "abs_error_histograms": self.histograms,
+            "scatter": self.scatter,
         }
 
 
@@ -165,6 +188,27 @@ def evaluate(
     histograms = {
         name: abs_error_histogram(r, c) for name, r, c in zip(names, reference, candidate, strict=True)
     }
+    scatter = {
+        name: value_pairs(r, c) for name, r, c in zip(names, reference, candidate, strict=True) if r.size
+    }
     return ValidationResult(
-        samples=n, outputs=outputs, checks=tuple(checks), accuracy=acc, histograms=histograms
+        samples=n, outputs=outputs, checks=tuple(checks), accuracy=acc, histograms=histograms, scatter=scatter
     )
+
+
+SCATTER_POINTS = 300
+
+
+def value_pairs(reference: np.ndarray, candidate: np.ndarray) -> dict[str, list[float]]:
+    """Up to SCATTER_POINTS (reference, candidate) value pairs, evenly spaced over the flattened
+    output (deterministic), to 5 significant digits; non-finite values are left out."""
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    cand = np.asarray(candidate, dtype=np.float64).ravel()
+    if ref.shape != cand.shape or not np.issubdtype(np.asarray(reference).dtype, np.floating):
+        return {"reference": [], "candidate": []}
+    index = np.unique(np.linspace(0, ref.size - 1, min(SCATTER_POINTS, ref.size)).astype(np.int64))
+    keep = index[np.isfinite(ref[index]) & np.isfinite(cand[index])]
+    return {
+        "reference": [float(f"{x:.5g}") for x in ref[keep]],
+        "candidate": [float(f"{x:.5g}") for x in cand[keep]],
+    }

@@ -82,10 +82,14 @@ class LayerSensitivity:
     isolated_db: float | None  # ... with only this node quantized (None: not measured)
     # with only this node quantized: the worst SQNR over the model's outputs
     isolated_model_output_db: float | None
+    depth: int | None = None  # its place among the quantized nodes, in graph order (0: nearest the input)
+    module: str | None = None  # the PyTorch module it came from (features.3.conv), when the export says
 
     def as_json(self) -> dict[str, Any]:
         return {
             "node": self.node,
+            "module": self.module,
+            "depth": self.depth,
             "op_type": self.op_type,
             "tensor": self.tensor,
             "cumulative_sqnr_db": _finite_or_none(self.cumulative_db),
@@ -174,6 +178,25 @@ _NON_FLOAT_OUTPUT_OPS = frozenset(
         "Not",
     }
 )
+
+
+def module_paths(model: onnx.ModelProto) -> dict[str, str]:
+    """node name -> the PyTorch module path it was exported from (`features.3`), read from the torch
+    exporter's `pkg.torch.onnx.name_scopes` metadata: its scopes, then the op's own name."""
+    import ast
+
+    paths: dict[str, str] = {}
+    for node in model.graph.node:
+        for prop in node.metadata_props:
+            if prop.key != "pkg.torch.onnx.name_scopes":
+                continue
+            try:
+                scopes = [s for s in ast.literal_eval(prop.value) if s]
+            except (ValueError, SyntaxError):
+                continue
+            if len(scopes) >= 2:
+                paths[node.name] = str(scopes[-2])
+    return paths
 
 
 def quantized_nodes(model: onnx.ModelProto, fp32_tensors: set[str]) -> tuple[list[QuantizedNode], list[str]]:
@@ -331,6 +354,7 @@ def analyze(
         alone[node.name] = (measured[node.tensor], min(measured[o] for o in outputs))
     if on_node is not None:
         on_node(len(worst), len(worst))
+    modules = module_paths(ref_model)
     layers = [
         LayerSensitivity(
             n.name,
@@ -339,8 +363,10 @@ def analyze(
             cumulative[n.tensor],
             alone[n.name][0] if n.name in alone else None,
             alone[n.name][1] if n.name in alone else None,
+            depth=depth,
+            module=modules.get(n.name) or modules.get(producer.get(n.tensor, n.name)),
         )
-        for n in nodes
+        for depth, n in enumerate(nodes)
     ]
     layers.sort(key=_rank_key)
     return Sensitivity(len(subset), tuple(layers), len(alone), tuple(unmapped))

@@ -45,6 +45,7 @@ DATA_KEYED = {
     "fusions.fused",
     "options",
     "by_output",
+    "scatter",
 }
 COMMANDS = ("", "export", "validate", "inspect", "benchmark", "sweep", "targets", "run")
 

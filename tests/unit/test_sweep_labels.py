@@ -1,0 +1,29 @@
+"""sweep.png: the labels of settings that land on nearly the same point are moved apart, measured on
+the real matplotlib renderer, so none is drawn over another (issue 14)."""
+
+from __future__ import annotations
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from qconvert.sweep_report import separate_labels
+
+
+def test_labels_of_coinciding_points_do_not_overlap() -> None:
+    fig = Figure(figsize=(5, 3), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    names = ["8bit-static", "8bit-dynamic", "8bit-weight-only", "4bit-weight-only", "16bit-fp16"]
+    points = [(0.32, 99.0), (0.321, 99.0), (0.33, 98.99), (0.322, 99.01), (0.53, 99.0)]
+    labels = [
+        ax.annotate(n, p, textcoords="offset points", xytext=(7, 5), fontsize=8)
+        for n, p in zip(names, points, strict=True)
+    ]
+    ax.scatter(*zip(*points, strict=True))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    before = [t.get_window_extent(renderer) for t in labels]
+    assert any(a.overlaps(b) for i, a in enumerate(before) for b in before[i + 1 :])  # the problem is real
+    boxes = separate_labels(fig, labels)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert [t.get_text() for t in labels] == names  # every label still drawn, none dropped
