@@ -162,8 +162,8 @@ def export(
         "--recover",
         help="Accuracy-recovery step to run, by name (equalize, bias_correction, clip_weights, "
         "adaround, smoothquant). Repeatable or comma-separated; they run in the order given. Default: "
-        "the model family's (bias_correction for conv nets; smoothquant, and dynamic int8 on cpu, for "
-        "transformers); 'none' runs none.",
+        "the model family's (bias_correction and a float stem for depthwise conv nets; smoothquant, and "
+        "dynamic int8 on cpu, for transformers); 'none' runs none.",
     ),
     algorithm: WeightAlgorithm = typer.Option(
         "rtn",
