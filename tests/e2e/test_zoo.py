@@ -8,8 +8,9 @@ model's input/output names, an int8 artifact carries Q/DQ pairs, and qconvert's 
 is no worse than onnxruntime's, less a margin for ties: one held-out sample (1/N) for top-1/pixel
 agreement, 0.002 for mean cosine.
 
-The CI part (not `slow`) is a few small models at 64x64 with 16 calibration and 16 held-out samples;
-the rest is `slow` and is also what benchmarks/bench_zoo.py runs and tabulates.
+The CI part is a few small models at 64x64 with 16 calibration and 16 held-out samples; the rest is
+marked `zoo` (deselected by default: `pytest -m zoo` runs it) and is also what benchmarks/bench_zoo.py
+runs and tabulates.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import _zoo
 
+ZOO = (pytest.mark.slow, pytest.mark.zoo)  # the full zoo: `pytest -m zoo`, not in the default run
 REPO = Path(__file__).resolve().parents[2]
 COSINE_MARGIN = 0.002
 TARGETS = (("cpu", 8), ("tensorrt", 8), ("cuda", 16))
@@ -250,7 +252,7 @@ def _zoo_params() -> list[Any]:
     params = []
     for entry in _zoo.ZOO:
         for target, bits in TARGETS:
-            marks = [] if (entry.name, target) in CI_CASES else [pytest.mark.slow]
+            marks = [] if (entry.name, target) in CI_CASES else [pytest.mark.slow, pytest.mark.zoo]
             params.append(pytest.param(entry.name, target, bits, marks=marks, id=f"{entry.name}-{target}"))
     return params
 
@@ -273,7 +275,7 @@ def test_zoo(name: str, target: str, bits: int, tmp_path: Path, request: pytest.
     reason = _zoo.available(_zoo.BY_NAME[name])
     if reason:
         pytest.skip(reason)
-    fast = request.node.get_closest_marker("slow") is None
+    fast = request.node.get_closest_marker("zoo") is None
     outcome, out = zoo_case(name, target, bits, tmp_path, fast)
     check(outcome, out, (list(_zoo.BY_NAME[name].inputs), list(_zoo.BY_NAME[name].outputs)))
 
@@ -370,8 +372,8 @@ def foreign_case(
 
 
 @pytest.mark.parametrize("kind", sorted(FOREIGN))
-@pytest.mark.parametrize(("target", "bits"), [("cpu", 8), pytest.param("tensorrt", 8, marks=pytest.mark.slow),
-                                              pytest.param("cuda", 16, marks=pytest.mark.slow)])  # fmt: skip
+@pytest.mark.parametrize(("target", "bits"), [("cpu", 8), pytest.param("tensorrt", 8, marks=ZOO),
+                                              pytest.param("cuda", 16, marks=ZOO)])  # fmt: skip
 def test_foreign_onnx(kind: str, target: str, bits: int, tmp_path: Path) -> None:
     """qconvert quantizes files plain onnxruntime cannot: opset 11 (its quantizer writes per-channel
     DequantizeLinear with an `axis` that opset 11 lacks) and a graph its symbolic shape inference
