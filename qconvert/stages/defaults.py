@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 import onnx
 
 from qconvert.errors import ConfigError
+from qconvert.quantize import QUANTIZERS
 from qconvert.recover import RECOVERY
 from qconvert.recover.defaults import choose, float_stem, has_depthwise, model_family
 from qconvert.stages.base import Stage
@@ -23,7 +24,7 @@ class ChooseDefaults(Stage[ExportContext]):
     @staticmethod
     def _reads_calibration(ctx: ExportContext) -> bool:
         qc, config = ctx.qc, ctx.config
-        if qc.mode == "static" or qc.weight_algorithm == "gptq" or config.auto:
+        if QUANTIZERS.get(qc.mode).needs_calibration or qc.weight_algorithm == "gptq" or config.auto:
             return True
         return any(RECOVERY.get(name).needs_calibration for name in ctx.recover)
 
