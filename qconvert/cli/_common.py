@@ -119,7 +119,7 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
     `--debug` adds the traceback to a QConvertError's message and never changes a code."""
     import traceback
 
-    import click
+    from typer._click import ClickException  # typer vendors click; click itself may not be installed
 
     from qconvert.errors import EXIT_CODES, Terminated
 
@@ -128,7 +128,7 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
         set_verbosity(**{name: kwargs.pop(name) for name in VERBOSITY})
         try:
             code = fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, ClickException):
             raise
         except QConvertError as e:
             if STATE["debug"]:
