@@ -248,7 +248,9 @@ def export(
     out.print(f"artifacts: {escape(str(result.out_dir))}")
     from qconvert.artifacts import sha256_file
 
-    out.print(f"qconvert.json sha256: {sha256_file(result.out_dir / 'qconvert.json')}")  # pin or sign this
+    out.print(
+        f"qconvert.json sha256: {sha256_file(result.out_dir / 'qconvert.json')}", soft_wrap=True
+    )  # pin or sign this
     summary_line(result.passed, started)
     return 0 if result.passed else 1
 
