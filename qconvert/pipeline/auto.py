@@ -1,27 +1,24 @@
 """--auto, first half: when validation fails, more accuracy recovery before any layer is given up.
 
-AutoRecover re-runs the stages from Recover to CompareToReference with the next step of the model
-family's ladder added (cheap data-free or one-pass steps first, then MSE activation ranges, then
-AdaRound), keeping a step only where it improved the verdict, until the tolerance holds or the time
-budget is spent. What each attempt bought (worst check before and after, seconds) goes into
-report.json's `auto`. Where recovery alone does not reach the tolerance, the second half of --auto
-(BlameLayers: mixed precision, the most sensitive layers kept in float) takes the best attempt on.
+AutoRecover re-runs the stages from Recover to CompareToReference (exporting.RETRY, handed to it)
+with the next step of the model family's ladder added (cheap data-free or one-pass steps first, then
+MSE activation ranges, then AdaRound), keeping a step only where it improved the verdict, until the
+tolerance holds or the time budget is spent. What each attempt bought (worst check before and
+after, seconds) goes into report.json's `auto`. Where recovery alone does not reach the tolerance,
+the second half of --auto (BlameLayers: the most sensitive layers kept in float) starts from the
+best attempt.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from qconvert.recover import RECOVERY
 from qconvert.stages.base import Stage, run_stages
-from qconvert.stages.compare import CompareToReference
 from qconvert.stages.context import ExportContext
-from qconvert.stages.quantize import Quantize
-from qconvert.stages.recover import Correct, Recover
-from qconvert.stages.standin import StandInForHere
-from qconvert.stages.target import CheckTargetRules, FinalizeForTarget
 from qconvert.validation import ValidationResult
 
 MSE_RANGES = "ranges:mse"  # a ladder rung that changes the calibration method, not a recovery step
@@ -30,15 +27,6 @@ LADDER: dict[str, tuple[str, ...]] = {
     "transformer": ("smoothquant", MSE_RANGES, "adaround"),
     "other": ("bias_correction", MSE_RANGES, "adaround"),
 }
-RETRY: tuple[Stage[ExportContext], ...] = (
-    Recover(),
-    Quantize(),
-    Correct(),
-    FinalizeForTarget(),
-    StandInForHere(),
-    CheckTargetRules(),
-    CompareToReference(),
-)
 
 
 def score(validation: ValidationResult) -> float:
@@ -63,6 +51,9 @@ class AutoRecover(Stage[ExportContext]):
     needs = ("validation", "defaults", "prepared_fp32", "notes_mark")
     gives = ("auto",)
 
+    def __init__(self, retry: Sequence[Stage[ExportContext]]) -> None:
+        self.retry = tuple(retry)  # the stages from Recover to CompareToReference (pipeline/exporting.py)
+
     def skip(self, ctx: ExportContext) -> bool:
         if not (ctx.config.auto and not ctx.validation and ctx.qc.mode in ("static", "dynamic")):
             ctx.auto = []
@@ -77,7 +68,7 @@ class AutoRecover(Stage[ExportContext]):
         ctx.candidates = [replace(c, calibration_method=method) for c in ctx.candidates]
         ctx.qc = replace(ctx.qc, calibration_method=method)
         del ctx.notes[ctx.notes_mark :]
-        run_stages(RETRY, ctx, ctx.progress)
+        run_stages(self.retry, ctx, ctx.progress)
         return ctx.validation
 
     def run(self, ctx: ExportContext) -> None:

@@ -40,8 +40,18 @@ from qconvert.stages.target import CheckTargetRules, FinalizeForTarget
 from qconvert.stages.write import WriteArtifacts
 from qconvert.validation import ValidationResult
 
-__all__ = ["EXPORT", "RunResult", "default_out_dir", "export", "load_data"]
+__all__ = ["EXPORT", "RETRY", "RunResult", "default_out_dir", "export", "load_data"]
 
+# what --auto's AutoRecover re-runs, with more recovery steps, while validation fails
+RETRY: tuple[Stage[ExportContext], ...] = (
+    Recover(),
+    Quantize(),
+    Correct(),
+    FinalizeForTarget(),
+    StandInForHere(),
+    CheckTargetRules(),
+    CompareToReference(),
+)
 EXPORT: tuple[Stage[ExportContext], ...] = (
     PlanQuantization(),
     LoadSource(),
@@ -51,14 +61,8 @@ EXPORT: tuple[Stage[ExportContext], ...] = (
     PrepareOnnx(),
     SelectNodes(),
     ChooseDefaults(),
-    Recover(),
-    Quantize(),
-    Correct(),
-    FinalizeForTarget(),
-    StandInForHere(),
-    CheckTargetRules(),
-    CompareToReference(),
-    AutoRecover(),
+    *RETRY,
+    AutoRecover(RETRY),
     BlameLayers(),
     CompareOnCpuKernels(),
     TimeAgainstFp32(),
