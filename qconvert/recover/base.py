@@ -16,6 +16,7 @@ per call and shared through `RecoveryInput.cache`.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -42,7 +43,7 @@ class RecoveryInput:
     work: Path
     progress: Callable[[int, int], None] | None = None
     # fp32 graph -> the graph the run's quantizer makes of it (same settings, calibrated on `calibration`);
-    # None: `quantize_candidate` uses the static quantizer with `qc`
+    # None: `quantize_candidate` uses quantizer_for(qc, calibration, work)
     quantize: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None
     # statistics shared between steps of one run (activations.collect keys); not part of the contract
     cache: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -59,19 +60,28 @@ class StepResult:
     seconds: float = 0.0
 
 
+def quantizer_for(
+    qc: QuantizeConfig, calibration: Dataset | None, work: Path
+) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
+    """fp32 graph -> the graph the `qc.mode` quantizer makes of it, calibrated on `calibration`
+    (temporary files only under `work`)."""
+
+    def quantize(model: onnx.ModelProto) -> onnx.ModelProto:
+        from qconvert.artifacts import save_onnx
+        from qconvert.quantize import QUANTIZERS
+
+        with tempfile.TemporaryDirectory(prefix="candidate-", dir=work) as tmp:
+            src = save_onnx(onnx.ModelProto.FromString(model.SerializeToString()), Path(tmp) / "in.onnx")
+            dest = QUANTIZERS.get(qc.mode)(src, Path(tmp) / "out.onnx", qc, calibration, None)
+            return onnx.load(str(dest))
+
+    return quantize
+
+
 def quantize_candidate(model: onnx.ModelProto, inp: RecoveryInput) -> onnx.ModelProto:
     """`model` quantized as the run will quantize it: what a step measures its effect on."""
-    if inp.quantize is not None:
-        return inp.quantize(model)
-    import tempfile
-
-    from qconvert.quantize.static import quantize_static_int8
-
-    with tempfile.TemporaryDirectory(prefix="qconvert-candidate-", dir=inp.work) as tmp:
-        src, dest = Path(tmp) / "candidate.onnx", Path(tmp) / "quantized.onnx"
-        onnx.save_model(model, str(src))
-        quantize_static_int8(src, dest, inp.qc, inp.calibration)
-        return onnx.load(str(dest))
+    quantize = inp.quantize or quantizer_for(inp.qc, inp.calibration, inp.work)
+    return quantize(model)
 
 
 class Recovery(ABC):

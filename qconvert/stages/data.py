@@ -100,17 +100,8 @@ def load_data(
     random_note = _random_data_note(_random_data(config))
     if random_note:
         notes.insert(0, random_note)
-    return (calibration if mode == "static" or gptq or _recovery_may_use(config) else None), heldout, notes
-
-
-def _recovery_may_use(config: RunConfig) -> bool:
-    """Whether a recovery step of this run may read calibration data: a named one that needs it, or
-    the model family's defaults (decided after export; without data they leave such steps out)."""
-    if config.recover is None:
-        return True
-    from qconvert.recover import RECOVERY
-
-    return any(RECOVERY.get(name).needs_calibration for name in config.recover)
+    # every calibration set is returned: ChooseDefaults drops it where nothing of the run reads it
+    return calibration, heldout, notes
 
 
 def _data_options(config: RunConfig, loaded: LoadedModel) -> DataOptions:

@@ -11,36 +11,16 @@ will (same QuantizeConfig, same calibration data), so a step can measure its eff
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from qconvert import artifacts
-from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
-from qconvert.quantize import QUANTIZERS
 from qconvert.recover import RECOVERY, Recovery, RecoveryInput
+from qconvert.recover.base import quantizer_for
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
-
-
-def run_quantizer(
-    qc: QuantizeConfig, calibration: Dataset | None, work: Path
-) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
-    """fp32 graph -> the graph this run's quantizer makes of it (files only under `work`)."""
-
-    def quantize(model: onnx.ModelProto) -> onnx.ModelProto:
-        with tempfile.TemporaryDirectory(prefix="candidate-", dir=work) as tmp:
-            src = artifacts.save_onnx(
-                onnx.ModelProto.FromString(model.SerializeToString()), Path(tmp) / "in.onnx"
-            )
-            dest = QUANTIZERS.get(qc.mode)(src, Path(tmp) / "out.onnx", qc, calibration, None)
-            return onnx.load(str(dest))
-
-    return quantize
 
 
 def _steps(names: tuple[str, ...], phase: str) -> list[Recovery]:
@@ -71,7 +51,7 @@ def _run(ctx: ExportContext, phase: str, quantized: Path | None) -> Path | None:
             ctx.calibration,
             ctx.art.work,
             on_step,
-            quantize=run_quantizer(ctx.qc, ctx.calibration, ctx.art.work),
+            quantize=quantizer_for(ctx.qc, ctx.calibration, ctx.art.work),
             cache=ctx.recovery_cache,
         )
         fp32 = onnx.load(str(ctx.prepared))
