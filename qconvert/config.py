@@ -798,6 +798,10 @@ class QuantizeConfig:
     block_size: int = DEFAULT_BLOCK_SIZE
     weight_algorithm: str = "rtn"
     accuracy_level: int = 0
+    # (node, format) for the layers of a static Q/DQ graph that --recover mixed_precision raised above
+    # int8 (targets.base.LAYER_FORMATS). It describes the graph, for the target's rules and the
+    # manifest; the quantizer does not read it.
+    layer_formats: tuple[tuple[str, str], ...] = ()
 
 
 DEFAULT_BENCHMARK_REPEATS = 100

@@ -25,6 +25,12 @@ everything else it does not claim, run on the CPU provider, and in a dynamic gra
 little or nothing. XNNPACK keeps its own thread pool: onnxruntime recommends setting the session's
 intra-op threads to 1 and turning off intra-op spinning (session options, not provider options, so
 not part of what this target declares) when XNNPACK does most of the work.
+
+Per-layer formats inside a static int8 graph (`--recover mixed_precision`): int8, a16w8 (int16
+activations through onnxruntime's com.microsoft Q/DQ, which the CPU provider runs; XNNPACK takes only
+8-bit, so such a layer runs on the CPU provider in fp32 between dequantize and quantize) and fp32.
+Not fp16: whether an onnxruntime build has the ARM64 fp16 Conv/MatMul kernels depends on how it was
+built, and qconvert cannot check that from here.
 """
 
 from __future__ import annotations
@@ -170,4 +176,5 @@ ARM64 = Arm64Target(
     modes={8: ("static", "dynamic"), 4: ("weight-only",)},
     options=OPTIONS,
     int8_ops=ORT_CPU_INT8_OPS,
+    layer_formats=("int8", "a16w8", "fp32"),
 )

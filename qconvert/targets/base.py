@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from qconvert.calibrate import ModelInput
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+# Per-layer formats in a static Q/DQ graph, lowest precision first: int8 (the run's own Q/DQ); a16w8
+# (the layer's activation inputs through 16-bit Q/DQ, its weights int8); fp16 (the layer computes in
+# float16 between Casts); fp32 (the layer reads float inputs and float weights).
+LAYER_FORMATS = ("int8", "a16w8", "fp16", "fp32")
 INTEGER_ONLY_OPS = frozenset(
     {
         "QLinearConv",
@@ -165,6 +169,10 @@ class Target:
     int8_ops: frozenset[str] = frozenset()
     # bits -> why this target does not take them (shown by `qconvert targets` and in the error)
     refused_bits: dict[int, str] = field(default_factory=dict)
+    # The per-layer formats this target's provider runs inside a static int8 Q/DQ graph, lowest
+    # precision first (LAYER_FORMATS names them); --recover mixed_precision chooses among them. Each
+    # target module's docstring says why its list is what it is. Default: int8, or the layer left float.
+    layer_formats: tuple[str, ...] = ("int8", "fp32")
 
     def resolve_options(self, given: Options | None = None) -> dict[str, str]:
         """Defaults overridden by `given`; unknown names are refused with the list of valid ones."""
@@ -290,6 +298,8 @@ def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
             consumers.setdefault(name, []).append((node.op_type, i))
     act_type = helper.np_dtype_to_tensor_dtype(np.dtype(qc.activation_type))
     w_type = helper.np_dtype_to_tensor_dtype(np.dtype(qc.weight_type))
+    # layers raised to a16w8 read 16-bit activations of the same signedness
+    wide = {2: 4, 3: 5}.get(act_type) if any(f == "a16w8" for _, f in qc.layer_formats) else None
     for node in model.graph.node:
         if node.op_type not in QDQ_OPS or len(node.input) < 3:
             continue
@@ -306,7 +316,7 @@ def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
         is_weight = constant and any(i in WEIGHT_SLOTS.get(op, ()) for op, i in uses)
         want = w_type if is_weight else act_type
         kind = "weight" if is_weight else "constant operand" if constant else "activation"
-        if zp.data_type != want:
+        if zp.data_type != want and not (wide is not None and not is_weight and zp.data_type == wide):
             got = helper.tensor_dtype_to_np_dtype(zp.data_type)
             problems.append(
                 f"{node.name}: {kind} quantized as {got}, but this target needs "

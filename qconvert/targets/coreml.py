@@ -15,6 +15,8 @@
 `MLComputeUnits` (target option `compute_units`) chooses where Core ML may run: ALL (default),
 CPUAndNeuralEngine, CPUAndGPU or CPUOnly. The exported model has a dynamic batch axis; Core ML
 accepts it, but the Neural Engine is at its best with fixed shapes (export with a fixed --input).
+
+No per-layer formats (`--recover mixed_precision`): there is no static int8 graph to mix into.
 """
 
 from __future__ import annotations
@@ -122,4 +124,5 @@ COREML_TARGET = CoreMLTarget(
         "provider, outside Core ML",
     },
     options=OPTIONS,
+    layer_formats=(),
 )

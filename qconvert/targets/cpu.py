@@ -13,6 +13,13 @@ fp16 nodes through fp32 kernels with Casts), or static A16W8: uint16 activations
 weights in Q/DQ form. ONNX Q/DQ takes 16-bit types only from opset 21, so below it the Q/DQ nodes
 are onnxruntime's com.microsoft ones (`UseQDQContribOps`, as the qnn target does); the provider has
 no 16-bit fused kernels, so each node runs in fp32 between a dequantize and a quantize.
+
+Per-layer formats inside a static int8 graph (`--recover mixed_precision`): int8, a16w8 (that layer's
+activation inputs through 16-bit com.microsoft Q/DQ, which the provider runs, its weights int8) and
+fp32. Not fp16: the provider has no fp16 Conv/MatMul kernel on x86 (onnxruntime inserts Casts and runs
+the node in fp32, dropping the rounding), so an fp16 layer would cost two Casts and buy nothing.
+Both raised formats leave the fused int8 kernels for that layer: a16w8 is smaller than fp32 (int8
+weights) but not faster.
 """
 
 from __future__ import annotations
@@ -161,4 +168,5 @@ CPU = CpuTarget(
     modes={16: ("fp16", "static"), 8: ("static", "dynamic"), 4: ("weight-only",)},
     options=OPTIONS,
     int8_ops=ORT_CPU_INT8_OPS,
+    layer_formats=("int8", "a16w8", "fp32"),
 )

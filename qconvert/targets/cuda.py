@@ -19,6 +19,9 @@
 - dynamic int8 is refused: ConvInteger and DynamicQuantizeLinear have no CUDA kernels, and the CUDA
   MatMulInteger takes only int8 x int8 while DynamicQuantizeLinear produces uint8. onnxruntime
   would silently run those nodes on the CPU, copying tensors to and from the GPU around each.
+- per-layer formats inside the int8 Q/DQ graph (`--recover mixed_precision`): int8, fp16 (Casts
+  and float16 weights; the provider's fp16 Conv/MatMul/Gemm kernels) and fp32. No a16w8: qconvert
+  does not rely on CUDA kernels for onnxruntime's 16-bit com.microsoft Q/DQ.
 """
 
 from __future__ import annotations
@@ -158,4 +161,5 @@ CUDA_TARGET = CudaTarget(
     options=OPTIONS,
     # the CUDA provider runs only the Q/DQ nodes themselves in int8
     int8_ops=frozenset({"QuantizeLinear", "DequantizeLinear"}),
+    layer_formats=("int8", "fp16", "fp32"),
 )

@@ -26,6 +26,11 @@ ops the NPU runs in int8; the provider itself forces static shapes on NPU (`disa
 reshaping at the first inference of each new input shape. OpenVINO's docs also advise turning off
 onnxruntime's own graph optimizations in front of this provider (a session option, not a provider
 option, so it is not part of what this target declares).
+
+Per-layer formats inside the int8 graph (`--recover mixed_precision`): int8 and fp32 (the layer left
+float). No a16w8: OpenVINO's low-precision transformations take 8-bit Q/DQ. No explicit fp16: the
+plugin picks the precision of float layers itself (its inference precision: fp16 on GPU/NPU, bf16 on
+CPUs with AMX or AVX-512 BF16, else fp32), so a layer left float runs in that precision.
 """
 
 from __future__ import annotations
@@ -130,4 +135,5 @@ OPENVINO = OpenVINOTarget(
     options=OPTIONS,
     # OpenVINO's low-precision transformations cover the common set plus these
     int8_ops=COMMON_INT8_OPS | LPT_EXTRA_OPS,
+    layer_formats=("int8", "fp32"),
 )

@@ -35,6 +35,11 @@ QNN also needs static shapes: "QNN EP does not support models with dynamic shape
 batch size)". qconvert exports a dynamic batch axis, so this target fixes it in model.onnx after
 quantization (option `batch`, default 1) with onnxruntime's own shape tools; another dynamic axis
 (a sequence length, say) is refused with the fix: export with fixed shapes (`--input NAME:SHAPE`).
+
+Per-layer formats inside the static graph (`--recover mixed_precision`): int8, a16w8 (uint16
+activations through com.microsoft Q/DQ; onnxruntime documents 8/16-bit mixed precision for this
+provider) and fp16 (the layer in float16 between Casts). Not fp32: HTP computes float layers in fp16
+(the provider's `enable_htp_fp16_precision`, on by default), so an fp32 layer would not run as fp32.
 """
 
 from __future__ import annotations
@@ -228,4 +233,5 @@ QNN = QnnTarget(
     options=OPTIONS,
     # QNN's op list (HTP runs what it takes quantized; data types vary by op)
     int8_ops=COMMON_INT8_OPS | HTP_QUANTIZED_OPS,
+    layer_formats=("int8", "a16w8", "fp16"),
 )

@@ -19,6 +19,12 @@ fp16 off, which would give up bf16's range; int8 is off in both.
 4 bits is refused: MatMulNBits is an onnxruntime contrib op that TensorRT does not build (the
 provider would leave those nodes to the CUDA provider); TensorRT's own 4-bit weights are symmetric
 block-quantized INT4 DequantizeLinear (opset 21), which qconvert does not write yet.
+
+Per-layer formats inside the explicit int8 graph (`--recover mixed_precision`): int8, fp16 (the
+layer between Casts, with float16 weights; the provider builds it with `trt_fp16_enable`, which this
+target sets) and fp32. No a16w8: TensorRT's Q/DQ layers take INT8, FP8, INT4 and FP4, never 16-bit
+integers. A layer left fp32 in the graph is built in fp16 or fp32 as TensorRT finds faster while
+`trt_fp16_enable` is on (option fp16=false keeps it fp32).
 """
 
 from __future__ import annotations
@@ -169,10 +175,15 @@ class TensorRTTarget(Target):
             return ["the TensorRT provider is missing from the provider list"]
         if trt.options.get("trt_bf16_enable") == "True":
             return _bf16_provider_problems(model, trt)
-        if _has_float16(model):
+        qdq = has_qdq(model)
+        if _has_float16(model) and not qdq:
             return _fp16_provider_problems(model, trt)
         problems = []
-        qdq = has_qdq(model)
+        if _has_float16(model) and trt.options.get("trt_fp16_enable") != "True":
+            problems.append(
+                "the int8 graph has float16 layers (--recover mixed_precision) but trt_fp16_enable is not "
+                "True: set --target-option fp16=true"
+            )
         table = trt.options.get("trt_int8_calibration_table_name") or (
             trt.options.get("trt_int8_use_native_calibration_table") == "True"
         )
@@ -224,4 +235,5 @@ TENSORRT = TensorRTTarget(
     },
     options=OPTIONS,
     int8_ops=COMMON_INT8_OPS | {"ConvTranspose", "Sigmoid", "LeakyRelu", "Softmax"},
+    layer_formats=("int8", "fp16", "fp32"),
 )
