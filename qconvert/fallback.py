@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from qconvert.validation.sensitivity import DATA_MOVEMENT_OPS
 
 if TYPE_CHECKING:
+    import onnx
+
     from qconvert.validation import ValidationResult
 
 DEFAULT_MAX_NODES = 10
@@ -49,19 +51,31 @@ def default_budget(quantized_nodes: int) -> int:
 
 def keep_float(src: Path, dest: Path, nodes: Sequence[str], reference: Path) -> Path:
     """Rewire `nodes` of the Q/DQ graph `src` (quantized from the fp32 graph `reference`) to read
-    float activations; write `dest`.
-
-    Each input of a kept node that comes through QuantizeLinear -> DequantizeLinear is replaced by
-    the tensor before the QuantizeLinear; where it comes through a pass-through op (a reshape, a
-    Relu...), that op is rewired the same way. Where the quantizer folded a Relu/Clip into the node
-    before it (the Q/DQ range did the clipping), that activation is put back in float. Q/DQ nodes
-    left without readers are removed, and so are initializers nobody uses."""
+    float activations; write `dest` (see `rewire_float`)."""
     import onnx
 
     from qconvert.artifacts import save_onnx
 
     model = onnx.load(str(src))
-    ref = onnx.load(str(reference))
+    rewire_float(model, onnx.load(str(reference)), nodes, src.name)
+    prune_qdq(model)
+    onnx.checker.check_model(model)
+    return save_onnx(model, dest)
+
+
+def rewire_float(
+    model: onnx.ModelProto, ref: onnx.ModelProto, nodes: Sequence[str], what: str = "the graph"
+) -> None:
+    """Rewire `nodes` of the Q/DQ graph `model` (quantized from the fp32 graph `ref`) to read float
+    activations, in place.
+
+    Each input of a kept node that comes through QuantizeLinear -> DequantizeLinear is replaced by
+    the tensor before the QuantizeLinear; where it comes through a pass-through op (a reshape, a
+    Relu...), that op is rewired the same way. Where the quantizer folded a Relu/Clip into the node
+    before it (the Q/DQ range did the clipping), that activation is put back in float. Constant
+    inputs (dequantized weights) are left alone. `prune_qdq` then drops what nobody reads."""
+    import onnx
+
     graph = model.graph
     init = {t.name for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
@@ -93,7 +107,7 @@ def keep_float(src: Path, dest: Path, nodes: Sequence[str], reference: Path) -> 
     by_name = {n.name: n for n in graph.node if n.name}
     missing = [n for n in nodes if n not in by_name]
     if missing:
-        raise ValueError(f"no such node(s) in {src.name}: {', '.join(missing)}")
+        raise ValueError(f"no such node(s) in {what}: {', '.join(missing)}")
 
     def float_source(tensor: str) -> str | None:
         dq = producer.get(tensor)
@@ -120,7 +134,11 @@ def keep_float(src: Path, dest: Path, nodes: Sequence[str], reference: Path) -> 
             if up is not None and up.op_type in PASS_THROUGH_OPS:
                 todo.append(up)
 
-    # drop Q/DQ nodes whose outputs nobody reads, until nothing changes
+
+def prune_qdq(model: onnx.ModelProto) -> None:
+    """Drop Q/DQ nodes whose outputs nobody reads (until nothing changes), then the initializers and
+    value_info nobody uses, in place."""
+    graph = model.graph
     outputs = {o.name for o in graph.output}
     while True:
         read = {i for n in graph.node for i in n.input} | outputs
@@ -139,8 +157,6 @@ def keep_float(src: Path, dest: Path, nodes: Sequence[str], reference: Path) -> 
     keep_vi = read | outputs | {o for n in graph.node for o in n.output}
     for vi in [v for v in graph.value_info if v.name not in keep_vi]:
         graph.value_info.remove(vi)
-    onnx.checker.check_model(model)
-    return save_onnx(model, dest)
 
 
 @dataclass(frozen=True)
