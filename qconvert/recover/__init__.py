@@ -27,4 +27,8 @@ from qconvert.recover.equalize import Equalize  # noqa: E402
 
 RECOVERY.register("equalize")(Equalize())
 
+from qconvert.recover.mixed_precision import MixedPrecision  # noqa: E402
+
+RECOVERY.register("mixed_precision")(MixedPrecision())
+
 __all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult"]

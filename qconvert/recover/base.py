@@ -19,16 +19,19 @@ from __future__ import annotations
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import onnx
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
+from qconvert.config import QuantizeConfig, Tolerance
 from qconvert.errors import CalibrationError, QConvertError, QuantizationError
+
+if TYPE_CHECKING:
+    from qconvert.validation import ValidationResult
 
 PHASES = ("pre", "post")
 
@@ -47,6 +50,15 @@ class RecoveryInput:
     quantize: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None
     # statistics shared between steps of one run (activations.collect keys); not part of the contract
     cache: dict[str, Any] = field(default_factory=dict, compare=False)
+    # what a step that chooses per-layer precision needs (recover/mixed_precision.py): the target's
+    # per-layer formats (Target.layer_formats), the run's tolerance (its goal), the prepared fp32 graph
+    # before any recovery step (what the quantized model is measured against; None: the graph the
+    # step is given), and `time(models)`: p50 latency in ms of each graph on the target's provider,
+    # interleaved (None: that provider is not on this machine)
+    formats: tuple[str, ...] = ()
+    tolerance: Tolerance | None = None
+    original: Path | None = None
+    time: Callable[[Sequence[onnx.ModelProto]], list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,19 @@ class StepResult:
     notes: tuple[str, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # QuantizeConfig fields that describe the graph after a `post` step (e.g. layer_formats), which
+    # the run's QuantizeConfig takes on
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def worst_slack(validation: ValidationResult) -> float:
+    """The worst check's slack relative to its bound (>= 0 when every check passes)."""
+    slacks = []
+    for check in validation.checks:
+        bound, measured = check.bound.value, check.measured
+        gap = measured - bound if check.bound.kind == "min" else bound - measured
+        slacks.append(gap / max(abs(bound), 1e-6))
+    return min(slacks, default=0.0)
 
 
 def quantizer_for(
@@ -129,6 +154,4 @@ class Recovery(ABC):
         except Exception as e:
             raise QuantizationError(f"{self.name} failed: {type(e).__name__}: {e}") from e
         self.ensures(result)
-        return StepResult(
-            result.model, result.changed, result.notes, result.details, time.perf_counter() - start
-        )
+        return replace(result, seconds=time.perf_counter() - start)
