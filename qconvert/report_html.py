@@ -734,6 +734,117 @@ def _depth_svg(rows: Sequence[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def _tradeoff(report: dict[str, Any]) -> str:
+    """--recover mixed_precision: every configuration tried, its per-format layer counts, accuracy on
+    the calibration samples, latency and size against fp32; Pareto-optimal rows marked, the chosen one
+    in bold; and accuracy against latency (or the predicted cost where latency was not measured)."""
+    table = report.get("tradeoff")
+    if not table or not table.get("configurations"):
+        return ""
+    formats = list(table.get("formats") or [])
+    rows, attrs = [], []
+    for i, c in enumerate(table["configurations"]):
+        top1 = [m.get("top1_agreement") for m in (c.get("outputs") or {}).values()]
+        cells = [
+            _td(str(i)),
+            *(_td(_num(c["layers"].get(f, 0))) for f in formats),
+            _td(_num(c.get("sqnr_db"), 3)),
+            _td(_pct(top1[0]) if top1 and _is_number(top1[0]) else DASH),
+            _td("yes" if c.get("meets_goal") else "no"),
+            _td(DASH if c.get("latency_ratio") is None else f"{_num(c['latency_ratio'], 3)}x"),
+            _td(f"{_num(c.get('size_ratio'), 3)}x"),
+            _td(_num(c.get("predicted_cost"), 3)),
+            _td(_num(c.get("seconds"), 3)),
+            _td("yes" if c.get("pareto") else ""),
+            _td("chosen" if c.get("chosen") else ""),
+        ]
+        rows.append(cells)
+        attrs.append('class="chosen" style="font-weight:700"' if c.get("chosen") else "")
+    head = [
+        "#",
+        *(f"{escape(f)} layers" for f in formats),
+        "worst output SQNR (dB)",
+        "top-1 agreement",
+        "meets tolerance",
+        "latency vs fp32",
+        "size vs fp32",
+        "predicted cost",
+        "seconds",
+        "Pareto",
+        "",
+    ]
+    goal = ", ".join(map(str, table.get("goal") or [])) or "none"
+    shipped = "" if table.get("shipped", True) else " This attempt was not kept; model.onnx does not use it."
+    text = (
+        f'<p class="muted">Measured on {_num(table.get("samples"))} calibration samples against fp32 '
+        f"(tolerance there: {escape(goal)}); latency "
+        + (
+            "measured here, p50"
+            if table.get("latency_measured")
+            else "not measured here (predicted cost only)"
+        )
+        + f". Stopped: {escape(str(table.get('stopped', '')))}. {_num(table.get('evaluations'))} measurements, "
+        f"{_num(table.get('seconds'), 3)} s.{escape(shipped)}</p>"
+    )
+    return (
+        '<h2>Mixed precision: what was tried</h2><div id="tradeoff">'
+        + text
+        + _tradeoff_svg(table["configurations"])
+        + _table(head, rows, ' id="tradeoff-table"', attrs)
+        + "</div>"
+    )
+
+
+def _tradeoff_svg(configs: Sequence[dict[str, Any]]) -> str:
+    """Worst output SQNR against latency vs fp32 (or the predicted cost): one dot per configuration,
+    the Pareto-optimal ones filled, the chosen one ringed."""
+    measured = all(_is_number(c.get("latency_ratio")) for c in configs)
+    key = "latency_ratio" if measured else "predicted_cost"
+    points = [
+        (float(c[key]), float(c["sqnr_db"]), bool(c.get("pareto")), bool(c.get("chosen")))
+        for c in configs
+        if _is_number(c.get(key)) and _is_number(c.get("sqnr_db")) and math.isfinite(c["sqnr_db"])
+    ]
+    if len(points) < 2:
+        return ""
+    width, height, left, bottom, top = 420.0, 200.0, 48.0, 30.0, 10.0
+    plot_w, plot_h = width - left - 14, height - bottom - top
+    x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
+    y_lo, y_hi = min(p[1] for p in points), max(p[1] for p in points)
+    x_hi, y_hi = (x_hi if x_hi > x_lo else x_lo + 1.0), (y_hi if y_hi > y_lo else y_lo + 1.0)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + (x - x_lo) / (x_hi - x_lo) * plot_w, top + (y_hi - y) / (y_hi - y_lo) * plot_h
+
+    parts = [
+        f'<svg id="tradeoff-chart" width="{_f(width)}" height="{_f(height)}" viewBox="0 0 {_f(width)} '
+        f'{_f(height)}" role="img"><title>worst output SQNR against {escape(header(key))}</title>',
+        f'<path class="axis" d="M {_f(left)} {_f(top)} V {_f(top + plot_h)} H {_f(left + plot_w)}"/>',
+    ]
+    for x, y, pareto, chosen in points:
+        cx, cy = at(x, y)
+        fill = "#2f6fde" if pareto else "#ffffff"
+        parts.append(
+            f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="4" fill="{fill}" stroke="#2f6fde" stroke-width="1.5">'
+            f"<title>{_num(y, 4)} dB at {_num(x, 3)}</title></circle>"
+        )
+        if chosen:
+            parts.append(
+                f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="8" fill="none" stroke="#1f7a3a" stroke-width="2"/>'
+            )
+    label = "latency vs fp32 (p50)" if measured else "predicted cost over int8"
+    parts += [
+        f'<text x="{_f(left - 4)}" y="{_f(top + 8)}" text-anchor="end">{_num(y_hi, 3)}</text>',
+        f'<text x="{_f(left - 4)}" y="{_f(top + plot_h)}" text-anchor="end">{_num(y_lo, 3)}</text>',
+        f'<text x="{_f(left)}" y="{_f(height - 16)}">{_num(x_lo, 3)}</text>',
+        f'<text x="{_f(left + plot_w)}" y="{_f(height - 16)}" text-anchor="end">{_num(x_hi, 3)}</text>',
+        f'<text x="{_f(left + plot_w / 2)}" y="{_f(height - 4)}" text-anchor="middle">{label}; '
+        "worst output SQNR (dB) up</text>",
+        "</svg>",
+    ]
+    return "".join(parts)
+
+
 def render_html(report: dict[str, Any], about: dict[str, Any] | None = None) -> str:
     """The whole page for `report` (the dict written to report.json). `about`: the manifest's
     `source` (its origin), `qconvert`, `created` and `command`, shown at the top."""
@@ -749,6 +860,7 @@ def render_html(report: dict[str, Any], about: dict[str, Any] | None = None) -> 
             _sensitivity(report),
             _collapse(report),
             _fallback(report),
+            _tradeoff(report),
             _ops(report),
             _notes(report),
         )

@@ -100,9 +100,12 @@ class Report(_Record):
     auto: tuple[dict[str, Any], ...] = ()  # --auto's recovery attempts, in order (pipeline/auto.py)
     sensitivity: dict[str, Any] | None = None  # per-layer blame (failed or --auto runs)
     fallback: dict[str, Any] | None = None  # --auto's float fallback
+    # --recover mixed_precision: every configuration it tried (per-format layer counts, accuracy,
+    # latency, size, seconds), the Pareto-optimal ones and the chosen one (recover/mixed_precision.py)
+    tradeoff: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
-    OPTIONAL = frozenset({"recovery", "sensitivity", "fallback", "defaults", "auto"})
+    OPTIONAL = frozenset({"recovery", "sensitivity", "fallback", "defaults", "auto", "tradeoff"})
     FILE = "report.json"
     _TUPLES = frozenset({"notes", "recovery", "auto"})
 

@@ -439,7 +439,12 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
     # target will (an arm64 graph on x86 runs its exact Q/DQ arithmetic, not x86's fused kernels)
     why_not_here = not_here((manifest or {}).get("target", {}).get("name"), providers)
     native = why_not_here is None
-    stand_in = emulation(quantization.get("mode"), bool(quantization.get("calibration_table")), why_not_here)
+    stand_in = emulation(
+        quantization.get("mode"),
+        bool(quantization.get("calibration_table")),
+        why_not_here,
+        quantization.get("layer_formats") or (),
+    )
     with tempfile.TemporaryDirectory(prefix="qconvert-validate-") as work:
         checked = model_path
         if stand_in == "fp16":

@@ -66,7 +66,9 @@ def _blame(
     why_not = _sensitivity_unavailable(qc)
     if why_not is not None:
         return _Blame({"available": False, "reason": f"per-layer sensitivity is not available: {why_not}"})
-    qdq = replace(qc, format="qdq")  # the user's --exclude/--include stay in force
+    # the user's --exclude/--include stay in force; the fallback re-quantizes without a post step's
+    # per-layer formats (mixed precision), so its graphs have none
+    qdq = replace(qc, format="qdq", layer_formats=())
 
     def quantize(exclude: tuple[str, ...], dest: Path) -> Path:
         excluded = replace(qdq, nodes_to_exclude=(*qdq.nodes_to_exclude, *exclude))

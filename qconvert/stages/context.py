@@ -57,6 +57,7 @@ class ExportContext:
     # recover / quantize / correct
     recovery: list[dict[str, Any]]  # report.json's `recovery`: one entry per --recover step run
     recovery_cache: dict[str, Any]  # statistics shared by the steps of this run (RecoveryInput.cache)
+    tradeoff: dict[str, Any] | None  # report.json's `tradeoff`: what --recover mixed_precision tried
     model_path: Path
     reference_path: Path
     # target / stand-in

@@ -15,6 +15,7 @@ from qconvert.prepare import lost_dynamic_axes
 from qconvert.quantize import QUANTIZERS
 from qconvert.quantize.bf16 import bf16_notes
 from qconvert.quantize.int4 import int4_notes
+from qconvert.recover import RECOVERY
 from qconvert.runtime import make_session
 from qconvert.stages._shared import latency_feed
 from qconvert.stages.base import Stage
@@ -65,6 +66,14 @@ class Quantize(Stage[ExportContext]):
 
     def run(self, ctx: ExportContext) -> None:
         config, qc, candidates = ctx.config, ctx.qc, ctx.candidates
+        # a format that a named post step cannot take is not raced (mixed precision needs Q/DQ)
+        post = [s for s in (RECOVERY.get(n) for n in ctx.recover) if s.phase == "post"]
+        usable = [c for c in candidates if all(s.why_not(c) is None for s in post)]
+        if usable and len(usable) < len(candidates):
+            ctx.notes.append(
+                f"format {usable[0].format}: --recover {', '.join(s.name for s in post)} needs it"
+            )
+            candidates, qc = usable, usable[0]
 
         def on_batch(done: int, total: int) -> None:
             ctx.progress("calibrate", "calibrating", done, total)

@@ -6,26 +6,59 @@ that does not apply to this run's format is skipped with its reason. Every step'
 seconds go into report.json's `recovery` list, in run order.
 
 Each step gets a RecoveryInput whose `quantize` quantizes a candidate fp32 graph exactly as the run
-will (same QuantizeConfig, same calibration data), so a step can measure its effect.
+will (same QuantizeConfig, same calibration data), so a step can measure its effect; and, for a step
+that chooses per-layer formats, the target's formats, the run's tolerance, the graph before any
+step, and a timer on the target's provider where it is on this machine. A post step's `settings`
+(e.g. the layer formats it wrote) go into the run's QuantizeConfig; a trade-off table it made
+(`details["tradeoff"]`) becomes report.json's `tradeoff`.
 """
 
 from __future__ import annotations
 
+import functools
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from qconvert import artifacts
+from qconvert.benchmark import interleaved_latency
 from qconvert.recover import RECOVERY, Recovery, RecoveryInput
 from qconvert.recover.base import quantizer_for
+from qconvert.runtime import make_session
+from qconvert.stages._shared import latency_feed
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
+from qconvert.validation.standin import not_here
 
 
 def _steps(names: tuple[str, ...], phase: str) -> list[Recovery]:
     steps = [RECOVERY.get(name) for name in names]  # registered instances
     return [step for step in steps if step.phase == phase]
+
+
+def _timer(ctx: ExportContext) -> Callable[[Sequence[onnx.ModelProto]], list[float]] | None:
+    """p50 latency (ms) of graphs on the target's provider, timed interleaved on held-out samples at the
+    run's latency batch; None where that provider is not on this machine."""
+    providers = ctx.target.providers_for(ctx.inputs, ctx.opts, ctx.qc)
+    if not_here(ctx.target.name, providers) is not None:
+        return None
+    feed = latency_feed(ctx.heldout, ctx.config.latency_batch)
+    repeats = max(10, ctx.config.latency_repeats // 2)
+
+    def time(models: Sequence[onnx.ModelProto]) -> list[float]:
+        with tempfile.TemporaryDirectory(prefix="timing-", dir=ctx.art.work) as tmp:
+            runners: dict[str, Callable[[], object]] = {}
+            for i, model in enumerate(models):
+                path = artifacts.save_onnx(model, Path(tmp) / f"{i}.onnx")
+                runners[str(i)] = functools.partial(make_session(path, providers).inner.run, None, feed)
+            timed = interleaved_latency(runners, repeats)
+        return [timed[str(i)].p50_ms for i in range(len(models))]
+
+    return time
 
 
 def _run(ctx: ExportContext, phase: str, quantized: Path | None) -> Path | None:
@@ -53,9 +86,15 @@ def _run(ctx: ExportContext, phase: str, quantized: Path | None) -> Path | None:
             on_step,
             quantize=quantizer_for(ctx.qc, ctx.calibration, ctx.art.work),
             cache=ctx.recovery_cache,
+            formats=ctx.target.layer_formats,
+            tolerance=ctx.tolerance,
+            original=ctx.prepared_fp32,
+            time=_timer(ctx) if phase == "post" else None,
         )
         fp32 = onnx.load(str(ctx.prepared))
         result = step(fp32, None if quantized is None else onnx.load(str(quantized)), inp)
+        if "tradeoff" in result.details:  # one table per run, at report.json's top level
+            ctx.tradeoff = result.details.pop("tradeoff")
         ctx.recovery.append(
             {
                 **entry,
@@ -74,6 +113,7 @@ def _run(ctx: ExportContext, phase: str, quantized: Path | None) -> Path | None:
                 ctx.prepared = changed  # the next pre step, and Quantize, take this graph
             else:
                 quantized = changed
+                ctx.qc = replace(ctx.qc, **result.settings)
     return changed
 
 
@@ -81,13 +121,14 @@ class Recover(Stage[ExportContext]):
     """`pre` steps: fp32 -> fp32 before quantization."""
 
     name = "recover"
-    needs = ("prepared", "qc", "calibration", "art", "recover")
-    gives = ("recovery",)
+    needs = ("prepared", "qc", "calibration", "art", "recover", "tolerance", "prepared_fp32")
+    gives = ("recovery", "tradeoff")
 
     def message(self, ctx: ExportContext) -> str:
         return "accuracy recovery before quantization: " + ", ".join(ctx.recover)
 
     def skip(self, ctx: ExportContext) -> bool:
+        ctx.tradeoff = None
         if not _steps(ctx.recover, "pre"):
             ctx.recovery = []
             return True

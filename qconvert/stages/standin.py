@@ -25,7 +25,7 @@ def _stand_in(
     not_here: str | None,
 ) -> tuple[Path, str | None]:
     """The graph validation runs, and a note when it is not model.onnx itself."""
-    stand_in = emulation(qc.mode, bool(qc.calibration_table), not_here)
+    stand_in = emulation(qc.mode, bool(qc.calibration_table), not_here, qc.layer_formats)
     if stand_in == "implicit":
         # Implicit int8: model.onnx is fp32. Validate an explicit Q/DQ graph built from the same
         # calibration with the target's rules, the closest stand-in for what TensorRT runs.

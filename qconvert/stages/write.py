@@ -14,6 +14,7 @@ from qconvert.results import Manifest, Report
 from qconvert.stages._shared import op_counts
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
+from qconvert.validation.standin import emulation
 
 
 def report_json(ctx: ExportContext) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def report_json(ctx: ExportContext) -> dict[str, Any]:
         # the table's ranges), fp16 or bf16 (an fp32 graph rounding to that type)
         "stand_in": None
         if ctx.checked_path == ctx.model_path
-        else ("implicit" if ctx.qc.calibration_table else ctx.qc.mode),
+        else emulation(ctx.qc.mode, bool(ctx.qc.calibration_table), ctx.not_here, ctx.qc.layer_formats),
         "validation": ctx.validation.as_json(),
         "on_cpu_kernels": None if ctx.on_cpu_kernels is None else ctx.on_cpu_kernels.as_json(),
         "export_fidelity": ctx.fidelity.as_json()["outputs"],
@@ -118,7 +119,7 @@ def _versions() -> dict[str, str]:
 
 class WriteArtifacts(Stage[ExportContext]):
     name = "write"
-    needs = ("validation", "lat", "sizes", "fallback_json", "recovery", "defaults", "auto")
+    needs = ("validation", "lat", "sizes", "fallback_json", "recovery", "defaults", "auto", "tradeoff")
     gives = ("report", "manifest")
 
     def run(self, ctx: ExportContext) -> None:
@@ -130,6 +131,7 @@ class WriteArtifacts(Stage[ExportContext]):
             auto=tuple(ctx.auto),
             sensitivity=None if blame is None else blame.sensitivity,
             fallback=None if blame is None else ctx.fallback_json,
+            tradeoff=ctx.tradeoff,
         )
         art = ctx.art
         for companion in ctx.loaded.companion_files:  # config and tokenizer: OUT_DIR loads on its own
