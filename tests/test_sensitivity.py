@@ -147,7 +147,9 @@ def plain_run(planted: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[i
 @pytest.fixture(scope="module")
 def auto_run(planted: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
     out = tmp_path_factory.mktemp("auto") / "out"
-    code, text = export_planted(planted, out, "--auto")
+    # no time for the recovery ladder: this run is about the float fallback. (Its last rung, mixed
+    # precision, would raise fc3 itself, in a format its measured latency cost decides.)
+    code, text = export_planted(planted, out, "--auto", "--auto-seconds", "0")
     return code, text, out
 
 
@@ -217,7 +219,9 @@ def test_auto_keeps_the_blamed_layer_in_float_and_passes(
 
 
 def test_auto_with_no_budget_fails_and_says_the_budget_was_spent(planted: str, tmp_path: Path) -> None:
-    code, text = export_planted(planted, tmp_path / "out", "--auto", "--auto-budget", "0")
+    code, text = export_planted(
+        planted, tmp_path / "out", "--auto", "--auto-budget", "0", "--auto-seconds", "0"
+    )
     assert code == 1, text
     report = read_json(tmp_path / "out" / "report.json")
     assert report["fallback"]["passed"] is False and report["fallback"]["steps"] == []

@@ -134,9 +134,9 @@ def export(
         False,
         "--auto",
         help="If validation fails, first add accuracy-recovery steps (bias correction, weight clipping, "
-        "MSE ranges, AdaRound; SmoothQuant for transformers), then keep the most sensitive nodes in "
-        "float (greedily, worst first) until the tolerance holds. Also ranks every quantized layer by "
-        "SQNR in report.json.",
+        "MSE ranges, AdaRound; SmoothQuant for transformers; then mixed precision), then keep the most "
+        "sensitive nodes in float (greedily, worst first) until the tolerance holds. Also ranks every "
+        "quantized layer by SQNR in report.json.",
     ),
     auto_seconds: float = typer.Option(
         600.0,
@@ -161,7 +161,8 @@ def export(
         [],
         "--recover",
         help="Accuracy-recovery step to run, by name (equalize, bias_correction, clip_weights, "
-        "adaround, smoothquant). Repeatable or comma-separated; they run in the order given. Default: "
+        "adaround, smoothquant, mixed_precision). Repeatable or comma-separated; they run in the order "
+        "given. Default: "
         "the model family's (bias_correction and a float stem for depthwise conv nets; smoothquant, and "
         "dynamic int8 on cpu, for transformers); 'none' runs none.",
     ),

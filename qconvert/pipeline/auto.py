@@ -2,11 +2,15 @@
 
 AutoRecover re-runs the stages from Recover to CompareToReference (exporting.RETRY, handed to it)
 with the next step of the model family's ladder added (cheap data-free or one-pass steps first, then
-MSE activation ranges, then AdaRound), keeping a step only where it improved the verdict, until the
-tolerance holds or the time budget is spent. What each attempt bought (worst check before and
-after, seconds) goes into report.json's `auto`. Where recovery alone does not reach the tolerance,
-the second half of --auto (BlameLayers: the most sensitive layers kept in float) starts from the
-best attempt.
+MSE activation ranges, then AdaRound, then mixed precision: per-layer formats above int8 where the
+target runs them), keeping a step only where it improved the verdict, until the tolerance holds or
+the time budget is spent. What each attempt bought (worst check and figures before and after,
+seconds) goes into report.json's `auto`. Mixed precision comes last because it is the one rung that
+buys accuracy with latency and size; its trade-off table stays in the report even where the attempt
+was not kept. Where recovery alone does not reach the tolerance, the second half of --auto
+(BlameLayers: the most sensitive layers kept in float, validated on the held-out data after each) starts
+from the best attempt; mixed precision chose on calibration samples, so that float fallback remains the
+last resort rather than being folded into it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from qconvert.recover import RECOVERY
+from qconvert.recover.base import worst_slack
 from qconvert.stages.base import Stage, run_stages
 from qconvert.stages.context import ExportContext
 from qconvert.validation import ValidationResult
@@ -27,21 +32,21 @@ LADDER: dict[str, tuple[str, ...]] = {
     "transformer": ("smoothquant", MSE_RANGES, "adaround"),
     "other": ("bias_correction", MSE_RANGES, "adaround"),
 }
+LAST_RUNGS = ("mixed_precision",)  # after every family's ladder: raises layers above int8
 
 
-def score(validation: ValidationResult) -> float:
-    """The worst check's slack relative to its bound (>= 0 when every check passes)."""
-    slacks = []
-    for check in validation.checks:
-        bound, measured = check.bound.value, check.measured
-        gap = measured - bound if check.bound.kind == "min" else bound - measured
-        slacks.append(gap / max(abs(bound), 1e-6))
-    return min(slacks, default=0.0)
+score = worst_slack  # the worst check's slack relative to its bound (>= 0 when every check passes)
 
 
 def _worst(validation: ValidationResult) -> str:
     failed = validation.failures
     return failed[0].describe() if failed else "every check passes"
+
+
+def _figures(validation: ValidationResult) -> dict[str, dict[str, float]]:
+    """The headline figures of each output (what an attempt bought, next to its worst check)."""
+    keep = ("top1_agreement", "sqnr_db", "cosine")
+    return {n: {k: m[k] for k in keep if k in m} for n, m in validation.outputs.items()}
 
 
 class AutoRecover(Stage[ExportContext]):
@@ -83,11 +88,13 @@ class AutoRecover(Stage[ExportContext]):
                 "passed": False,
                 "worst": _worst(ctx.validation),
                 "score": best_score,
+                "figures": _figures(ctx.validation),
                 "seconds": 0.0,
                 "kept": True,
             }
         ]
-        ladder = LADDER.get(ctx.defaults["family"], LADDER["other"])
+        ladder = (*LADDER.get(ctx.defaults["family"], LADDER["other"]), *LAST_RUNGS)
+        tradeoff = None  # the last trade-off table an attempt made (mixed precision)
         rungs = [r for r in ladder if r == MSE_RANGES or (r in RECOVERY and r not in best[0])]
         passed = False
         for i, rung in enumerate(rungs):
@@ -103,6 +110,7 @@ class AutoRecover(Stage[ExportContext]):
                 recover = (*recover, rung)
             tried = time.perf_counter()
             validation = self._attempt(ctx, recover, method)
+            tradeoff = ctx.tradeoff or tradeoff
             now = score(validation)
             kept = bool(validation) or now > best_score
             attempts.append(
@@ -112,6 +120,8 @@ class AutoRecover(Stage[ExportContext]):
                     "passed": bool(validation),
                     "worst": _worst(validation),
                     "score": now,
+                    "score_before": best_score,
+                    "figures": _figures(validation),
                     "seconds": time.perf_counter() - tried,
                     "kept": kept,
                 }
@@ -124,6 +134,8 @@ class AutoRecover(Stage[ExportContext]):
         last = attempts[-1]
         if not passed and (tuple(last["recover"]), last["calibration_method"]) != best:
             self._attempt(ctx, *best)  # the last attempt was worse: rebuild the best one
+        if ctx.tradeoff is None and tradeoff is not None:  # tried, not kept: the table stays
+            ctx.tradeoff = {**tradeoff, "shipped": False}
         ctx.auto = attempts
         ctx.notes.append(
             f"--auto: accuracy recovery {'reached the tolerance' if passed else 'did not reach the tolerance'}"
