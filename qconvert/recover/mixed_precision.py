@@ -42,11 +42,10 @@ shows in the figures.
 from __future__ import annotations
 
 import heapq
-import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -59,8 +58,7 @@ from qconvert.recover.activations import run_graph
 from qconvert.recover.base import Recovery, RecoveryInput, StepResult, worst_slack
 from qconvert.targets.base import LAYER_FORMATS
 from qconvert.validation import ValidationResult, evaluate
-
-log = logging.getLogger(__name__)
+from qconvert.validation.sensitivity import finite_or_none
 
 # relative cost per multiply-add of each format where latency cannot be measured here (its operand
 # width: what bounds throughput and memory traffic on accelerators with int8 and fp16 units)
@@ -70,8 +68,19 @@ RANK = {f: i for i, f in enumerate(LAYER_FORMATS)}
 MIN_GAIN_DB = 0.1  # a step must raise the worst output SQNR by this much to be taken
 MIN_COST = 1e-3  # cost floor (a fraction of the int8 graph's latency + size)
 # metrics validation measures on unlabelled outputs; other bounds (accuracy_drop...) are not the goal here
-GOAL_METRICS = frozenset({"cosine", "sqnr_db", "top1_agreement", "top5_agreement", "max_abs", "mean_abs"})
-GOAL_METRICS |= {"rel_error", "kl_div", "nonfinite"}
+GOAL_METRICS = frozenset(
+    {
+        "cosine",
+        "sqnr_db",
+        "top1_agreement",
+        "top5_agreement",
+        "max_abs",
+        "mean_abs",
+        "rel_error",
+        "kl_div",
+        "nonfinite",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -102,9 +111,9 @@ class Point:
         return {
             "layers": counts,
             "raised": dict(sorted(self.formats.items())),
-            "sqnr_db": self.measured.sqnr_db,
+            "sqnr_db": finite_or_none(self.measured.sqnr_db),
             "meets_goal": self.measured.passed,
-            "slack": self.measured.slack,
+            "slack": finite_or_none(self.measured.slack),
             "outputs": self.measured.outputs,
             "predicted_cost": self.cost,
             "latency_ratio": self.latency_ratio,
@@ -140,13 +149,14 @@ class _Evaluator:
         self.sets = {"full": data, "screen": data.subset(slice(0, screen))}
         full_ref = _outputs(reference, data)
         self.ref = {"full": full_ref, "screen": [r[:screen] for r in full_ref]}
-        base = evaluate(self.names, full_ref, _outputs(quantized, data), Tolerance(()))
-        # the goal: the run's bounds that can be checked on unlabelled outputs
+        # the goal: the run's bounds that can be checked on these (unlabelled) outputs
+        measurable = evaluate(self.names, full_ref, full_ref, Tolerance(())).outputs
         self.goal = Tolerance(
             tuple(
                 b
                 for b in tolerance.bounds
-                if b.metric in GOAL_METRICS and (b.output is None or b.output in base.outputs)
+                if b.metric in GOAL_METRICS
+                and any(b.metric in m for o, m in measurable.items() if b.output in (None, o))
             )
         )
         self.skipped = [b.describe() for b in tolerance.bounds if b not in self.goal.bounds]
@@ -175,7 +185,6 @@ class _Costs:
     int8_bytes: int
     latency_factor: dict[str, float]  # format -> whole-graph latency at that format / int8
     measured: bool
-    notes: list[str] = field(default_factory=list)
 
     def of(self, node: str, fmt: str) -> float:
         if fmt == "int8":

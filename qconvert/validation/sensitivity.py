@@ -92,15 +92,15 @@ class LayerSensitivity:
             "depth": self.depth,
             "op_type": self.op_type,
             "tensor": self.tensor,
-            "cumulative_sqnr_db": _finite_or_none(self.cumulative_db),
-            "isolated_sqnr_db": None if self.isolated_db is None else _finite_or_none(self.isolated_db),
+            "cumulative_sqnr_db": finite_or_none(self.cumulative_db),
+            "isolated_sqnr_db": None if self.isolated_db is None else finite_or_none(self.isolated_db),
             "isolated_model_output_sqnr_db": None
             if self.isolated_model_output_db is None
-            else _finite_or_none(self.isolated_model_output_db),
+            else finite_or_none(self.isolated_model_output_db),
         }
 
 
-def _finite_or_none(x: float) -> float | str:
+def finite_or_none(x: float) -> float | str:
     """JSON has no Infinity: a lossless tensor is written as "inf"."""
     return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
