@@ -15,6 +15,10 @@ from benchmarks/photos.py (different source photographs on each side). Side by s
   it in float (their quantized stem activation alone costs the model 27.6 dB, see --analyze)
 - NNCF 3.4 `nncf.quantize` on the same prepared ONNX, fast and full bias correction, run in
   /work/benchvenv as a subprocess (cpu only: NNCF makes its own Q/DQ scheme)
+- `--mixed STEPS@...`: those steps, then `--recover mixed_precision` (per-layer a16w8/fp16/fp32
+  where the target runs it) aiming at `--mixed-tolerance` on the calibration images; and, with
+  `--fallback`, what --auto's float fallback does from the same graph instead (isolated-sensitivity
+  ranking, layers kept float one at a time, validated on the held-out images after each, budget 10)
 
 Figures against fp32 on the held-out images: top-1 agreement, agreement where fp32 is confident
 (softmax max > 0.5), logits SQNR, KL(softmax fp32 || softmax q), latency (p50, batch 1, onnxruntime
@@ -364,6 +368,104 @@ def activations_by_kind(
     }
 
 
+def mixed_variants(
+    target: str,
+    combo: str,
+    qc: QuantizeConfig,
+    fp32_model: onnx.ModelProto,
+    prepared: Path,
+    dataset: Dataset,
+    held: np.ndarray,
+    ref: np.ndarray,
+    args: argparse.Namespace,
+    work: Path,
+    record: Any,
+) -> None:
+    """STEPS[@float-stem], then mixed_precision (the run's post step) aiming at --mixed-tolerance; with
+    --fallback, --auto's float fallback from the same graph against the same tolerance on held-out."""
+    from qconvert.artifacts import save_onnx
+    from qconvert.config import Tolerance
+    from qconvert.quantize.float16 import emulate_fp16
+
+    chain, _, where = combo.partition("@")
+    steps = [s for s in chain.split("+") if s and s != "none"]
+    run_qc = replace(qc, nodes_to_exclude=float_stem(fp32_model)) if where == "float-stem" else qc
+    tolerance = Tolerance.for_bits(8, args.mixed_tolerance)
+    exact = target != "cpu"
+
+    def timer(models: Any) -> list[float]:
+        sessions = [session(m, True) for m in models]
+        runners = {str(i): (lambda s=s: s.run(None, {"input": held[:1]})) for i, s in enumerate(sessions)}
+        timed = interleaved_latency(runners, max(10, args.repeats // 2))
+        return [timed[str(i)].p50_ms for i in range(len(models))]
+
+    start = time.perf_counter()
+    inp = RecoveryInput(
+        qc=run_qc,
+        calibration=dataset,
+        work=work,
+        formats=TARGETS.get(target).layer_formats,
+        tolerance=tolerance,
+        original=prepared,
+        time=timer if target == "cpu" else None,
+    )
+    model, notes, _ = apply_steps(fp32_model, steps, inp)
+    src, base = work / f"{target}-{combo}-mixed-fp32.onnx", work / f"{target}-{combo}-mixed-base.onnx"
+    onnx.save_model(model, str(src))
+    quantize_static_int8(src, base, run_qc, dataset)
+    base_seconds = time.perf_counter() - start
+    result = RECOVERY.get("mixed_precision")(model, onnx.load(str(base)), inp)
+    dest = save_onnx(result.model, work / f"{target}-{combo}-mixed.onnx")
+    table = result.details.get("tradeoff", {})
+    variant = f"{combo}+mixed_precision"
+    checked = emulate_fp16(dest, work / f"{target}-{combo}-mixed-fp16.onnx") if exact else dest
+    record(
+        target,
+        variant,
+        checked,
+        base_seconds + result.seconds,
+        [*notes, *result.notes, f"layer formats {result.details.get('layer_formats')}"],
+        optimize=not exact,
+    )
+    rows_of = table.get("configurations", [])
+    print(
+        f"  {variant}: {len(rows_of)} configurations, chosen {table.get('chosen')}, {table.get('evaluations')} "
+        f"measurements, stopped: {table.get('stopped')}"
+    )
+    if not args.fallback:
+        return
+    from qconvert import fallback
+    from qconvert.validation import evaluate
+    from qconvert.validation.sensitivity import analyze
+
+    start = time.perf_counter()
+    held_set = Dataset("held-out", {"input": held})
+
+    def quantize(exclude: tuple[str, ...], out: Path) -> Path:
+        excluded = replace(run_qc, nodes_to_exclude=(*run_qc.nodes_to_exclude, *exclude))
+        return quantize_static_int8(src, out, excluded, dataset)
+
+    def validate(path: Path) -> Any:
+        return evaluate(["logits"], [ref], [run(session(path, not exact), held)["logits"]], tolerance)
+
+    def build(kept: tuple[str, ...], out: Path) -> Path:
+        return fallback.keep_float(quantize(kept, out.with_name(out.stem + "-x.onnx")), out, kept, src)
+
+    sens = analyze(src, base, held_set, quantize, work / f"{target}-{combo}-sens")
+    found = fallback.search(
+        sens.fallback_order(), fallback.DEFAULT_MAX_NODES, build, validate, work / f"{target}-{combo}-fb"
+    )
+    path = found.model or work / f"{target}-{combo}-fb" / f"fallback-{len(found.steps) - 1}.onnx"
+    record(
+        target,
+        f"{combo}+float fallback ({len(found.kept_float)} float)",
+        path,
+        time.perf_counter() - start,
+        [found.reason],
+        optimize=not exact,
+    )
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = "| target | variant | top-1 agr. | confident agr. | logits SQNR | KL | latency vs fp32 | size vs fp32 | seconds |"
     lines = [head, "|" + "---|" * 9]
@@ -391,6 +493,15 @@ def main() -> None:
     parser.add_argument("--nncf-full", action="store_true", help="also NNCF's full (slow) bias correction")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--mixed", default="", help="comma list of STEPS[@float-stem] to follow with mixed_precision"
+    )
+    parser.add_argument("--mixed-tolerance", default="top1_agreement>=0.95,sqnr_db>=25")
+    parser.add_argument(
+        "--fallback",
+        action="store_true",
+        help="with --mixed: also --auto's float fallback from the same graph",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
@@ -471,6 +582,8 @@ def main() -> None:
                 [*notes, f"step seconds {per_step}"],
                 optimize=not exact,
             )
+        for combo in [s for s in args.mixed.split(",") if s]:
+            mixed_variants(target, combo, qc, fp32_model, prepared, dataset, held, ref, args, work, record)
         if target == "cpu" and not args.no_nncf:
             for fast in (True, False) if args.nncf_full else (True,):
                 dest = work / f"nncf-{'fast' if fast else 'full'}.onnx"
