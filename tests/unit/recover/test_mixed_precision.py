@@ -9,11 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from _graphs import conv_net, images, run
 
 from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
@@ -29,60 +27,6 @@ from qconvert.validation import compare
 GOAL = Tolerance((Bound("sqnr_db", 25.0), Bound("top1_agreement", 0.9)))
 
 
-def _net(outlier: float) -> onnx.ModelProto:
-    """x [N, 4, 8, 8] -> conv1 -> relu -> conv2 -> relu -> conv3 -> pool -> gemm [N, 6].
-
-    conv1's channel 0 is `outlier` times larger and conv2 reads it `outlier` times smaller: the fp32
-    function does not depend on `outlier`, but conv1's per-tensor int8 output then has a step so
-    coarse that its other channels vanish: conv2, the one layer that reads that tensor, is broken."""
-    rng = np.random.default_rng(0)
-    w1 = rng.normal(0, 0.4, (8, 4, 3, 3))
-    b1 = rng.uniform(0.0, 0.2, 8)
-    w1[0] *= outlier
-    b1[0] *= outlier
-    w2 = rng.normal(0, 0.3, (8, 8, 3, 3))
-    w2[:, 0] /= outlier
-    inits = {
-        "w1": w1,
-        "b1": b1,
-        "w2": w2,
-        "b2": rng.normal(0, 0.1, 8),
-        "w3": rng.normal(0, 0.3, (8, 8, 3, 3)),
-        "b3": rng.normal(0, 0.1, 8),
-        "wg": rng.normal(0, 0.5, (6, 8)),
-        "bg": rng.normal(0, 0.1, 6),
-    }
-    nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
-        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], pads=[1, 1, 1, 1], name="conv3"),
-        helper.make_node("GlobalAveragePool", ["c3"], ["p"], name="pool"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1, name="gemm"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _x(seed: int, n: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 1, (n, 4, 8, 8)).astype(np.float32)
-
-
-def _run(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = str(model) if isinstance(model, Path) else model.SerializeToString()
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-
 def _input(target: str, tmp_path: Path, tolerance: Tolerance = GOAL) -> RecoveryInput:
     t = TARGETS.get(target)
     qc = t.quantize_config(8, "static", "minmax", t.resolve_options({}))
@@ -91,7 +35,7 @@ def _input(target: str, tmp_path: Path, tolerance: Tolerance = GOAL) -> Recovery
     # no timer: the latency cost is the nominal one, the same on every machine
     return RecoveryInput(
         qc=qc,
-        calibration=Dataset("calib", {"x": _x(1, 32)}),
+        calibration=Dataset("calib", {"x": images(1, 32)}),
         work=tmp_path,
         formats=t.layer_formats,
         tolerance=tolerance,
@@ -99,22 +43,22 @@ def _input(target: str, tmp_path: Path, tolerance: Tolerance = GOAL) -> Recovery
 
 
 def _mixed(target: str, outlier: float, tmp_path: Path, **kw: Any) -> tuple[StepResult, onnx.ModelProto]:
-    fp32 = _net(outlier)
+    fp32 = conv_net(outlier)
     inp = _input(target, tmp_path, **kw)
     quantized = quantize_candidate(fp32, inp)
     return MixedPrecision(samples=32, screen_samples=16)(fp32, quantized, inp), quantized
 
 
 def _sqnr(fp32: onnx.ModelProto, model: onnx.ModelProto | Path) -> float:
-    held = _x(7, 64)  # never the calibration samples
-    return float(compare(_run(fp32, held), _run(model, held))["sqnr_db"])
+    held = images(7, 64)  # never the calibration samples
+    return float(compare(run(fp32, held), run(model, held))["sqnr_db"])
 
 
 @pytest.mark.parametrize(("target", "allowed"), [("cpu", {"a16w8", "fp32"}), ("tensorrt", {"fp16", "fp32"})])
 def test_raises_exactly_the_broken_layer_and_restores_the_output(
     target: str, allowed: set[str], tmp_path: Path
 ) -> None:
-    fp32 = _net(1000.0)
+    fp32 = conv_net(1000.0)
     result, quantized = _mixed(target, 1000.0, tmp_path)
     before = _sqnr(fp32, quantized)
     assert before < 15  # the planted outlier breaks plain int8
@@ -174,7 +118,7 @@ def test_only_formats_the_target_runs_are_tried(target: str, never: str, tmp_pat
 
 
 def test_a_target_without_layer_formats_and_missing_data(tmp_path: Path) -> None:
-    fp32 = _net(1000.0)
+    fp32 = conv_net(1000.0)
     inp = _input("cpu", tmp_path)
     quantized = quantize_candidate(fp32, inp)
     none = RECOVERY.get("mixed_precision")(fp32, quantized, replace(inp, formats=("int8",)))

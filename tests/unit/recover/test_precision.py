@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from _graphs import conv_net, images, run
+from onnx import TensorProto, helper
 
 from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
@@ -27,50 +27,9 @@ def _qc(target: str):  # type: ignore[no-untyped-def]
     return replace(qc, format="qdq", reduce_range=False) if target == "cpu" else qc
 
 
-def _net() -> onnx.ModelProto:
-    """x [N, 4, 8, 8] -> conv -> relu -> conv -> add(skip) -> global pool -> flatten -> gemm [N, 5]."""
-    rng = np.random.default_rng(0)
-    inits = {
-        "w1": rng.normal(0, 0.4, (6, 4, 3, 3)),
-        "b1": rng.normal(0, 0.1, 6),
-        "w2": rng.normal(0, 0.3, (6, 6, 3, 3)),
-        "b2": rng.normal(0, 0.1, 6),
-        "wg": rng.normal(0, 0.5, (5, 6)),
-        "bg": rng.normal(0, 0.1, 5),
-    }
-    nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
-        helper.make_node("Add", ["c2", "r1"], ["s"], name="add"),
-        helper.make_node("GlobalAveragePool", ["s"], ["p"], name="pool"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1, name="gemm"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _x(seed: int, n: int = 16) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 1, (n, 4, 8, 8)).astype(np.float32)
-
-
-def _run(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = str(model) if isinstance(model, Path) else model.SerializeToString()
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-
-def _quantized(target: str, tmp_path: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    fp32 = _net()
-    inp = RecoveryInput(qc=_qc(target), calibration=Dataset("c", {"x": _x(1, 32)}), work=tmp_path)
+def _quantized(target: str, tmp_path: Path, outlier: float = 1.0) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    fp32 = conv_net(outlier)
+    inp = RecoveryInput(qc=_qc(target), calibration=Dataset("c", {"x": images(1, 32)}), work=tmp_path)
     return fp32, quantize_candidate(fp32, inp)
 
 
@@ -103,14 +62,15 @@ def test_every_layer_in_fp32_gives_back_the_fp32_function(tmp_path: Path) -> Non
     assert {"conv1", "conv2", "add", "gemm"} <= set(options)
     raised = precision.apply(quantized, fp32, dict.fromkeys(options, "fp32"))
     onnx.checker.check_model(raised)
-    x = _x(2)
-    assert np.abs(_run(quantized, x) - _run(fp32, x)).max() > 1e-3  # int8 is visibly lossy here
-    np.testing.assert_allclose(_run(raised, x), _run(fp32, x), rtol=1e-5, atol=1e-5)
+    x = images(2, 16)
+    assert np.abs(run(quantized, x) - run(fp32, x)).max() > 1e-3  # int8 is visibly lossy here
+    np.testing.assert_allclose(run(raised, x), run(fp32, x), rtol=1e-5, atol=1e-5)
     assert not any(n.op_type == "QuantizeLinear" for n in raised.graph.node)
 
 
 def test_a16w8_reads_16_bit_activations_and_loses_less(tmp_path: Path) -> None:
-    fp32, quantized = _quantized("cpu", tmp_path)
+    # an outlier channel makes the step of conv1's 8-bit output far too coarse for conv2's input
+    fp32, quantized = _quantized("cpu", tmp_path, outlier=1000.0)
     raised = precision.apply(quantized, fp32, {"conv2": "a16w8"})
     onnx.checker.check_model(raised)
     conv2 = next(n for n in raised.graph.node if n.name == "conv2")
@@ -120,10 +80,10 @@ def test_a16w8_reads_16_bit_activations_and_loses_less(tmp_path: Path) -> None:
     zp = next(t for t in raised.graph.initializer if t.name == reader.input[2])
     assert zp.data_type == TensorProto.UINT16
     assert producer[conv2.input[1]].op_type == "DequantizeLinear"  # weights stay int8
-    x = _x(3)
-    ref = _run(fp32, x)
-    err_int8 = np.abs(_run(quantized, x) - ref).mean()
-    assert np.abs(_run(raised, x) - ref).mean() < err_int8
+    x = images(3, 16)
+    ref = run(fp32, x)
+    err_int8 = np.abs(run(quantized, x) - ref).mean()
+    assert np.abs(run(raised, x) - ref).mean() < 0.2 * err_int8  # its int8 weights still lose some
     # the cpu target's rules take it once the graph says which layer is a16w8
     qc = replace(_qc("cpu"), layer_formats=(("conv2", "a16w8"),))
     assert TARGETS.get("cpu").graph_violations(raised, qc) == []
@@ -139,8 +99,8 @@ def test_fp16_emulated_matches_the_stand_in_of_the_explicit_graph(tmp_path: Path
     assert weight.data_type == TensorProto.FLOAT16
     emulated = precision.apply(quantized, fp32, {"conv2": "fp16", "gemm": "fp16"}, emulate=True)
     stand_in = emulate_fp16(save_onnx(explicit, tmp_path / "explicit.onnx"), tmp_path / "stand_in.onnx")
-    x = _x(4)
-    np.testing.assert_array_equal(_run(emulated, x), _run(stand_in, x))
+    x = images(4, 16)
+    np.testing.assert_array_equal(run(emulated, x), run(stand_in, x))
     # the tensorrt rules take a Q/DQ graph with fp16 layers when trt_fp16_enable is on
     trt = TARGETS.get("tensorrt")
     providers = trt.providers([], None)
