@@ -10,22 +10,24 @@ The criterion accounts for error propagation. Every candidate is judged by what 
 model's *outputs* with every other layer quantized as it currently is (cumulative, not the layer's
 isolated SQNR): the gain of raising layer L to format F is the change in output SQNR (the worst
 output, in dB) on calibration samples, against the fp32 graph before any recovery step. Its cost is
-what F costs over L's current format, as a fraction of the int8 graph: the latency (the whole-model
-p50 latency with every layer at F, measured on the target's provider here against the int8 graph,
-apportioned to L by its share of the multiply-adds and of the layers (`_work`); where the provider is not on this machine, a
-nominal cost per format, NOMINAL_LATENCY) plus the size (L's weights at F's width).
+what F costs over L's current format, as a fraction of the int8 graph: latency (the whole-graph p50
+latency with every layer at F against the int8 graph, measured on the target's provider here, or a
+nominal cost per format, NOMINAL_LATENCY, where the provider is not on this machine; shared out by
+`_work`, half by multiply-adds and half per layer) plus size (L's weights at F's width).
 
-The search is a lazy greedy by gain per cost (Minoux's accelerated greedy): every layer is screened
-once at the highest format it can take (on the first `screen_samples`); then the candidate with the
+The search is a lazy greedy by gain per cost (Minoux's accelerated greedy). Every layer is screened
+once at the highest format it can take, on the first `screen_samples`. Then the candidate with the
 best gain/cost is re-measured on the current configuration and taken only if it still beats every
-other candidate's (older, optimistic) ratio, else it goes back with its new ratio. The first time a
+other candidate's (older, optimistic) ratio; else it goes back with its new ratio. The first time a
 layer's screened format reaches the top, its lower formats join with the screened gain as their
-optimistic bound, so a cheaper format (a16w8, fp16) wins wherever it gains nearly as much. Each
-step taken is one configuration of the trade-off table; the search stops when the run's tolerance
-holds on the calibration samples, when no candidate gains MIN_GAIN_DB any more, when `max_share` of
-the layers are raised, or when the time budget is spent. This costs one measurement per layer plus a few per step, where a plain greedy
-would re-measure every layer at every step; it is exact when gains only shrink as layers are raised
-(they mostly do: raising one layer removes noise that the others would otherwise have fought).
+optimistic bound, so a cheaper format (a16w8, fp16) wins wherever it gains nearly as much. Layers
+that screened as noise are screened again, against the current configuration, when the candidates
+run out (a tensor read by two layers is only fixed once both are raised). Each step taken is one
+configuration of the trade-off table; the search stops when the run's tolerance holds on the
+calibration samples, when no candidate gains MIN_GAIN_DB any more, when `max_share` of the layers
+are raised, or when the time budget is spent. This costs about one measurement per layer plus a few
+per step, where a plain greedy re-measures every layer at every step; the two agree wherever a
+layer's gain does not grow as others are raised, which a greedy over measured gains cannot know.
 
 The trade-off table (`details["tradeoff"]`, report.json's `tradeoff`): every configuration tried, its
 per-format layer counts, accuracy on the calibration samples, latency and size against fp32 (latency
