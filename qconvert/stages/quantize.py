@@ -58,7 +58,7 @@ def _fastest(
 
 class Quantize(Stage[ExportContext]):
     name = "quantize"
-    needs = ("prepared", "candidates", "calibration", "heldout", "art")
+    needs = ("prepared", "candidates", "calibration", "heldout", "art", "recover")
     gives = ("model_path", "reference_path")
 
     def message(self, ctx: ExportContext) -> str:
