@@ -186,7 +186,6 @@ class _Costs:
     weight_params: dict[str, int]  # node -> elements of its dequantized weights
     int8_bytes: int
     latency_factor: dict[str, float]  # format -> whole-graph latency at that format / int8
-    measured: bool
 
     def of(self, node: str, fmt: str) -> float:
         if fmt == "int8":
@@ -253,19 +252,19 @@ def _weight_params(quantized: onnx.ModelProto, nodes: list[str]) -> dict[str, in
 
 def _latency_factors(
     ev: _Evaluator, options: dict[str, tuple[str, ...]], formats: list[str], inp: RecoveryInput
-) -> tuple[dict[str, float], bool, list[str]]:
+) -> tuple[dict[str, float], list[str]]:
     """format -> whole-graph p50 latency with every node that can take it at that format, over the
     int8 graph's (measured on the target's provider here), else NOMINAL_LATENCY."""
     if inp.time is None:
         nominal = {f: NOMINAL_LATENCY[f] / NOMINAL_LATENCY["int8"] for f in formats}
-        return nominal, False, ["latency cost per format is nominal (the target's provider is not here)"]
+        return nominal, ["latency cost per format is nominal (the target's provider is not here)"]
     graphs = [ev.graph({}, emulate=False)]
     for fmt in formats:
         graphs.append(ev.graph({n: fmt for n, can in options.items() if fmt in can}, emulate=False))
     p50 = inp.time(graphs)
     factors = {fmt: p50[i + 1] / p50[0] for i, fmt in enumerate(formats)}
     line = ", ".join(f"{f} {v:.2f}x" for f, v in factors.items())
-    return factors, True, [f"whole-graph latency per format against int8 here: {line}"]
+    return factors, [f"whole-graph latency per format against int8 here: {line}"]
 
 
 class MixedPrecision(Recovery):
@@ -310,20 +309,22 @@ class MixedPrecision(Recovery):
         screen = min(self.screen_samples, len(data))
         tolerance = inp.tolerance or Tolerance.for_bits(8)
         ev = _Evaluator(quantized, fp32, reference, data, screen, tolerance, inp.qc.activation_symmetric)
-        nodes = list(options)
-        factors, measured, cost_notes = _latency_factors(ev, options, formats, inp)
-        costs = _Costs(
-            _work(fp32, nodes), _weight_params(quantized, nodes), quantized.ByteSize(), factors, measured
-        )
         base = ev.measure({})
         points = [Point({}, base, 0.0, time.perf_counter() - start)]
         stopped = "the int8 graph already meets the tolerance on the calibration samples"
-        if not base.passed:
+        factors: dict[str, float] = {}
+        cost_notes: list[str] = []
+        if not base.passed:  # the costs are measured only where there is something to choose
+            nodes = list(options)
+            factors, cost_notes = _latency_factors(ev, options, formats, inp)
+            costs = _Costs(
+                _work(fp32, nodes), _weight_params(quantized, nodes), quantized.ByteSize(), factors
+            )
             stopped = self._search(ev, options, costs, points, start, inp)
         chosen = self._finish(ev, points, reference, inp)
         details = {
             "tradeoff": self._table(
-                ev, points, chosen, formats, costs, cost_notes, stopped, start, len(data)
+                ev, points, chosen, formats, len(options), factors, cost_notes, stopped, start, len(data)
             ),
             "layer_formats": dict(sorted(points[chosen].formats.items())),
         }
@@ -494,21 +495,22 @@ class MixedPrecision(Recovery):
         points: list[Point],
         chosen: int,
         formats: list[str],
-        costs: _Costs,
+        layers: int,
+        latency_factor: dict[str, float],
         cost_notes: list[str],
         stopped: str,
         start: float,
         samples: int,
     ) -> dict[str, Any]:
-        layers = len(costs.work)
         return {
             "formats": ["int8", *formats],
             "layers": layers,
             "samples": samples,
             "goal": [b.describe() for b in ev.goal.bounds],
             "not_checked": ev.skipped,
-            "latency_measured": costs.measured,
-            "latency_factor": costs.latency_factor,
+            # whole-graph latency per format over int8 (measured here, or nominal), where the search ran
+            "latency_factor": latency_factor,
+            "latency_measured": points[0].latency_ratio is not None,
             "notes": cost_notes,
             "stopped": stopped,
             "evaluations": ev.evaluations,
