@@ -48,7 +48,8 @@ _DTYPES = {
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input: `--input NAME:SHAPE[:DTYPE]`, e.g. `pixels:1x3x32x32:float32`.
+    """One model input: `--input NAME:SHAPE[:DTYPE]`, e.g. `pixels:1x3x32x32:float32` (a NAME may carry a
+    TensorFlow-style output index: `image:0:1x3x224x224`).
 
     The first axis is the batch axis and is exported as dynamic.
     """
@@ -60,6 +61,9 @@ class InputSpec:
     @classmethod
     def parse(cls, text: str) -> InputSpec:
         parts = text.split(":")
+        if len(parts) >= 3 and parts[1].isdigit() and parts[2].lower() not in _DTYPES:
+            # a TensorFlow-style name with an output index, `image:0:1x3x224x224`
+            parts = [f"{parts[0]}:{parts[1]}", *parts[2:]]
         if len(parts) not in (2, 3) or not parts[0]:
             raise ConfigError(
                 f"--input {text!r} is not NAME:SHAPE[:DTYPE]. Example: --input pixels:1x3x32x32:float32"

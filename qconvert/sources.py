@@ -417,6 +417,23 @@ def _finish_torch(
 # --- archives -------------------------------------------------------------------------------
 
 
+def _dims_from_spec(path: Path, dims: tuple[int | None, ...], spec: InputSpec) -> tuple[int | None, ...]:
+    """The graph input's dims with the axes it leaves open fixed by `--input` (the batch axis stays
+    open); an --input that contradicts the graph is refused."""
+    if dims and len(dims) != len(spec.shape):
+        raise SourceError(
+            f"--input {spec.name}: {len(spec.shape)} axes given, but input {spec.name!r} of {path} has "
+            f"{len(dims)}. Give a shape with {len(dims)} axes."
+        )
+    for axis, (have, want) in enumerate(zip(dims[1:], spec.shape[1:], strict=True), start=1):
+        if have is not None and have != want:
+            raise SourceError(
+                f"--input {spec.name}: axis {axis} is {want}, but {path} fixes it at {have}. "
+                "Leave that axis as the model has it."
+            )
+    return (None, *spec.shape[1:])
+
+
 def _load_onnx(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
     import onnx
 
@@ -446,10 +463,12 @@ def _load_onnx(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
         dims = tuple(
             d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim
         )
-        all_dims.append(dims)
         if i.name in specs:
+            dims = _dims_from_spec(path, dims, specs[i.name])
+            all_dims.append(dims)
             examples.append(_zeros_for(specs[i.name]))
             continue
+        all_dims.append(dims)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
         examples.append(np.zeros([d or 1 for d in dims], dtype=dtype))
     return LoadedModel(
