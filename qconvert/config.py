@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from qconvert import choices
 from qconvert.errors import ConfigError
 
 DEFAULT_OPSET = 18
@@ -22,12 +23,9 @@ DEFAULT_SENSITIVITY_ISOLATED = 8  # nodes given an isolated measurement (one qua
 # for calibration) and the model is validated on it.
 HOLDOUT_FRACTION = 0.2
 
-SUPPORTED_BITS = (16, 8, 4)
-MODES = ("static", "dynamic", "weight-only", "fp16", "bf16")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
-# 4-bit weight-only (MatMulNBits): how weights are rounded, and the default block size along K
-# (each block of that many input channels has its own scale and zero point)
-WEIGHT_ALGORITHMS = ("rtn", "hqq", "gptq")  # round to nearest, half-quadratic, GPTQ (needs calibration)
+# The valid bit widths, modes, calibration methods and weight algorithms come from the registries
+# (qconvert.choices). 4-bit weight-only (MatMulNBits): the default block size along K (each block of
+# that many input channels has its own scale and zero point)
 DEFAULT_BLOCK_SIZE = 32
 MIN_BLOCK_SIZE = 16  # onnxruntime's MatMulNBits takes powers of two from 16
 
@@ -458,7 +456,7 @@ class RunConfig:
     auto_budget: int | None = None
     # --auto-seconds: time --auto may spend on recovery attempts before it keeps layers in float
     auto_seconds: float = 600.0
-    # --block-size / --algorithm: 4-bit weight-only only (see WEIGHT_ALGORITHMS)
+    # --block-size / --algorithm: 4-bit weight-only only (quantize.int4.WEIGHT_ALGORITHMS)
     block_size: int = DEFAULT_BLOCK_SIZE
     weight_algorithm: str = "rtn"
     # per-layer sensitivity: held-out samples it runs on, and how many nodes (worst cumulative SQNR
@@ -531,16 +529,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _plain_paths(self, ("out_dir",), ("source", "calibration", "data"))
-        if self.bits not in SUPPORTED_BITS:
-            raise ConfigError(
-                f"--bits {self.bits} is not supported. Valid: {', '.join(map(str, SUPPORTED_BITS))}"
-            )
-        if self.mode is not None and self.mode not in MODES:
-            raise ConfigError(f"--mode {self.mode!r} is not a mode. Valid: {', '.join(MODES)}")
-        if self.calibration_method not in CALIBRATION_METHODS:
+        check_bits(self.bits)
+        if self.mode is not None and self.mode not in choices.modes():
+            raise ConfigError(f"--mode {self.mode!r} is not a mode. Valid: {', '.join(choices.modes())}")
+        if self.calibration_method not in choices.calibration_methods():
             raise ConfigError(
                 f"--calibration-method {self.calibration_method!r} is not supported. "
-                f"Valid: {', '.join(CALIBRATION_METHODS)}"
+                f"Valid: {', '.join(choices.calibration_methods())}"
             )
         if self.samples is not None and self.samples < 1:
             raise ConfigError(f"--samples must be at least 1 (got {self.samples})")
@@ -563,7 +558,6 @@ class RunConfig:
             )
 
 
-SWEEP_BITS = (16, 8, 4)  # `qconvert sweep` without --bits
 EXECUTORS = ("local", "ray")
 
 
@@ -573,7 +567,7 @@ class SweepConfig:
     built as a RunConfig from these fields. The CLI builds exactly this."""
 
     source: str | None = None  # None: the built-in default model
-    bits: tuple[int, ...] = SWEEP_BITS
+    bits: tuple[int, ...] = field(default_factory=choices.bits)  # default: every bit width
     target: str = DEFAULT_TARGET
     modes: tuple[str, ...] | None = None  # None: the target's default mode per bit width
     calibration: str | None = None
@@ -600,9 +594,9 @@ class SweepConfig:
         if not self.bits:
             raise ConfigError("--bits: give at least one bit width, e.g. --bits 16,8,4")
         for bits in self.bits:
-            if bits not in SUPPORTED_BITS:
+            if bits not in choices.bits():
                 raise ConfigError(
-                    f"--bits {bits} is not a bit width qconvert knows. Valid: {', '.join(map(str, SUPPORTED_BITS))} "
+                    f"--bits {bits} is not a bit width qconvert knows. Valid: {', '.join(map(str, choices.bits()))} "
                     "(comma-separated, e.g. --bits 16,8,4)"
                 )
         if len(set(self.bits)) < len(self.bits):
@@ -611,8 +605,8 @@ class SweepConfig:
             if not self.modes:
                 raise ConfigError("--modes: give at least one mode, e.g. --modes static,dynamic")
             for mode in self.modes:
-                if mode not in MODES:
-                    raise ConfigError(f"--modes: {mode!r} is not a mode. Valid: {', '.join(MODES)}")
+                if mode not in choices.modes():
+                    raise ConfigError(f"--modes: {mode!r} is not a mode. Valid: {', '.join(choices.modes())}")
         if self.executor not in EXECUTORS:
             raise ConfigError(
                 f"--executor {self.executor!r} is not an executor. Valid: {', '.join(EXECUTORS)}"
@@ -632,17 +626,24 @@ class SweepConfig:
             Tolerance.for_bits(bits, self.tolerance)
 
 
+def check_bits(bits: int) -> None:
+    """--bits must be a bit width some target takes (qconvert.choices.bits)."""
+    if bits not in choices.bits():
+        raise ConfigError(f"--bits {bits} is not supported. Valid: {', '.join(map(str, choices.bits()))}")
+
+
 def check_weight_only_4bit(bits: int, block_size: int, algorithm: str) -> None:
-    """--block-size must be a power of two from MIN_BLOCK_SIZE and --algorithm one of WEIGHT_ALGORITHMS;
-    both belong to --bits 4 (MatMulNBits), so a non-default value at other bit widths is refused."""
+    """--block-size must be a power of two from MIN_BLOCK_SIZE and --algorithm one the quantizers take
+    (qconvert.choices.weight_algorithms); both belong to --bits 4 (MatMulNBits), so a non-default value
+    at other bit widths is refused."""
     if block_size < MIN_BLOCK_SIZE or block_size & (block_size - 1):
         raise ConfigError(
             f"--block-size {block_size}: must be a power of two, {MIN_BLOCK_SIZE} or more (onnxruntime's "
             f"MatMulNBits takes 16, 32, 64, 128, 256). Default: {DEFAULT_BLOCK_SIZE}."
         )
-    if algorithm not in WEIGHT_ALGORITHMS:
+    if algorithm not in choices.weight_algorithms():
         raise ConfigError(
-            f"--algorithm {algorithm!r} is not supported. Valid: {', '.join(WEIGHT_ALGORITHMS)}"
+            f"--algorithm {algorithm!r} is not supported. Valid: {', '.join(choices.weight_algorithms())}"
         )
     if bits != 4 and (block_size != DEFAULT_BLOCK_SIZE or algorithm != "rtn"):
         raise ConfigError(
@@ -698,10 +699,8 @@ class ValidateConfig:
         )
         if not isinstance(self.candidate, (str, Path)):
             object.__setattr__(self, "candidate", Path(self.candidate))
-        if self.bits is not None and self.bits not in SUPPORTED_BITS:
-            raise ConfigError(
-                f"--bits {self.bits} is not supported. Valid: {', '.join(map(str, SUPPORTED_BITS))}"
-            )
+        if self.bits is not None:
+            check_bits(self.bits)
         if self.latency_repeats < 1 or self.latency_batch < 1:
             raise ConfigError("latency_repeats and latency_batch must be at least 1")
         unknown = [p for p in self.probes if p not in PROBES]
@@ -767,7 +766,7 @@ class QuantizeConfig:
     """How to quantize, as the target decides it: format, types, symmetry, granularity."""
 
     bits: int
-    mode: str  # static | dynamic | weight-only | fp16 | bf16
+    mode: str  # a QUANTIZERS name: static | dynamic | weight-only | fp16 | bf16 | implicit | a plugin's
     format: str = "qdq"  # qdq | qoperator | fp16 | bf16 | matmulnbits
     activation_type: str = "uint8"  # int8 | uint8 | int16 | uint16
     weight_type: str = "int8"

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qconvert import errors
-from qconvert.config import DEFAULT_OUT_ROOT, MODES, SUPPORTED_BITS, RunConfig, SweepConfig
+from qconvert import choices, errors
+from qconvert.config import DEFAULT_OUT_ROOT, RunConfig, SweepConfig
 from qconvert.errors import ConfigError, QConvertError
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def bits_from_text(text: str) -> tuple[int, ...]:
     if bad:
         raise ConfigError(
             f"--bits {text!r}: {bad[0]!r} is not a bit width. Give comma-separated numbers from "
-            f"{', '.join(map(str, SUPPORTED_BITS))}, e.g. --bits 16,8,4"
+            f"{', '.join(map(str, choices.bits()))}, e.g. --bits 16,8,4"
         )
     return tuple(int(t) for t in items)
 
@@ -79,7 +79,7 @@ def modes_from_text(text: str) -> tuple[str, ...]:
     items = tuple(t.strip() for t in text.split(",") if t.strip())
     if not items:
         raise ConfigError(
-            f"--modes: give at least one mode, e.g. --modes static,dynamic. Valid: {', '.join(MODES)}"
+            f"--modes: give at least one mode, e.g. --modes static,dynamic. Valid: {', '.join(choices.modes())}"
         )
     return items
 

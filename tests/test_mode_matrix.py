@@ -40,8 +40,9 @@ from conftest import flat
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from qconvert import choices
 from qconvert.cli import app
-from qconvert.config import DEFAULT_TOLERANCES, MODES, SUPPORTED_BITS, Bound, RunConfig
+from qconvert.config import DEFAULT_TOLERANCES, Bound, RunConfig
 from qconvert.errors import ConfigError, QConvertError
 from qconvert.pipeline import RunResult, export
 from qconvert.quantize.weight_only import MIN_ELEMENTS
@@ -959,8 +960,8 @@ def test_undeclared_pairs_are_refused(matrix: Matrix, tmp_path: Path) -> None:
     undeclared = [
         Cell(name, bits, mode)
         for name, _ in TARGETS
-        for bits in SUPPORTED_BITS
-        for mode in MODES
+        for bits in choices.bits()
+        for mode in choices.modes()
         if (name, bits, mode) not in declared
     ]
     for cell in undeclared:

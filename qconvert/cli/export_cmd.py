@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from qconvert.cli import _settings_file
+from qconvert import choices
+from qconvert.cli import _help, _settings_file
 from qconvert.cli._common import (
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
@@ -30,13 +31,10 @@ from qconvert.cli._common import (
     summary_line,
 )
 from qconvert.config import (
-    CALIBRATION_METHODS,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_LATENCY_BATCH,
     DEFAULT_OPSET,
     DEFAULT_TARGET,
-    MODES,
-    WEIGHT_ALGORITHMS,
     InputSpec,
     RunConfig,
     image_options,
@@ -51,14 +49,14 @@ from qconvert.report import (
     sensitivity_rows,
     summary_rows,
 )
-from qconvert.targets import TARGETS
 
-# Choices come from the registries, so the help can never drift from what exists.
-TargetName = Enum("TargetName", {n: n for n in TARGETS.names()}, type=str)  # type: ignore[misc]
-Bits = Enum("Bits", {f"b{b}": str(b) for b in (16, 8, 4)}, type=str)  # type: ignore[misc]
-Mode = Enum("Mode", {m: m for m in MODES}, type=str)  # type: ignore[misc]
-CalibrationMethod = Enum("CalibrationMethod", {m: m for m in CALIBRATION_METHODS}, type=str)  # type: ignore[misc]
-WeightAlgorithm = Enum("WeightAlgorithm", {a: a for a in WEIGHT_ALGORITHMS}, type=str)  # type: ignore[misc]
+# Choices come from the registries (qconvert.choices), so the help can never drift from what exists
+# and a plugin's target or mode is offered like a built-in one.
+TargetName = Enum("TargetName", {n: n for n in choices.targets()}, type=str)  # type: ignore[misc]
+Bits = Enum("Bits", {f"b{b}": str(b) for b in choices.bits()}, type=str)  # type: ignore[misc]
+Mode = Enum("Mode", {m: m for m in choices.modes()}, type=str)  # type: ignore[misc]
+CalibrationMethod = Enum("CalibrationMethod", {m: m for m in choices.calibration_methods()}, type=str)  # type: ignore[misc]
+WeightAlgorithm = Enum("WeightAlgorithm", {a: a for a in choices.weight_algorithms()}, type=str)  # type: ignore[misc]
 
 
 def export(
@@ -160,8 +158,8 @@ def export(
     recover: list[str] = typer.Option(
         [],
         "--recover",
-        help="Accuracy-recovery step to run, by name (equalize, bias_correction, clip_weights, "
-        "adaround, smoothquant). Repeatable or comma-separated; they run in the order given. Default: "
+        help=f"Accuracy-recovery step to run, by name ({_help.RECOVERY_STEPS}). Repeatable or "
+        "comma-separated; they run in the order given. Default: "
         "the model family's (bias_correction and a float stem for depthwise conv nets; smoothquant, and "
         "dynamic int8 on cpu, for transformers); 'none' runs none.",
     ),

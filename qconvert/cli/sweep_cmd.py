@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from qconvert import choices
 from qconvert.cli._common import (
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
@@ -29,23 +30,19 @@ from qconvert.cli._common import (
     summary_line,
 )
 from qconvert.config import (
-    CALIBRATION_METHODS,
     DEFAULT_LATENCY_BATCH,
     DEFAULT_OPSET,
     DEFAULT_TARGET,
     EXECUTORS,
-    MODES,
-    SWEEP_BITS,
     InputSpec,
     SweepConfig,
     image_options,
     parse_target_option,
     text_options,
 )
-from qconvert.targets import TARGETS
 
-TargetName = Enum("TargetName", {n: n for n in TARGETS.names()}, type=str)  # type: ignore[misc]
-CalibrationMethod = Enum("CalibrationMethod", {m: m for m in CALIBRATION_METHODS}, type=str)  # type: ignore[misc]
+TargetName = Enum("TargetName", {n: n for n in choices.targets()}, type=str)  # type: ignore[misc]
+CalibrationMethod = Enum("CalibrationMethod", {m: m for m in choices.calibration_methods()}, type=str)  # type: ignore[misc]
 Executor = Enum("Executor", {e: e for e in EXECUTORS}, type=str)  # type: ignore[misc]
 
 _STYLES = {"out_of_tolerance": "red", "error": "red", "not_supported": "dim", "passed": "green"}
@@ -58,7 +55,7 @@ def sweep(
         "model folder. Omitted: the built-in digits CNN.",
     ),
     bits: str = typer.Option(
-        ",".join(map(str, SWEEP_BITS)), "--bits", help="Bit widths to try, comma-separated, e.g. 16,8,4."
+        ",".join(map(str, choices.bits())), "--bits", help="Bit widths to try, comma-separated, e.g. 16,8,4."
     ),
     target: TargetName = typer.Option(
         DEFAULT_TARGET, "--target", case_sensitive=False, help="Hardware target (any case: TensorRT)."
@@ -66,7 +63,7 @@ def sweep(
     modes: str = typer.Option(
         None,
         "--modes",
-        help=f"Modes to try at each bit width, comma-separated ({', '.join(MODES)}). Default: the target's "
+        help=f"Modes to try at each bit width, comma-separated ({', '.join(choices.modes())}). Default: the target's "
         "default mode per bit width.",
     ),
     calibration: str = typer.Option(

@@ -40,7 +40,7 @@ import numpy as np
 
 from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
-from qconvert.config import MIN_BLOCK_SIZE, WEIGHT_ALGORITHMS, QuantizeConfig
+from qconvert.config import MIN_BLOCK_SIZE, QuantizeConfig
 from qconvert.errors import CalibrationError, ConfigError, QuantizationError
 from qconvert.quantize._common import check_output, unique_name
 
@@ -54,6 +54,9 @@ METADATA_KEY = "qconvert.int4"
 INT4_OPSET = 21  # int4/uint4 tensors (GatherBlockQuantized's table) need opset 21 and IR version 10
 INT4_IR_VERSION = 10
 CONTRIB_DOMAIN = "com.microsoft"
+# how weights are rounded (`--algorithm`, QuantizeConfig.weight_algorithm), the first being the default:
+# round to nearest, half-quadratic, GPTQ (needs calibration)
+WEIGHT_ALGORITHMS = ("rtn", "hqq", "gptq")
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from qconvert import choices
 from qconvert.artifacts import check_output_dir
-from qconvert.config import MODES, Tolerance
+from qconvert.config import Tolerance
 from qconvert.errors import ConfigError
 from qconvert.quantize import QUANTIZERS
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 from qconvert.targets import TARGETS
-
-
-def _modes_that(capability: str) -> str:
-    """The user-facing modes whose quantizer has `capability` (quantize.Method data), in MODES order."""
-    return ", ".join(m for m in MODES if m in QUANTIZERS and getattr(QUANTIZERS.get(m), capability))
 
 
 class PlanQuantization(Stage[ExportContext]):
@@ -40,7 +36,8 @@ class PlanQuantization(Stage[ExportContext]):
         if (config.exclude and not method.honours_exclude) or (config.include and not method.honours_include):
             raise ConfigError(
                 f"--exclude/--include do not apply to {ctx.qc.mode} mode here: --exclude works with "
-                f"{_modes_that('honours_exclude')}, --include with {_modes_that('honours_include')}."
+                f"{', '.join(choices.modes('honours_exclude'))}, --include with "
+                f"{', '.join(choices.modes('honours_include'))}."
             )
         if config.recover:
             from qconvert.recover import RECOVERY
