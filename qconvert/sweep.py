@@ -531,7 +531,7 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
     report_progress = progress or _no_progress
     start = time.perf_counter()
     target = TARGETS.get(config.target)
-    target.resolve_options(dict(config.target_options))  # refuse unknown options before any work
+    target.bind(dict(config.target_options))  # refuse bad options before any work (each trial binds its own)
     if config.out_dir is not None:
         check_output_dir(config.out_dir, config.force)
     base = _base_run_config(config)

@@ -896,7 +896,7 @@ def test_every_expectation_is_declared_or_pending() -> None:
     assert not stale, f"no target declares {stale} any more: remove or move them to PENDING"
     assert not set(EXPECTATIONS) & set(PENDING), "a cell is both current and pending"
     for cell in (*EXPECTATIONS, *PENDING):
-        TARGETS.get(cell.target).resolve_options(dict(cell.options))  # every option setting is valid
+        TARGETS.get(cell.target).bind(dict(cell.options))  # every option setting is valid
 
 
 def test_every_target_option_is_classified() -> None:

@@ -19,15 +19,15 @@ class PlanQuantization(Stage[ExportContext]):
     format is raced); refuses --exclude/--include, --recover names and OUT_DIR early."""
 
     name = "plan"
-    gives = ("target", "mode", "tolerance", "opts", "candidates", "qc")
+    gives = ("target", "mode", "tolerance", "candidates", "qc")
 
     def run(self, ctx: ExportContext) -> None:
         config = ctx.config
-        ctx.target = target = TARGETS.get(config.target)
+        target = TARGETS.get(config.target)
         ctx.mode = target.resolve_mode(config.bits, config.mode)
         ctx.tolerance = Tolerance.for_bits(config.bits, config.tolerance)
-        ctx.opts = target.resolve_options(dict(config.target_options))
-        candidates = target.quantize_candidates(config.bits, ctx.mode, config.calibration_method, ctx.opts)
+        ctx.target = bound = target.bind(dict(config.target_options))  # options checked once, here
+        candidates = bound.candidates(config.bits, ctx.mode, config.calibration_method)
         if config.bits == 4:  # --block-size / --algorithm
             size, algorithm = config.block_size, config.weight_algorithm
             candidates = [replace(c, block_size=size, weight_algorithm=algorithm) for c in candidates]

@@ -27,7 +27,7 @@ def _fusion(loaded: LoadedModel, providers: list[Provider]) -> TransformerFusion
 
 class PrepareOnnx(Stage[ExportContext]):
     name = "prepare"
-    needs = ("exported", "qc", "inputs", "opts")
+    needs = ("exported", "qc", "inputs", "target")
     gives = ("prepared", "fusions")
 
     def message(self, ctx: ExportContext) -> str:
@@ -40,7 +40,7 @@ class PrepareOnnx(Stage[ExportContext]):
 
     def _prepare(self, ctx: ExportContext, src: Path, dest: Path) -> None:
         large = ctx.qc.external_data
-        fusion = _fusion(ctx.loaded, ctx.target.providers(ctx.inputs, ctx.opts))
+        fusion = _fusion(ctx.loaded, ctx.target.providers(ctx.inputs))
         ctx.fusions = None
         if fusion is None:
             ctx.prepared = prepared_from_onnx(src, dest, external_data=large)

@@ -30,11 +30,11 @@ from qconvert.targets.cpu import CPU
 
 
 class EdgeTarget(Target):
-    def quantize_config(self, bits, mode, calibration_method, opts=None):
+    def quantize_config(self, bits, mode, calibration_method, opts):
         # the plugin's own quantizer (mode "testcopy"), on the cpu target's dynamic int8 settings
-        return replace(CPU.quantize_config(bits, "dynamic", calibration_method), mode="testcopy")
+        return replace(CPU.bind().quantize_config(bits, "dynamic", calibration_method), mode="testcopy")
 
-    def providers(self, inputs, opts=None):
+    def providers(self, inputs, opts):
         return [Provider("CPUExecutionProvider")]
 
 
