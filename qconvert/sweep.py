@@ -559,25 +559,8 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
         trials_root = art.path(TRIALS_DIR)
         trials_root.mkdir()  # made here, so that no trial's clean-up removes it
         workers = _workers(config, len(runnable))
-        jobs = [
-            TrialJob(
-                t.name,
-                replace(t.run, out_dir=trials_root / t.name),
-                heldout,
-                threads=_job_threads(config.executor, workers),
-                log_level=logging.getLogger().getEffectiveLevel(),
-            )
-            for t in runnable
-            if t.run is not None
-        ]
-        if config.executor == "ray":
-            # a Ray worker may run on another machine, in another folder: give it absolute paths
-            jobs = [replace(j, run=_absolute_paths(j.run)) for j in jobs]
-            outcomes = _run_ray(jobs, config.ray_address, report_progress)
-        else:
-            outcomes = _run_local(jobs, workers, report_progress)
-        by_name = {o.name: o for o in outcomes}
-        ran = [by_name[j.name] for j in jobs]
+        ran = _run_trials(config, runnable, trials_root, heldout, workers, report_progress)
+        by_name = {o.name: o for o in ran}
         if all(o.status == ERROR for o in ran):
             raise _all_failed(ran)
         for outcome in ran:
@@ -613,6 +596,31 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
         art.write_json(SWEEP_JSON, summary)
         art.commit()
     return SweepResult(out_dir, tuple(rows), recommendation, summary, time.perf_counter() - start)
+
+
+def _run_trials(
+    config: SweepConfig, runnable: list[Trial], root: Path, heldout: Dataset, workers: int, progress: Progress
+) -> list[TrialOutcome]:
+    """Export every runnable trial into root/<name> on the chosen executor; the outcomes in trial order."""
+    jobs = [
+        TrialJob(
+            t.name,
+            replace(t.run, out_dir=root / t.name),
+            heldout,
+            threads=_job_threads(config.executor, workers),
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        for t in runnable
+        if t.run is not None
+    ]
+    if config.executor == "ray":
+        # a Ray worker may run on another machine, in another folder: give it absolute paths
+        jobs = [replace(j, run=_absolute_paths(j.run)) for j in jobs]
+        outcomes = _run_ray(jobs, config.ray_address, progress)
+    else:
+        outcomes = _run_local(jobs, workers, progress)
+    by_name = {o.name: o for o in outcomes}
+    return [by_name[j.name] for j in jobs]
 
 
 # SweepConfig fields that mean something else there (bits is a tuple; out_dir and force are the

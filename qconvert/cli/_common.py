@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from qconvert.config import TEXT_PADDING
+from qconvert.config import TEXT_PADDING, DataOptions, image_options, text_options
 from qconvert.errors import QConvertError
 
 # Image-folder DATA options, shared by the commands that read DATA (typer options are plain metadata,
@@ -81,6 +81,23 @@ PADDING_OPTION = typer.Option(
 TRUNCATION_OPTION = typer.Option(
     True, "--truncation/--no-truncation", help="Text files: cut lines longer than --max-length."
 )
+
+
+def data_options(
+    image_size: str | None,
+    mean: str | None,
+    std: str | None,
+    layout: str,
+    tokenizer: str | None,
+    max_length: int | None,
+    padding: Enum,
+    truncation: bool,
+) -> DataOptions:
+    """The image-folder and text-file flags above, parsed into one DataOptions (a bad value names its flag)."""
+    return text_options(
+        tokenizer, max_length, padding.value, truncation, base=image_options(image_size, mean, std, layout)
+    )
+
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
