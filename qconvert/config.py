@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qconvert import choices
@@ -278,14 +277,6 @@ def parse_tolerance(spec: str) -> tuple[Bound, ...]:
     return tuple(bounds)
 
 
-def parse_target_option(text: str) -> tuple[str, str]:
-    """`--target-option NAME=VALUE`."""
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise ConfigError(f"--target-option {text!r} is not NAME=VALUE. Example: --target-option device=GPU")
-    return name.strip(), value.strip()
-
-
 @dataclass(frozen=True)
 class DataOptions:
     """How DATA that is not already arrays becomes feed dicts (image folders, text files).
@@ -308,42 +299,6 @@ class DataOptions:
 TEXT_PADDING = ("max_length", "longest")
 
 
-def text_options(
-    tokenizer: str | None = None,
-    max_length: int | None = None,
-    padding: str = "max_length",
-    truncation: bool = True,
-    base: DataOptions | None = None,
-) -> DataOptions:
-    """`base` (default: DataOptions()) with the text flags `--tokenizer`, `--max-length`, `--padding`
-    and `--truncation/--no-truncation` set; a bad value is a ConfigError that names its flag."""
-    if max_length is not None and max_length < 1:
-        raise ConfigError(f"--max-length must be at least 1 token (got {max_length})")
-    if padding not in TEXT_PADDING:
-        raise ConfigError(
-            f"--padding {padding!r} is not a padding. Valid: max_length (every sample padded to "
-            "--max-length) or longest (to the longest sample in the file)"
-        )
-    return replace(
-        base or DataOptions(),
-        tokenizer=tokenizer,
-        max_length=max_length,
-        padding=padding,
-        truncation=truncation,
-    )
-
-
-@dataclass(frozen=True)
-class TransformerFusion:
-    """The prepare stage's transformer fusions (onnxruntime.transformers.optimizer): what the graph is
-    and the shapes the attention fusion must match."""
-
-    model_type: str  # onnxruntime.transformers model type: bert, gpt2, ...
-    num_heads: int
-    hidden_size: int
-    attention: bool = True  # fuse attention (off: only layer norm, GELU and bias fusions)
-
-
 IMAGE_LAYOUTS = ("nchw", "nhwc")
 # `--calibration random`: seeded normal inputs of the model's shapes. Only when asked for by name;
 # without --data, validation then runs on another seeded random set of RANDOM_HELDOUT_SAMPLES.
@@ -352,75 +307,6 @@ RANDOM_CALIBRATION_SAMPLES = 64  # when --samples is not given
 RANDOM_HELDOUT_SAMPLES = 100
 RANDOM_CALIBRATION_SEED = 0
 RANDOM_HELDOUT_SEED = 1
-
-
-def parse_image_size(text: str) -> tuple[int, int]:
-    """`--image-size HxW` (or N for a square), in pixels."""
-    parts = re.split(r"[x,]", text.strip().lower())
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise ConfigError(
-            f"--image-size {text!r} is not HxW or N (positive pixel counts). Example: --image-size 224x224 "
-            "or --image-size 224"
-        )
-    return int(parts[0]), int(parts[1])
-
-
-def parse_channel_values(text: str, flag: str) -> tuple[float, ...]:
-    """`--mean` / `--std`: comma-separated numbers, one per channel or one for all channels. They
-    apply after pixels are scaled to [0, 1], so ImageNet's are 0.485,0.456,0.406 / 0.229,0.224,0.225."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or not all(v == v and abs(v) != float("inf") for v in values):
-        raise ConfigError(
-            f"{flag} {text!r} is not a comma-separated list of numbers, one per channel or one for all. "
-            f"Example: {flag} 0.485,0.456,0.406 (on pixels scaled to [0, 1])"
-        )
-    if flag == "--std" and any(v <= 0 for v in values):
-        raise ConfigError(f"--std {text!r}: every value must be greater than 0 (inputs are divided by it).")
-    return values
-
-
-def parse_layout(text: str) -> str:
-    """`--layout nchw|nhwc`: where the channel axis of an image input sits."""
-    layout = text.strip().lower()
-    if layout not in IMAGE_LAYOUTS:
-        raise ConfigError(f"--layout {text!r} is not a layout. Valid: {', '.join(IMAGE_LAYOUTS)}")
-    return layout
-
-
-def image_options(
-    image_size: str | None = None,
-    mean: str | None = None,
-    std: str | None = None,
-    layout: str = "nchw",
-    base: DataOptions | None = None,
-) -> DataOptions:
-    """`base` (default: DataOptions()) with the image flags `--image-size`, `--mean`, `--std` and
-    `--layout` parsed into it; each malformed value is a ConfigError that names its flag."""
-    return replace(
-        base or DataOptions(),
-        image_size=None if image_size is None else parse_image_size(image_size),
-        mean=None if mean is None else parse_channel_values(mean, "--mean"),
-        std=None if std is None else parse_channel_values(std, "--std"),
-        layout=parse_layout(layout),
-    )
-
-
-def parse_recover(values: Sequence[str]) -> tuple[str, ...] | None:
-    """--recover values (repeatable, comma-separated): None when not given (the family's defaults),
-    () for `none`, else the step names in order."""
-    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
-    if not names:
-        return None
-    if "none" in names:
-        if len(names) > 1:
-            raise ConfigError("--recover none turns every recovery step off: give it alone, or name steps.")
-        return ()
-    return tuple(names)
 
 
 @dataclass(frozen=True)
@@ -712,53 +598,10 @@ class ValidateConfig:
             parse_tolerance(self.tolerance)  # fail early on a malformed --tolerance
 
 
-# fp16: op types kept in fp32 unless a target says otherwise. It is onnxruntime's
-# float16.DEFAULT_OP_BLOCK_LIST (ops with no fp16 kernels: classical-ML ops, TopK, NonMaxSuppression,
-# RoiAlign, Range, CumSum, Min/Max, Upsample, random ops; a test keeps this a superset of it), plus:
-# - ops whose ONNX schema has no float16 at common opsets: Celu, IsInf;
-# - ops whose result is in range but whose inner sum or exponential leaves fp16's range (max 65504)
-#   on ordinary inputs: ReduceL2, ReduceLogSum, ReduceLogSumExp, LpNormalization, Softplus.
-# An op whose *output* leaves the range (a large MatMul, say) cannot be fixed by blocking that op
-# alone, since its output is cast back to fp16; the always-on `nonfinite` check catches those.
-FP16_KEEP_FP32_OPS = frozenset(
-    {
-        "ArrayFeatureExtractor",
-        "Binarizer",
-        "CastMap",
-        "CategoryMapper",
-        "DictVectorizer",
-        "FeatureVectorizer",
-        "Imputer",
-        "LabelEncoder",
-        "LinearClassifier",
-        "LinearRegressor",
-        "Normalizer",
-        "OneHotEncoder",
-        "RandomUniformLike",
-        "SVMClassifier",
-        "SVMRegressor",
-        "Scaler",
-        "TreeEnsembleClassifier",
-        "TreeEnsembleRegressor",
-        "TreeEnsemble",
-        "ZipMap",
-        "NonMaxSuppression",
-        "TopK",
-        "RoiAlign",
-        "Range",
-        "CumSum",
-        "Min",
-        "Max",
-        "Upsample",
-        "Celu",
-        "IsInf",
-        "ReduceL2",
-        "ReduceLogSum",
-        "ReduceLogSumExp",
-        "LpNormalization",
-        "Softplus",
-    }
-)
+def _fp16_keep_fp32_ops() -> frozenset[str]:
+    from qconvert.quantize.float16 import FP16_KEEP_FP32_OPS  # the fp16 converter's own table
+
+    return FP16_KEEP_FP32_OPS
 
 
 @dataclass(frozen=True)
@@ -780,9 +623,9 @@ class QuantizeConfig:
     nodes_to_exclude: tuple[str, ...] = ()
     nodes_to_include: tuple[str, ...] = ()  # empty: every node the quantizer can take
     external_data: bool = False  # write weights beside the model (models over 2 GB)
-    # fp16 only: op types left in fp32 (see FP16_KEEP_FP32_OPS), and whether graph inputs and
-    # outputs stay fp32 (with Casts at the edges)
-    keep_fp32_ops: frozenset[str] = FP16_KEEP_FP32_OPS
+    # fp16 only: op types left in fp32 (default: quantize.float16.FP16_KEEP_FP32_OPS), and whether
+    # graph inputs and outputs stay fp32 (with Casts at the edges)
+    keep_fp32_ops: frozenset[str] = field(default_factory=_fp16_keep_fp32_ops)
     keep_io_types: bool = True
     # implicit quantization: the graph stays fp32 and this table (a path relative to OUT_DIR)
     # carries the activation ranges

@@ -23,12 +23,12 @@ from conftest import write_model
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.calibrate import Dataset, ModelInput
-from qconvert.config import FP16_KEEP_FP32_OPS, QuantizeConfig, RunConfig
+from qconvert.config import QuantizeConfig, RunConfig
 from qconvert.errors import ConfigError
 from qconvert.pipeline import RunResult, export
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
-from qconvert.quantize.float16 import emulate_fp16
+from qconvert.quantize.float16 import FP16_KEEP_FP32_OPS, emulate_fp16
 from qconvert.quantize.weight_only import MIN_ELEMENTS, weight_axis, weight_only_record
 from qconvert.report import failure_lines
 from qconvert.runtime import make_session

@@ -15,6 +15,13 @@ from rich.text import Text
 from qconvert import choices
 from qconvert.cli import _help, _settings_file
 from qconvert.cli._common import (
+    ProgressView,
+    err,
+    out,
+    print_table,
+    summary_line,
+)
+from qconvert.cli.options import (
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
     MAX_LENGTH_OPTION,
@@ -24,13 +31,10 @@ from qconvert.cli._common import (
     TASK_OPTION,
     TOKENIZER_OPTION,
     TRUNCATION_OPTION,
-    ProgressView,
     TextPadding,
     data_options,
-    err,
-    out,
-    print_table,
-    summary_line,
+    parse_recover,
+    parse_target_option,
 )
 from qconvert.config import (
     DEFAULT_BLOCK_SIZE,
@@ -39,8 +43,6 @@ from qconvert.config import (
     DEFAULT_TARGET,
     InputSpec,
     RunConfig,
-    parse_recover,
-    parse_target_option,
 )
 from qconvert.report import (
     failure_lines,

@@ -14,6 +14,13 @@ from rich.text import Text
 
 from qconvert import choices
 from qconvert.cli._common import (
+    ProgressView,
+    err,
+    out,
+    print_table,
+    summary_line,
+)
+from qconvert.cli.options import (
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
     MAX_LENGTH_OPTION,
@@ -23,13 +30,9 @@ from qconvert.cli._common import (
     TASK_OPTION,
     TOKENIZER_OPTION,
     TRUNCATION_OPTION,
-    ProgressView,
     TextPadding,
     data_options,
-    err,
-    out,
-    print_table,
-    summary_line,
+    parse_target_option,
 )
 from qconvert.config import (
     DEFAULT_LATENCY_BATCH,
@@ -38,7 +41,6 @@ from qconvert.config import (
     EXECUTORS,
     InputSpec,
     SweepConfig,
-    parse_target_option,
 )
 
 if TYPE_CHECKING:

@@ -12,6 +12,15 @@ from rich.table import Table
 from rich.text import Text
 
 from qconvert.cli._common import (
+    ProgressView,
+    err,
+    json_on_stdout,
+    out,
+    print_table,
+    summary_line,
+    write_json_stdout,
+)
+from qconvert.cli.options import (
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
     MAX_LENGTH_OPTION,
@@ -20,15 +29,8 @@ from qconvert.cli._common import (
     STD_OPTION,
     TOKENIZER_OPTION,
     TRUNCATION_OPTION,
-    ProgressView,
     TextPadding,
     data_options,
-    err,
-    json_on_stdout,
-    out,
-    print_table,
-    summary_line,
-    write_json_stdout,
 )
 from qconvert.config import ValidateConfig
 from qconvert.report import failure_lines

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qconvert.config import TransformerFusion
-from qconvert.prepare import prepared_from_onnx, prepared_transformer
+from qconvert.prepare import TransformerFusion, prepared_from_onnx, prepared_transformer
 from qconvert.sources import LoadedModel
 from qconvert.stages._shared import in_folder
 from qconvert.stages.base import Stage

@@ -1,7 +1,7 @@
 """NVIDIA GPUs through onnxruntime's CUDA provider (no TensorRT).
 
 - fp16 (`--bits 16`): the graph in float16, with fp32 inputs and outputs and the ops in
-  `config.FP16_KEEP_FP32_OPS` kept in fp32. This is usually the fast path on this provider: its
+  `quantize.float16.FP16_KEEP_FP32_OPS` kept in fp32. This is usually the fast path on this provider: its
   Conv/MatMul/Gemm kernels run fp16 on tensor cores.
 - int8 (`--bits 8`): explicit Q/DQ, symmetric signed int8 activations and weights (S8S8, zero
   point 0), per-channel weights, float bias. Be aware: onnxruntime's CUDA provider runs few int8
