@@ -14,13 +14,7 @@ from rich.text import Text
 
 from qconvert import choices
 from qconvert.cli import _help, _settings_file
-from qconvert.cli._common import (
-    ProgressView,
-    err,
-    out,
-    print_table,
-    summary_line,
-)
+from qconvert.cli._common import ProgressView, err, out, print_table, summary_line
 from qconvert.cli.options import (
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,

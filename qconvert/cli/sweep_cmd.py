@@ -13,13 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qconvert import choices
-from qconvert.cli._common import (
-    ProgressView,
-    err,
-    out,
-    print_table,
-    summary_line,
-)
+from qconvert.cli._common import ProgressView, err, out, print_table, summary_line
 from qconvert.cli.options import (
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,

@@ -134,7 +134,7 @@ class Violation:
     """A rule the quantized graph or its provider settings break: which rule, the node (or graph
     input) it is about when there is one, and the reason as the user reads it (it names the node)."""
 
-    rule: str  # e.g. "forbidden-op", "zero-point-type", "provider-missing"
+    rule: str  # e.g. "forbidden-op", "quantized-type", "per-channel", "provider-missing"
     node: str | None
     reason: str
 
