@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from qconvert.config import InputSpec, TransformerFusion
+from qconvert.config import InputSpec
 from qconvert.errors import ConfigError, QConvertError, SourceError, brief
+from qconvert.prepare import TransformerFusion
 
 log = logging.getLogger(__name__)
 
@@ -499,76 +500,14 @@ def _archive_kind(path: Path) -> str:
 
 
 def _load_torch_archive(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
-    import torch
-
+    """A TorchScript or torch.export archive; a pickle is refused (see _archive_kind)."""
     kind = _archive_kind(path)
     if kind == "torchscript":
-        try:
-            model = torch.jit.load(str(path), map_location="cpu")
-        except Exception as e:
-            raise SourceError(f"SOURCE {path}: cannot load this TorchScript archive: {e}") from e
-        if not inputs:
-            raise SourceError(
-                f"SOURCE {path}: a TorchScript file does not record its input shapes. Pass --input "
-                "NAME:SHAPE[:DTYPE] once per input, e.g. --input x:1x3x32x32."
-            )
-        examples = tuple(_zeros_for(s) for s in inputs)
-        return _finish_torch(
-            name=path.stem,
-            kind=kind,
-            origin=str(path),
-            files=(path,),
-            model=model,
-            examples=examples,
-            input_names=tuple(s.name for s in inputs),
-        )
+        return _load_torchscript(path, inputs)
     if kind == "exported-program":
-        from qconvert.trust import check_torch_archive, weights_only_loads
+        return _load_exported_program(path, inputs)
+    import torch
 
-        check_torch_archive(path)  # no pickle in it may run code; torch.export.load would run it
-        try:
-            with weights_only_loads():
-                program = torch.export.load(str(path))
-        except Exception as e:
-            raise SourceError(f"SOURCE {path}: cannot load this torch.export archive: {e}") from e
-        user_inputs = set(program.graph_signature.user_inputs)
-        fixed = [
-            node.name
-            for node in program.graph.nodes
-            if node.op == "placeholder"
-            and node.name in user_inputs
-            and getattr(node.meta.get("val"), "ndim", 0) > 0
-            and isinstance(node.meta["val"].shape[0], int)  # a dynamic axis is a SymInt, not an int
-        ]
-        if fixed:
-            raise SourceError(
-                f"SOURCE {path}: this torch.export archive was exported with a fixed batch size (input(s) "
-                f"{', '.join(fixed)}), and qconvert exports with a dynamic batch axis. Re-export it with "
-                "torch.export.export(model, args, dynamic_shapes=...) giving axis 0 of each input "
-                "torch.export.Dim('batch') (and an example batch of 2 or more), or give path/file.py:factory."
-            )
-        stored = getattr(program, "example_inputs", None)
-        if inputs:
-            examples = tuple(_zeros_for(s) for s in inputs)
-        elif stored and stored[0]:
-            examples = tuple(_to_numpy(t, str(path)) for t in stored[0])
-        else:
-            raise SourceError(f"SOURCE {path}: no example inputs stored; pass --input NAME:SHAPE[:DTYPE].")
-        names = tuple(s.name for s in inputs) or tuple(
-            spec.arg.name
-            for spec in program.graph_signature.input_specs
-            if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
-        )
-        return _finish_torch(
-            name=path.stem,
-            kind=kind,
-            origin=str(path),
-            files=(path,),
-            model=program.module(),
-            examples=examples,
-            input_names=names,
-            exported_program=program,
-        )
     # A pickle: weights only, never code.
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -582,4 +521,82 @@ def _load_torch_archive(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedMode
     raise SourceError(
         f"SOURCE {path}: holds only weights ({type(obj).__name__}), not a model. Give a path/file.py:factory "
         "that builds the module and loads these weights (torch.load(..., weights_only=True))."
+    )
+
+
+def _load_torchscript(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
+    """A TorchScript archive; it records no input shapes, so --input gives them."""
+    import torch
+
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise SourceError(f"SOURCE {path}: cannot load this TorchScript archive: {e}") from e
+    if not inputs:
+        raise SourceError(
+            f"SOURCE {path}: a TorchScript file does not record its input shapes. Pass --input "
+            "NAME:SHAPE[:DTYPE] once per input, e.g. --input x:1x3x32x32."
+        )
+    examples = tuple(_zeros_for(s) for s in inputs)
+    return _finish_torch(
+        name=path.stem,
+        kind="torchscript",
+        origin=str(path),
+        files=(path,),
+        model=model,
+        examples=examples,
+        input_names=tuple(s.name for s in inputs),
+    )
+
+
+def _load_exported_program(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
+    """A torch.export archive, checked first so that no pickle in it runs code; it must have been
+    exported with a dynamic batch axis."""
+    import torch
+
+    from qconvert.trust import check_torch_archive, weights_only_loads
+
+    check_torch_archive(path)  # no pickle in it may run code; torch.export.load would run it
+    try:
+        with weights_only_loads():
+            program = torch.export.load(str(path))
+    except Exception as e:
+        raise SourceError(f"SOURCE {path}: cannot load this torch.export archive: {e}") from e
+    user_inputs = set(program.graph_signature.user_inputs)
+    fixed = [
+        node.name
+        for node in program.graph.nodes
+        if node.op == "placeholder"
+        and node.name in user_inputs
+        and getattr(node.meta.get("val"), "ndim", 0) > 0
+        and isinstance(node.meta["val"].shape[0], int)  # a dynamic axis is a SymInt, not an int
+    ]
+    if fixed:
+        raise SourceError(
+            f"SOURCE {path}: this torch.export archive was exported with a fixed batch size (input(s) "
+            f"{', '.join(fixed)}), and qconvert exports with a dynamic batch axis. Re-export it with "
+            "torch.export.export(model, args, dynamic_shapes=...) giving axis 0 of each input "
+            "torch.export.Dim('batch') (and an example batch of 2 or more), or give path/file.py:factory."
+        )
+    stored = getattr(program, "example_inputs", None)
+    if inputs:
+        examples = tuple(_zeros_for(s) for s in inputs)
+    elif stored and stored[0]:
+        examples = tuple(_to_numpy(t, str(path)) for t in stored[0])
+    else:
+        raise SourceError(f"SOURCE {path}: no example inputs stored; pass --input NAME:SHAPE[:DTYPE].")
+    names = tuple(s.name for s in inputs) or tuple(
+        spec.arg.name
+        for spec in program.graph_signature.input_specs
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
+    )
+    return _finish_torch(
+        name=path.stem,
+        kind="exported-program",
+        origin=str(path),
+        files=(path,),
+        model=program.module(),
+        examples=examples,
+        input_names=names,
+        exported_program=program,
     )
