@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -67,11 +68,12 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
 
     from typer._click import ClickException  # typer vendors click; click itself may not be installed
 
-    from qconvert.errors import EXIT_CODES, Terminated
+    from qconvert.errors import EXIT_CODES, Terminated, latch_interrupts
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> None:
         set_verbosity(**{name: kwargs.pop(name) for name in VERBOSITY})
+        old_handler = latch_interrupts()
         try:
             code = fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, ClickException):
@@ -99,6 +101,8 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
             raise typer.Exit(3) from None
         finally:
             out.file = None  # type: ignore[assignment]  # undo json_on_stdout: sys.stdout, looked up late
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)  # type: ignore[arg-type]
         raise typer.Exit(code)
 
     signature = inspect.signature(fn)
