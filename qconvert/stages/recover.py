@@ -43,7 +43,7 @@ def _steps(names: tuple[str, ...], phase: str) -> list[Recovery]:
 def _timer(ctx: ExportContext) -> Callable[[Sequence[onnx.ModelProto]], list[float]] | None:
     """p50 latency (ms) of graphs on the target's provider, timed interleaved on held-out samples at the
     run's latency batch; None where that provider is not on this machine."""
-    providers = ctx.target.providers_for(ctx.inputs, ctx.opts, ctx.qc)
+    providers = ctx.target.providers(ctx.inputs, ctx.qc)
     if not_here(ctx.target.name, providers) is not None:
         return None
     feed = latency_feed(ctx.heldout, ctx.config.latency_batch)

@@ -29,7 +29,7 @@ GOAL = Tolerance((Bound("sqnr_db", 25.0), Bound("top1_agreement", 0.9)))
 
 def _input(target: str, tmp_path: Path, tolerance: Tolerance = GOAL) -> RecoveryInput:
     t = TARGETS.get(target)
-    qc = t.quantize_config(8, "static", "minmax", t.resolve_options({}))
+    qc = t.bind().quantize_config(8, "static", "minmax")
     if target == "cpu":
         qc = replace(qc, format="qdq", reduce_range=False)
     # no timer: the latency cost is the nominal one, the same on every machine

@@ -23,7 +23,7 @@ from qconvert.targets import TARGETS
 
 def _qc(target: str):  # type: ignore[no-untyped-def]
     t = TARGETS.get(target)
-    qc = t.quantize_config(8, "static", "minmax", t.resolve_options({}))
+    qc = t.bind().quantize_config(8, "static", "minmax")
     return replace(qc, format="qdq", reduce_range=False) if target == "cpu" else qc
 
 
@@ -103,7 +103,6 @@ def test_fp16_emulated_matches_the_stand_in_of_the_explicit_graph(tmp_path: Path
     np.testing.assert_array_equal(run(emulated, x), run(stand_in, x))
     # the tensorrt rules take a Q/DQ graph with fp16 layers when trt_fp16_enable is on
     trt = TARGETS.get("tensorrt")
-    providers = trt.providers([], None)
-    assert trt.provider_violations(explicit, providers) == []
-    off = trt.providers([], {"fp16": "false"})
-    assert any("fp16=true" in p for p in trt.provider_violations(explicit, off))
+    assert trt.provider_violations(explicit, trt.bind().providers([])) == []
+    off = trt.bind({"fp16": "false"}).providers([])
+    assert any("fp16=true" in v.reason for v in trt.provider_violations(explicit, off))
