@@ -46,7 +46,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -267,6 +267,75 @@ def _latency_factors(
     return factors, [f"whole-graph latency per format against int8 here: {line}"]
 
 
+class _Candidates:
+    """The lazy greedy's state: the current configuration (node -> format above int8), its figures,
+    and a heap of (node, format) candidates by gain per cost, each gain measured on the configuration
+    of `version` (-1: screened, on the screening samples)."""
+
+    def __init__(
+        self,
+        ev: _Evaluator,
+        options: dict[str, tuple[str, ...]],
+        costs: _Costs,
+        base: Measured,
+        spent: Callable[[], bool],
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.ev, self.options, self.costs, self.spent, self.progress = ev, options, costs, spent, progress
+        self.current: dict[str, str] = {}
+        self.now, self.version = base, 0
+        self.heap: list[tuple[float, str, str, float, int]] = []  # (-gain/cost, node, fmt, gain, version)
+        self.fresh: dict[tuple[str, str], Measured] = {}  # measured on the current configuration
+        self.expanded: set[str] = set()  # nodes whose lower formats compete too
+
+    def push(self, node: str, fmt: str, gain: float, version: int) -> None:
+        cost = self.costs.of(node, fmt) - self.costs.of(node, self.current.get(node, "int8"))
+        heapq.heappush(self.heap, (-gain / max(cost, MIN_COST), node, fmt, gain, version))
+
+    def screen(self, nodes: list[str]) -> list[str]:
+        """Each node's highest format against the current configuration, on the screening samples:
+        a candidate where it gains MIN_GAIN_DB / 2 or more; the others (noise, for now) are returned."""
+        here = self.ev.measure(self.current, "screen").sqnr_db
+        left = []
+        for i, node in enumerate(nodes):
+            top = self.options[node][-1]
+            if self.spent() or RANK[top] <= RANK[self.current.get(node, "int8")]:
+                continue
+            if self.progress is not None and not self.current:
+                self.progress(i, len(self.options))
+            gain = self.ev.measure({**self.current, node: top}, "screen").sqnr_db - here
+            if gain >= MIN_GAIN_DB / 2:
+                self.push(node, top, gain, -1)
+            else:
+                left.append(node)
+        return left
+
+    def next(self, limit: int) -> Measured | None:
+        """Pop the best candidate: re-measure it if its gain is older than the current configuration
+        (it competes again), else take it. The new configuration's figures when one was taken."""
+        _, node, fmt, gain, at = heapq.heappop(self.heap)
+        if RANK[fmt] <= RANK[self.current.get(node, "int8")]:
+            return None
+        trial = {**self.current, node: fmt}
+        if node not in self.expanded and fmt == self.options[node][-1]:
+            # first time near the top: its lower formats compete too, the screened gain of the
+            # highest format as their (optimistic) bound
+            self.expanded.add(node)
+            for lower in self.options[node][:-1]:
+                self.push(node, lower, gain, -1)
+        if at != self.version:  # measured on another configuration: re-measure, then compete again
+            self.fresh[node, fmt] = self.ev.measure(trial)
+            self.push(node, fmt, self.fresh[node, fmt].sqnr_db - self.now.sqnr_db, self.version)
+            return None
+        if gain < MIN_GAIN_DB:
+            return None  # its best ratio buys (almost) nothing now: dropped
+        if node not in self.current and len(self.current) >= limit:
+            return None  # the layer budget is spent: only layers already raised may go higher
+        self.current, self.now, self.version = trial, self.fresh[node, fmt], self.version + 1
+        self.fresh.clear()
+        return self.now
+
+
 class MixedPrecision(Recovery):
     name: ClassVar[str] = "mixed_precision"
     phase: ClassVar[str] = "post"
@@ -365,72 +434,26 @@ class MixedPrecision(Recovery):
 
         total = len(options)
         limit = max(1, math.ceil(self.max_share * total))
-        # (-gain/cost, node, format, gain, version it was measured at: -1 = screening)
-        heap: list[tuple[float, str, str, float, int]] = []
-
-        def push(node: str, fmt: str, gain: float, version: int, current: dict[str, str]) -> None:
-            cost = costs.of(node, fmt) - costs.of(node, current.get(node, "int8"))
-            heapq.heappush(heap, (-gain / max(cost, MIN_COST), node, fmt, gain, version))
-
-        current: dict[str, str] = {}
-        version, now = 0, points[0].measured
-        fresh: dict[tuple[str, str], Measured] = {}  # measured on the current configuration
-        expanded: set[str] = set()  # nodes whose lower formats compete too
-
-        def screen(nodes: list[str]) -> list[str]:
-            """Each node's highest format against `current`, on the screening samples: candidates where
-            it gains MIN_GAIN_DB / 2 or more; the others (screening noise, for now) are returned."""
-            here = ev.measure(current, "screen").sqnr_db
-            left = []
-            for i, node in enumerate(nodes):
-                top = options[node][-1]
-                if spent() or RANK[top] <= RANK[current.get(node, "int8")]:
-                    continue
-                if inp.progress is not None and not current:
-                    inp.progress(i, total)
-                gain = ev.measure({**current, node: top}, "screen").sqnr_db - here
-                if gain >= MIN_GAIN_DB / 2:
-                    push(node, top, gain, -1, current)
-                else:
-                    left.append(node)
-            return left
-
+        c = _Candidates(ev, options, costs, points[0].measured, spent, inp.progress)
         # a layer that gains nothing alone may gain once others are raised (a broken tensor read by
         # two layers): the rest are screened again whenever the candidates run out
-        waiting, screened_at = screen(list(options)), 0
-        while heap or (waiting and screened_at != version and len(current) < limit):
+        waiting, screened_at = c.screen(list(options)), 0
+        while c.heap or (waiting and screened_at != c.version and len(c.current) < limit):
             if spent():
                 return f"the time budget of {self.budget_seconds:.0f} s is spent"
-            if not heap:
-                waiting, screened_at = screen(waiting), version
+            if not c.heap:
+                waiting, screened_at = c.screen(waiting), c.version
                 continue
-            _, node, fmt, gain, at = heapq.heappop(heap)
-            if RANK[fmt] <= RANK[current.get(node, "int8")]:
+            taken = c.next(limit)
+            if taken is None:
                 continue
-            trial = {**current, node: fmt}
-            if node not in expanded and fmt == options[node][-1]:
-                # first time near the top: its lower formats compete too, the screened gain of the
-                # highest format as their (optimistic) bound
-                expanded.add(node)
-                for lower in options[node][:-1]:
-                    push(node, lower, gain, -1, current)
-            if at != version:  # measured on another configuration: re-measure, then compete again
-                fresh[node, fmt] = ev.measure(trial)
-                push(node, fmt, fresh[node, fmt].sqnr_db - now.sqnr_db, version, current)
-                continue
-            if gain < MIN_GAIN_DB:
-                continue  # its best ratio buys (almost) nothing now: dropped
-            if node not in current and len(current) >= limit:
-                continue  # the layer budget is spent: only layers already raised may go higher
-            current, now, version = trial, fresh[node, fmt], version + 1
-            fresh.clear()
-            cost = sum(costs.of(n, f) for n, f in current.items())
-            points.append(Point(dict(current), now, cost, time.perf_counter() - start))
+            cost = sum(costs.of(n, f) for n, f in c.current.items())
+            points.append(Point(dict(c.current), taken, cost, time.perf_counter() - start))
             if inp.progress is not None:
                 inp.progress(total + len(points) - 1, total + len(options))
-            if now.passed:
+            if taken.passed:
                 return "the tolerance holds on the calibration samples"
-        if len(current) >= limit:
+        if len(c.current) >= limit:
             return f"the budget of {limit} raised layers ({self.max_share:.0%} of {total}) is spent"
         return f"no layer left raises the worst output SQNR by {MIN_GAIN_DB} dB"
 

@@ -13,7 +13,6 @@ LIMIT = 80
 RENDERERS = frozenset({"report.py", "report_html.py", "junit.py", "sweep_report.py"})
 STILL_LONG = {
     "pipeline/gate.py::validate": "qconvert validate, to be cut into stages like export (issue 11)",
-    "fallback.py::keep_float": "being changed on the mixed-precision and accuracy branches; cut after they merge",
 }
 
 
