@@ -465,8 +465,8 @@ class RunConfig:
     # first) get an isolated measurement (one quantization each)
     sensitivity_samples: int = DEFAULT_SENSITIVITY_SAMPLES
     sensitivity_isolated: int = DEFAULT_SENSITIVITY_ISOLATED
-    # --recover: accuracy-recovery steps (qconvert.recover.RECOVERY names), run in this order: `pre`
-    # steps before quantization, `post` steps after it; None: the model family's defaults
+    # --recover: accuracy-recovery steps (qconvert.recover.RECOVERY names), run in pipeline order
+    # (Recovery.order): `pre` steps before quantization, `post` steps after it; None: the family's defaults
     # (qconvert.recover.defaults), () (`--recover none`): none
     recover: tuple[str, ...] | None = None
 

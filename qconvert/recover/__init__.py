@@ -19,6 +19,10 @@ from qconvert.recover.adaround import AdaRound  # noqa: E402
 
 RECOVERY.register("adaround")(AdaRound())
 
+from qconvert.recover.gptq_rounding import GptqRounding  # noqa: E402
+
+RECOVERY.register("gptq")(GptqRounding())
+
 from qconvert.recover.bias_correction import BiasCorrection  # noqa: E402
 
 RECOVERY.register("bias_correction")(BiasCorrection())

@@ -1,7 +1,9 @@
 """Recover and Correct: the accuracy-recovery steps named by --recover (qconvert.recover.RECOVERY).
 
 Recover runs the `pre` steps on the prepared fp32 graph before Quantize (each step's output becomes
-the graph that is quantized); Correct runs the `post` steps on (fp32, model.onnx) after it. A step
+the graph that is quantized); Correct runs the `post` steps on (fp32, model.onnx) after it. Steps run
+in pipeline order (`Recovery.order`: rewrites, then rounding, then bias correction), whatever order
+--recover names them in. A step
 that does not apply to this run's format is skipped with its reason. Every step's notes, details and
 seconds go into report.json's `recovery` list, in run order.
 
@@ -18,14 +20,14 @@ import onnx
 
 from qconvert import artifacts
 from qconvert.recover import RECOVERY, Recovery, RecoveryInput
-from qconvert.recover.base import quantizer_for
+from qconvert.recover.base import in_run_order, quantizer_for
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 
 
 def _steps(names: tuple[str, ...], phase: str) -> list[Recovery]:
     steps = [RECOVERY.get(name) for name in names]  # registered instances
-    return [step for step in steps if step.phase == phase]
+    return in_run_order([step for step in steps if step.phase == phase])
 
 
 def _run(ctx: ExportContext, phase: str, quantized: Path | None) -> Path | None:
