@@ -434,7 +434,8 @@ class RunConfig:
     target: str = DEFAULT_TARGET
     mode: str | None = None  # None: the target's default for these bits
     calibration: str | None = None  # None: the built-in model's calibration set, if any
-    calibration_method: str = "minmax"
+    # None: the model family's (qconvert.recover.defaults: mse for depthwise conv nets), else minmax
+    calibration_method: str | None = None
     samples: int | None = None  # calibration samples to use; None: all
     data: str | None = None  # held-out validation data; None: built-in set, or a split of calibration
     data_options: DataOptions = DataOptions()  # image folders and text files, for both DATA flags
@@ -512,7 +513,7 @@ class RunConfig:
             parts.append("--no-truncation")
         if config.latency_batch != DEFAULT_LATENCY_BATCH:
             parts += ["--latency-batch", str(config.latency_batch)]
-        if config.calibration_method != "minmax":
+        if config.calibration_method is not None:
             parts += ["--calibration-method", config.calibration_method]
         for name, value in config.target_options:
             parts += ["--target-option", f"{name}={value}"]
@@ -537,7 +538,7 @@ class RunConfig:
             )
         if self.mode is not None and self.mode not in MODES:
             raise ConfigError(f"--mode {self.mode!r} is not a mode. Valid: {', '.join(MODES)}")
-        if self.calibration_method not in CALIBRATION_METHODS:
+        if self.calibration_method is not None and self.calibration_method not in CALIBRATION_METHODS:
             raise ConfigError(
                 f"--calibration-method {self.calibration_method!r} is not supported. "
                 f"Valid: {', '.join(CALIBRATION_METHODS)}"

@@ -90,7 +90,12 @@ def export(
         "package.module:callable yielding feed dicts, or 'random' (seeded noise, to try a model out: "
         "accuracy figures are then not meaningful).",
     ),
-    calibration_method: CalibrationMethod = typer.Option("minmax", "--calibration-method"),
+    calibration_method: CalibrationMethod = typer.Option(
+        None,
+        "--calibration-method",
+        help="How activation ranges are chosen from the calibration data. Default: the model family's "
+        "(mse for depthwise conv nets, minmax otherwise).",
+    ),
     samples: int = typer.Option(None, "--samples", min=1, help="Use the first N calibration samples."),
     data: str = typer.Option(
         None,
@@ -184,7 +189,7 @@ def export(
         target=target.value,
         mode=mode.value if mode else None,
         calibration=calibration,
-        calibration_method=calibration_method.value,
+        calibration_method=calibration_method.value if calibration_method else None,
         samples=samples,
         data=data,
         data_options=text_options(

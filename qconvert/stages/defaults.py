@@ -11,7 +11,7 @@ import onnx
 from qconvert.errors import ConfigError
 from qconvert.quantize import QUANTIZERS
 from qconvert.recover import RECOVERY
-from qconvert.recover.defaults import choose, float_stem, has_depthwise, model_family
+from qconvert.recover.defaults import choose, float_stem, has_depthwise, model_family, output_layers
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 
@@ -48,7 +48,7 @@ class ChooseDefaults(Stage[ExportContext]):
             ctx.candidates = [
                 replace(c, external_data=external, nodes_to_exclude=excluded, nodes_to_include=included)
                 for c in ctx.target.quantize_candidates(
-                    config.bits, mode, config.calibration_method, ctx.opts
+                    config.bits, mode, config.calibration_method or "minmax", ctx.opts
                 )
             ]
             ctx.qc = ctx.candidates[0]
@@ -73,6 +73,21 @@ class ChooseDefaults(Stage[ExportContext]):
             ctx.qc = ctx.candidates[0]
             if stem:
                 ctx.notes.append(f"stem kept in float: {', '.join(stem)}")
+        if chosen.calibration_method and config.calibration_method is None and config.recover is None:
+            ctx.candidates = [
+                replace(c, calibration_method=chosen.calibration_method) for c in ctx.candidates
+            ]
+            ctx.qc = ctx.candidates[0]
+        if chosen.float_outputs and config.recover is None and (kinds := output_layers(graph)):
+            # where the matmuls_only default (or a plugin) already chose the option, it stands
+            logits_float = ("OpTypesToExcludeOutputQuantization", kinds)
+            ctx.candidates = [
+                c
+                if "OpTypesToExcludeOutputQuantization" in dict(c.extra_options)
+                else replace(c, extra_options=(*c.extra_options, logits_float))
+                for c in ctx.candidates
+            ]
+            ctx.qc = ctx.candidates[0]
         recover = chosen.recover if config.recover is None else config.recover
         if config.recover is None and ctx.calibration is None:
             needing = [r for r in recover if RECOVERY.get(r).needs_calibration]
@@ -86,7 +101,8 @@ class ChooseDefaults(Stage[ExportContext]):
         if ctx.calibration is not None and not self._reads_calibration(ctx):
             ctx.calibration = None  # kept for recovery steps this run does not take
         used = (
-            config.recover is None and (bool(recover) or chosen.matmuls_only or chosen.float_stem)
+            config.recover is None
+            and (bool(recover) or chosen.matmuls_only or chosen.float_stem or chosen.float_outputs)
         ) or mode is not None
         ctx.defaults = {**asdict(chosen), "mode": ctx.mode, "recover": list(recover), "applied": used}
         if used and chosen.why:

@@ -31,7 +31,8 @@ class PlanQuantization(Stage[ExportContext]):
         ctx.mode = target.resolve_mode(config.bits, config.mode)
         ctx.tolerance = Tolerance.for_bits(config.bits, config.tolerance)
         ctx.opts = target.resolve_options(dict(config.target_options))
-        candidates = target.quantize_candidates(config.bits, ctx.mode, config.calibration_method, ctx.opts)
+        ranges = config.calibration_method or "minmax"  # ChooseDefaults may pick the family's instead
+        candidates = target.quantize_candidates(config.bits, ctx.mode, ranges, ctx.opts)
         if config.bits == 4:  # --block-size / --algorithm
             size, algorithm = config.block_size, config.weight_algorithm
             candidates = [replace(c, block_size=size, weight_algorithm=algorithm) for c in candidates]

@@ -1,5 +1,5 @@
-"""Recovery in real exports: a MobileNet-style conv net gets its family defaults (float stem, bias
-correction) unless --recover says otherwise; the built-in digits CNN (no depthwise convolutions)
+"""Recovery in real exports: a MobileNet-style conv net gets its family defaults (GPTQ rounding, bias
+correction, MSE ranges, float stem and logits) unless --recover or --calibration-method say otherwise; the built-in digits CNN (no depthwise convolutions)
 gets none; --auto tries the family ladder before keeping layers in float."""
 
 from __future__ import annotations
@@ -45,16 +45,26 @@ def test_depthwise_conv_net_gets_its_defaults(mobilenet: str, tmp_path: Path) ->
     result = export(replace(config, out_dir=tmp_path / "default"))
     report = result.report
     assert report["defaults"]["family"] == "conv" and report["defaults"]["applied"]
-    assert [s["name"] for s in report["recovery"]] == ["bias_correction"]
-    assert report["recovery"][0]["changed"]
+    assert [s["name"] for s in report["recovery"]] == ["gptq", "bias_correction"]
+    assert all(step["changed"] for step in report["recovery"])
     assert any(n.startswith("stem kept in float") for n in report["notes"])
+    quantization = result.manifest["quantization"]
     assert result.manifest["settings"]["recover"] is None  # the user named none: the defaults ran
-    assert len(result.manifest["quantization"]["nodes_to_exclude"]) == 2  # stem conv + depthwise
+    assert len(quantization["nodes_to_exclude"]) == 2  # stem conv + depthwise
+    assert quantization["calibration_method"] == "mse"
+    assert ("OpTypesToExcludeOutputQuantization", ("Gemm",)) in quantization["extra_options"]
+    assert "--calibration-method" not in result.manifest["command"]  # the rerun gets the same defaults
 
     off = export(replace(config, out_dir=tmp_path / "off", recover=()))
     assert "recovery" not in off.report and not off.report["defaults"]["applied"]
     assert not off.manifest["quantization"]["nodes_to_exclude"]
+    assert off.manifest["quantization"]["calibration_method"] == "minmax"
+    assert not off.manifest["quantization"]["extra_options"]
     assert "--recover none" in off.manifest["command"]
+
+    named = export(replace(config, out_dir=tmp_path / "named", calibration_method="percentile"))
+    assert named.manifest["quantization"]["calibration_method"] == "percentile"  # the user's wins
+    assert [s["name"] for s in named.report["recovery"]] == ["gptq", "bias_correction"]
 
 
 def test_a_conv_net_without_depthwise_convs_gets_no_defaults(tmp_path: Path) -> None:
