@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from qconvert.recover.base import PHASES, Recovery, RecoveryInput, StepResult
+import onnx
+
+from qconvert.recover.base import PHASES, Recovery, RecoveryInput, StepResult, in_run_order
 from qconvert.registry import Registry
 
 RECOVERY: Registry[Recovery] = Registry("accuracy-recovery algorithm", "--recover")
@@ -31,4 +33,17 @@ from qconvert.recover.equalize import Equalize  # noqa: E402
 
 RECOVERY.register("equalize")(Equalize())
 
-__all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult"]
+
+def rerun_pre_steps(names: tuple[str, ...], fp32: onnx.ModelProto, inp: RecoveryInput) -> onnx.ModelProto:
+    """`fp32` after the `pre` steps among `names` (in run order; those that do not apply to `inp.qc`
+    skipped), as the Recover stage runs them: for a run whose settings changed after Recover (the
+    float fallback's exclusions), so that each step measures the graph that will be quantized."""
+    model = fp32
+    steps = in_run_order([RECOVERY.get(name) for name in names])
+    for step in steps:
+        if step.phase == "pre" and step.why_not(inp.qc) is None:
+            model = step(model, None, inp).model
+    return model
+
+
+__all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult", "rerun_pre_steps"]

@@ -41,6 +41,7 @@ class _Blame:
     sensitivity: dict[str, Any]
     fallback: Any = None  # fallback.FallbackResult
     qc: QuantizeConfig | None = None  # the settings of the fallback graph, when it is model.onnx
+    notes: tuple[str, ...] = ()
 
 
 def _blame(
@@ -54,10 +55,14 @@ def _blame(
     finalize: Callable[[Path], object],
     report_progress: Progress,
     failed: bool,
+    recover_again: Callable[[tuple[str, ...], Path], Path] | None = None,
 ) -> _Blame:
     """Per-layer sensitivity of the Q/DQ graph and, with --auto and a `failed` validation, the
     fallback: `validate(path)` validates a graph as model.onnx was, `finalize(path)` applies the
-    target's last changes in place.
+    target's last changes in place. `recover_again(kept, dest)`, where recovery steps changed
+    `prepared`, writes `prepared` recovered anew with `kept` in float: the graph the fallback's
+    choice is rebuilt from, since steps like bias correction measured a graph in which those
+    nodes were quantized.
 
     Runs on a Q/DQ graph quantized with `qc` (in Q/DQ format even where model.onnx is QOperator)."""
     from qconvert import fallback
@@ -68,9 +73,9 @@ def _blame(
         return _Blame({"available": False, "reason": f"per-layer sensitivity is not available: {why_not}"})
     qdq = replace(qc, format="qdq")  # the user's --exclude/--include stay in force
 
-    def quantize(exclude: tuple[str, ...], dest: Path) -> Path:
+    def quantize(exclude: tuple[str, ...], dest: Path, source: Path = prepared) -> Path:
         excluded = replace(qdq, nodes_to_exclude=(*qdq.nodes_to_exclude, *exclude))
-        return QUANTIZERS.get("static")(prepared, dest, excluded, calibration)
+        return QUANTIZERS.get("static")(source, dest, excluded, calibration)
 
     def on_node(done: int, total: int) -> None:
         report_progress("sensitivity", "per-layer sensitivity (isolated quantizations)", done, total)
@@ -94,9 +99,9 @@ def _blame(
 
     budget = fallback.default_budget(len(sens.layers)) if config.auto_budget is None else config.auto_budget
 
-    def build(kept: tuple[str, ...], dest: Path) -> Path:
-        excluded = quantize(kept, dest.with_name(dest.stem + "-excluded.onnx"))
-        path = fallback.keep_float(excluded, dest, kept, prepared)
+    def build(kept: tuple[str, ...], dest: Path, source: Path = prepared) -> Path:
+        excluded = quantize(kept, dest.with_name(dest.stem + "-excluded.onnx"), source)
+        path = fallback.keep_float(excluded, dest, kept, source)
         finalize(path)
         return path
 
@@ -105,6 +110,22 @@ def _blame(
 
     report_progress("fallback", "--auto: keeping sensitive nodes in float", 0, None)
     result = fallback.search(sens.fallback_order(), budget, build, validate, work / "fallback", on_step)
+    if result.passed and result.kept_float and recover_again is not None:
+        # the search measured graphs recovered with every node quantized; the shipped graph is
+        # recovered with the kept nodes in float, and validated again
+        report_progress("fallback", "--auto: accuracy recovery again, the kept nodes in float", None, None)
+        where = work / "fallback"
+        source = recover_again(result.kept_float, where / "recovered-again.onnx")
+        path = build(result.kept_float, where / "kept-float-recovered-again.onnx", source)
+        validation = validate(path)
+        if validation:
+            result = replace(result, model=path, validation=validation)
+            blame.notes = ("--auto: recovery steps re-run with the kept nodes in float; that graph passes",)
+        else:
+            blame.notes = (
+                "--auto: recovery steps re-run with the kept nodes in float failed validation "
+                f"({validation.failures[0].describe()}); the graph the search validated is kept",
+            )
     blame.fallback = result
     if result.passed:
         blame.qc = replace(qdq, nodes_to_exclude=(*qdq.nodes_to_exclude, *result.kept_float))
@@ -113,7 +134,7 @@ def _blame(
 
 class BlameLayers(Stage[ExportContext]):
     name = "sensitivity"
-    needs = ("validation", "validate_graph", "prepared", "model_path")
+    needs = ("validation", "validate_graph", "prepared", "prepared_fp32", "recover", "model_path")
     gives = ("blame", "all_int8_path")
 
     def run(self, ctx: ExportContext) -> None:
@@ -121,6 +142,19 @@ class BlameLayers(Stage[ExportContext]):
         if not (ctx.config.auto or not ctx.validation):
             return
         target, inputs, opts = ctx.target, ctx.inputs, ctx.opts
+
+        def recover_again(kept: tuple[str, ...], dest: Path) -> Path:
+            import onnx
+
+            from qconvert.recover import RecoveryInput, rerun_pre_steps
+            from qconvert.recover.base import quantizer_for
+
+            qc = replace(ctx.qc, format="qdq", nodes_to_exclude=(*ctx.qc.nodes_to_exclude, *kept))
+            work = ctx.art.work
+            inp = RecoveryInput(qc, ctx.calibration, work, quantize=quantizer_for(qc, ctx.calibration, work))
+            model = rerun_pre_steps(ctx.recover, onnx.load(str(ctx.prepared_fp32)), inp)
+            return artifacts.save_onnx(model, dest, ctx.qc.external_data or None)
+
         blame = _blame(
             ctx.config,
             ctx.qc,
@@ -132,8 +166,10 @@ class BlameLayers(Stage[ExportContext]):
             lambda path: target.finalize(path, inputs, opts),
             ctx.progress,
             failed=not ctx.validation,
+            recover_again=recover_again if ctx.prepared != ctx.prepared_fp32 else None,
         )
         ctx.blame = blame
+        ctx.notes.extend(blame.notes)
         if blame.qc is not None and blame.fallback is not None:  # the fallback passed: ship it
             import onnx
 

@@ -94,3 +94,23 @@ def test_auto_tries_the_ladder_then_keeps_layers_in_float(tmp_path: Path) -> Non
     assert result.report["fallback"]["needed"]  # then mixed precision (float fallback) was tried
     assert (tmp_path / "auto" / "model.onnx").exists()  # the best candidate is written, marked FAILED
     assert not result.manifest["validation"]["passed"]
+
+
+def test_auto_fallback_recovers_again_with_the_kept_nodes_in_float(mobilenet: str, tmp_path: Path) -> None:
+    """Bias correction and GPTQ measured a graph in which every node was quantized; once the float
+    fallback keeps nodes in float, the shipped graph is recovered again under those exclusions."""
+    config = replace(
+        BASE,
+        source=mobilenet,
+        calibration="random",
+        tolerance="sqnr_db>=60",
+        auto=True,
+        auto_budget=4,
+        auto_seconds=1,
+        out_dir=tmp_path / "auto",
+    )
+    result = export(config)
+    assert result, result.report["notes"]
+    fallback = result.report["fallback"]
+    assert fallback["needed"] and fallback["kept_float"], fallback
+    assert any("re-run with the kept nodes in float; that graph passes" in n for n in result.report["notes"])
