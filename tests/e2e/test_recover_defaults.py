@@ -24,7 +24,10 @@ def build():
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU6(),
         nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(),
-        nn.Conv2d(16, 32, 1), nn.ReLU6(),
+        nn.Conv2d(16, 32, 1),
+        nn.Conv2d(32, 64, 1), nn.ReLU6(),
+        nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU6(),
+        nn.Conv2d(64, 32, 1),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
     ).eval()
 
@@ -50,7 +53,7 @@ def test_depthwise_conv_net_gets_its_defaults(mobilenet: str, tmp_path: Path) ->
     assert any(n.startswith("stem kept in float") for n in report["notes"])
     quantization = result.manifest["quantization"]
     assert result.manifest["settings"]["recover"] is None  # the user named none: the defaults ran
-    assert len(quantization["nodes_to_exclude"]) == 2  # stem conv + depthwise
+    assert len(quantization["nodes_to_exclude"]) == 3  # stem conv, depthwise, projection
     assert quantization["calibration_method"] == "mse"
     assert ("OpTypesToExcludeOutputQuantization", ("Gemm",)) in quantization["extra_options"]
     assert "--calibration-method" not in result.manifest["command"]  # the rerun gets the same defaults
