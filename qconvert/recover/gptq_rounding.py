@@ -114,13 +114,12 @@ def _patches(layer: RoundableWeight, x: np.ndarray, groups: int) -> Any:
         raise ValueError("auto_pad convolutions are not supported")
     pads = list(_attr(node, "pads", [0, 0, 0, 0]))
     kernel = tuple(int(k) for k in _attr(node, "kernel_shape", [1, 1]))
+    strides = tuple(int(s) for s in _attr(node, "strides", [1, 1]))
+    if kernel == (1, 1) and not any(pads):  # a 1x1 conv reads the input itself: no im2col copy
+        t = t[:, :, :: strides[0], :: strides[1]]
+        return t.reshape(t.shape[0], groups, t.shape[1] // groups, -1)
     t = F.pad(t, (pads[1], pads[3], pads[0], pads[2]))
-    cols = F.unfold(
-        t,
-        kernel,
-        dilation=tuple(_attr(node, "dilations", [1, 1])),
-        stride=tuple(_attr(node, "strides", [1, 1])),
-    )
+    cols = F.unfold(t, kernel, dilation=tuple(_attr(node, "dilations", [1, 1])), stride=strides)
     n, k, positions = cols.shape
     return cols.reshape(n, groups, k // groups, positions)
 
@@ -138,9 +137,11 @@ def input_hessians(
     for values in run_graph(model, data, tensors, batch_size=BATCH):
         for layer in layers:
             p = _patches(layer, values[layer.node.input[0]], shapes[layer.weight].groups)
-            h = torch.einsum("ngkl,ngml->gkm", p, p).double()
+            n, g, k, positions = p.shape
+            rows = p.permute(1, 2, 0, 3).reshape(g, k, n * positions)  # [groups, K, samples]
+            h = torch.bmm(rows, rows.transpose(1, 2)).double()
             sums[layer.weight] = h if layer.weight not in sums else sums[layer.weight] + h
-            counts[layer.weight] = counts.get(layer.weight, 0) + p.shape[0] * p.shape[3]
+            counts[layer.weight] = counts.get(layer.weight, 0) + n * positions
     return {name: (h / max(counts[name], 1)).numpy() for name, h in sums.items()}
 
 
@@ -299,7 +300,7 @@ class GptqRounding(Recovery):
 
         def error(integers: np.ndarray) -> float:
             d = integers * scale.astype(np.float64) - w_rows
-            return float(np.einsum("grk,gkm,grm->", d, hessian, d))
+            return float(np.sum((d @ hessian) * d))  # sum of d H d^T over the rows
 
         before, after = error(near_rows), error(q)
         if after >= before:  # never worse than nearest on the calibration inputs
