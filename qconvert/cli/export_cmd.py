@@ -165,10 +165,11 @@ def export(
     recover: list[str] = typer.Option(
         [],
         "--recover",
-        help="Accuracy-recovery step to run, by name (equalize, bias_correction, clip_weights, "
-        "adaround, smoothquant). Repeatable or comma-separated; they run in the order given. Default: "
-        "the model family's (bias_correction and a float stem for depthwise conv nets; smoothquant, and "
-        "dynamic int8 on cpu, for transformers); 'none' runs none.",
+        help="Accuracy-recovery step to run, by name (equalize, smoothquant, clip_weights, gptq, "
+        "adaround, bias_correction). Repeatable or comma-separated; they run in that pipeline order. "
+        "Default: the model family's (gptq and bias_correction, MSE ranges, the stem and logits in float "
+        "for depthwise conv nets; smoothquant, and dynamic int8 on cpu, for transformers); 'none' runs "
+        "none.",
     ),
     algorithm: WeightAlgorithm = typer.Option(
         "rtn",
