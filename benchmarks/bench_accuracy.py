@@ -88,9 +88,9 @@ DEFAULT_STEPS = (
 OPTIONS = ("stem", "mse", "logits")
 NNCF_SCRIPT = """
 import sys, time, numpy as np, onnx, nncf
-src, calib, out, fast = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "fast"
-x = np.load(calib)["input"]
-ds = nncf.Dataset([x[i:i + 1] for i in range(len(x))], lambda a: {"input": a})
+src, calib, out, fast, name = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "fast", sys.argv[5]
+x = np.load(calib)[name]
+ds = nncf.Dataset([x[i:i + 1] for i in range(len(x))], lambda a: {name: a})
 t = time.time()
 q = nncf.quantize(onnx.load(src), ds, subset_size=len(x), fast_bias_correction=fast)
 onnx.save(q, out)
@@ -117,9 +117,9 @@ def session(path: Path | onnx.ModelProto, optimize: bool, extra_outputs: list[st
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def run(sess: Any, x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+def run(sess: Any, x: np.ndarray, batch: int = 16, name: str = "input") -> dict[str, np.ndarray]:
     names = [o.name for o in sess.get_outputs()]
-    parts = [sess.run(None, {"input": x[i : i + batch]}) for i in range(0, len(x), batch)]
+    parts = [sess.run(None, {name: x[i : i + batch]}) for i in range(0, len(x), batch)]
     return {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
 
 
@@ -187,18 +187,17 @@ def variant(combo: str, qc: QuantizeConfig, fp32: onnx.ModelProto) -> tuple[list
         qc = replace(qc, nodes_to_exclude=float_stem(fp32))
     if "mse" in options:
         qc = replace(qc, calibration_method="mse")
-    if "logits" in options:
-        kinds = output_layers(fp32)
+    if "logits" in options and (kinds := output_layers(fp32)):
         qc = replace(qc, extra_options=(*qc.extra_options, ("OpTypesToExcludeOutputQuantization", kinds)))
     return steps, qc
 
 
-def ort_plain(prepared: Path, dest: Path, calib: np.ndarray) -> None:
+def ort_plain(prepared: Path, dest: Path, calib: np.ndarray, name: str = "input") -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{"input": calib[i : i + 1]} for i in range(len(calib))])
+            self.it = iter([{name: calib[i : i + 1]} for i in range(len(calib))])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)
@@ -206,12 +205,22 @@ def ort_plain(prepared: Path, dest: Path, calib: np.ndarray) -> None:
     quantize_static(str(prepared), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
 
 
-def nncf_quantize(prepared: Path, calib_npz: Path, dest: Path, fast: bool, timeout: int) -> float | None:
+def nncf_quantize(
+    prepared: Path, calib_npz: Path, dest: Path, fast: bool, timeout: int, name: str = "input"
+) -> float | None:
     if not BENCHVENV.exists():
         return None
     script = dest.with_suffix(".py")
     script.write_text(NNCF_SCRIPT)
-    cmd = [str(BENCHVENV), str(script), str(prepared), str(calib_npz), str(dest), "fast" if fast else "full"]
+    cmd = [
+        str(BENCHVENV),
+        str(script),
+        str(prepared),
+        str(calib_npz),
+        str(dest),
+        "fast" if fast else "full",
+        name,
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -10,8 +10,8 @@ default below is there because it measured better on real trained networks
   the extremes, the stem kept in float (its output activation alone costs EfficientNet-Lite1
   27.6 dB) and the logits (a Gemm/MatMul writing a graph output) left unquantized. Measured on
   EfficientNet-Lite1 (held-out photographs, benchmarks/bench_accuracy.py): logits SQNR 15.5 dB
-  (plain) -> 23.5 dB (the previous default: bias correction + float stem) -> 26.5 dB on cpu, and
-  14.3 -> 21.5 -> 24.1 dB on tensorrt, at no measured latency cost. Only for nets with depthwise
+  (plain) -> 23.5 dB (the previous default: bias correction + float stem) -> 26.9 dB on cpu, and
+  14.3 -> 21.5 -> 24.8 dB on tensorrt, at no measured latency cost (0.47x fp32 in Q/DQ). Only for nets with depthwise
   convolutions, where this was measured: on a (random-init) ResNet-18 in the zoo test bias
   correction lost agreement against plain onnxruntime, so other conv nets get the plain quantizer.
 - transformers on the `cpu` target at 8 bits: dynamic int8 (activations quantized per batch, so no

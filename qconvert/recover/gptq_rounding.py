@@ -23,7 +23,7 @@ keeps the factorisation stable; inputs that are always 0 get weight 1 as if inde
 
 Measured on EfficientNet-Lite1 (benchmarks/bench_accuracy.py, held-out photographs, stem in float,
 cpu int8): the weights-only logits SQNR rises from 20.9 dB (nearest) to 30.1 dB; the whole int8
-model from 19.0 to 24.1 dB, in about 15 s on 2 cores with 32 samples.
+model from 19.0 to 24.1 dB, in 15-20 s on 2 cores with 32 samples.
 """
 
 from __future__ import annotations
