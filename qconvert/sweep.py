@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qconvert import errors
-from qconvert.config import DEFAULT_OUT_ROOT, MODES, SUPPORTED_BITS, RunConfig, SweepConfig
+from qconvert import choices, errors
+from qconvert.config import DEFAULT_OUT_ROOT, RunConfig, SweepConfig
 from qconvert.errors import ConfigError, QConvertError
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def bits_from_text(text: str) -> tuple[int, ...]:
     if bad:
         raise ConfigError(
             f"--bits {text!r}: {bad[0]!r} is not a bit width. Give comma-separated numbers from "
-            f"{', '.join(map(str, SUPPORTED_BITS))}, e.g. --bits 16,8,4"
+            f"{', '.join(map(str, choices.bits()))}, e.g. --bits 16,8,4"
         )
     return tuple(int(t) for t in items)
 
@@ -79,7 +79,7 @@ def modes_from_text(text: str) -> tuple[str, ...]:
     items = tuple(t.strip() for t in text.split(",") if t.strip())
     if not items:
         raise ConfigError(
-            f"--modes: give at least one mode, e.g. --modes static,dynamic. Valid: {', '.join(MODES)}"
+            f"--modes: give at least one mode, e.g. --modes static,dynamic. Valid: {', '.join(choices.modes())}"
         )
     return items
 
@@ -531,7 +531,7 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
     report_progress = progress or _no_progress
     start = time.perf_counter()
     target = TARGETS.get(config.target)
-    target.resolve_options(dict(config.target_options))  # refuse unknown options before any work
+    target.bind(dict(config.target_options))  # refuse bad options before any work (each trial binds its own)
     if config.out_dir is not None:
         check_output_dir(config.out_dir, config.force)
     base = _base_run_config(config)
@@ -559,25 +559,8 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
         trials_root = art.path(TRIALS_DIR)
         trials_root.mkdir()  # made here, so that no trial's clean-up removes it
         workers = _workers(config, len(runnable))
-        jobs = [
-            TrialJob(
-                t.name,
-                replace(t.run, out_dir=trials_root / t.name),
-                heldout,
-                threads=_job_threads(config.executor, workers),
-                log_level=logging.getLogger().getEffectiveLevel(),
-            )
-            for t in runnable
-            if t.run is not None
-        ]
-        if config.executor == "ray":
-            # a Ray worker may run on another machine, in another folder: give it absolute paths
-            jobs = [replace(j, run=_absolute_paths(j.run)) for j in jobs]
-            outcomes = _run_ray(jobs, config.ray_address, report_progress)
-        else:
-            outcomes = _run_local(jobs, workers, report_progress)
-        by_name = {o.name: o for o in outcomes}
-        ran = [by_name[j.name] for j in jobs]
+        ran = _run_trials(config, runnable, trials_root, heldout, workers, report_progress)
+        by_name = {o.name: o for o in ran}
         if all(o.status == ERROR for o in ran):
             raise _all_failed(ran)
         for outcome in ran:
@@ -613,6 +596,31 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
         art.write_json(SWEEP_JSON, summary)
         art.commit()
     return SweepResult(out_dir, tuple(rows), recommendation, summary, time.perf_counter() - start)
+
+
+def _run_trials(
+    config: SweepConfig, runnable: list[Trial], root: Path, heldout: Dataset, workers: int, progress: Progress
+) -> list[TrialOutcome]:
+    """Export every runnable trial into root/<name> on the chosen executor; the outcomes in trial order."""
+    jobs = [
+        TrialJob(
+            t.name,
+            replace(t.run, out_dir=root / t.name),
+            heldout,
+            threads=_job_threads(config.executor, workers),
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        for t in runnable
+        if t.run is not None
+    ]
+    if config.executor == "ray":
+        # a Ray worker may run on another machine, in another folder: give it absolute paths
+        jobs = [replace(j, run=_absolute_paths(j.run)) for j in jobs]
+        outcomes = _run_ray(jobs, config.ray_address, progress)
+    else:
+        outcomes = _run_local(jobs, workers, progress)
+    by_name = {o.name: o for o in outcomes}
+    return [by_name[j.name] for j in jobs]
 
 
 # SweepConfig fields that mean something else there (bits is a tuple; out_dir and force are the

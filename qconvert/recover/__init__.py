@@ -1,4 +1,5 @@
-"""Accuracy-recovery algorithms: one module per algorithm, registered here (see base.py)."""
+"""Accuracy-recovery algorithms: one module per algorithm, registered here (see base.py). Third-party
+steps register through the `qconvert.recoveries` entry-point group (see registry.load_plugins)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ from qconvert.recover.base import PHASES, Recovery, RecoveryInput, StepResult, i
 from qconvert.registry import Registry
 
 RECOVERY: Registry[Recovery] = Registry("accuracy-recovery algorithm", "--recover")
+
+
+def as_recovery(entry: object) -> Recovery:
+    """A plugin may register a Recovery or a Recovery subclass (made with no arguments)."""
+    if isinstance(entry, type) and issubclass(entry, Recovery):
+        entry = entry()
+    if not isinstance(entry, Recovery) or entry.phase not in PHASES:
+        raise TypeError(f"a recovery plugin must be a qconvert.recover.Recovery with a phase in {PHASES}")
+    return entry
+
+
+RECOVERY.plugins("qconvert.recoveries", as_recovery)
 
 from qconvert.recover.smoothquant import SmoothQuant  # noqa: E402
 
@@ -46,4 +59,4 @@ def rerun_pre_steps(names: tuple[str, ...], fp32: onnx.ModelProto, inp: Recovery
     return model
 
 
-__all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult", "rerun_pre_steps"]
+__all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult", "as_recovery", "rerun_pre_steps"]

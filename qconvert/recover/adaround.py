@@ -101,6 +101,13 @@ def adaroundable(model: onnx.ModelProto, qc: QuantizeConfig) -> tuple[list[Layer
     return layers, notes
 
 
+def _bias(inits: dict[str, onnx.TensorProto], name: str | None) -> Any:
+    """The layer's bias as a torch tensor (None: it has none)."""
+    import torch
+
+    return torch.from_numpy(numpy_helper.to_array(inits[name]).astype(np.float32)) if name else None
+
+
 def _rectified_sigmoid(v: Any) -> Any:
     import torch
 
@@ -289,17 +296,14 @@ class AdaRound(Recovery):
         deadline: float = float("inf"),
     ) -> tuple[_Learned, np.ndarray]:
         """The layer's learned integers and on-grid fp32 weight; the iterations stop at `deadline`
-        (time.perf_counter), and the rounding is kept only where it beats nearest on the inputs."""
+        (time.perf_counter), and the rounding is kept only where it beats nearest on the inputs. The
+        target is the fp32 function: `reference`, the weight before any rounding step moved it."""
         import torch
 
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
         grid = weight_grid(w, qc, layer.axis)
         nearest = quantize_to_grid(w, grid)
-        b = (
-            torch.from_numpy(numpy_helper.to_array(inits[layer.bias]).astype(np.float32))
-            if layer.bias
-            else None
-        )
+        b = _bias(inits, layer.bias)
         scale = torch.from_numpy(np.broadcast_to(grid.scale, w.shape).copy())
         zp = torch.from_numpy(np.broadcast_to(grid.zero_point, w.shape).astype(np.float32).copy())
         w_div = torch.from_numpy(w) / scale
@@ -319,7 +323,6 @@ class AdaRound(Recovery):
             return torch.where(fixed, near_t, q) * scale
 
         with torch.no_grad():
-            # the fp32 function: the weight before any rounding step put it on its grid
             target = apply(_forward(layer, xf, torch.from_numpy(reference.astype(np.float32)), b))
             denom = float(torch.mean(target**2)) + 1e-12
 

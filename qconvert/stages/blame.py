@@ -111,25 +111,56 @@ def _blame(
     report_progress("fallback", "--auto: keeping sensitive nodes in float", 0, None)
     result = fallback.search(sens.fallback_order(), budget, build, validate, work / "fallback", on_step)
     if result.passed and result.kept_float and recover_again is not None:
-        # the search measured graphs recovered with every node quantized; the shipped graph is
-        # recovered with the kept nodes in float, and validated again
-        report_progress("fallback", "--auto: accuracy recovery again, the kept nodes in float", None, None)
-        where = work / "fallback"
-        source = recover_again(result.kept_float, where / "recovered-again.onnx")
-        path = build(result.kept_float, where / "kept-float-recovered-again.onnx", source)
-        validation = validate(path)
-        if validation:
-            result = replace(result, model=path, validation=validation)
-            blame.notes = ("--auto: recovery steps re-run with the kept nodes in float; that graph passes",)
-        else:
-            blame.notes = (
-                "--auto: recovery steps re-run with the kept nodes in float failed validation "
-                f"({validation.failures[0].describe()}); the graph the search validated is kept",
-            )
+        result, blame.notes = _recovered_again(result, recover_again, build, validate, work, report_progress)
     blame.fallback = result
     if result.passed:
         blame.qc = replace(qdq, nodes_to_exclude=(*qdq.nodes_to_exclude, *result.kept_float))
     return blame
+
+
+def _recovered_again(
+    result: Any,
+    recover_again: Callable[[tuple[str, ...], Path], Path],
+    build: Callable[[tuple[str, ...], Path, Path], Path],
+    validate: Callable[[Path], ValidationResult],
+    work: Path,
+    report_progress: Progress,
+) -> tuple[Any, tuple[str, ...]]:
+    """The fallback's choice rebuilt from the graph recovered again with its kept nodes in float (the
+    search measured graphs recovered with every node quantized) and validated: (the result to ship,
+    notes). The search's own graph stays where the rebuilt one fails."""
+    report_progress("fallback", "--auto: accuracy recovery again, the kept nodes in float", None, None)
+    where = work / "fallback"
+    source = recover_again(result.kept_float, where / "recovered-again.onnx")
+    path = build(result.kept_float, where / "kept-float-recovered-again.onnx", source)
+    validation = validate(path)
+    if validation:
+        note = "--auto: recovery steps re-run with the kept nodes in float; that graph passes"
+        return replace(result, model=path, validation=validation), (note,)
+    note = (
+        "--auto: recovery steps re-run with the kept nodes in float failed validation "
+        f"({validation.failures[0].describe()}); the graph the search validated is kept"
+    )
+    return result, (note,)
+
+
+def _recover_again(ctx: ExportContext) -> Callable[[tuple[str, ...], Path], Path]:
+    """(kept, dest) -> the prepared graph recovered again, as the Recover stage did, but with `kept`
+    in float (written to `dest`)."""
+
+    def recover_again(kept: tuple[str, ...], dest: Path) -> Path:
+        import onnx
+
+        from qconvert.recover import RecoveryInput, rerun_pre_steps
+        from qconvert.recover.base import quantizer_for
+
+        qc = replace(ctx.qc, format="qdq", nodes_to_exclude=(*ctx.qc.nodes_to_exclude, *kept))
+        work = ctx.art.work
+        inp = RecoveryInput(qc, ctx.calibration, work, quantize=quantizer_for(qc, ctx.calibration, work))
+        model = rerun_pre_steps(ctx.recover, onnx.load(str(ctx.prepared_fp32)), inp)
+        return artifacts.save_onnx(model, dest, ctx.qc.external_data or None)
+
+    return recover_again
 
 
 class BlameLayers(Stage[ExportContext]):
@@ -141,20 +172,7 @@ class BlameLayers(Stage[ExportContext]):
         ctx.blame, ctx.all_int8_path = None, None
         if not (ctx.config.auto or not ctx.validation):
             return
-        target, inputs, opts = ctx.target, ctx.inputs, ctx.opts
-
-        def recover_again(kept: tuple[str, ...], dest: Path) -> Path:
-            import onnx
-
-            from qconvert.recover import RecoveryInput, rerun_pre_steps
-            from qconvert.recover.base import quantizer_for
-
-            qc = replace(ctx.qc, format="qdq", nodes_to_exclude=(*ctx.qc.nodes_to_exclude, *kept))
-            work = ctx.art.work
-            inp = RecoveryInput(qc, ctx.calibration, work, quantize=quantizer_for(qc, ctx.calibration, work))
-            model = rerun_pre_steps(ctx.recover, onnx.load(str(ctx.prepared_fp32)), inp)
-            return artifacts.save_onnx(model, dest, ctx.qc.external_data or None)
-
+        target, inputs = ctx.target, ctx.inputs
         blame = _blame(
             ctx.config,
             ctx.qc,
@@ -163,10 +181,10 @@ class BlameLayers(Stage[ExportContext]):
             ctx.heldout,
             ctx.art.work,
             ctx.validate_graph,
-            lambda path: target.finalize(path, inputs, opts),
+            lambda path: target.finalize(path, inputs),
             ctx.progress,
             failed=not ctx.validation,
-            recover_again=recover_again if ctx.prepared != ctx.prepared_fp32 else None,
+            recover_again=_recover_again(ctx) if ctx.prepared != ctx.prepared_fp32 else None,
         )
         ctx.blame = blame
         ctx.notes.extend(blame.notes)

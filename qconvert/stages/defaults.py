@@ -11,14 +11,14 @@ import onnx
 from qconvert.errors import ConfigError
 from qconvert.quantize import QUANTIZERS
 from qconvert.recover import RECOVERY
-from qconvert.recover.defaults import choose, float_stem, has_depthwise, model_family, output_layers
+from qconvert.recover.defaults import Defaults, choose, float_stem, has_depthwise, model_family, output_layers
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 
 
 class ChooseDefaults(Stage[ExportContext]):
     name = "defaults"
-    needs = ("prepared", "candidates", "target", "mode", "opts", "calibration")
+    needs = ("prepared", "candidates", "target", "mode", "calibration")
     gives = ("recover", "defaults", "prepared_fp32", "notes_mark")
 
     @staticmethod
@@ -27,6 +27,24 @@ class ChooseDefaults(Stage[ExportContext]):
         if QUANTIZERS.get(qc.mode).needs_calibration or qc.weight_algorithm == "gptq" or config.auto:
             return True
         return any(RECOVERY.get(name).needs_calibration for name in ctx.recover)
+
+    @staticmethod
+    def _ranges_and_outputs(ctx: ExportContext, chosen: Defaults, graph: onnx.ModelProto) -> None:
+        """The family's activation-range method (where the user named none), and its logits left
+        unquantized (where the matmuls_only default or a plugin chose output rules, they stand)."""
+        if chosen.calibration_method and ctx.config.calibration_method is None:
+            ctx.candidates = [
+                replace(c, calibration_method=chosen.calibration_method) for c in ctx.candidates
+            ]
+        if chosen.float_outputs and (kinds := output_layers(graph)):
+            logits_float = ("OpTypesToExcludeOutputQuantization", kinds)
+            ctx.candidates = [
+                c
+                if "OpTypesToExcludeOutputQuantization" in dict(c.extra_options)
+                else replace(c, extra_options=(*c.extra_options, logits_float))
+                for c in ctx.candidates
+            ]
+        ctx.qc = ctx.candidates[0]
 
     def run(self, ctx: ExportContext) -> None:
         config = ctx.config
@@ -47,9 +65,7 @@ class ChooseDefaults(Stage[ExportContext]):
             excluded, included = ctx.qc.nodes_to_exclude, ctx.qc.nodes_to_include
             ctx.candidates = [
                 replace(c, external_data=external, nodes_to_exclude=excluded, nodes_to_include=included)
-                for c in ctx.target.quantize_candidates(
-                    config.bits, mode, config.calibration_method or "minmax", ctx.opts
-                )
+                for c in ctx.target.candidates(config.bits, mode, config.calibration_method or "minmax")
             ]
             ctx.qc = ctx.candidates[0]
         if chosen.matmuls_only and config.recover is None and not ctx.qc.nodes_to_include:
@@ -73,21 +89,8 @@ class ChooseDefaults(Stage[ExportContext]):
             ctx.qc = ctx.candidates[0]
             if stem:
                 ctx.notes.append(f"stem kept in float: {', '.join(stem)}")
-        if chosen.calibration_method and config.calibration_method is None and config.recover is None:
-            ctx.candidates = [
-                replace(c, calibration_method=chosen.calibration_method) for c in ctx.candidates
-            ]
-            ctx.qc = ctx.candidates[0]
-        if chosen.float_outputs and config.recover is None and (kinds := output_layers(graph)):
-            # where the matmuls_only default (or a plugin) already chose the option, it stands
-            logits_float = ("OpTypesToExcludeOutputQuantization", kinds)
-            ctx.candidates = [
-                c
-                if "OpTypesToExcludeOutputQuantization" in dict(c.extra_options)
-                else replace(c, extra_options=(*c.extra_options, logits_float))
-                for c in ctx.candidates
-            ]
-            ctx.qc = ctx.candidates[0]
+        if config.recover is None:
+            self._ranges_and_outputs(ctx, chosen, graph)
         recover = chosen.recover if config.recover is None else config.recover
         if config.recover is None and ctx.calibration is None:
             needing = [r for r in recover if RECOVERY.get(r).needs_calibration]
