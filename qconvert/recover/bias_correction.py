@@ -4,7 +4,8 @@ causes in each Conv/Gemm/MatMul is measured on calibration data and folded into 
 that onnxruntime's own quantized bias carries the correction.
 
 Per layer, with x_q the input the layer really gets in the quantized graph (after the quantized
-layers before it) and W_q the weight exactly as onnxruntime stores it (`weights.fake_quantize`):
+layers before it), W_q the weight exactly as onnxruntime stores it (`weights.fake_quantize`) and W
+the fp32 weight (the value a rounding step such as GPTQ or AdaRound replaced, `base.reference_weight`):
 shift = E[layer(x_q; W_q - W)] = layer(E[x_q]; W_q - W) (linearity: only the mean input tensor is
 needed, padding included), and bias -= shift. This removes the bias that weight rounding adds.
 

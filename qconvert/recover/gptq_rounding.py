@@ -42,6 +42,7 @@ from qconvert.recover.base import ROUNDING, Recovery, RecoveryInput, StepResult,
 from qconvert.recover.weights import (
     RoundableWeight,
     max_elements,
+    node_attribute,
     on_grid,
     quantize_to_grid,
     roundable_weights,
@@ -56,13 +57,6 @@ HESSIAN_BYTES = 512 << 20  # Hessians collected at once (one graph pass per chun
 BATCH = 4  # samples per session run (a convolution's input patches are kernel-size times the input)
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 @dataclass(frozen=True)
 class _Shape:
     """How a layer's weight maps to rows (output channels) and input positions: [groups, rows, K]."""
@@ -75,9 +69,9 @@ class _Shape:
 def _shape(layer: RoundableWeight, w: np.ndarray) -> _Shape:
     node = layer.node
     if node.op_type == "Conv":
-        groups = int(_attr(node, "group", 1))
+        groups = int(node_attribute(node, "group", 1))
         return _Shape(groups, w.shape[0] // groups, int(np.prod(w.shape[1:])))
-    if node.op_type == "Gemm" and _attr(node, "transB", 0):
+    if node.op_type == "Gemm" and node_attribute(node, "transB", 0):
         return _Shape(1, w.shape[0], w.shape[1])
     return _Shape(1, w.shape[1], w.shape[0])  # Gemm without transB, MatMul: x @ W, W [K, N]
 
@@ -87,7 +81,7 @@ def _rows(layer: RoundableWeight, w: np.ndarray) -> np.ndarray:
     s = _shape(layer, w)
     if layer.node.op_type == "Conv":
         return w.reshape(s.groups, s.rows, s.positions)
-    if layer.node.op_type == "Gemm" and _attr(layer.node, "transB", 0):
+    if layer.node.op_type == "Gemm" and node_attribute(layer.node, "transB", 0):
         return w[None]
     return w.T[None]
 
@@ -95,7 +89,7 @@ def _rows(layer: RoundableWeight, w: np.ndarray) -> np.ndarray:
 def _unrows(layer: RoundableWeight, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if layer.node.op_type == "Conv":
         return rows.reshape(shape)
-    if layer.node.op_type == "Gemm" and _attr(layer.node, "transB", 0):
+    if layer.node.op_type == "Gemm" and node_attribute(layer.node, "transB", 0):
         return rows[0]
     return np.ascontiguousarray(rows[0].T)
 
@@ -110,16 +104,16 @@ def _patches(layer: RoundableWeight, x: np.ndarray, groups: int) -> Any:
     if node.op_type != "Conv":
         flat = t.reshape(-1, t.shape[-1])
         return flat.T[None, None]  # [1, 1, K, rows of x]
-    if _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+    if node_attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
         raise ValueError("auto_pad convolutions are not supported")
-    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
-    kernel = tuple(int(k) for k in _attr(node, "kernel_shape", [1, 1]))
-    strides = tuple(int(s) for s in _attr(node, "strides", [1, 1]))
+    pads = list(node_attribute(node, "pads", [0, 0, 0, 0]))
+    kernel = tuple(int(k) for k in node_attribute(node, "kernel_shape", [1, 1]))
+    strides = tuple(int(s) for s in node_attribute(node, "strides", [1, 1]))
     if kernel == (1, 1) and not any(pads):  # a 1x1 conv reads the input itself: no im2col copy
         t = t[:, :, :: strides[0], :: strides[1]]
         return t.reshape(t.shape[0], groups, t.shape[1] // groups, -1)
     t = F.pad(t, (pads[1], pads[3], pads[0], pads[2]))
-    cols = F.unfold(t, kernel, dilation=tuple(_attr(node, "dilations", [1, 1])), stride=strides)
+    cols = F.unfold(t, kernel, dilation=tuple(node_attribute(node, "dilations", [1, 1])), stride=strides)
     n, k, positions = cols.shape
     return cols.reshape(n, groups, k // groups, positions)
 
@@ -262,7 +256,7 @@ class GptqRounding(Recovery):
         node = layer.node
         if node.op_type == "Conv":
             return layer.axis == 0
-        if node.op_type == "Gemm" and _attr(node, "transB", 0):
+        if node.op_type == "Gemm" and node_attribute(node, "transB", 0):
             return layer.axis == 0
         return layer.axis == 1
 

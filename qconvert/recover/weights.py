@@ -164,7 +164,8 @@ def fake_quantize(w: np.ndarray, qc: QuantizeConfig, axis: int | None) -> np.nda
     return dequantize(quantize_to_grid(w, grid), grid)
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+def node_attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """`node`'s attribute `name` as a Python value, or `default`."""
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
@@ -201,9 +202,9 @@ def roundable_weights(
         w = arrays[name]
         ok = {
             "Conv": w.ndim == 4,
-            "Gemm": _attr(node, "alpha", 1.0) == 1.0
-            and _attr(node, "beta", 1.0) == 1.0
-            and not _attr(node, "transA", 0),
+            "Gemm": node_attribute(node, "alpha", 1.0) == 1.0
+            and node_attribute(node, "beta", 1.0) == 1.0
+            and not node_attribute(node, "transA", 0),
             "MatMul": w.ndim == 2 and name == node.input[1],
         }[node.op_type]
         if not ok:
