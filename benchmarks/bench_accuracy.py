@@ -9,10 +9,14 @@ from benchmarks/photos.py (different source photographs on each side). Side by s
 
 - ort quantize_static: plain onnxruntime (QDQ, per-channel, its own MinMax calibrator) on the same
   prepared graph and calibration images (cpu only)
-- qconvert static: qconvert's static quantizer with the target's QuantizeConfig, as today
-- each recovery step alone (qconvert.recover: a pre step on the fp32 graph, then the same quantizer)
-  and the combinations; "STEPS@float-stem" also leaves the first conv and the depthwise conv after
-  it in float (their quantized stem activation alone costs the model 27.6 dB, see --analyze)
+- qconvert static: qconvert's static quantizer with the target's QuantizeConfig (`--recover none`)
+- "default": what `qconvert export` does by default for this family (recover.defaults: GPTQ
+  rounding + bias correction, MSE activation ranges, the stem and the logits in float)
+- each recovery step alone (qconvert.recover: pre steps on the fp32 graph, in pipeline order, then
+  the same quantizer) and the combinations, written STEPS[@OPTION...]: '+' chains steps, and the
+  options are `stem` (the first conv and the depthwise conv after it in float: their quantized
+  stem activation alone costs the model 27.6 dB, see --analyze), `mse` (activation ranges by MSE)
+  and `logits` (the classifier's output left unquantized); "none@stem@mse" has no step
 - NNCF 3.4 `nncf.quantize` on the same prepared ONNX, fast and full bias correction, run in
   /work/benchvenv as a subprocess (cpu only: NNCF makes its own Q/DQ scheme)
 - `--mixed STEPS@...`: those steps, then `--recover mixed_precision` (per-layer a16w8/fp16/fp32
@@ -61,8 +65,9 @@ from qconvert.onnx_export import onnx_from_torch  # noqa: E402
 from qconvert.prepare import prepared_from_onnx  # noqa: E402
 from qconvert.quantize.static import quantize_static_int8  # noqa: E402
 from qconvert.recover import RECOVERY  # noqa: E402
-from qconvert.recover.base import RecoveryInput  # noqa: E402
-from qconvert.recover.defaults import float_stem  # noqa: E402
+from qconvert.recover.adaround import AdaRound  # noqa: E402
+from qconvert.recover.base import RecoveryInput, in_run_order  # noqa: E402
+from qconvert.recover.defaults import choose, float_stem, output_layers  # noqa: E402
 from qconvert.sources import load_source  # noqa: E402
 from qconvert.targets import TARGETS  # noqa: E402
 from qconvert.validation.metrics import compare  # noqa: E402
@@ -70,20 +75,26 @@ from qconvert.validation.metrics import compare  # noqa: E402
 # the python of a venv with nncf (its pins clash with the test extra)
 BENCHVENV = Path(os.environ.get("NNCF_PYTHON", "/work/benchvenv/bin/python"))
 DEFAULT_STEPS = (
-    "none@float-stem",
+    "default",
+    "none@stem",
+    "none@mse",
+    "none@stem@mse@logits",
     "bias_correction",
-    "bias_correction@float-stem",
-    "equalize",
+    "gptq",
     "clip_weights",
-    "equalize+bias_correction",
-    "clip_weights+bias_correction",
-    "equalize+clip_weights+bias_correction",
+    "equalize",
+    "gptq+bias_correction",
+    "bias_correction@stem",
+    "gptq+bias_correction@stem",
+    "gptq+bias_correction@stem@mse",
+    "clip_weights+bias_correction@stem@mse@logits",
 )
+OPTIONS = ("stem", "mse", "logits")
 NNCF_SCRIPT = """
 import sys, time, numpy as np, onnx, nncf
-src, calib, out, fast = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "fast"
-x = np.load(calib)["input"]
-ds = nncf.Dataset([x[i:i + 1] for i in range(len(x))], lambda a: {"input": a})
+src, calib, out, fast, name = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "fast", sys.argv[5]
+x = np.load(calib)[name]
+ds = nncf.Dataset([x[i:i + 1] for i in range(len(x))], lambda a: {name: a})
 t = time.time()
 q = nncf.quantize(onnx.load(src), ds, subset_size=len(x), fast_bias_correction=fast)
 onnx.save(q, out)
@@ -110,9 +121,9 @@ def session(path: Path | onnx.ModelProto, optimize: bool, extra_outputs: list[st
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def run(sess: Any, x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+def run(sess: Any, x: np.ndarray, batch: int = 16, name: str = "input") -> dict[str, np.ndarray]:
     names = [o.name for o in sess.get_outputs()]
-    parts = [sess.run(None, {"input": x[i : i + batch]}) for i in range(0, len(x), batch)]
+    parts = [sess.run(None, {name: x[i : i + batch]}) for i in range(0, len(x), batch)]
     return {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
 
 
@@ -149,23 +160,48 @@ def target_config(target: str) -> QuantizeConfig:
 
 
 def apply_steps(
-    fp32: onnx.ModelProto, steps: list[str], inp: RecoveryInput
+    fp32: onnx.ModelProto, steps: list[str], inp: RecoveryInput, adaround_budget: float
 ) -> tuple[onnx.ModelProto, list[str], dict[str, float]]:
     model, notes, seconds = fp32, [], {}
-    for name in steps:
-        result = RECOVERY.get(name)(model, None, inp)
+    found = [AdaRound(adaround_budget) if s == "adaround" else RECOVERY.get(s) for s in steps]
+    for step in in_run_order(found):  # as the Recover stage runs them
+        result = step(model, None, inp)
         model = result.model
         notes.extend(result.notes)
-        seconds[name] = round(result.seconds, 2)
+        seconds[step.name] = round(result.seconds, 2)
     return model, notes, seconds
 
 
-def ort_plain(prepared: Path, dest: Path, calib: np.ndarray) -> None:
+def variant(combo: str, qc: QuantizeConfig, fp32: onnx.ModelProto) -> tuple[list[str], QuantizeConfig]:
+    """(steps, settings) of a variant: "default" (the family's defaults, as `qconvert export` picks
+    them), or STEPS[@OPTION...] (see the module docstring)."""
+    if combo == "default":
+        chosen = choose("conv", "tensorrt" if qc.activation_symmetric else "cpu", 8, "static")
+        options = [o for o, on in (("stem", chosen.float_stem), ("logits", chosen.float_outputs)) if on]
+        steps = list(chosen.recover)
+        if chosen.calibration_method == "mse":
+            options.append("mse")
+    else:
+        chain, *options = combo.split("@")
+        steps = [s for s in chain.split("+") if s != "none"]
+    unknown = [o for o in options if o not in OPTIONS]
+    if unknown:
+        raise SystemExit(f"unknown option(s) {unknown} in {combo!r}; valid: {', '.join(OPTIONS)}")
+    if "stem" in options:
+        qc = replace(qc, nodes_to_exclude=float_stem(fp32))
+    if "mse" in options:
+        qc = replace(qc, calibration_method="mse")
+    if "logits" in options and (kinds := output_layers(fp32)):
+        qc = replace(qc, extra_options=(*qc.extra_options, ("OpTypesToExcludeOutputQuantization", kinds)))
+    return steps, qc
+
+
+def ort_plain(prepared: Path, dest: Path, calib: np.ndarray, name: str = "input") -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{"input": calib[i : i + 1]} for i in range(len(calib))])
+            self.it = iter([{name: calib[i : i + 1]} for i in range(len(calib))])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)
@@ -173,12 +209,22 @@ def ort_plain(prepared: Path, dest: Path, calib: np.ndarray) -> None:
     quantize_static(str(prepared), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
 
 
-def nncf_quantize(prepared: Path, calib_npz: Path, dest: Path, fast: bool, timeout: int) -> float | None:
+def nncf_quantize(
+    prepared: Path, calib_npz: Path, dest: Path, fast: bool, timeout: int, name: str = "input"
+) -> float | None:
     if not BENCHVENV.exists():
         return None
     script = dest.with_suffix(".py")
     script.write_text(NNCF_SCRIPT)
-    cmd = [str(BENCHVENV), str(script), str(prepared), str(calib_npz), str(dest), "fast" if fast else "full"]
+    cmd = [
+        str(BENCHVENV),
+        str(script),
+        str(prepared),
+        str(calib_npz),
+        str(dest),
+        "fast" if fast else "full",
+        name,
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -492,6 +538,7 @@ def main() -> None:
     parser.add_argument("--no-nncf", action="store_true")
     parser.add_argument("--nncf-full", action="store_true", help="also NNCF's full (slow) bias correction")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--adaround-budget", type=float, default=300.0, help="seconds per AdaRound variant")
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--mixed", default="", help="comma list of STEPS[@float-stem] to follow with mixed_precision"
@@ -561,16 +608,14 @@ def main() -> None:
             results["analysis"] = analyze(prepared, base, qc, held)
             print(json.dumps({k: v for k, v in results["analysis"].items() if k != "cumulative"}, indent=1))
         for combo in [s for s in args.steps.split(",") if s]:
-            chain, _, where = combo.partition("@")
-            steps = [s for s in chain.split("+") if s != "none"]
+            steps, run_qc = variant(combo, qc, fp32_model)
             missing = [s for s in steps if s not in RECOVERY.names()]
             if missing:
                 print(f"skipping {combo}: {', '.join(missing)} not registered")
                 continue
             start = time.perf_counter()
-            run_qc = replace(qc, nodes_to_exclude=float_stem(fp32_model)) if where == "float-stem" else qc
             inp = RecoveryInput(qc=run_qc, calibration=dataset, work=work)
-            model, notes, per_step = apply_steps(fp32_model, steps, inp)
+            model, notes, per_step = apply_steps(fp32_model, steps, inp, args.adaround_budget)
             src, dest = work / f"{target}-{combo}-fp32.onnx", work / f"{target}-{combo}.onnx"
             onnx.save_model(model, str(src))
             quantize_static_int8(src, dest, run_qc, dataset)

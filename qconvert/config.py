@@ -322,7 +322,8 @@ class RunConfig:
     target: str = DEFAULT_TARGET
     mode: str | None = None  # None: the target's default for these bits
     calibration: str | None = None  # None: the built-in model's calibration set, if any
-    calibration_method: str = "minmax"
+    # None: the model family's (qconvert.recover.defaults: mse for depthwise conv nets), else minmax
+    calibration_method: str | None = None
     samples: int | None = None  # calibration samples to use; None: all
     data: str | None = None  # held-out validation data; None: built-in set, or a split of calibration
     data_options: DataOptions = DataOptions()  # image folders and text files, for both DATA flags
@@ -353,8 +354,8 @@ class RunConfig:
     # first) get an isolated measurement (one quantization each)
     sensitivity_samples: int = DEFAULT_SENSITIVITY_SAMPLES
     sensitivity_isolated: int = DEFAULT_SENSITIVITY_ISOLATED
-    # --recover: accuracy-recovery steps (qconvert.recover.RECOVERY names), run in this order: `pre`
-    # steps before quantization, `post` steps after it; None: the model family's defaults
+    # --recover: accuracy-recovery steps (qconvert.recover.RECOVERY names), run in pipeline order
+    # (Recovery.order): `pre` steps before quantization, `post` steps after it; None: the family's defaults
     # (qconvert.recover.defaults), () (`--recover none`): none
     recover: tuple[str, ...] | None = None
 
@@ -400,7 +401,7 @@ class RunConfig:
             parts.append("--no-truncation")
         if config.latency_batch != DEFAULT_LATENCY_BATCH:
             parts += ["--latency-batch", str(config.latency_batch)]
-        if config.calibration_method != "minmax":
+        if config.calibration_method is not None:
             parts += ["--calibration-method", config.calibration_method]
         for name, value in config.target_options:
             parts += ["--target-option", f"{name}={value}"]
@@ -422,7 +423,10 @@ class RunConfig:
         check_bits(self.bits)
         if self.mode is not None and self.mode not in choices.modes():
             raise ConfigError(f"--mode {self.mode!r} is not a mode. Valid: {', '.join(choices.modes())}")
-        if self.calibration_method not in choices.calibration_methods():
+        if (
+            self.calibration_method is not None
+            and self.calibration_method not in choices.calibration_methods()
+        ):
             raise ConfigError(
                 f"--calibration-method {self.calibration_method!r} is not supported. "
                 f"Valid: {', '.join(choices.calibration_methods())}"

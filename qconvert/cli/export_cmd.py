@@ -84,7 +84,12 @@ CALIBRATION_OPTION = typer.Option(
     "package.module:callable yielding feed dicts, or 'random' (seeded noise, to try a model out: "
     "accuracy figures are then not meaningful).",
 )
-CALIBRATION_METHOD_OPTION = typer.Option("minmax", "--calibration-method")
+CALIBRATION_METHOD_OPTION = typer.Option(
+    None,
+    "--calibration-method",
+    help="How activation ranges are chosen from the calibration data. Default: the model family's "
+    "(mse for depthwise conv nets, minmax otherwise).",
+)
 SAMPLES_OPTION = typer.Option(None, "--samples", min=1, help="Use the first N calibration samples.")
 DATA_OPTION = typer.Option(
     None,
@@ -118,8 +123,8 @@ FORCE_OPTION = typer.Option(False, "--force", help="Replace an existing output f
 AUTO_OPTION = typer.Option(
     False,
     "--auto",
-    help="If validation fails, first add accuracy-recovery steps (bias correction, weight clipping, "
-    "MSE ranges, AdaRound; SmoothQuant for transformers; then mixed precision), then keep the most "
+    help="If validation fails, first add accuracy-recovery steps (bias correction, GPTQ, MSE ranges, "
+    "weight clipping, AdaRound; SmoothQuant for transformers; then mixed precision), then keep the most "
     "sensitive nodes in float (greedily, worst first) until the tolerance holds. Also ranks every "
     "quantized layer by SQNR in report.json.",
 )
@@ -146,9 +151,9 @@ RECOVER_OPTION = typer.Option(
     [],
     "--recover",
     help=f"Accuracy-recovery step to run, by name ({_help.RECOVERY_STEPS}). Repeatable or "
-    "comma-separated; they run in the order given. Default: "
-    "the model family's (bias_correction and a float stem for depthwise conv nets; smoothquant, and "
-    "dynamic int8 on cpu, for transformers); 'none' runs none.",
+    "comma-separated; they run in pipeline order (rewrites, rounding, bias correction). Default: the "
+    "model family's (gptq and bias_correction, MSE ranges, the stem and logits in float for depthwise "
+    "conv nets; smoothquant, and dynamic int8 on cpu, for transformers); 'none' runs none.",
 )
 ALGORITHM_OPTION = typer.Option(
     "rtn",
@@ -205,7 +210,7 @@ def export(
         target=target.value,
         mode=mode.value if mode else None,
         calibration=calibration,
-        calibration_method=calibration_method.value,
+        calibration_method=calibration_method.value if calibration_method else None,
         samples=samples,
         data=data,
         data_options=data_options(image_size, mean, std, layout, tokenizer, max_length, padding, truncation),

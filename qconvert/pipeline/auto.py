@@ -21,14 +21,14 @@ from dataclasses import replace
 from typing import Any
 
 from qconvert.recover import RECOVERY
-from qconvert.recover.base import worst_slack
+from qconvert.recover.base import in_run_order, worst_slack
 from qconvert.stages.base import Stage, run_stages
 from qconvert.stages.context import ExportContext
 from qconvert.validation import ValidationResult
 
 MSE_RANGES = "ranges:mse"  # a ladder rung that changes the calibration method, not a recovery step
 LADDER: dict[str, tuple[str, ...]] = {
-    "conv": ("bias_correction", "clip_weights", MSE_RANGES, "adaround"),
+    "conv": ("bias_correction", "gptq", MSE_RANGES, "clip_weights", "adaround"),
     "transformer": ("smoothquant", MSE_RANGES, "adaround"),
     "other": ("bias_correction", MSE_RANGES, "adaround"),
 }
@@ -107,7 +107,8 @@ class AutoRecover(Stage[ExportContext]):
                     continue
                 method = "mse"
             else:
-                recover = (*recover, rung)
+                steps = in_run_order([RECOVERY.get(n) for n in (*recover, rung)])
+                recover = tuple(step.name for step in steps)  # as the Recover stage runs them
             tried = time.perf_counter()
             validation = self._attempt(ctx, recover, method)
             tradeoff = ctx.tradeoff or tradeoff

@@ -3,7 +3,9 @@ steps register through the `qconvert.recoveries` entry-point group (see registry
 
 from __future__ import annotations
 
-from qconvert.recover.base import PHASES, Recovery, RecoveryInput, StepResult
+import onnx
+
+from qconvert.recover.base import PHASES, Recovery, RecoveryInput, StepResult, in_run_order
 from qconvert.registry import Registry
 
 RECOVERY: Registry[Recovery] = Registry("accuracy-recovery algorithm", "--recover")
@@ -32,6 +34,10 @@ from qconvert.recover.adaround import AdaRound  # noqa: E402
 
 RECOVERY.register("adaround")(AdaRound())
 
+from qconvert.recover.gptq_rounding import GptqRounding  # noqa: E402
+
+RECOVERY.register("gptq")(GptqRounding())
+
 from qconvert.recover.bias_correction import BiasCorrection  # noqa: E402
 
 RECOVERY.register("bias_correction")(BiasCorrection())
@@ -44,4 +50,17 @@ from qconvert.recover.mixed_precision import MixedPrecision  # noqa: E402
 
 RECOVERY.register("mixed_precision")(MixedPrecision())
 
-__all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult", "as_recovery"]
+
+def rerun_pre_steps(names: tuple[str, ...], fp32: onnx.ModelProto, inp: RecoveryInput) -> onnx.ModelProto:
+    """`fp32` after the `pre` steps among `names` (in run order; those that do not apply to `inp.qc`
+    skipped), as the Recover stage runs them: for a run whose settings changed after Recover (the
+    float fallback's exclusions), so that each step measures the graph that will be quantized."""
+    model = fp32
+    steps = in_run_order([RECOVERY.get(name) for name in names])
+    for step in steps:
+        if step.phase == "pre" and step.why_not(inp.qc) is None:
+            model = step(model, None, inp).model
+    return model
+
+
+__all__ = ["PHASES", "RECOVERY", "Recovery", "RecoveryInput", "StepResult", "as_recovery", "rerun_pre_steps"]

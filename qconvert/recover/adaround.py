@@ -38,13 +38,21 @@ from onnx import numpy_helper
 
 from qconvert.config import QuantizeConfig
 from qconvert.recover.activations import run_graph
-from qconvert.recover.base import Recovery, RecoveryInput, StepResult, quantize_candidate
+from qconvert.recover.base import (
+    ROUNDING,
+    Recovery,
+    RecoveryInput,
+    StepResult,
+    keep_reference,
+    quantize_candidate,
+    reference_weight,
+)
 from qconvert.recover.weights import (
-    WeightGrid,
+    max_elements,
+    on_grid,
     quantize_to_grid,
-    weight_axis,
+    roundable_weights,
     weight_grid,
-    weight_input,
 )
 
 log = logging.getLogger(__name__)
@@ -81,39 +89,23 @@ def _activation(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict[str, n
 
 
 def adaroundable(model: onnx.ModelProto, qc: QuantizeConfig) -> tuple[list[Layer], list[str]]:
-    """(layers AdaRound can learn, in graph order; notes on those it leaves alone): 2-D Conv, Gemm
-    (alpha = beta = 1, transA 0) and MatMul with a 2-D float32 initializer weight."""
+    """(layers AdaRound can learn, in graph order; notes on those it leaves alone): see
+    `weights.roundable_weights`."""
     arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    layers, notes = [], []
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul"):
-            continue
-        name = weight_input(model, node)
-        if name is None or arrays[name].dtype != np.float32 or uses.get(name, 0) > 1:
-            continue
-        w = arrays[name]
-        ok = {
-            "Conv": w.ndim == 4,
-            "Gemm": _attr(node, "alpha", 1.0) == 1.0
-            and _attr(node, "beta", 1.0) == 1.0
-            and not _attr(node, "transA", 0),
-            "MatMul": w.ndim == 2 and name == node.input[1],
-        }[node.op_type]
-        axis = weight_axis(model, node, qc)
-        per_channel = bool(qc.per_channel) and axis is not None
-        symmetric = per_channel or bool(dict(qc.extra_options).get("WeightSymmetric", qc.weight_symmetric))
-        if not ok:
-            continue
-        if not symmetric:
-            notes.append(f"adaround: {node.name or node.output[0]} has an asymmetric weight grid; left alone")
-            continue
+    found, notes = roundable_weights(model, qc, "adaround")
+    layers = []
+    for layer in found:
+        node = layer.node
         bias = node.input[2] if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 else None
-        layers.append(Layer(node, name, axis, bias or None, _activation(model, node, arrays)))
+        layers.append(Layer(node, layer.weight, layer.axis, bias or None, _activation(model, node, arrays)))
     return layers, notes
+
+
+def _bias(inits: dict[str, onnx.TensorProto], name: str | None) -> Any:
+    """The layer's bias as a torch tensor (None: it has none)."""
+    import torch
+
+    return torch.from_numpy(numpy_helper.to_array(inits[name]).astype(np.float32)) if name else None
 
 
 def _rectified_sigmoid(v: Any) -> Any:
@@ -165,6 +157,7 @@ class AdaRound(Recovery):
         "output error given the quantized layers before it (opt-in, time-budgeted)"
     )
     budget_seconds: ClassVar[float] = 300.0
+    order: ClassVar[int] = ROUNDING
 
     def __init__(
         self,
@@ -235,9 +228,12 @@ class AdaRound(Recovery):
                 key = layer.node.name or layer.node.output[0]
                 if key in inputs_q:
                     deadline = start + self.budget_seconds
+                    current = numpy_helper.to_array(inits[layer.weight])
+                    reference = reference_weight(inp, layer.weight, current)
                     learned, w_new = self._learn(
-                        layer, inits, inputs_fp[key], inputs_q[key], inp.qc, deadline
+                        layer, inits, reference, inputs_fp[key], inputs_q[key], inp.qc, deadline
                     )
+                    keep_reference(inp, layer.weight, current)
                     inits[layer.weight].CopyFrom(numpy_helper.from_array(w_new, layer.weight))
                     details[key] = {
                         "output_error_nearest": learned.error_nearest,
@@ -293,30 +289,28 @@ class AdaRound(Recovery):
         self,
         layer: Layer,
         inits: dict[str, onnx.TensorProto],
+        reference: np.ndarray,
         x_fp: np.ndarray,
         x_q: np.ndarray,
         qc: QuantizeConfig,
         deadline: float = float("inf"),
     ) -> tuple[_Learned, np.ndarray]:
         """The layer's learned integers and on-grid fp32 weight; the iterations stop at `deadline`
-        (time.perf_counter), and the rounding is kept only where it beats nearest on the inputs."""
+        (time.perf_counter), and the rounding is kept only where it beats nearest on the inputs. The
+        target is the fp32 function: `reference`, the weight before any rounding step moved it."""
         import torch
 
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
         grid = weight_grid(w, qc, layer.axis)
         nearest = quantize_to_grid(w, grid)
-        b = (
-            torch.from_numpy(numpy_helper.to_array(inits[layer.bias]).astype(np.float32))
-            if layer.bias
-            else None
-        )
+        b = _bias(inits, layer.bias)
         scale = torch.from_numpy(np.broadcast_to(grid.scale, w.shape).copy())
         zp = torch.from_numpy(np.broadcast_to(grid.zero_point, w.shape).astype(np.float32).copy())
         w_div = torch.from_numpy(w) / scale
         floor = torch.floor(w_div)
         rest = torch.clamp(w_div - floor, 0.01, 0.99)
         v = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).clone().requires_grad_(True)
-        fixed = torch.from_numpy(self._max_elements(w, grid))  # keep onnxruntime's scale
+        fixed = torch.from_numpy(max_elements(w, grid))  # keep onnxruntime's scale
         near_t = torch.from_numpy((nearest - grid.zero_point).astype(np.float32))
         xf, xq = torch.from_numpy(x_fp), torch.from_numpy(x_q)
         act = layer.activation
@@ -329,7 +323,7 @@ class AdaRound(Recovery):
             return torch.where(fixed, near_t, q) * scale
 
         with torch.no_grad():
-            target = apply(_forward(layer, xf, torch.from_numpy(w), b))
+            target = apply(_forward(layer, xf, torch.from_numpy(reference.astype(np.float32)), b))
             denom = float(torch.mean(target**2)) + 1e-12
 
         def error(weight: Any) -> float:
@@ -366,31 +360,6 @@ class AdaRound(Recovery):
         integers = learned_q.astype(np.int64)
         if error_learned >= error_nearest:  # never worse than nearest on the calibration inputs
             integers, error_learned = nearest, error_nearest
-        w_new = self._on_grid(w, integers, grid)
+        w_new = on_grid(w, integers, grid)
         flipped = int(np.sum(integers != nearest))
         return _Learned(integers, error_nearest, error_learned, flipped, error_float), w_new
-
-    @staticmethod
-    def _max_elements(w: np.ndarray, grid: WeightGrid) -> np.ndarray:
-        """True at each channel's (or the tensor's) max|w| element(s): they stay as they are."""
-        mag = np.abs(w)
-        if grid.axis is None:
-            return mag == mag.max()
-        axes = tuple(i for i in range(w.ndim) if i != grid.axis)
-        return mag == mag.max(axis=axes, keepdims=True)
-
-    @staticmethod
-    def _on_grid(w: np.ndarray, integers: np.ndarray, grid: WeightGrid) -> np.ndarray:
-        """fp32 weights onnxruntime quantizes to `integers`: (q - zp) * s, the max|w| elements
-        untouched, and any value past them pinned to +-max|w| so the scale stays the same."""
-        values = ((integers - grid.zero_point).astype(np.float32) * grid.scale).astype(np.float32)
-        mag = np.abs(w)
-        top = (
-            mag.max()
-            if grid.axis is None
-            else mag.max(axis=tuple(i for i in range(w.ndim) if i != grid.axis), keepdims=True)
-        )
-        top = np.broadcast_to(top, w.shape)
-        values = np.where(np.abs(values) > top, np.sign(values) * top, values)
-        keep = AdaRound._max_elements(w, grid)
-        return np.where(keep, w, values).astype(np.float32)

@@ -12,6 +12,13 @@ Phases, in pipeline order:
 
 Steps never import each other; statistics come from `qconvert.recover.activations`, collected once
 per call and shared through `RecoveryInput.cache`.
+
+Run order is data too (`order`): function-preserving rewrites first (equalization, SmoothQuant),
+then the steps that choose how weights round (clipping, AdaRound, GPTQ), then bias correction,
+which measures the mean error of the weights as they will finally be stored. A rounding step moves
+a weight off the fp32 function on purpose (onto its integer grid); it records the value it replaced
+(`keep_reference`), and the steps after it measure error against that (`reference_weight`), not
+against the on-grid value, in which no rounding error would be left to see.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import onnx
 
 from qconvert.calibrate import Dataset
@@ -34,6 +42,9 @@ if TYPE_CHECKING:
     from qconvert.validation import ValidationResult
 
 PHASES = ("pre", "post")
+# `Recovery.order`: where a step runs among the steps of its phase (ties keep the user's order)
+TRANSFORM, ROUNDING, CORRECTION = 0, 1, 2
+_REFERENCE = "reference_weights"  # RecoveryInput.cache key: {initializer: its fp32 value}
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,23 @@ def worst_slack(validation: ValidationResult) -> float:
     return min(slacks, default=0.0)
 
 
+def keep_reference(inp: RecoveryInput, name: str, value: np.ndarray) -> None:
+    """Record `value` as weight `name`'s fp32 value before a step moves it off the fp32 function
+    (the first record wins: the value before any such step)."""
+    inp.cache.setdefault(_REFERENCE, {}).setdefault(name, np.array(value, np.float32, copy=True))
+
+
+def reference_weight(inp: RecoveryInput, name: str, current: np.ndarray) -> np.ndarray:
+    """The fp32 value weight `name` stands for: what a rounding step replaced, else `current`."""
+    return np.asarray(inp.cache.get(_REFERENCE, {}).get(name, current))
+
+
+def in_run_order(steps: list[Recovery]) -> list[Recovery]:
+    """`steps` in pipeline order: `pre` steps before `post` steps (which edit the quantized graph),
+    by `Recovery.order` within a phase, the given order among equals."""
+    return sorted(steps, key=lambda step: (PHASES.index(step.phase), step.order))
+
+
 def quantizer_for(
     qc: QuantizeConfig, calibration: Dataset | None, work: Path
 ) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
@@ -117,6 +145,7 @@ class Recovery(ABC):
     needs_calibration: ClassVar[bool] = True
     formats: ClassVar[frozenset[str]] = frozenset({"qdq"})  # QuantizeConfig.format values
     summary: ClassVar[str] = ""
+    order: ClassVar[int] = TRANSFORM  # TRANSFORM, ROUNDING or CORRECTION: see the module docstring
 
     def why_not(self, qc: QuantizeConfig) -> str | None:
         """None when the step applies to `qc`, else the reason it does not (shown to the user)."""

@@ -4,7 +4,8 @@ causes in each Conv/Gemm/MatMul is measured on calibration data and folded into 
 that onnxruntime's own quantized bias carries the correction.
 
 Per layer, with x_q the input the layer really gets in the quantized graph (after the quantized
-layers before it) and W_q the weight exactly as onnxruntime stores it (`weights.fake_quantize`):
+layers before it), W_q the weight exactly as onnxruntime stores it (`weights.fake_quantize`) and W
+the fp32 weight (the value a rounding step such as GPTQ or AdaRound replaced, `base.reference_weight`):
 shift = E[layer(x_q; W_q - W)] = layer(E[x_q]; W_q - W) (linearity: only the mean input tensor is
 needed, padding included), and bias -= shift. This removes the bias that weight rounding adds.
 
@@ -28,7 +29,14 @@ import onnx
 from onnx import helper, numpy_helper
 
 from qconvert.recover.activations import collect
-from qconvert.recover.base import Recovery, RecoveryInput, StepResult, quantize_candidate
+from qconvert.recover.base import (
+    CORRECTION,
+    Recovery,
+    RecoveryInput,
+    StepResult,
+    quantize_candidate,
+    reference_weight,
+)
 from qconvert.recover.weights import fake_quantize, weight_axis
 
 log = logging.getLogger(__name__)
@@ -213,6 +221,8 @@ class BiasCorrection(Recovery):
         "measured on calibration data layer after layer, folded into the fp32 bias"
     )
 
+    order: ClassVar[int] = CORRECTION
+
     def __init__(self, passes: int = 1) -> None:
         self.passes = passes
 
@@ -276,7 +286,10 @@ class BiasCorrection(Recovery):
         for layer in active:
             node = _node_map(model)[layer.node]
             w = numpy_helper.to_array(inits[layer.weight])
-            dw = fake_quantize(w, inp.qc, weight_axis(model, node, inp.qc)) - w
+            # against the fp32 weight: a rounding step before this one may have put `w` on its grid
+            dw = fake_quantize(w, inp.qc, weight_axis(model, node, inp.qc)) - reference_weight(
+                inp, layer.weight, w
+            )
             if not np.any(dw):
                 continue
             mean_x = stats[quantized[layer.node][1]].values["mean_tensor"]

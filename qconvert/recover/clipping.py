@@ -25,7 +25,7 @@ import onnx
 from onnx import numpy_helper
 
 from qconvert.config import QuantizeConfig
-from qconvert.recover.base import Recovery, RecoveryInput, StepResult
+from qconvert.recover.base import ROUNDING, Recovery, RecoveryInput, StepResult, keep_reference
 from qconvert.recover.weights import fake_quantize, weight_axis, weight_input
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class ClipWeights(Recovery):
         "weight clipping by MSE: each output channel's fp32 weights clamped where that lowers the "
         "channel's quantization error as onnxruntime stores it"
     )
+    order: ClassVar[int] = ROUNDING
 
     def why_not(self, qc: QuantizeConfig) -> str | None:
         if qc.mode not in ("static", "dynamic"):
@@ -113,6 +114,7 @@ class ClipWeights(Recovery):
             clipped, chosen, before, after = clip_weight(w, inp.qc, weight_axis(model, node, inp.qc))
             if np.all(chosen == 1.0):
                 continue
+            keep_reference(inp, name, w)
             inits[name].CopyFrom(numpy_helper.from_array(clipped, name))
             details[key] = {
                 "channels_clipped": int(np.sum(chosen < 1.0)),

@@ -4,12 +4,16 @@ The family comes from the prepared fp32 graph (so every SOURCE form gets the sam
 default below is there because it measured better on real trained networks
 (benchmarks/bench_accuracy.py, benchmarks/bench_accuracy_text.py; figures in the README):
 
-- conv nets (static Q/DQ or QOperator int8): bias correction, which removes the mean shift weight
-  rounding leaves in every convolution, and the stem kept in float (its output activation alone
-  costs EfficientNet-Lite1 27.6 dB). Together: top-1 agreement 86.5% -> 95.9%, logits SQNR
-  15.5 -> 23.5 dB on held-out photographs, at no measured latency cost. Only for nets with depthwise
-  convolutions, where this was measured: on a (random-init) ResNet-18 in the zoo test it lost
-  agreement against plain onnxruntime, so other conv nets get the plain quantizer.
+- conv nets with depthwise convolutions (static Q/DQ or QOperator int8): GPTQ rounding of the
+  weights (each layer's rounding error compensated within the layer), then bias correction (the
+  mean shift the rounding leaves, against the fp32 weights), activation ranges by MSE instead of
+  the extremes, the stem kept in float (its output activation alone costs EfficientNet-Lite1
+  27.6 dB) and the logits (a Gemm/MatMul writing a graph output) left unquantized. Measured on
+  EfficientNet-Lite1 (held-out photographs, benchmarks/bench_accuracy.py): logits SQNR 15.5 dB
+  (plain) -> 23.5 dB (the previous default: bias correction + float stem) -> 26.9 dB on cpu, and
+  14.3 -> 21.5 -> 24.8 dB on tensorrt, at no measured latency cost (0.47x fp32 in Q/DQ). Only for nets with depthwise
+  convolutions, where this was measured: on a (random-init) ResNet-18 in the zoo test bias
+  correction lost agreement against plain onnxruntime, so other conv nets get the plain quantizer.
 - transformers on the `cpu` target at 8 bits: dynamic int8 (activations quantized per batch, so no
   range has to hold every sentence's outliers) after SmoothQuant. On all-MiniLM-L6-v2 static int8
   reaches worst cosine 0.91, dynamic 0.988, dynamic after SmoothQuant 0.997, at 0.38x fp32 latency.
@@ -71,6 +75,11 @@ class Defaults:
     # a conv net: the stem (first Conv, and the Conv reading its output) stays float, so the stem's
     # output activation, the one tensor whose rounding costs EfficientNet-Lite1 most, is never quantized
     float_stem: bool = False
+    # the activation-range method where the user named none (None: the target's, minmax)
+    calibration_method: str | None = None
+    # a Gemm/MatMul that writes a graph output (a classifier's logits) leaves its output unquantized:
+    # rounding the logits themselves costs EfficientNet-Lite1 0.4 dB and saves nothing measurable
+    float_outputs: bool = False
 
 
 def choose(
@@ -105,10 +114,13 @@ def choose(
         return Defaults(
             family,
             None,
-            ("bias_correction",),
-            "a conv net: the stem convolution(s) kept float, and bias correction after weight rounding "
-            "(the mean shift each convolution's rounding causes is folded into its bias)",
+            ("gptq", "bias_correction"),
+            "a conv net: GPTQ weight rounding, then bias correction (the mean shift the rounding leaves "
+            "is folded into each bias), activation ranges by MSE, the stem convolution(s) and the logits "
+            "kept float",
             float_stem=True,
+            calibration_method="mse",
+            float_outputs=True,
         )
     return Defaults(family, None, (), "")
 
@@ -118,8 +130,14 @@ def has_depthwise(model: onnx.ModelProto) -> bool:
 
 
 def float_stem(model: onnx.ModelProto) -> tuple[str, ...]:
-    """The first Conv, and the depthwise Conv that reads its output (directly or through one
-    activation) where there is one: the stem of a MobileNet-style net."""
+    """The stem of a MobileNet-style net: the first Conv, the depthwise Conv that reads its output
+    (directly or through one activation), and the pointwise (1x1) Conv that reads the depthwise
+    Conv's output the same way (the first block's projection), where they are there.
+
+    The projection is included because its output, the first block's narrow linear-bottleneck
+    tensor at full resolution, is the next most costly activation to round: on EfficientNet-Lite1
+    keeping that block float too measured 24.1 -> 24.9 dB logits SQNR on tensorrt (symmetric
+    activations) and 26.5 -> 26.9 dB on cpu, for ~1% of the model's multiply-adds."""
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     if not convs:
         return ()
@@ -127,13 +145,43 @@ def float_stem(model: onnx.ModelProto) -> tuple[str, ...]:
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+
+    def next_convs(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        after = consumers.get(node.output[0], [])
+        if len(after) == 1 and after[0].op_type != "Conv":
+            after = consumers.get(after[0].output[0], [])
+        return [n for n in after if n.op_type == "Conv"]
+
     first = convs[0]
-    after = consumers.get(first.output[0], [])
-    if len(after) == 1 and after[0].op_type != "Conv":
-        after = consumers.get(after[0].output[0], [])
-    depthwise = [n for n in after if n.op_type == "Conv" and _group(n) > 1]
-    return tuple(n.name for n in (first, *depthwise) if n.name)
+    stem = [first]
+    depthwise = [n for n in next_convs(first) if _group(n) > 1]
+    if len(depthwise) == 1:
+        stem.append(depthwise[0])
+        pointwise = [n for n in next_convs(depthwise[0]) if _group(n) == 1 and _pointwise(model, n)]
+        stem.extend(pointwise[:1] if len(pointwise) == 1 else [])
+    return tuple(n.name for n in stem if n.name)
+
+
+def _pointwise(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
+    shape = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
+    if shape is None:
+        weight = next((t for t in model.graph.initializer if t.name == node.input[1]), None)
+        shape = list(weight.dims[2:]) if weight is not None else []
+    return bool(shape) and all(k == 1 for k in shape)
 
 
 def _group(node: onnx.NodeProto) -> int:
     return next((int(a.i) for a in node.attribute if a.name == "group"), 1)
+
+
+OUTPUT_LAYERS = ("Gemm", "MatMul")
+
+
+def output_layers(model: onnx.ModelProto) -> tuple[str, ...]:
+    """The op types (of OUTPUT_LAYERS) of the nodes that write a graph output: a classifier's logits."""
+    outputs = {o.name for o in model.graph.output}
+    return tuple(
+        sorted(
+            {n.op_type for n in model.graph.node if n.op_type in OUTPUT_LAYERS and set(n.output) & outputs}
+        )
+    )

@@ -16,9 +16,11 @@ DequantizeLinear's (q - zero_point) * scale in float32. Only float32 weights are
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from qconvert.config import QuantizeConfig
 
@@ -160,3 +162,83 @@ def fake_quantize(w: np.ndarray, qc: QuantizeConfig, axis: int | None) -> np.nda
     """`w` as onnxruntime's quantize_static stores it for `qc`, dequantized (float32, bit-exact)."""
     grid = weight_grid(w, qc, axis)
     return dequantize(quantize_to_grid(w, grid), grid)
+
+
+def node_attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """`node`'s attribute `name` as a Python value, or `default`."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+@dataclass(frozen=True)
+class RoundableWeight:
+    """A layer whose weight a rounding step (AdaRound, GPTQ) may choose the integers of."""
+
+    node: onnx.NodeProto
+    weight: str  # the initializer
+    axis: int | None  # onnxruntime's per-channel axis (None: per tensor)
+
+
+def roundable_weights(
+    model: onnx.ModelProto, qc: QuantizeConfig, step: str
+) -> tuple[list[RoundableWeight], list[str]]:
+    """(layers whose rounding a step may choose, in graph order; notes on those it leaves alone):
+    2-D Conv, Gemm (alpha = beta = 1, transA 0) and MatMul with a 2-D float32 initializer weight of
+    their own, on a symmetric grid (per channel, or symmetric per tensor)."""
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    layers, notes = [], []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        name = weight_input(model, node)
+        if name is None or arrays[name].dtype != np.float32 or uses.get(name, 0) > 1:
+            continue
+        w = arrays[name]
+        ok = {
+            "Conv": w.ndim == 4,
+            "Gemm": node_attribute(node, "alpha", 1.0) == 1.0
+            and node_attribute(node, "beta", 1.0) == 1.0
+            and not node_attribute(node, "transA", 0),
+            "MatMul": w.ndim == 2 and name == node.input[1],
+        }[node.op_type]
+        if not ok:
+            continue
+        axis = weight_axis(model, node, qc)
+        per_channel = bool(qc.per_channel) and axis is not None
+        symmetric = per_channel or bool(dict(qc.extra_options).get("WeightSymmetric", qc.weight_symmetric))
+        if not symmetric:
+            notes.append(f"{step}: {node.name or node.output[0]} has an asymmetric weight grid; left alone")
+            continue
+        layers.append(RoundableWeight(node, name, axis))
+    return layers, notes
+
+
+def max_elements(w: np.ndarray, grid: WeightGrid) -> np.ndarray:
+    """True at each channel's (or the tensor's) max|w| element(s): the values onnxruntime derives
+    the scale from, which a rounding step keeps as they are."""
+    mag = np.abs(w)
+    if grid.axis is None:
+        return np.asarray(mag == mag.max())
+    axes = tuple(i for i in range(w.ndim) if i != grid.axis)
+    return np.asarray(mag == mag.max(axis=axes, keepdims=True))
+
+
+def on_grid(w: np.ndarray, integers: np.ndarray, grid: WeightGrid) -> np.ndarray:
+    """fp32 weights onnxruntime quantizes to `integers` on `w`'s grid: (q - zp) * s, the max|w|
+    elements untouched, and any value past them pinned to +-max|w| so the scale stays the same."""
+    values = ((integers - grid.zero_point).astype(np.float32) * grid.scale).astype(np.float32)
+    mag = np.abs(w)
+    top = (
+        mag.max()
+        if grid.axis is None
+        else mag.max(axis=tuple(i for i in range(w.ndim) if i != grid.axis), keepdims=True)
+    )
+    top = np.broadcast_to(top, w.shape)
+    values = np.where(np.abs(values) > top, np.sign(values) * top, values)
+    return np.where(max_elements(w, grid), w, values).astype(np.float32)

@@ -41,6 +41,7 @@ class _Blame:
     sensitivity: dict[str, Any]
     fallback: Any = None  # fallback.FallbackResult
     qc: QuantizeConfig | None = None  # the settings of the fallback graph, when it is model.onnx
+    notes: tuple[str, ...] = ()
 
 
 def _blame(
@@ -54,10 +55,14 @@ def _blame(
     finalize: Callable[[Path], object],
     report_progress: Progress,
     failed: bool,
+    recover_again: Callable[[tuple[str, ...], Path], Path] | None = None,
 ) -> _Blame:
     """Per-layer sensitivity of the Q/DQ graph and, with --auto and a `failed` validation, the
     fallback: `validate(path)` validates a graph as model.onnx was, `finalize(path)` applies the
-    target's last changes in place.
+    target's last changes in place. `recover_again(kept, dest)`, where recovery steps changed
+    `prepared`, writes `prepared` recovered anew with `kept` in float: the graph the fallback's
+    choice is rebuilt from, since steps like bias correction measured a graph in which those
+    nodes were quantized.
 
     Runs on a Q/DQ graph quantized with `qc` (in Q/DQ format even where model.onnx is QOperator)."""
     from qconvert import fallback
@@ -70,9 +75,9 @@ def _blame(
     # per-layer formats (mixed precision), so its graphs have none
     qdq = replace(qc, format="qdq", layer_formats=())
 
-    def quantize(exclude: tuple[str, ...], dest: Path) -> Path:
+    def quantize(exclude: tuple[str, ...], dest: Path, source: Path = prepared) -> Path:
         excluded = replace(qdq, nodes_to_exclude=(*qdq.nodes_to_exclude, *exclude))
-        return QUANTIZERS.get("static")(prepared, dest, excluded, calibration)
+        return QUANTIZERS.get("static")(source, dest, excluded, calibration)
 
     def on_node(done: int, total: int) -> None:
         report_progress("sensitivity", "per-layer sensitivity (isolated quantizations)", done, total)
@@ -96,9 +101,9 @@ def _blame(
 
     budget = fallback.default_budget(len(sens.layers)) if config.auto_budget is None else config.auto_budget
 
-    def build(kept: tuple[str, ...], dest: Path) -> Path:
-        excluded = quantize(kept, dest.with_name(dest.stem + "-excluded.onnx"))
-        path = fallback.keep_float(excluded, dest, kept, prepared)
+    def build(kept: tuple[str, ...], dest: Path, source: Path = prepared) -> Path:
+        excluded = quantize(kept, dest.with_name(dest.stem + "-excluded.onnx"), source)
+        path = fallback.keep_float(excluded, dest, kept, source)
         finalize(path)
         return path
 
@@ -107,15 +112,62 @@ def _blame(
 
     report_progress("fallback", "--auto: keeping sensitive nodes in float", 0, None)
     result = fallback.search(sens.fallback_order(), budget, build, validate, work / "fallback", on_step)
+    if result.passed and result.kept_float and recover_again is not None:
+        result, blame.notes = _recovered_again(result, recover_again, build, validate, work, report_progress)
     blame.fallback = result
     if result.passed:
         blame.qc = replace(qdq, nodes_to_exclude=(*qdq.nodes_to_exclude, *result.kept_float))
     return blame
 
 
+def _recovered_again(
+    result: Any,
+    recover_again: Callable[[tuple[str, ...], Path], Path],
+    build: Callable[[tuple[str, ...], Path, Path], Path],
+    validate: Callable[[Path], ValidationResult],
+    work: Path,
+    report_progress: Progress,
+) -> tuple[Any, tuple[str, ...]]:
+    """The fallback's choice rebuilt from the graph recovered again with its kept nodes in float (the
+    search measured graphs recovered with every node quantized) and validated: (the result to ship,
+    notes). The search's own graph stays where the rebuilt one fails."""
+    report_progress("fallback", "--auto: accuracy recovery again, the kept nodes in float", None, None)
+    where = work / "fallback"
+    source = recover_again(result.kept_float, where / "recovered-again.onnx")
+    path = build(result.kept_float, where / "kept-float-recovered-again.onnx", source)
+    validation = validate(path)
+    if validation:
+        note = "--auto: recovery steps re-run with the kept nodes in float; that graph passes"
+        return replace(result, model=path, validation=validation), (note,)
+    note = (
+        "--auto: recovery steps re-run with the kept nodes in float failed validation "
+        f"({validation.failures[0].describe()}); the graph the search validated is kept"
+    )
+    return result, (note,)
+
+
+def _recover_again(ctx: ExportContext) -> Callable[[tuple[str, ...], Path], Path]:
+    """(kept, dest) -> the prepared graph recovered again, as the Recover stage did, but with `kept`
+    in float (written to `dest`)."""
+
+    def recover_again(kept: tuple[str, ...], dest: Path) -> Path:
+        import onnx
+
+        from qconvert.recover import RecoveryInput, rerun_pre_steps
+        from qconvert.recover.base import quantizer_for
+
+        qc = replace(ctx.qc, format="qdq", nodes_to_exclude=(*ctx.qc.nodes_to_exclude, *kept))
+        work = ctx.art.work
+        inp = RecoveryInput(qc, ctx.calibration, work, quantize=quantizer_for(qc, ctx.calibration, work))
+        model = rerun_pre_steps(ctx.recover, onnx.load(str(ctx.prepared_fp32)), inp)
+        return artifacts.save_onnx(model, dest, ctx.qc.external_data or None)
+
+    return recover_again
+
+
 class BlameLayers(Stage[ExportContext]):
     name = "sensitivity"
-    needs = ("validation", "validate_graph", "prepared", "model_path")
+    needs = ("validation", "validate_graph", "prepared", "prepared_fp32", "recover", "model_path")
     gives = ("blame", "all_int8_path")
 
     def run(self, ctx: ExportContext) -> None:
@@ -134,8 +186,10 @@ class BlameLayers(Stage[ExportContext]):
             lambda path: target.finalize(path, inputs),
             ctx.progress,
             failed=not ctx.validation,
+            recover_again=_recover_again(ctx) if ctx.prepared != ctx.prepared_fp32 else None,
         )
         ctx.blame = blame
+        ctx.notes.extend(blame.notes)
         if blame.qc is not None and blame.fallback is not None:  # the fallback passed: ship it
             import onnx
 

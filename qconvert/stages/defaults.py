@@ -11,7 +11,7 @@ import onnx
 from qconvert.errors import ConfigError
 from qconvert.quantize import QUANTIZERS
 from qconvert.recover import RECOVERY
-from qconvert.recover.defaults import choose, float_stem, has_depthwise, model_family
+from qconvert.recover.defaults import Defaults, choose, float_stem, has_depthwise, model_family, output_layers
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 
@@ -27,6 +27,24 @@ class ChooseDefaults(Stage[ExportContext]):
         if QUANTIZERS.get(qc.mode).needs_calibration or qc.weight_algorithm == "gptq" or config.auto:
             return True
         return any(RECOVERY.get(name).needs_calibration for name in ctx.recover)
+
+    @staticmethod
+    def _ranges_and_outputs(ctx: ExportContext, chosen: Defaults, graph: onnx.ModelProto) -> None:
+        """The family's activation-range method (where the user named none), and its logits left
+        unquantized (where the matmuls_only default or a plugin chose output rules, they stand)."""
+        if chosen.calibration_method and ctx.config.calibration_method is None:
+            ctx.candidates = [
+                replace(c, calibration_method=chosen.calibration_method) for c in ctx.candidates
+            ]
+        if chosen.float_outputs and (kinds := output_layers(graph)):
+            logits_float = ("OpTypesToExcludeOutputQuantization", kinds)
+            ctx.candidates = [
+                c
+                if "OpTypesToExcludeOutputQuantization" in dict(c.extra_options)
+                else replace(c, extra_options=(*c.extra_options, logits_float))
+                for c in ctx.candidates
+            ]
+        ctx.qc = ctx.candidates[0]
 
     def run(self, ctx: ExportContext) -> None:
         config = ctx.config
@@ -47,7 +65,7 @@ class ChooseDefaults(Stage[ExportContext]):
             excluded, included = ctx.qc.nodes_to_exclude, ctx.qc.nodes_to_include
             ctx.candidates = [
                 replace(c, external_data=external, nodes_to_exclude=excluded, nodes_to_include=included)
-                for c in ctx.target.candidates(config.bits, mode, config.calibration_method)
+                for c in ctx.target.candidates(config.bits, mode, config.calibration_method or "minmax")
             ]
             ctx.qc = ctx.candidates[0]
         if chosen.matmuls_only and config.recover is None and not ctx.qc.nodes_to_include:
@@ -71,6 +89,8 @@ class ChooseDefaults(Stage[ExportContext]):
             ctx.qc = ctx.candidates[0]
             if stem:
                 ctx.notes.append(f"stem kept in float: {', '.join(stem)}")
+        if config.recover is None:
+            self._ranges_and_outputs(ctx, chosen, graph)
         recover = chosen.recover if config.recover is None else config.recover
         if config.recover is None and ctx.calibration is None:
             needing = [r for r in recover if RECOVERY.get(r).needs_calibration]
@@ -84,7 +104,8 @@ class ChooseDefaults(Stage[ExportContext]):
         if ctx.calibration is not None and not self._reads_calibration(ctx):
             ctx.calibration = None  # kept for recovery steps this run does not take
         used = (
-            config.recover is None and (bool(recover) or chosen.matmuls_only or chosen.float_stem)
+            config.recover is None
+            and (bool(recover) or chosen.matmuls_only or chosen.float_stem or chosen.float_outputs)
         ) or mode is not None
         ctx.defaults = {**asdict(chosen), "mode": ctx.mode, "recover": list(recover), "applied": used}
         if used and chosen.why:

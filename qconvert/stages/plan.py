@@ -27,7 +27,8 @@ class PlanQuantization(Stage[ExportContext]):
         ctx.mode = target.resolve_mode(config.bits, config.mode)
         ctx.tolerance = Tolerance.for_bits(config.bits, config.tolerance)
         ctx.target = bound = target.bind(dict(config.target_options))  # options checked once, here
-        candidates = bound.candidates(config.bits, ctx.mode, config.calibration_method)
+        ranges = config.calibration_method or "minmax"  # ChooseDefaults may pick the family's instead
+        candidates = bound.candidates(config.bits, ctx.mode, ranges)
         if config.bits == 4:  # --block-size / --algorithm
             size, algorithm = config.block_size, config.weight_algorithm
             candidates = [replace(c, block_size=size, weight_algorithm=algorithm) for c in candidates]

@@ -1,7 +1,9 @@
 """Recover and Correct: the accuracy-recovery steps named by --recover (qconvert.recover.RECOVERY).
 
 Recover runs the `pre` steps on the prepared fp32 graph before Quantize (each step's output becomes
-the graph that is quantized); Correct runs the `post` steps on (fp32, model.onnx) after it. A step
+the graph that is quantized); Correct runs the `post` steps on (fp32, model.onnx) after it. Steps run
+in pipeline order (`Recovery.order`: rewrites, then rounding, then bias correction), whatever order
+--recover names them in. A step
 that does not apply to this run's format is skipped with its reason. Every step's notes, details and
 seconds go into report.json's `recovery` list, in run order.
 
@@ -27,7 +29,7 @@ import onnx
 from qconvert import artifacts
 from qconvert.benchmark import interleaved_latency
 from qconvert.recover import RECOVERY, Recovery, RecoveryInput
-from qconvert.recover.base import quantizer_for
+from qconvert.recover.base import in_run_order, quantizer_for
 from qconvert.runtime import make_session
 from qconvert.stages._shared import latency_feed
 from qconvert.stages.base import Stage
@@ -37,7 +39,7 @@ from qconvert.validation.standin import not_here
 
 def _steps(names: tuple[str, ...], phase: str) -> list[Recovery]:
     steps = [RECOVERY.get(name) for name in names]  # registered instances
-    return [step for step in steps if step.phase == phase]
+    return in_run_order([step for step in steps if step.phase == phase])
 
 
 def _timer(ctx: ExportContext) -> Callable[[Sequence[onnx.ModelProto]], list[float]] | None:

@@ -59,6 +59,10 @@ DATA_MOVEMENT_OPS = frozenset(
     }
 )
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
+# exposed tensors held at once per session run: the cumulative pass exposes every quantized node's
+# output, which for a CNN at 240x240 is ~40 MB per sample (a batch of 32 peaked at 13 GB RSS)
+EXPOSED_BYTES = 256 << 20
+MAX_BATCH = 32
 # ops onnxruntime quantizes only where their input is already quantized (never on their own)
 FOLLOWS_INPUT_OPS = frozenset({"Relu", "Clip"})
 
@@ -264,7 +268,7 @@ def _session(path: Path) -> Any:
 
 
 def _run(
-    session: Any, data: Dataset, names: Sequence[str], batch: int = 32
+    session: Any, data: Dataset, names: Sequence[str], batch: int = MAX_BATCH
 ) -> Iterator[dict[str, np.ndarray]]:
     fixed = {i.name: i.shape[0] for i in session.get_inputs() if isinstance(i.shape[0], int)}
     size = min(fixed.values()) if fixed else batch
@@ -284,7 +288,10 @@ def _sqnrs(
     cand = _session(_exposing(quantized, work / f"{tag}-q.onnx", q_names))
     signal = dict.fromkeys(ref_names, 0.0)
     noise = dict.fromkeys(ref_names, 0.0)
-    for r, c in zip(_run(ref, data, ref_names), _run(cand, data, q_names), strict=True):
+    # as many samples per run as keep the exposed tensors of one session under EXPOSED_BYTES
+    per_sample = sum(v.nbytes for v in next(_run(ref, data.subset(slice(0, 1)), ref_names, 1)).values())
+    batch = int(np.clip(EXPOSED_BYTES // max(per_sample, 1), 1, MAX_BATCH))
+    for r, c in zip(_run(ref, data, ref_names, batch), _run(cand, data, q_names, batch), strict=True):
         for name, q_name in pairs.items():
             a, b = r[name].astype(np.float64), c[q_name].astype(np.float64)
             if a.shape != b.shape:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from qconvert.recover.defaults import choose, model_family
@@ -28,7 +29,8 @@ def test_families() -> None:
 
 def test_defaults_per_family() -> None:
     conv = choose("conv", "tensorrt", 8, "static")
-    assert conv.recover == ("bias_correction",) and conv.mode is None
+    assert conv.recover == ("gptq", "bias_correction") and conv.mode is None
+    assert conv.float_stem and conv.float_outputs and conv.calibration_method == "mse"
     text = choose("transformer", "cpu", 8, "static")
     assert text.mode == "dynamic" and text.recover == ("smoothquant",)
     assert not text.matmuls_only
@@ -45,7 +47,10 @@ def _conv(name: str, x: str, y: str, group: int = 1) -> onnx.NodeProto:
     return helper.make_node("Conv", [x, f"{name}_w"], [y], name=name, group=group)
 
 
-def test_float_stem_is_the_first_conv_and_a_depthwise_conv_after_it() -> None:
+@pytest.mark.parametrize("kernel", [[1, 1], [3, 3]])
+def test_float_stem_is_the_first_conv_and_the_first_block_after_it(kernel: list[int]) -> None:
+    """The first conv, the depthwise conv reading it and the pointwise projection after that; a
+    full (3x3) conv after the depthwise one is not a projection and stays quantized."""
     from qconvert.recover.defaults import float_stem
 
     mobilenet = helper.make_model(
@@ -54,14 +59,16 @@ def test_float_stem_is_the_first_conv_and_a_depthwise_conv_after_it() -> None:
                 _conv("stem", "x", "s"),
                 helper.make_node("Clip", ["s"], ["a"], name="relu6"),
                 _conv("dw", "a", "d", group=32),
-                _conv("pw", "d", "p"),
+                helper.make_node("Clip", ["d"], ["e"], name="relu6_dw"),
+                helper.make_node("Conv", ["e", "pw_w"], ["p"], name="pw", kernel_shape=kernel),
+                _conv("next", "p", "n"),
             ],
             "g",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
             [],
         )
     )
-    assert float_stem(mobilenet) == ("stem", "dw")
+    assert float_stem(mobilenet) == (("stem", "dw", "pw") if kernel == [1, 1] else ("stem", "dw"))
     plain = helper.make_model(
         helper.make_graph(
             [_conv("c1", "x", "a"), helper.make_node("Relu", ["a"], ["r"], name="r"), _conv("c2", "r", "b")],
