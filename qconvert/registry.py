@@ -9,8 +9,10 @@ the entry point's name being the registry name. The CLI's choices come from thes
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
@@ -19,6 +21,18 @@ from qconvert.errors import ConfigError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """An entry registered by where it lives ("package.module:attribute"), imported when first used:
+    its name is known (for `--help` and validation) without importing its module."""
+
+    where: str
+
+    def load(self) -> Any:
+        module, _, attr = self.where.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
 
 class Registry(Generic[T]):
@@ -31,7 +45,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.flag = flag
         self.by_name = by_name
-        self._entries: dict[str, T] = {}
+        self._entries: dict[str, T | Lazy] = {}
         self._plugins: tuple[str, Callable[[Any], T] | None] | None = None
 
     def plugins(self, group: str, convert: Callable[[Any], T] | None = None) -> None:
@@ -53,23 +67,32 @@ class Registry(Generic[T]):
 
         return add
 
+    def register_lazy(self, name: str, where: str) -> None:
+        """Register the entry at `where` ("package.module:attribute") without importing it yet."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = Lazy(where)
+
+    def _resolved(self, name: str) -> T:
+        entry = self._entries[name]
+        if isinstance(entry, Lazy):
+            entry = self._entries[name] = entry.load()
+        return entry
+
     def get(self, name: str) -> T:
         self._load_plugins()
-        try:
-            return self._entries[name]
-        except KeyError:
-            valid = ", ".join(self.names())
-            raise ConfigError(
-                f"{self.flag} {name!r} is not a known {self.kind}. Valid choices: {valid}."
-            ) from None
+        if name in self._entries:
+            return self._resolved(name)
+        valid = ", ".join(self.names())
+        raise ConfigError(f"{self.flag} {name!r} is not a known {self.kind}. Valid choices: {valid}.")
 
     def names(self) -> list[str]:
-        return [name for name, _ in self]
+        """The registered names, in listing order, without importing lazily registered entries."""
+        self._load_plugins()
+        return sorted(self._entries) if self.by_name else list(self._entries)
 
     def __iter__(self) -> Iterator[tuple[str, T]]:
-        self._load_plugins()
-        items = list(self._entries.items())
-        return iter(sorted(items) if self.by_name else items)
+        return iter([(name, self._resolved(name)) for name in self.names()])
 
     def __contains__(self, name: object) -> bool:
         self._load_plugins()

@@ -363,3 +363,6 @@ class AdaRound(Recovery):
         w_new = on_grid(w, integers, grid)
         flipped = int(np.sum(integers != nearest))
         return _Learned(integers, error_nearest, error_learned, flipped, error_float), w_new
+
+
+STEP = AdaRound()  # registered (lazily) in qconvert/recover/__init__.py as RECOVERY

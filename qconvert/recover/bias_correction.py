@@ -295,3 +295,6 @@ class BiasCorrection(Recovery):
             mean_x = stats[quantized[layer.node][1]].values["mean_tensor"]
             out[layer.node] = _mean_output(layer, model, mean_x, dw)
         return out
+
+
+STEP = BiasCorrection()  # registered (lazily) in qconvert/recover/__init__.py as RECOVERY

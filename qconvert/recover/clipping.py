@@ -139,3 +139,6 @@ class ClipWeights(Recovery):
         )
         log.info("%s", notes[-1])
         return StepResult(model, True, tuple(notes), {"layers": details})
+
+
+STEP = ClipWeights()  # registered (lazily) in qconvert/recover/__init__.py as RECOVERY

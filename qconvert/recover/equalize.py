@@ -381,3 +381,6 @@ def _identity_ranges(
     if rest:
         stats.update(collect(model, inp.calibration, rest, ["channel_min", "channel_max"], channel_last=True))
     return {k: (v.values["channel_min"], v.values["channel_max"]) for k, v in stats.items()}
+
+
+STEP = Equalize()  # registered (lazily) in qconvert/recover/__init__.py as RECOVERY

@@ -307,3 +307,6 @@ class GptqRounding(Recovery):
 
 def _channel_max(a: np.ndarray, axis: int) -> np.ndarray:
     return a.max(axis=tuple(i for i in range(a.ndim) if i != axis), keepdims=True)
+
+
+STEP = GptqRounding()  # registered (lazily) in qconvert/recover/__init__.py as RECOVERY

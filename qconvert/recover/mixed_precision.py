@@ -548,3 +548,6 @@ class MixedPrecision(Recovery):
 
 
 __all__ = ["MixedPrecision"]
+
+
+STEP = MixedPrecision()  # registered (lazily) in qconvert/recover/__init__.py as RECOVERY

@@ -373,3 +373,6 @@ def _choice_json(c: Choice) -> dict[str, Any]:
         "error_after": c.error_after,
         "absorbed_by": c.where,
     }
+
+
+STEP = SmoothQuant()  # registered (lazily) in qconvert/recover/__init__.py as RECOVERY
