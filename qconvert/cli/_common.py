@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from qconvert.config import TEXT_PADDING
+from qconvert.config import DEFAULT_CONFIDENCE, TEXT_PADDING
 from qconvert.errors import QConvertError
 
 # Image-folder DATA options, shared by the commands that read DATA (typer options are plain metadata,
@@ -50,6 +50,14 @@ STD_OPTION = typer.Option(
 )
 LAYOUT_OPTION = typer.Option(
     "nchw", "--layout", help="Image folders: nchw (channels first) or nhwc (channels last)."
+)
+
+# The verdict's confidence level, shared by export, validate and sweep.
+CONFIDENCE_OPTION = typer.Option(
+    DEFAULT_CONFIDENCE,
+    "--confidence",
+    help="Confidence level of the intervals the verdict reads: PASSED when every check's interval lies "
+    "inside its tolerance, FAILED when one lies outside, INCONCLUSIVE (exit 1) when one straddles it.",
 )
 
 # Text-file DATA options (.txt, one sample per line) and the Hugging Face --task, shared the same way.
@@ -261,9 +269,13 @@ def process_seconds() -> float | None:
         return None
 
 
-def summary_line(passed: bool, started: float) -> None:
-    """`PASSED | N s | command`: N is the whole run, from before the imports (cli.STARTED)."""
-    verdict = "[bold green]PASSED[/]" if passed else "[bold red]FAILED[/]"
+VERDICT_STYLES = {"passed": "bold green", "failed": "bold red", "inconclusive": "bold yellow"}
+
+
+def summary_line(verdict: str, started: float) -> None:
+    """`PASSED | N s | command` (or FAILED, INCONCLUSIVE): N is the whole run, from before the
+    imports (cli.STARTED)."""
+    shown = f"[{VERDICT_STYLES[verdict]}]{verdict.upper()}[/]"
     command = shlex.join(["qconvert", *sys.argv[1:]])
     seconds = max(time.perf_counter() - min(started, STARTED), process_seconds() or 0.0)
-    out.print(f"{verdict} | {seconds:.1f} s | {escape(command)}")
+    out.print(f"{shown} | {seconds:.1f} s | {escape(command)}")

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from qconvert.cli import _settings_file
 from qconvert.cli._common import (
+    CONFIDENCE_OPTION,
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
     MAX_LENGTH_OPTION,
@@ -46,6 +47,8 @@ from qconvert.config import (
 )
 from qconvert.report import (
     failure_lines,
+    inconclusive_lines,
+    level_text,
     quantized_label,
     random_data_warning,
     sensitivity_rows,
@@ -117,6 +120,7 @@ def export(
     tolerance: str = typer.Option(
         None, "--tolerance", help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Default: per bit width."
     ),
+    confidence: float = CONFIDENCE_OPTION,
     exclude: list[str] = typer.Option(
         [], "--exclude", help="Keep matching nodes in float: [name:|op:|module:]GLOB or re:REGEX. Repeatable."
     ),
@@ -199,6 +203,7 @@ def export(
         opset=opset,
         out_dir=out_dir,
         tolerance=tolerance,
+        confidence=confidence,
         latency_batch=latency_batch,
         exclude=tuple(exclude),
         include=tuple(include),
@@ -221,7 +226,8 @@ def export(
     }[_settings_file.source_of("tolerance")]
     table = Table(
         title=f"{result.manifest['source']['origin']} -> {report['target']} ({report['mode']})",
-        caption=f"bounds: {bounds}",
+        caption=f"bounds: {bounds}; below each figure its {level_text(report)} confidence interval, which "
+        "the verdict reads (<=X% worse: the share of inputs that may be worse than the worst seen)",
     )
     table.add_column("")
     table.add_column("fp32", justify="right")
@@ -245,13 +251,15 @@ def export(
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):
         err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)
+    for line in inconclusive_lines(report):
+        err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)
     out.print(f"artifacts: {escape(str(result.out_dir))}")
     from qconvert.artifacts import sha256_file
 
     out.print(
         f"qconvert.json sha256: {sha256_file(result.out_dir / 'qconvert.json')}", soft_wrap=True
     )  # pin or sign this
-    summary_line(result.passed, started)
+    summary_line(result.verdict, started)
     return 0 if result.passed else 1
 
 

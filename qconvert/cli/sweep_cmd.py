@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qconvert.cli._common import (
+    CONFIDENCE_OPTION,
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
     MAX_LENGTH_OPTION,
@@ -48,7 +49,13 @@ TargetName = Enum("TargetName", {n: n for n in TARGETS.names()}, type=str)  # ty
 CalibrationMethod = Enum("CalibrationMethod", {m: m for m in CALIBRATION_METHODS}, type=str)  # type: ignore[misc]
 Executor = Enum("Executor", {e: e for e in EXECUTORS}, type=str)  # type: ignore[misc]
 
-_STYLES = {"out_of_tolerance": "red", "error": "red", "not_supported": "dim", "passed": "green"}
+_STYLES = {
+    "out_of_tolerance": "red",
+    "error": "red",
+    "not_supported": "dim",
+    "passed": "green",
+    "inconclusive": "yellow",
+}
 
 
 def sweep(
@@ -101,6 +108,7 @@ def sweep(
         "--tolerance",
         help="Applied at every bit width on top of its defaults, e.g. 'top1_agreement>=0.99'.",
     ),
+    confidence: float = CONFIDENCE_OPTION,
     target_options: list[str] = typer.Option(
         [], "--target-option", help="NAME=VALUE, a target setting (see `qconvert targets`). Repeatable."
     ),
@@ -149,6 +157,7 @@ def sweep(
         task=task,
         opset=opset,
         tolerance=tolerance,
+        confidence=confidence,
         target_options=tuple(parse_target_option(t) for t in target_options),
         out_dir=out_dir,
         force=force,
@@ -174,10 +183,13 @@ def sweep(
     for row in summary["rows"]:
         if not row.get("reason"):
             continue
-        if row["status"] == "out_of_tolerance":
-            err.print(
-                f"[red]out of tolerance:[/] {escape(row['name'])}: {escape(row['reason'])}", soft_wrap=True
+        if row["status"] in ("out_of_tolerance", "inconclusive"):
+            label = (
+                "[red]out of tolerance:[/]"
+                if row["status"] == "out_of_tolerance"
+                else "[yellow]inconclusive:[/]"
             )
+            err.print(f"{label} {escape(row['name'])}: {escape(row['reason'])}", soft_wrap=True)
         elif row["status"] in ("not_supported", "error"):
             what = f"{row['name']} {STATUS_TEXT[row['status']]}: {row['reason']}"
             err.print(f"[yellow]note:[/] {escape(what)}", soft_wrap=True)
@@ -185,5 +197,5 @@ def sweep(
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     out.print(f"[bold]{escape(result.recommendation.describe())}[/]", soft_wrap=True)
     out.print(f"artifacts: {escape(str(result.out_dir))} (sweep.json, sweep.png, sweep.html, trials/)")
-    summary_line(result.passed, started)
+    summary_line(result.verdict, started)
     return 0 if result.passed else 1

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qconvert.cli._common import (
+    CONFIDENCE_OPTION,
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
     MAX_LENGTH_OPTION,
@@ -30,7 +31,7 @@ from qconvert.cli._common import (
     write_json_stdout,
 )
 from qconvert.config import ValidateConfig, image_options, text_options
-from qconvert.report import failure_lines
+from qconvert.report import failure_lines, inconclusive_lines, interval_text, level_text
 
 
 def validate(
@@ -63,6 +64,7 @@ def validate(
         help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Overrides qconvert.toml [tolerance] or "
         "pyproject.toml [tool.qconvert.tolerance], which override the defaults for --bits.",
     ),
+    confidence: float = CONFIDENCE_OPTION,
     json_out: Path = typer.Option(
         None,
         "--json",
@@ -124,6 +126,7 @@ def validate(
             base=image_options(image_size, mean, std, layout),
         ),
         tolerance=tolerance,
+        confidence=confidence,
         json_out=None if to_stdout else json_out,
         junit_out=junit_out,
         html_out=html_out,
@@ -145,7 +148,9 @@ def validate(
         title=f"{report['model']} vs {report['reference']} ({report['samples']} samples)",
         caption="bounds: " + " < ".join(layers),  # a stray qconvert.toml is never invisible
     )
-    for col, justify in (("output", "left"), ("metric", "left"), ("measured", "right"), ("needs", "left")):
+    level = level_text(report)
+    columns = (("output", "left"), ("metric", "left"), ("measured", "right"), (f"{level} interval", "right"))
+    for col, justify in (*columns, ("needs", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     table.add_column("")
     for check in report["validation"]["checks"]:
@@ -153,25 +158,41 @@ def validate(
             Text(check["output"]),
             Text(check["metric"]),
             Text(f"{check['measured']:.6g}"),
+            Text(interval_text(check.get("interval")).replace("worse", "beyond") or "-"),
             Text(check["bound"]),
-            Text("ok", style="green") if check["passed"] else Text("FAILED", style="bold red"),
+            Text(*_VERDICT_CELLS[check["verdict"]]),
         )
     print_table(table)
+    intervals = report["validation"]["intervals"]
     for name, m in report["validation"]["outputs"].items():
+        ivs = intervals.get(name, {})
+
+        def shown(metric: str, text: str, fmt: Any = None, ivs: dict[str, Any] = ivs) -> str:
+            iv = interval_text(ivs.get(metric), fmt) if fmt else interval_text(ivs.get(metric))
+            return f"{text} {iv}" if iv else text
+
         measured = [
-            f"cosine {m['cosine']:.5f} (worst {m['cosine_min']:.4f})",
-            f"SQNR {m['sqnr_db']:.1f} dB",
-            f"max_abs {m['max_abs']:.3g}",
-            f"rel_error {m['rel_error']:.3g}",
+            shown("cosine", f"cosine {m['cosine']:.5f}"),
+            shown("cosine_min", f"worst {m['cosine_min']:.4f}"),
+            shown("sqnr_db", f"SQNR {m['sqnr_db']:.1f} dB", lambda x: f"{x:.1f}"),
+            shown("max_abs", f"max_abs {m['max_abs']:.3g}"),
+            shown("rel_error", f"rel_error {m['rel_error']:.3g}"),
         ]
-        measured += [f"{k} {m[k]:.3g}" for k in ("kl_div",) if k in m]
-        measured += [f"{k} {100 * m[k]:.2f}%" for k in ("top1_agreement", "top5_agreement") if k in m]
-        out.print(f"{escape(name)}: " + ", ".join(measured))
+        measured += [shown(k, f"{k} {m[k]:.3g}") for k in ("kl_div",) if k in m]
+        measured += [
+            shown(k, f"{k} {100 * m[k]:.2f}%", lambda x: f"{100 * x:.2f}%")
+            for k in ("top1_agreement", "top5_agreement")
+            if k in m
+        ]
+        out.print(f"{escape(name)} ({level} intervals): " + ", ".join(measured), soft_wrap=True)
     acc = report["validation"]["accuracy"]
     if acc:
+        ivs = acc.get("intervals", {})
         out.print(
-            f"accuracy ({escape(acc['output'])}): reference {100 * acc['reference']:.2f}%, "
-            f"candidate {100 * acc['candidate']:.2f}%"
+            f"accuracy ({escape(acc['output'])}): reference {100 * acc['reference']:.2f}% "
+            f"{interval_text(ivs.get('reference'), lambda x: f'{100 * x:.2f}%')}, "
+            f"candidate {100 * acc['candidate']:.2f}% {interval_text(ivs.get('candidate'), lambda x: f'{100 * x:.2f}%')}",
+            soft_wrap=True,
         )
     if report.get("collapse"):
         print_collapse(report["collapse"])
@@ -185,13 +206,22 @@ def validate(
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):
         err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)
+    for line in inconclusive_lines(report):
+        err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)
     for flag, path in (("json", None if to_stdout else json_out), ("junit", junit_out), ("html", html_out)):
         if path is not None:
             out.print(f"{flag}: {escape(str(path))}")
-    summary_line(result.passed, started)
+    summary_line(result.verdict, started)
     if to_stdout:
         write_json_stdout(result.as_json())
     return 0 if result.passed else 1
+
+
+_VERDICT_CELLS = {
+    "passed": ("ok", "green"),
+    "failed": ("FAILED", "bold red"),
+    "inconclusive": ("INCONCLUSIVE", "bold yellow"),
+}
 
 
 def parse_probe_option(text: str) -> tuple[str, str]:

@@ -30,13 +30,9 @@ LADDER: dict[str, tuple[str, ...]] = {
 
 
 def score(validation: ValidationResult) -> float:
-    """The worst check's slack relative to its bound (>= 0 when every check passes)."""
-    slacks = []
-    for check in validation.checks:
-        bound, measured = check.bound.value, check.measured
-        gap = measured - bound if check.bound.kind == "min" else bound - measured
-        slacks.append(gap / max(abs(bound), 1e-6))
-    return min(slacks, default=0.0)
+    """The worst check's slack relative to its bound, read where the verdict reads it (the interval's
+    end on the passing side): >= 0 when every check's interval lies inside its bound."""
+    return min((check.slack for check in validation.checks), default=0.0)
 
 
 def _worst(validation: ValidationResult) -> str:
@@ -57,6 +53,13 @@ class AutoRecover(Stage[ExportContext]):
     def skip(self, ctx: ExportContext) -> bool:
         if not (ctx.config.auto and not ctx.validation and ctx.qc.mode in ("static", "dynamic")):
             ctx.auto = []
+            return True
+        if ctx.validation.data_limited:  # no recovery step can make up for too few samples
+            ctx.auto = []
+            ctx.notes.append(
+                f"--auto: nothing to recover: the verdict is INCONCLUSIVE for want of held-out samples "
+                f"({ctx.validation.samples}), not for accuracy; no model could pass on so few"
+            )
             return True
         return False
 

@@ -118,7 +118,9 @@ class BlameLayers(Stage[ExportContext]):
 
     def run(self, ctx: ExportContext) -> None:
         ctx.blame, ctx.all_int8_path = None, None
-        if not (ctx.config.auto or not ctx.validation):
+        # a verdict INCONCLUSIVE for want of held-out samples alone has no layer to blame
+        to_blame = not ctx.validation and not ctx.validation.data_limited
+        if not (ctx.config.auto or to_blame):
             return
         target, inputs, opts = ctx.target, ctx.inputs, ctx.opts
         blame = _blame(
@@ -131,7 +133,7 @@ class BlameLayers(Stage[ExportContext]):
             ctx.validate_graph,
             lambda path: target.finalize(path, inputs, opts),
             ctx.progress,
-            failed=not ctx.validation,
+            failed=to_blame,
         )
         ctx.blame = blame
         if blame.qc is not None and blame.fallback is not None:  # the fallback passed: ship it
