@@ -12,7 +12,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from qconvert.report import INCONCLUSIVE, check_line, level_text
+from qconvert.report import INCONCLUSIVE, check_line, level_text, verdict_of
 
 SUITE = "qconvert validate"
 
@@ -27,7 +27,7 @@ def render_junit(run: dict[str, Any]) -> str:
     suite = ET.SubElement(root, "testsuite", {"name": SUITE, **counts, "time": seconds})
     props = ET.SubElement(suite, "properties")
     level = level_text(run)
-    props_values = {**run, "verdict": run.get("verdict"), "confidence": run["validation"].get("confidence")}
+    properties = {**run, "confidence": run["validation"].get("confidence")}
     for name in (
         "candidate",
         "reference",
@@ -39,7 +39,7 @@ def render_junit(run: dict[str, Any]) -> str:
         "verdict",
         "confidence",
     ):
-        value = props_values.get(name)
+        value = properties.get(name)
         if value is not None:
             ET.SubElement(props, "property", {"name": name, "value": str(value)})
     for check in checks:
@@ -50,7 +50,7 @@ def render_junit(run: dict[str, Any]) -> str:
             ET.SubElement(case, "system-out").text = check_line(check, level)
         else:
             message = check_line(check, level)
-            kind = "Inconclusive" if check.get("verdict") == INCONCLUSIVE else "OutOfTolerance"
+            kind = "Inconclusive" if verdict_of(check) == INCONCLUSIVE else "OutOfTolerance"
             failure = ET.SubElement(case, "failure", {"message": message, "type": kind})
             failure.text = message
     notes = run.get("notes") or []

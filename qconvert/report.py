@@ -49,9 +49,10 @@ def random_data_warning(report: dict[str, Any]) -> str | None:
     return f"Accuracy figures are not meaningful: this model was {how} (--calibration random), not real data."
 
 
-def verdict_of(report: dict[str, Any]) -> str:
-    """The report's verdict; files from before intervals (schema 1) have only `passed`."""
-    return str(report.get("verdict") or (PASSED if report.get("passed") else FAILED))
+def verdict_of(doc: dict[str, Any]) -> str:
+    """The verdict of a report, a check or a sweep (a dict with `passed`, and `verdict` in files
+    written since the verdict reads intervals: before, `passed` was the two-way verdict)."""
+    return str(doc.get("verdict") or (PASSED if doc.get("passed") else FAILED))
 
 
 def level_text(report: dict[str, Any]) -> str:
@@ -73,19 +74,27 @@ def figure_text(x: float, digits: int = 4, near_one: int = 1) -> str:
     return f"{x:.{digits}g}"
 
 
+def _share(x: float) -> str:
+    return f"{100 * x:.2g}%"
+
+
 def _interval_end(x: float) -> str:
     """An interval's end: one digit more than a figure near 1 (0.9398, not 0.94, for an end that
     decides a verdict against 0.94)."""
     return figure_text(x, near_one=2)
 
 
-def interval_text(interval: dict[str, Any] | None, fmt: Callable[[float], str] = _interval_end) -> str:
-    """`[low, high]` in the figure's own format; for a worst figure, the share of inputs that may be
-    worse than it (`<=4.1% worse`); '' without an interval."""
+def interval_text(
+    interval: dict[str, Any] | None, fmt: Callable[[float], str] | None = None, beyond: str = "worse"
+) -> str:
+    """`[low, high]`, each end by `fmt` (default: one digit past what tells a figure near 1 from 1);
+    for an interval on the share of inputs beyond a limit, that share's upper end: `<=4.1% worse`
+    under a worst figure, `<=4.1% beyond` (`beyond`) for a check's bound; '' without an interval."""
     if not interval:
         return ""
     if interval["method"] == BEYOND:
-        return f"<={100 * interval['high']:.2g}% worse"
+        return f"<={_share(interval['high'])} {beyond}"
+    fmt = fmt or _interval_end
     return f"[{fmt(interval['low'])}, {fmt(interval['high'])}]"
 
 
@@ -94,16 +103,12 @@ def _with_interval(value: str, interval: str) -> str:
     return f"{value}\n{interval}" if interval else value
 
 
-def _share(x: float) -> str:
-    return f"{100 * x:.2g}%"
-
-
 def check_line(check: dict[str, Any], level: str = "") -> str:
     """One check with its interval and, where it did not pass, what would settle it: for a FAILED
     check the tolerance that would pass, for an INCONCLUSIVE one the held-out samples that would
     decide it."""
     iv = check.get("interval")
-    verdict = check.get("verdict") or (PASSED if check["passed"] else FAILED)
+    verdict = verdict_of(check)
     head = f"{check['output']}: {check['metric']} = {check['measured']:.6g}"
     if verdict == INCONCLUSIVE and iv:
         if iv["method"] == BEYOND:
@@ -125,9 +130,8 @@ def check_line(check: dict[str, Any], level: str = "") -> str:
     elif iv:
         head += f" ({level} interval {interval_text(iv)}, {iv['samples']} samples)"
     text = f"{head}, needs {check['bound']}"
-    if verdict == FAILED and check.get(
-        "needed"
-    ):  # never for speedup: a gate is not told to accept a slowdown
+    # never for speedup: a gate is not told to accept a slowdown
+    if verdict == FAILED and check.get("needed"):
         text += f" (would pass with --tolerance '{check['needed']}')"
     return f"{text}: {check['hint']}" if check.get("hint") else text
 
@@ -136,7 +140,7 @@ def inconclusive_lines(report: dict[str, Any]) -> list[str]:
     """One line per INCONCLUSIVE check, then what would settle the whole verdict."""
     validation = report["validation"]
     level = level_text(report)
-    lines = [check_line(c, level) for c in validation["checks"] if c.get("verdict") == INCONCLUSIVE]
+    lines = [check_line(c, level) for c in validation["checks"] if verdict_of(c) == INCONCLUSIVE]
     if lines:
         lines.append(settle_advice(report))
     return lines
@@ -221,9 +225,7 @@ def failure_lines(report: dict[str, Any]) -> list[str]:
     where per-layer sensitivity ran, the worst layers and what --auto did or could do."""
     level = level_text(report)
     return [
-        check_line(c, level)
-        for c in report["validation"]["checks"]
-        if c.get("verdict", FAILED if not c["passed"] else PASSED) == FAILED
+        check_line(c, level) for c in report["validation"]["checks"] if verdict_of(c) == FAILED
     ] + blame_lines(report)
 
 

@@ -148,7 +148,7 @@ def _td(text: str, attrs: str = "") -> str:
     return f"<td{(' ' + attrs) if attrs else ''}>{text}</td>"
 
 
-def _ci(interval: dict[str, Any] | None, fmt: Any = _num) -> str:
+def _ci(interval: dict[str, Any] | None, fmt: Any = None) -> str:
     """A figure's confidence interval, as a small line under it ('' without one)."""
     text = interval_text(interval, fmt)
     return f'<span class="ci" data-field="interval">{escape(text)}</span>' if text else ""
@@ -365,10 +365,9 @@ def _checks(report: dict[str, Any]) -> str:
     checks = report.get("validation", {}).get("checks", [])
     rows, attrs = [], []
     for c in checks:
-        verdict = c.get("verdict") or (PASSED if c.get("passed") else FAILED)
+        verdict = verdict_of(c)
         result, row_class = _RESULT[verdict]
         iv = c.get("interval")
-        beyond = " of inputs beyond" if iv and iv.get("method") == "share-beyond" else ""
         if verdict == INCONCLUSIVE:
             settle = c.get("samples_to_settle")
             remedy = f"about {settle} held-out samples" if settle else "no sample count: it sits on the bound"
@@ -382,7 +381,7 @@ def _checks(report: dict[str, Any]) -> str:
                 _td(escape(str(c.get("metric"))), 'class="text"'),
                 _td(_num(c.get("measured")), 'data-field="measured"'),
                 _td(
-                    escape(interval_text(iv, _num).replace(" worse", "")) + beyond if iv else DASH,
+                    escape(interval_text(iv, beyond="of inputs beyond")) if iv else DASH,
                     'data-field="interval"',
                 ),
                 _td(escape(str(c.get("bound"))), 'class="text"'),
@@ -392,8 +391,8 @@ def _checks(report: dict[str, Any]) -> str:
             ]
         )
         attrs.append(f'class="{row_class}"')
-    failed = sum(1 for c in checks if c.get("verdict", FAILED if not c.get("passed") else PASSED) == FAILED)
-    undecided = sum(1 for c in checks if c.get("verdict") == INCONCLUSIVE)
+    failed = sum(1 for c in checks if verdict_of(c) == FAILED)
+    undecided = sum(1 for c in checks if verdict_of(c) == INCONCLUSIVE)
     parts = [f"{failed} failed" if failed else "", f"{undecided} inconclusive" if undecided else ""]
     lead = (
         f"<p>{' and '.join(p for p in parts if p)} of {len(checks)} checks; each such row says what would settle "

@@ -46,7 +46,7 @@ SWEEP_JSON, SWEEP_PNG, SWEEP_HTML = "sweep.json", "sweep.png", "sweep.html"
 BASELINE_STATUS = "baseline"
 PASSED = "passed"
 OUT_OF_TOLERANCE = "out_of_tolerance"
-INCONCLUSIVE = "inconclusive"  # within tolerance by the figures, not (yet) by their intervals
+INCONCLUSIVE = "inconclusive"  # an interval straddles a bound: more held-out samples may decide it
 NOT_SUPPORTED = "not_supported"
 ERROR = "error"
 

@@ -12,7 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from qconvert.report import human_bytes
+from qconvert.report import human_bytes, verdict_of
 from qconvert.report_html import CSS, _bars_svg, _table, _td
 
 STATUS_TEXT = {
@@ -247,13 +247,9 @@ def _ratio_bars(rows: list[dict[str, Any]], key: str, chart_id: str, title: str)
 def render_html(summary: dict[str, Any], png: bytes) -> str:
     """The whole sweep page: recommendation, table, the plot, size and latency bars, notes."""
     rows = summary["rows"]
-    verdict = {
-        "passed": '<span class="verdict passed" id="verdict">HOLDS</span>',
-        "inconclusive": '<span class="verdict inconclusive" id="verdict">UNDECIDED</span>',
-    }.get(
-        summary.get("verdict") or ("passed" if summary.get("passed") else "failed"),
-        '<span class="verdict failed" id="verdict">NONE HOLDS</span>',
-    )
+    shown = verdict_of(summary)  # a setting holds (PASSED), one may with more samples, or none holds
+    label = {"passed": "HOLDS", "inconclusive": "UNDECIDED"}.get(shown, "NONE HOLDS")
+    verdict = f'<span class="verdict {shown}" id="verdict">{label}</span>'
     body_rows = []
     for row in rows:
         text = cells(summary, row)

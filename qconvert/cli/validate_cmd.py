@@ -21,6 +21,7 @@ from qconvert.cli._common import (
     STD_OPTION,
     TOKENIZER_OPTION,
     TRUNCATION_OPTION,
+    VERDICT_STYLES,
     ProgressView,
     TextPadding,
     err,
@@ -158,9 +159,12 @@ def validate(
             Text(check["output"]),
             Text(check["metric"]),
             Text(f"{check['measured']:.6g}"),
-            Text(interval_text(check.get("interval")).replace("worse", "beyond") or "-"),
+            Text(interval_text(check.get("interval"), beyond="beyond") or "-"),
             Text(check["bound"]),
-            Text(*_VERDICT_CELLS[check["verdict"]]),
+            Text(
+                "ok" if check["verdict"] == "passed" else check["verdict"].upper(),
+                style=VERDICT_STYLES[check["verdict"]],
+            ),
         )
     print_table(table)
     intervals = report["validation"]["intervals"]
@@ -168,8 +172,7 @@ def validate(
         ivs = intervals.get(name, {})
 
         def shown(metric: str, text: str, fmt: Any = None, ivs: dict[str, Any] = ivs) -> str:
-            iv = interval_text(ivs.get(metric), fmt) if fmt else interval_text(ivs.get(metric))
-            return f"{text} {iv}" if iv else text
+            return f"{text} {interval_text(ivs.get(metric), fmt)}".rstrip()
 
         measured = [
             shown("cosine", f"cosine {m['cosine']:.5f}"),
@@ -180,7 +183,7 @@ def validate(
         ]
         measured += [shown(k, f"{k} {m[k]:.3g}") for k in ("kl_div",) if k in m]
         measured += [
-            shown(k, f"{k} {100 * m[k]:.2f}%", lambda x: f"{100 * x:.2f}%")
+            shown(k, f"{k} {_percent(m[k])}", _percent)
             for k in ("top1_agreement", "top5_agreement")
             if k in m
         ]
@@ -188,12 +191,11 @@ def validate(
     acc = report["validation"]["accuracy"]
     if acc:
         ivs = acc.get("intervals", {})
-        out.print(
-            f"accuracy ({escape(acc['output'])}): reference {100 * acc['reference']:.2f}% "
-            f"{interval_text(ivs.get('reference'), lambda x: f'{100 * x:.2f}%')}, "
-            f"candidate {100 * acc['candidate']:.2f}% {interval_text(ivs.get('candidate'), lambda x: f'{100 * x:.2f}%')}",
-            soft_wrap=True,
+        reference, candidate = (
+            f"{which} {_percent(acc[which])} {interval_text(ivs.get(which), _percent)}".rstrip()
+            for which in ("reference", "candidate")
         )
+        out.print(f"accuracy ({escape(acc['output'])}): {reference}, {candidate}", soft_wrap=True)
     if report.get("collapse"):
         print_collapse(report["collapse"])
     task = report["task"]
@@ -217,11 +219,8 @@ def validate(
     return 0 if result.passed else 1
 
 
-_VERDICT_CELLS = {
-    "passed": ("ok", "green"),
-    "failed": ("FAILED", "bold red"),
-    "inconclusive": ("INCONCLUSIVE", "bold yellow"),
-}
+def _percent(x: float) -> str:
+    return f"{100 * x:.2f}%"
 
 
 def parse_probe_option(text: str) -> tuple[str, str]:

@@ -51,7 +51,7 @@ def load_data(
     """(calibration, held-out, notes). Held-out data never overlaps the calibration samples. Without
     --data, enough calibration samples are set aside to pass under `tolerance` at all (see
     `holdout_size`); where there are not enough, or --data is too small, a note (and a warning, at
-    once) says the verdict will be INCONCLUSIVE."""
+    once) says the verdict can be INCONCLUSIVE at best."""
     notes: list[str] = []
     short = ""  # what to do where the held-out set is too small to pass at all
     calib_path = config.calibration or loaded.default_calibration
@@ -129,8 +129,7 @@ def load_data(
     random_note = _random_data_note(_random_data(config))
     if random_note:
         notes.insert(0, random_note)
-    too_few = short and _too_few(len(heldout), tolerance, config, loaded, heldout.labels is not None)
-    if too_few:
+    if short and (too_few := _too_few(len(heldout), tolerance, config, loaded, heldout.labels is not None)):
         log.warning("%s; %s", too_few, short)
         notes.append(f"{too_few}; {short}")
     # every calibration set is returned: ChooseDefaults drops it where nothing of the run reads it

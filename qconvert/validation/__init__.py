@@ -52,7 +52,6 @@ __all__ = [
     "ValidationResult",
     "compare",
     "evaluate",
-    "interval_of",
     "samples_to_pass",
 ]
 
@@ -295,7 +294,7 @@ class ValidationResult:
         }
 
 
-def interval_of(part: Sampled, level: float) -> Interval:
+def _interval_of(part: Sampled, level: float) -> Interval:
     """A figure's interval from its per-sample parts: Wilson for a rate, the bootstrap for a mean or
     a ratio of sums, and for a worst value the share of inputs that may be worse than it."""
     n = len(part.values)
@@ -346,7 +345,7 @@ def evaluate(
         else:
             outputs[name], parts[name] = measure(r, c)
     intervals = {
-        name: {metric: interval_of(part, level) for metric, part in by_metric.items()}
+        name: {metric: _interval_of(part, level) for metric, part in by_metric.items()}
         for name, by_metric in parts.items()
     }
     acc: dict[str, Any] | None = None

@@ -200,10 +200,6 @@ def softmax_kl_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
         return (np.exp(lp) * (lp - lq)).sum(axis=1)
 
 
-def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    return float((scores.argmax(1) == labels).mean())
-
-
 HISTOGRAM_BINS = 20
 HISTOGRAM_RANGE = 1e-6  # the lowest bin edge is at least max_abs * this; smaller errors count as "below"
 
