@@ -567,8 +567,9 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
     inputs = model_inputs(loaded)
     # the held-out set every trial validates on (static trials also need calibration data; a
     # trial without it fails on its own row)
+    # (each trial warns for itself where its held-out data is too few for its own bit width)
     tolerance = Tolerance.for_bits(base.bits, base.tolerance, text=bool(loaded.token_outputs))
-    _, heldout, _ = load_data(base, loaded, inputs, "dynamic", tolerance)
+    _, heldout, _ = load_data(base, loaded, inputs, "dynamic", tolerance, warn=False)
     out_dir = config.out_dir or DEFAULT_OUT_ROOT / f"{loaded.name}-{target.name}-sweep"
     user_files = [
         *loaded.files,

@@ -46,12 +46,17 @@ class LoadData(Stage[ExportContext]):
 
 
 def load_data(
-    config: RunConfig, loaded: LoadedModel, inputs: list[ModelInput], mode: str, tolerance: Tolerance
+    config: RunConfig,
+    loaded: LoadedModel,
+    inputs: list[ModelInput],
+    mode: str,
+    tolerance: Tolerance,
+    warn: bool = True,
 ) -> tuple[Dataset | None, Dataset, list[str]]:
     """(calibration, held-out, notes). Held-out data never overlaps the calibration samples. Without
     --data, enough calibration samples are set aside to pass under `tolerance` at all (see
     `holdout_size`); where there are not enough, or --data is too small, a note (and a warning, at
-    once) says the verdict can be INCONCLUSIVE at best."""
+    once, unless not `warn`) says the verdict can be INCONCLUSIVE at best."""
     notes: list[str] = []
     short = ""  # what to do where the held-out set is too small to pass at all
     calib_path = config.calibration or loaded.default_calibration
@@ -130,7 +135,8 @@ def load_data(
     if random_note:
         notes.insert(0, random_note)
     if short and (too_few := _too_few(len(heldout), tolerance, config, loaded, heldout.labels is not None)):
-        log.warning("%s; %s", too_few, short)
+        if warn:
+            log.warning("%s; %s", too_few, short)
         notes.append(f"{too_few}; {short}")
     # every calibration set is returned: ChooseDefaults drops it where nothing of the run reads it
     return calibration, heldout, notes
