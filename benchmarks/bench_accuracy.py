@@ -140,7 +140,7 @@ def export_model(work: Path) -> tuple[Path, Path]:
 
 def target_config(target: str) -> QuantizeConfig:
     t = TARGETS.get(target)
-    qc = t.quantize_config(8, "static", "minmax", t.resolve_options({}))
+    qc = t.bind().quantize_config(8, "static", "minmax")
     return replace(qc, format="qdq") if target == "cpu" else qc
 
 

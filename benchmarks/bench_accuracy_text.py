@@ -102,7 +102,7 @@ def cpu_config(mode: str, **changes: Any) -> QuantizeConfig:
     from qconvert.targets import TARGETS
 
     t = TARGETS.get("cpu")
-    return replace(t.quantize_config(8, mode, "minmax", t.resolve_options({})), **changes)
+    return replace(t.bind().quantize_config(8, mode, "minmax"), **changes)
 
 
 def _session(path: Path, optimize: bool = True, threads: int = THREADS) -> Any:

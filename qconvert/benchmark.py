@@ -18,6 +18,7 @@ from qconvert.config import BenchmarkConfig
 
 if TYPE_CHECKING:
     from qconvert.calibrate import ModelInput
+    from qconvert.runtime import Session
     from qconvert.targets import Provider
 
 
@@ -428,6 +429,53 @@ def _feeds(
     )
 
 
+def _sessions(models: list[_Model], threads: int | None) -> dict[str, Session]:
+    """One onnxruntime session per model, by label; a file onnxruntime cannot load is a SourceError."""
+    from qconvert.errors import SourceError
+    from qconvert.runtime import make_session
+
+    sessions = {}
+    for m in models:
+        try:
+            sessions[m.label] = make_session(m.path, m.providers, threads=threads)
+        except Exception as e:  # onnxruntime raises its own types for a file it cannot load
+            raise SourceError(f"{m.label}: onnxruntime cannot load it ({type(e).__name__}: {e}).") from e
+    return sessions
+
+
+def _shared_inputs(models: list[_Model], sessions: dict[str, Session]) -> list[ModelInput]:
+    """The first model's inputs, which every other model must take too (names and types); a dynamic
+    batch axis takes another model's fixed one, so the same feeds run them all."""
+    from qconvert.errors import ConfigError
+
+    inputs = _model_inputs(sessions[models[0].label].inner)
+    for m in models[1:]:
+        other = _model_inputs(sessions[m.label].inner)
+        if [(i.name, i.dtype) for i in other] != [(i.name, i.dtype) for i in inputs]:
+            raise ConfigError(
+                f"--vs: {m.label} takes inputs {[(i.name, i.dtype) for i in other]} but {models[0].label} takes "
+                f"{[(i.name, i.dtype) for i in inputs]}; compare models with the same inputs."
+            )
+        for a, b in zip(inputs, other, strict=True):
+            if a.dims[0] is None and b.dims[0] is not None:
+                inputs[inputs.index(a)] = replace(a, dims=(b.dims[0], *a.dims[1:]))
+    return inputs
+
+
+def _provider_notes(sessions: dict[str, Session]) -> list[str]:
+    """Which models ran on another provider than they asked for, and whether that split them."""
+    notes = []
+    fell_back: dict[tuple[str, str], list[str]] = {}
+    for label, s in sessions.items():
+        if s.fell_back:
+            fell_back.setdefault((s.wanted, s.used), []).append(label)
+    for (wanted, used), labels in fell_back.items():
+        notes.append(f"{wanted} is not installed here: {', '.join(labels)} measured on {used}")
+    if len({s.used for s in sessions.values()}) > 1:
+        notes.append("the models ran on different providers, so their latencies are not comparable")
+    return notes
+
+
 def _increase(peak: int | None, baseline: int | None) -> int | None:
     return None if peak is None or baseline is None else peak - baseline
 
@@ -441,41 +489,14 @@ def benchmark_models(
     Latency: all models in this process, on the same inputs, timed interleaved. Peak memory: one
     child process per model plus a baseline child (see `peak_memory`)."""
     from qconvert.artifacts import onnx_size
-    from qconvert.errors import ConfigError, SourceError
-    from qconvert.runtime import make_session
 
     say = progress or (lambda message: None)
     models = _models(config)
     say("loading the model(s)")
-    sessions = {}
-    for m in models:
-        try:
-            sessions[m.label] = make_session(m.path, m.providers, threads=config.threads)
-        except Exception as e:  # onnxruntime raises its own types for a file it cannot load
-            raise SourceError(f"{m.label}: onnxruntime cannot load it ({type(e).__name__}: {e}).") from e
-    first = sessions[models[0].label]
-    inputs = _model_inputs(first.inner)
-    for m in models[1:]:
-        other = _model_inputs(sessions[m.label].inner)
-        if [(i.name, i.dtype) for i in other] != [(i.name, i.dtype) for i in inputs]:
-            raise ConfigError(
-                f"--vs: {m.label} takes inputs {[(i.name, i.dtype) for i in other]} but {models[0].label} takes "
-                f"{[(i.name, i.dtype) for i in inputs]}; compare models with the same inputs."
-            )
-        for a, b in zip(inputs, other, strict=True):
-            if a.dims[0] is None and b.dims[0] is not None:
-                inputs[inputs.index(a)] = replace(a, dims=(b.dims[0], *a.dims[1:]))
+    sessions = _sessions(models, config.threads)
+    inputs = _shared_inputs(models, sessions)
     feeds, kind, description, notes = _feeds(config, inputs, models[0].label)
-
-    fell_back: dict[tuple[str, str], list[str]] = {}
-    for m in models:
-        s = sessions[m.label]
-        if s.fell_back:
-            fell_back.setdefault((s.wanted, s.used), []).append(m.label)
-    for (wanted, used), labels in fell_back.items():
-        notes.append(f"{wanted} is not installed here: {', '.join(labels)} measured on {used}")
-    if len({s.used for s in sessions.values()}) > 1:
-        notes.append("the models ran on different providers, so their latencies are not comparable")
+    notes += _provider_notes(sessions)
 
     baseline_rss: int | None = None
     rss: dict[str, int | None] = {m.label: None for m in models}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from qconvert import choices
 from qconvert.errors import ConfigError
 
 DEFAULT_OPSET = 18
@@ -27,12 +27,9 @@ MIN_CALIBRATION_SAMPLES = 64
 DEFAULT_CONFIDENCE = 0.95
 CONFIDENCE_RANGE = (0.5, 0.999)
 
-SUPPORTED_BITS = (16, 8, 4)
-MODES = ("static", "dynamic", "weight-only", "fp16", "bf16")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
-# 4-bit weight-only (MatMulNBits): how weights are rounded, and the default block size along K
-# (each block of that many input channels has its own scale and zero point)
-WEIGHT_ALGORITHMS = ("rtn", "hqq", "gptq")  # round to nearest, half-quadratic, GPTQ (needs calibration)
+# The valid bit widths, modes, calibration methods and weight algorithms come from the registries
+# (qconvert.choices). 4-bit weight-only (MatMulNBits): the default block size along K (each block of
+# that many input channels has its own scale and zero point)
 DEFAULT_BLOCK_SIZE = 32
 MIN_BLOCK_SIZE = 16  # onnxruntime's MatMulNBits takes powers of two from 16
 
@@ -53,7 +50,8 @@ _DTYPES = {
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input: `--input NAME:SHAPE[:DTYPE]`, e.g. `pixels:1x3x32x32:float32`.
+    """One model input: `--input NAME:SHAPE[:DTYPE]`, e.g. `pixels:1x3x32x32:float32` (a NAME may carry a
+    TensorFlow-style output index: `image:0:1x3x224x224`).
 
     The first axis is the batch axis and is exported as dynamic.
     """
@@ -65,6 +63,9 @@ class InputSpec:
     @classmethod
     def parse(cls, text: str) -> InputSpec:
         parts = text.split(":")
+        if len(parts) >= 3 and parts[1].isdigit() and parts[2].lower() not in _DTYPES:
+            # a TensorFlow-style name with an output index, `image:0:1x3x224x224`
+            parts = [f"{parts[0]}:{parts[1]}", *parts[2:]]
         if len(parts) not in (2, 3) or not parts[0]:
             raise ConfigError(
                 f"--input {text!r} is not NAME:SHAPE[:DTYPE]. Example: --input pixels:1x3x32x32:float32"
@@ -300,14 +301,6 @@ def check_confidence(level: float) -> None:
         )
 
 
-def parse_target_option(text: str) -> tuple[str, str]:
-    """`--target-option NAME=VALUE`."""
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise ConfigError(f"--target-option {text!r} is not NAME=VALUE. Example: --target-option device=GPU")
-    return name.strip(), value.strip()
-
-
 @dataclass(frozen=True)
 class DataOptions:
     """How DATA that is not already arrays becomes feed dicts (image folders, text files).
@@ -330,42 +323,6 @@ class DataOptions:
 TEXT_PADDING = ("max_length", "longest")
 
 
-def text_options(
-    tokenizer: str | None = None,
-    max_length: int | None = None,
-    padding: str = "max_length",
-    truncation: bool = True,
-    base: DataOptions | None = None,
-) -> DataOptions:
-    """`base` (default: DataOptions()) with the text flags `--tokenizer`, `--max-length`, `--padding`
-    and `--truncation/--no-truncation` set; a bad value is a ConfigError that names its flag."""
-    if max_length is not None and max_length < 1:
-        raise ConfigError(f"--max-length must be at least 1 token (got {max_length})")
-    if padding not in TEXT_PADDING:
-        raise ConfigError(
-            f"--padding {padding!r} is not a padding. Valid: max_length (every sample padded to "
-            "--max-length) or longest (to the longest sample in the file)"
-        )
-    return replace(
-        base or DataOptions(),
-        tokenizer=tokenizer,
-        max_length=max_length,
-        padding=padding,
-        truncation=truncation,
-    )
-
-
-@dataclass(frozen=True)
-class TransformerFusion:
-    """The prepare stage's transformer fusions (onnxruntime.transformers.optimizer): what the graph is
-    and the shapes the attention fusion must match."""
-
-    model_type: str  # onnxruntime.transformers model type: bert, gpt2, ...
-    num_heads: int
-    hidden_size: int
-    attention: bool = True  # fuse attention (off: only layer norm, GELU and bias fusions)
-
-
 IMAGE_LAYOUTS = ("nchw", "nhwc")
 # `--calibration random`: seeded normal inputs of the model's shapes. Only when asked for by name;
 # without --data, validation then runs on another seeded random set of RANDOM_HELDOUT_SAMPLES.
@@ -374,75 +331,6 @@ RANDOM_CALIBRATION_SAMPLES = 64  # when --samples is not given
 RANDOM_HELDOUT_SAMPLES = 100
 RANDOM_CALIBRATION_SEED = 0
 RANDOM_HELDOUT_SEED = 1
-
-
-def parse_image_size(text: str) -> tuple[int, int]:
-    """`--image-size HxW` (or N for a square), in pixels."""
-    parts = re.split(r"[x,]", text.strip().lower())
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise ConfigError(
-            f"--image-size {text!r} is not HxW or N (positive pixel counts). Example: --image-size 224x224 "
-            "or --image-size 224"
-        )
-    return int(parts[0]), int(parts[1])
-
-
-def parse_channel_values(text: str, flag: str) -> tuple[float, ...]:
-    """`--mean` / `--std`: comma-separated numbers, one per channel or one for all channels. They
-    apply after pixels are scaled to [0, 1], so ImageNet's are 0.485,0.456,0.406 / 0.229,0.224,0.225."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or not all(v == v and abs(v) != float("inf") for v in values):
-        raise ConfigError(
-            f"{flag} {text!r} is not a comma-separated list of numbers, one per channel or one for all. "
-            f"Example: {flag} 0.485,0.456,0.406 (on pixels scaled to [0, 1])"
-        )
-    if flag == "--std" and any(v <= 0 for v in values):
-        raise ConfigError(f"--std {text!r}: every value must be greater than 0 (inputs are divided by it).")
-    return values
-
-
-def parse_layout(text: str) -> str:
-    """`--layout nchw|nhwc`: where the channel axis of an image input sits."""
-    layout = text.strip().lower()
-    if layout not in IMAGE_LAYOUTS:
-        raise ConfigError(f"--layout {text!r} is not a layout. Valid: {', '.join(IMAGE_LAYOUTS)}")
-    return layout
-
-
-def image_options(
-    image_size: str | None = None,
-    mean: str | None = None,
-    std: str | None = None,
-    layout: str = "nchw",
-    base: DataOptions | None = None,
-) -> DataOptions:
-    """`base` (default: DataOptions()) with the image flags `--image-size`, `--mean`, `--std` and
-    `--layout` parsed into it; each malformed value is a ConfigError that names its flag."""
-    return replace(
-        base or DataOptions(),
-        image_size=None if image_size is None else parse_image_size(image_size),
-        mean=None if mean is None else parse_channel_values(mean, "--mean"),
-        std=None if std is None else parse_channel_values(std, "--std"),
-        layout=parse_layout(layout),
-    )
-
-
-def parse_recover(values: Sequence[str]) -> tuple[str, ...] | None:
-    """--recover values (repeatable, comma-separated): None when not given (the family's defaults),
-    () for `none`, else the step names in order."""
-    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
-    if not names:
-        return None
-    if "none" in names:
-        if len(names) > 1:
-            raise ConfigError("--recover none turns every recovery step off: give it alone, or name steps.")
-        return ()
-    return tuple(names)
 
 
 @dataclass(frozen=True)
@@ -479,7 +367,7 @@ class RunConfig:
     auto_budget: int | None = None
     # --auto-seconds: time --auto may spend on recovery attempts before it keeps layers in float
     auto_seconds: float = 600.0
-    # --block-size / --algorithm: 4-bit weight-only only (see WEIGHT_ALGORITHMS)
+    # --block-size / --algorithm: 4-bit weight-only only (quantize.int4.WEIGHT_ALGORITHMS)
     block_size: int = DEFAULT_BLOCK_SIZE
     weight_algorithm: str = "rtn"
     # per-layer sensitivity: held-out samples it runs on, and how many nodes (worst cumulative SQNR
@@ -553,16 +441,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _plain_paths(self, ("out_dir",), ("source", "calibration", "data"))
-        if self.bits not in SUPPORTED_BITS:
-            raise ConfigError(
-                f"--bits {self.bits} is not supported. Valid: {', '.join(map(str, SUPPORTED_BITS))}"
-            )
-        if self.mode is not None and self.mode not in MODES:
-            raise ConfigError(f"--mode {self.mode!r} is not a mode. Valid: {', '.join(MODES)}")
-        if self.calibration_method not in CALIBRATION_METHODS:
+        check_bits(self.bits)
+        if self.mode is not None and self.mode not in choices.modes():
+            raise ConfigError(f"--mode {self.mode!r} is not a mode. Valid: {', '.join(choices.modes())}")
+        if self.calibration_method not in choices.calibration_methods():
             raise ConfigError(
                 f"--calibration-method {self.calibration_method!r} is not supported. "
-                f"Valid: {', '.join(CALIBRATION_METHODS)}"
+                f"Valid: {', '.join(choices.calibration_methods())}"
             )
         if self.samples is not None and self.samples < 1:
             raise ConfigError(f"--samples must be at least 1 (got {self.samples})")
@@ -586,7 +471,6 @@ class RunConfig:
             )
 
 
-SWEEP_BITS = (16, 8, 4)  # `qconvert sweep` without --bits
 EXECUTORS = ("local", "ray")
 
 
@@ -596,7 +480,7 @@ class SweepConfig:
     built as a RunConfig from these fields. The CLI builds exactly this."""
 
     source: str | None = None  # None: the built-in default model
-    bits: tuple[int, ...] = SWEEP_BITS
+    bits: tuple[int, ...] = field(default_factory=choices.bits)  # default: every bit width
     target: str = DEFAULT_TARGET
     modes: tuple[str, ...] | None = None  # None: the target's default mode per bit width
     calibration: str | None = None
@@ -624,9 +508,9 @@ class SweepConfig:
         if not self.bits:
             raise ConfigError("--bits: give at least one bit width, e.g. --bits 16,8,4")
         for bits in self.bits:
-            if bits not in SUPPORTED_BITS:
+            if bits not in choices.bits():
                 raise ConfigError(
-                    f"--bits {bits} is not a bit width qconvert knows. Valid: {', '.join(map(str, SUPPORTED_BITS))} "
+                    f"--bits {bits} is not a bit width qconvert knows. Valid: {', '.join(map(str, choices.bits()))} "
                     "(comma-separated, e.g. --bits 16,8,4)"
                 )
         if len(set(self.bits)) < len(self.bits):
@@ -635,8 +519,8 @@ class SweepConfig:
             if not self.modes:
                 raise ConfigError("--modes: give at least one mode, e.g. --modes static,dynamic")
             for mode in self.modes:
-                if mode not in MODES:
-                    raise ConfigError(f"--modes: {mode!r} is not a mode. Valid: {', '.join(MODES)}")
+                if mode not in choices.modes():
+                    raise ConfigError(f"--modes: {mode!r} is not a mode. Valid: {', '.join(choices.modes())}")
         if self.executor not in EXECUTORS:
             raise ConfigError(
                 f"--executor {self.executor!r} is not an executor. Valid: {', '.join(EXECUTORS)}"
@@ -657,17 +541,24 @@ class SweepConfig:
             Tolerance.for_bits(bits, self.tolerance)
 
 
+def check_bits(bits: int) -> None:
+    """--bits must be a bit width some target takes (qconvert.choices.bits)."""
+    if bits not in choices.bits():
+        raise ConfigError(f"--bits {bits} is not supported. Valid: {', '.join(map(str, choices.bits()))}")
+
+
 def check_weight_only_4bit(bits: int, block_size: int, algorithm: str) -> None:
-    """--block-size must be a power of two from MIN_BLOCK_SIZE and --algorithm one of WEIGHT_ALGORITHMS;
-    both belong to --bits 4 (MatMulNBits), so a non-default value at other bit widths is refused."""
+    """--block-size must be a power of two from MIN_BLOCK_SIZE and --algorithm one the quantizers take
+    (qconvert.choices.weight_algorithms); both belong to --bits 4 (MatMulNBits), so a non-default value
+    at other bit widths is refused."""
     if block_size < MIN_BLOCK_SIZE or block_size & (block_size - 1):
         raise ConfigError(
             f"--block-size {block_size}: must be a power of two, {MIN_BLOCK_SIZE} or more (onnxruntime's "
             f"MatMulNBits takes 16, 32, 64, 128, 256). Default: {DEFAULT_BLOCK_SIZE}."
         )
-    if algorithm not in WEIGHT_ALGORITHMS:
+    if algorithm not in choices.weight_algorithms():
         raise ConfigError(
-            f"--algorithm {algorithm!r} is not supported. Valid: {', '.join(WEIGHT_ALGORITHMS)}"
+            f"--algorithm {algorithm!r} is not supported. Valid: {', '.join(choices.weight_algorithms())}"
         )
     if bits != 4 and (block_size != DEFAULT_BLOCK_SIZE or algorithm != "rtn"):
         raise ConfigError(
@@ -724,10 +615,8 @@ class ValidateConfig:
         )
         if not isinstance(self.candidate, (str, Path)):
             object.__setattr__(self, "candidate", Path(self.candidate))
-        if self.bits is not None and self.bits not in SUPPORTED_BITS:
-            raise ConfigError(
-                f"--bits {self.bits} is not supported. Valid: {', '.join(map(str, SUPPORTED_BITS))}"
-            )
+        if self.bits is not None:
+            check_bits(self.bits)
         if self.latency_repeats < 1 or self.latency_batch < 1:
             raise ConfigError("latency_repeats and latency_batch must be at least 1")
         unknown = [p for p in self.probes if p not in PROBES]
@@ -740,53 +629,10 @@ class ValidateConfig:
             parse_tolerance(self.tolerance)  # fail early on a malformed --tolerance
 
 
-# fp16: op types kept in fp32 unless a target says otherwise. It is onnxruntime's
-# float16.DEFAULT_OP_BLOCK_LIST (ops with no fp16 kernels: classical-ML ops, TopK, NonMaxSuppression,
-# RoiAlign, Range, CumSum, Min/Max, Upsample, random ops; a test keeps this a superset of it), plus:
-# - ops whose ONNX schema has no float16 at common opsets: Celu, IsInf;
-# - ops whose result is in range but whose inner sum or exponential leaves fp16's range (max 65504)
-#   on ordinary inputs: ReduceL2, ReduceLogSum, ReduceLogSumExp, LpNormalization, Softplus.
-# An op whose *output* leaves the range (a large MatMul, say) cannot be fixed by blocking that op
-# alone, since its output is cast back to fp16; the always-on `nonfinite` check catches those.
-FP16_KEEP_FP32_OPS = frozenset(
-    {
-        "ArrayFeatureExtractor",
-        "Binarizer",
-        "CastMap",
-        "CategoryMapper",
-        "DictVectorizer",
-        "FeatureVectorizer",
-        "Imputer",
-        "LabelEncoder",
-        "LinearClassifier",
-        "LinearRegressor",
-        "Normalizer",
-        "OneHotEncoder",
-        "RandomUniformLike",
-        "SVMClassifier",
-        "SVMRegressor",
-        "Scaler",
-        "TreeEnsembleClassifier",
-        "TreeEnsembleRegressor",
-        "TreeEnsemble",
-        "ZipMap",
-        "NonMaxSuppression",
-        "TopK",
-        "RoiAlign",
-        "Range",
-        "CumSum",
-        "Min",
-        "Max",
-        "Upsample",
-        "Celu",
-        "IsInf",
-        "ReduceL2",
-        "ReduceLogSum",
-        "ReduceLogSumExp",
-        "LpNormalization",
-        "Softplus",
-    }
-)
+def _fp16_keep_fp32_ops() -> frozenset[str]:
+    from qconvert.quantize.float16 import FP16_KEEP_FP32_OPS  # the fp16 converter's own table
+
+    return FP16_KEEP_FP32_OPS
 
 
 @dataclass(frozen=True)
@@ -794,7 +640,7 @@ class QuantizeConfig:
     """How to quantize, as the target decides it: format, types, symmetry, granularity."""
 
     bits: int
-    mode: str  # static | dynamic | weight-only | fp16 | bf16
+    mode: str  # a QUANTIZERS name: static | dynamic | weight-only | fp16 | bf16 | implicit | a plugin's
     format: str = "qdq"  # qdq | qoperator | fp16 | bf16 | matmulnbits
     activation_type: str = "uint8"  # int8 | uint8 | int16 | uint16
     weight_type: str = "int8"
@@ -808,9 +654,9 @@ class QuantizeConfig:
     nodes_to_exclude: tuple[str, ...] = ()
     nodes_to_include: tuple[str, ...] = ()  # empty: every node the quantizer can take
     external_data: bool = False  # write weights beside the model (models over 2 GB)
-    # fp16 only: op types left in fp32 (see FP16_KEEP_FP32_OPS), and whether graph inputs and
-    # outputs stay fp32 (with Casts at the edges)
-    keep_fp32_ops: frozenset[str] = FP16_KEEP_FP32_OPS
+    # fp16 only: op types left in fp32 (default: quantize.float16.FP16_KEEP_FP32_OPS), and whether
+    # graph inputs and outputs stay fp32 (with Casts at the edges)
+    keep_fp32_ops: frozenset[str] = field(default_factory=_fp16_keep_fp32_ops)
     keep_io_types: bool = True
     # implicit quantization: the graph stays fp32 and this table (a path relative to OUT_DIR)
     # carries the activation ranges

@@ -8,6 +8,29 @@ Anything else that escapes is a bug in qconvert and is shown with its traceback.
 from __future__ import annotations
 
 import re
+import signal
+import threading
+from types import FrameType
+
+# Set by the Ctrl-C handler that `latch_interrupts` installs. Some library code catches every exception
+# while it imports or exports (a Ctrl-C inside torch's dynamo import was swallowed that way and the run
+# went on with the other exporter); the stage runner checks this after every stage, so an interrupt
+# that something swallowed still stops the run at the next stage boundary.
+INTERRUPTED = threading.Event()
+
+
+def _latched_interrupt(signum: int, frame: FrameType | None) -> None:
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def latch_interrupts() -> object:
+    """Install the Ctrl-C handler that also sets INTERRUPTED (main thread only); returns the handler
+    it replaced, for `signal.signal(signal.SIGINT, old)`."""
+    INTERRUPTED.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, _latched_interrupt)
 
 
 class QConvertError(Exception):
@@ -88,8 +111,8 @@ class Terminated(BaseException):
 
 # The exit codes, for --help and the README: CI acts on these.
 EXIT_CODES = {
-    0: "passed",
-    1: "validation ran and the model is outside tolerance",
+    0: "PASSED: every check's confidence interval lies inside its tolerance",
+    1: "validation ran: FAILED (outside tolerance) or INCONCLUSIVE (too few held-out samples to tell)",
     2: "bad input or usage (the message names the file or flag and the fix)",
     3: "internal error: a bug in qconvert (traceback shown; please report it)",
 }

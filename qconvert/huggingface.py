@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from qconvert.config import InputSpec, TransformerFusion
+from qconvert.config import InputSpec
 from qconvert.errors import ConfigError, ExportError, SourceError, brief
+from qconvert.prepare import TransformerFusion
 from qconvert.sources import LoadedModel
 
 log = logging.getLogger(__name__)

@@ -20,13 +20,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qconvert.config import TransformerFusion
 from qconvert.errors import PrepareError, brief
 
 if TYPE_CHECKING:
     import onnx
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TransformerFusion:
+    """The prepare stage's transformer fusions (onnxruntime.transformers.optimizer): what the graph is
+    and the shapes the attention fusion must match."""
+
+    model_type: str  # onnxruntime.transformers model type: bert, gpt2, ...
+    num_heads: int
+    hidden_size: int
+    attention: bool = True  # fuse attention (off: only layer norm, GELU and bias fusions)
+
 
 CONTRIB_DOMAIN = "com.microsoft"
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # node metadata: the PyTorch module path (quantize.selectors)

@@ -1,8 +1,10 @@
 """A small generic registry: targets and quantizers register themselves by name.
 
 Built-ins register in their package's __init__; third parties register the same way through
-entry points (`load_plugins`): group `qconvert.targets` (a Target) or `qconvert.quantizers` (a
-quantize.Method or a quantizer function), the entry point's name being the registry name.
+entry points (`load_plugins`): group `qconvert.targets` (a Target), `qconvert.quantizers` (a
+quantize.Method or a quantizer function) or `qconvert.recoveries` (a recover.Recovery or its class),
+the entry point's name being the registry name. The CLI's choices come from these registries
+(`qconvert.choices`), so a plugin shows up in `--help` and in validation.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to entries; unknown names raise a ConfigError listing the valid ones. With a
     plugin group, the group's entry points are registered on first use (after the built-ins, so
-    plugin modules may import qconvert freely)."""
+    plugin modules may import qconvert freely). Names are listed sorted, or with `by_name=False` in
+    the order they were registered (built-ins first, then plugins)."""
 
-    def __init__(self, kind: str, flag: str) -> None:
+    def __init__(self, kind: str, flag: str, *, by_name: bool = True) -> None:
         self.kind = kind
         self.flag = flag
+        self.by_name = by_name
         self._entries: dict[str, T] = {}
         self._plugins: tuple[str, Callable[[Any], T] | None] | None = None
 
@@ -60,12 +64,12 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
-        self._load_plugins()
-        return sorted(self._entries)
+        return [name for name, _ in self]
 
     def __iter__(self) -> Iterator[tuple[str, T]]:
         self._load_plugins()
-        return iter(sorted(self._entries.items()))
+        items = list(self._entries.items())
+        return iter(sorted(items) if self.by_name else items)
 
     def __contains__(self, name: object) -> bool:
         self._load_plugins()

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from qconvert.config import InputSpec, TransformerFusion
+from qconvert.config import InputSpec
 from qconvert.errors import ConfigError, QConvertError, SourceError, brief
+from qconvert.prepare import TransformerFusion
 
 log = logging.getLogger(__name__)
 
@@ -417,6 +418,23 @@ def _finish_torch(
 # --- archives -------------------------------------------------------------------------------
 
 
+def _dims_from_spec(path: Path, dims: tuple[int | None, ...], spec: InputSpec) -> tuple[int | None, ...]:
+    """The graph input's dims with the axes it leaves open fixed by `--input` (the batch axis stays
+    open); an --input that contradicts the graph is refused."""
+    if dims and len(dims) != len(spec.shape):
+        raise SourceError(
+            f"--input {spec.name}: {len(spec.shape)} axes given, but input {spec.name!r} of {path} has "
+            f"{len(dims)}. Give a shape with {len(dims)} axes."
+        )
+    for axis, (have, want) in enumerate(zip(dims[1:], spec.shape[1:], strict=True), start=1):
+        if have is not None and have != want:
+            raise SourceError(
+                f"--input {spec.name}: axis {axis} is {want}, but {path} fixes it at {have}. "
+                "Leave that axis as the model has it."
+            )
+    return (None, *spec.shape[1:])
+
+
 def _load_onnx(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
     import onnx
 
@@ -446,10 +464,12 @@ def _load_onnx(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
         dims = tuple(
             d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim
         )
-        all_dims.append(dims)
         if i.name in specs:
+            dims = _dims_from_spec(path, dims, specs[i.name])
+            all_dims.append(dims)
             examples.append(_zeros_for(specs[i.name]))
             continue
+        all_dims.append(dims)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
         examples.append(np.zeros([d or 1 for d in dims], dtype=dtype))
     return LoadedModel(
@@ -480,76 +500,14 @@ def _archive_kind(path: Path) -> str:
 
 
 def _load_torch_archive(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
-    import torch
-
+    """A TorchScript or torch.export archive; a pickle is refused (see _archive_kind)."""
     kind = _archive_kind(path)
     if kind == "torchscript":
-        try:
-            model = torch.jit.load(str(path), map_location="cpu")
-        except Exception as e:
-            raise SourceError(f"SOURCE {path}: cannot load this TorchScript archive: {e}") from e
-        if not inputs:
-            raise SourceError(
-                f"SOURCE {path}: a TorchScript file does not record its input shapes. Pass --input "
-                "NAME:SHAPE[:DTYPE] once per input, e.g. --input x:1x3x32x32."
-            )
-        examples = tuple(_zeros_for(s) for s in inputs)
-        return _finish_torch(
-            name=path.stem,
-            kind=kind,
-            origin=str(path),
-            files=(path,),
-            model=model,
-            examples=examples,
-            input_names=tuple(s.name for s in inputs),
-        )
+        return _load_torchscript(path, inputs)
     if kind == "exported-program":
-        from qconvert.trust import check_torch_archive, weights_only_loads
+        return _load_exported_program(path, inputs)
+    import torch
 
-        check_torch_archive(path)  # no pickle in it may run code; torch.export.load would run it
-        try:
-            with weights_only_loads():
-                program = torch.export.load(str(path))
-        except Exception as e:
-            raise SourceError(f"SOURCE {path}: cannot load this torch.export archive: {e}") from e
-        user_inputs = set(program.graph_signature.user_inputs)
-        fixed = [
-            node.name
-            for node in program.graph.nodes
-            if node.op == "placeholder"
-            and node.name in user_inputs
-            and getattr(node.meta.get("val"), "ndim", 0) > 0
-            and isinstance(node.meta["val"].shape[0], int)  # a dynamic axis is a SymInt, not an int
-        ]
-        if fixed:
-            raise SourceError(
-                f"SOURCE {path}: this torch.export archive was exported with a fixed batch size (input(s) "
-                f"{', '.join(fixed)}), and qconvert exports with a dynamic batch axis. Re-export it with "
-                "torch.export.export(model, args, dynamic_shapes=...) giving axis 0 of each input "
-                "torch.export.Dim('batch') (and an example batch of 2 or more), or give path/file.py:factory."
-            )
-        stored = getattr(program, "example_inputs", None)
-        if inputs:
-            examples = tuple(_zeros_for(s) for s in inputs)
-        elif stored and stored[0]:
-            examples = tuple(_to_numpy(t, str(path)) for t in stored[0])
-        else:
-            raise SourceError(f"SOURCE {path}: no example inputs stored; pass --input NAME:SHAPE[:DTYPE].")
-        names = tuple(s.name for s in inputs) or tuple(
-            spec.arg.name
-            for spec in program.graph_signature.input_specs
-            if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
-        )
-        return _finish_torch(
-            name=path.stem,
-            kind=kind,
-            origin=str(path),
-            files=(path,),
-            model=program.module(),
-            examples=examples,
-            input_names=names,
-            exported_program=program,
-        )
     # A pickle: weights only, never code.
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -563,4 +521,82 @@ def _load_torch_archive(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedMode
     raise SourceError(
         f"SOURCE {path}: holds only weights ({type(obj).__name__}), not a model. Give a path/file.py:factory "
         "that builds the module and loads these weights (torch.load(..., weights_only=True))."
+    )
+
+
+def _load_torchscript(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
+    """A TorchScript archive; it records no input shapes, so --input gives them."""
+    import torch
+
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise SourceError(f"SOURCE {path}: cannot load this TorchScript archive: {e}") from e
+    if not inputs:
+        raise SourceError(
+            f"SOURCE {path}: a TorchScript file does not record its input shapes. Pass --input "
+            "NAME:SHAPE[:DTYPE] once per input, e.g. --input x:1x3x32x32."
+        )
+    examples = tuple(_zeros_for(s) for s in inputs)
+    return _finish_torch(
+        name=path.stem,
+        kind="torchscript",
+        origin=str(path),
+        files=(path,),
+        model=model,
+        examples=examples,
+        input_names=tuple(s.name for s in inputs),
+    )
+
+
+def _load_exported_program(path: Path, inputs: tuple[InputSpec, ...]) -> LoadedModel:
+    """A torch.export archive, checked first so that no pickle in it runs code; it must have been
+    exported with a dynamic batch axis."""
+    import torch
+
+    from qconvert.trust import check_torch_archive, weights_only_loads
+
+    check_torch_archive(path)  # no pickle in it may run code; torch.export.load would run it
+    try:
+        with weights_only_loads():
+            program = torch.export.load(str(path))
+    except Exception as e:
+        raise SourceError(f"SOURCE {path}: cannot load this torch.export archive: {e}") from e
+    user_inputs = set(program.graph_signature.user_inputs)
+    fixed = [
+        node.name
+        for node in program.graph.nodes
+        if node.op == "placeholder"
+        and node.name in user_inputs
+        and getattr(node.meta.get("val"), "ndim", 0) > 0
+        and isinstance(node.meta["val"].shape[0], int)  # a dynamic axis is a SymInt, not an int
+    ]
+    if fixed:
+        raise SourceError(
+            f"SOURCE {path}: this torch.export archive was exported with a fixed batch size (input(s) "
+            f"{', '.join(fixed)}), and qconvert exports with a dynamic batch axis. Re-export it with "
+            "torch.export.export(model, args, dynamic_shapes=...) giving axis 0 of each input "
+            "torch.export.Dim('batch') (and an example batch of 2 or more), or give path/file.py:factory."
+        )
+    stored = getattr(program, "example_inputs", None)
+    if inputs:
+        examples = tuple(_zeros_for(s) for s in inputs)
+    elif stored and stored[0]:
+        examples = tuple(_to_numpy(t, str(path)) for t in stored[0])
+    else:
+        raise SourceError(f"SOURCE {path}: no example inputs stored; pass --input NAME:SHAPE[:DTYPE].")
+    names = tuple(s.name for s in inputs) or tuple(
+        spec.arg.name
+        for spec in program.graph_signature.input_specs
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
+    )
+    return _finish_torch(
+        name=path.stem,
+        kind="exported-program",
+        origin=str(path),
+        files=(path,),
+        model=program.module(),
+        examples=examples,
+        input_names=names,
+        exported_program=program,
     )

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qconvert import errors
-from qconvert.config import DEFAULT_OUT_ROOT, MODES, SUPPORTED_BITS, RunConfig, SweepConfig, Tolerance
+from qconvert import choices, errors
+from qconvert.config import DEFAULT_OUT_ROOT, RunConfig, SweepConfig, Tolerance
 from qconvert.errors import ConfigError, QConvertError
 
 if TYPE_CHECKING:
     from qconvert.artifacts import ArtifactDir
     from qconvert.calibrate import Dataset
+    from qconvert.sources import LoadedModel
     from qconvert.targets import Target
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def bits_from_text(text: str) -> tuple[int, ...]:
     if bad:
         raise ConfigError(
             f"--bits {text!r}: {bad[0]!r} is not a bit width. Give comma-separated numbers from "
-            f"{', '.join(map(str, SUPPORTED_BITS))}, e.g. --bits 16,8,4"
+            f"{', '.join(map(str, choices.bits()))}, e.g. --bits 16,8,4"
         )
     return tuple(int(t) for t in items)
 
@@ -80,7 +81,7 @@ def modes_from_text(text: str) -> tuple[str, ...]:
     items = tuple(t.strip() for t in text.split(",") if t.strip())
     if not items:
         raise ConfigError(
-            f"--modes: give at least one mode, e.g. --modes static,dynamic. Valid: {', '.join(MODES)}"
+            f"--modes: give at least one mode, e.g. --modes static,dynamic. Valid: {', '.join(choices.modes())}"
         )
     return items
 
@@ -543,14 +544,12 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
     Raises QConvertError (exit 2) on bad input, and when no trial could run at all; a sweep in
     which some trials fail returns rows that say so."""
     from qconvert.artifacts import ArtifactDir, check_output_dir
-    from qconvert.pipeline import load_data, model_inputs
-    from qconvert.sources import load_source
     from qconvert.targets import TARGETS
 
     report_progress = progress or _no_progress
     start = time.perf_counter()
     target = TARGETS.get(config.target)
-    target.resolve_options(dict(config.target_options))  # refuse unknown options before any work
+    target.bind(dict(config.target_options))  # refuse bad options before any work (each trial binds its own)
     if config.out_dir is not None:
         check_output_dir(config.out_dir, config.force)
     base = _base_run_config(config)
@@ -563,13 +562,7 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
         )
 
     report_progress("load", "loading the model and the data", None, None)
-    loaded = load_source(config.source, config.inputs, task=config.task)
-    inputs = model_inputs(loaded)
-    # the held-out set every trial validates on (static trials also need calibration data; a
-    # trial without it fails on its own row)
-    # (each trial warns for itself where its held-out data is too few for its own bit width)
-    tolerance = Tolerance.for_bits(base.bits, base.tolerance, text=bool(loaded.token_outputs))
-    _, heldout, _ = load_data(base, loaded, inputs, "dynamic", tolerance, warn=False)
+    loaded, heldout = _model_and_heldout(base)
     out_dir = config.out_dir or DEFAULT_OUT_ROOT / f"{loaded.name}-{target.name}-sweep"
     user_files = [
         *loaded.files,
@@ -580,25 +573,8 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
         trials_root = art.path(TRIALS_DIR)
         trials_root.mkdir()  # made here, so that no trial's clean-up removes it
         workers = _workers(config, len(runnable))
-        jobs = [
-            TrialJob(
-                t.name,
-                replace(t.run, out_dir=trials_root / t.name),
-                heldout,
-                threads=_job_threads(config.executor, workers),
-                log_level=logging.getLogger().getEffectiveLevel(),
-            )
-            for t in runnable
-            if t.run is not None
-        ]
-        if config.executor == "ray":
-            # a Ray worker may run on another machine, in another folder: give it absolute paths
-            jobs = [replace(j, run=_absolute_paths(j.run)) for j in jobs]
-            outcomes = _run_ray(jobs, config.ray_address, report_progress)
-        else:
-            outcomes = _run_local(jobs, workers, report_progress)
-        by_name = {o.name: o for o in outcomes}
-        ran = [by_name[j.name] for j in jobs]
+        ran = _run_trials(config, runnable, trials_root, heldout, workers, report_progress)
+        by_name = {o.name: o for o in ran}
         if all(o.status == ERROR for o in ran):
             raise _all_failed(ran)
         for outcome in ran:
@@ -635,6 +611,44 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
         art.write_json(SWEEP_JSON, summary)
         art.commit()
     return SweepResult(out_dir, tuple(rows), recommendation, summary, time.perf_counter() - start)
+
+
+def _run_trials(
+    config: SweepConfig, runnable: list[Trial], root: Path, heldout: Dataset, workers: int, progress: Progress
+) -> list[TrialOutcome]:
+    """Export every runnable trial into root/<name> on the chosen executor; the outcomes in trial order."""
+    jobs = [
+        TrialJob(
+            t.name,
+            replace(t.run, out_dir=root / t.name),
+            heldout,
+            threads=_job_threads(config.executor, workers),
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        for t in runnable
+        if t.run is not None
+    ]
+    if config.executor == "ray":
+        # a Ray worker may run on another machine, in another folder: give it absolute paths
+        jobs = [replace(j, run=_absolute_paths(j.run)) for j in jobs]
+        outcomes = _run_ray(jobs, config.ray_address, progress)
+    else:
+        outcomes = _run_local(jobs, workers, progress)
+    by_name = {o.name: o for o in outcomes}
+    return [by_name[j.name] for j in jobs]
+
+
+def _model_and_heldout(base: RunConfig) -> tuple[LoadedModel, Dataset]:
+    """The model, and the held-out set every trial validates on (static trials also need calibration
+    data; a trial without it fails on its own row). Each trial warns for itself where the held-out
+    data is too few for its own bit width, so this load does not."""
+    from qconvert.pipeline import load_data, model_inputs
+    from qconvert.sources import load_source
+
+    loaded = load_source(base.source, base.inputs, task=base.task)
+    tolerance = Tolerance.for_bits(base.bits, base.tolerance, text=bool(loaded.token_outputs))
+    _, heldout, _ = load_data(base, loaded, model_inputs(loaded), "dynamic", tolerance, warn=False)
+    return loaded, heldout
 
 
 # SweepConfig fields that mean something else there (bits is a tuple; out_dir and force are the

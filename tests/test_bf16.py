@@ -64,7 +64,7 @@ def test_bf16_graph_of_a_transformer_block(block_files: tuple[Path, Path, dict[s
     """bf16 weights (exactly the rounded fp32 ones), fp32 at the edges, fp32 where CUDA has no bf16
     kernel, and within the 16-bit tolerance on held-out data through the stand-in."""
     source, prepared, heldout = block_files
-    qc = TARGETS.get("cuda").quantize_config(16, "bf16", "minmax")
+    qc = TARGETS.get("cuda").bind().quantize_config(16, "bf16", "minmax")
     path = QUANTIZERS.get("bf16")(prepared, prepared.with_name("bf16.onnx"), qc, None)
     model, fp32 = onnx.load(str(path)), onnx.load(str(prepared))
     originals = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
@@ -107,10 +107,10 @@ def test_bf16_stand_in_is_bfloat16_arithmetic_and_keeps_fp32_range(tmp_path: Pat
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
     cuda = TARGETS.get("cuda")
     brain = QUANTIZERS.get("bf16")(
-        src, tmp_path / "bf16.onnx", cuda.quantize_config(16, "bf16", "minmax"), None
+        src, tmp_path / "bf16.onnx", cuda.bind().quantize_config(16, "bf16", "minmax"), None
     )
     half = QUANTIZERS.get("fp16")(
-        src, tmp_path / "fp16.onnx", cuda.quantize_config(16, "fp16", "minmax"), None
+        src, tmp_path / "fp16.onnx", cuda.bind().quantize_config(16, "fp16", "minmax"), None
     )
     got = exact_session(emulate_bf16(brain, tmp_path / "bf16_em.onnx")).run(None, {"x": x})[0]
     want = bf16(bf16(x) @ bf16(weight))
@@ -141,24 +141,28 @@ def test_bf16_export_of_a_convnet_end_to_end(tmp_path: Path) -> None:
 
 def test_tensorrt_bf16_runs_with_trt_bf16_enable() -> None:
     trt = TARGETS.get("tensorrt")
-    qc = trt.quantize_config(16, "bf16", "minmax")
+    qc = trt.bind().quantize_config(16, "bf16", "minmax")
     assert (qc.mode, qc.format) == ("bf16", "bf16")
-    options = trt.providers_for([], None, qc)[0].options
+    options = trt.bind().providers([], qc)[0].options
     assert (options["trt_bf16_enable"], options["trt_int8_enable"], options["trt_fp16_enable"]) == (
         "True",
         "False",
         "False",
     )
     assert (
-        trt.providers_for([], None, trt.quantize_config(8, "static", "minmax"))[0].options["trt_int8_enable"]
+        trt.bind()
+        .providers([], trt.bind().quantize_config(8, "static", "minmax"))[0]
+        .options["trt_int8_enable"]
         == "True"
     )
     model = helper.make_model(helper.make_graph([], "empty", [], []))
-    assert trt.provider_violations(model, trt.providers_for([], None, qc)) == []
+    assert trt.provider_violations(model, trt.bind().providers([], qc)) == []
     int8_too = dataclasses.replace(
-        trt.providers_for([], None, qc)[0], options={**options, "trt_int8_enable": "True"}
+        trt.bind().providers([], qc)[0], options={**options, "trt_int8_enable": "True"}
     )
-    assert any("trt_int8_enable is on with bf16" in p for p in trt.provider_violations(model, [int8_too]))
+    assert any(
+        "trt_int8_enable is on with bf16" in p.reason for p in trt.provider_violations(model, [int8_too])
+    )
 
 
 @pytest.fixture(scope="module")

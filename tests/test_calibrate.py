@@ -303,7 +303,7 @@ def test_static_quantizer_reads_the_whole_dataset(prepared: Path, method: str) -
     them, and the progress callback must end at len(data)."""
     data = Dataset("calibration", {INPUT_NAME: images(40, seed=7)})
     progress: list[tuple[int, int]] = []
-    qc = TARGETS.get("cpu").quantize_config(8, "static", method)
+    qc = TARGETS.get("cpu").bind().quantize_config(8, "static", method)
     dest = prepared.with_name(f"{method}.onnx")
     QUANTIZERS.get("static")(prepared, dest, qc, data, lambda done, total: progress.append((done, total)))
 
@@ -315,6 +315,6 @@ def test_static_quantizer_reads_the_whole_dataset(prepared: Path, method: str) -
 
 
 def test_static_quantizer_without_data_is_a_calibration_error(prepared: Path) -> None:
-    qc = TARGETS.get("cpu").quantize_config(8, "static", "minmax")
+    qc = TARGETS.get("cpu").bind().quantize_config(8, "static", "minmax")
     with pytest.raises(CalibrationError, match="--calibration"):
         QUANTIZERS.get("static")(prepared, prepared.with_name("none.onnx"), qc, None)

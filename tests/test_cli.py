@@ -430,7 +430,7 @@ def test_targets_lists_every_registered_target() -> None:
         assert name in text
         for bits, modes in target.modes.items():
             assert f"{bits}: {', '.join(modes)}" in text
-        for provider in target.providers([]):
+        for provider in target.bind().providers([]):
             label = provider.name.removesuffix("ExecutionProvider")
             assert f"{label} ({'installed' if provider.name in installed else 'not here'})" in text
         for option in target.options:

@@ -30,6 +30,10 @@ from qconvert.errors import ConfigError
         ("ids:[1,128]:LONG", InputSpec("ids", (1, 128), "int64")),
         ("mask:1x128:int", InputSpec("mask", (1, 128), "int32")),
         ("flag:4:bool", InputSpec("flag", (4,), "bool")),
+        # TensorFlow-style names carry an output index (tf2onnx keeps them)
+        ("image:0:1x3x224x224", InputSpec("image:0", (1, 3, 224, 224), "float32")),
+        ("serving_default_x:0:1x8:fp16", InputSpec("serving_default_x:0", (1, 8), "float16")),
+        ("x:0:4", InputSpec("x:0", (4,), "float32")),
     ],
 )
 def test_input_spec_parses(text: str, expected: InputSpec) -> None:

@@ -318,9 +318,8 @@ def test_bert_static_is_calibrated_on_the_text(bert_static: tuple[Path, str]) ->
 def test_fused_graph_that_cannot_be_typed_falls_back_to_unfused(
     bert_dynamic: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from qconvert.config import TransformerFusion
     from qconvert.errors import PrepareError
-    from qconvert.prepare import contrib_ops, prepared_from_onnx, prepared_transformer
+    from qconvert.prepare import TransformerFusion, contrib_ops, prepared_from_onnx, prepared_transformer
 
     out, _ = bert_dynamic
     cwd = tmp_path / "cwd"

@@ -73,7 +73,7 @@ def block_case(tmp_path_factory: pytest.TempPathFactory) -> Case:
 
 
 def cpu_int4(algorithm: str = "rtn", block_size: int = 32) -> QuantizeConfig:
-    qc = TARGETS.get("cpu").quantize_config(4, "weight-only", "minmax")
+    qc = TARGETS.get("cpu").bind().quantize_config(4, "weight-only", "minmax")
     return dataclasses.replace(qc, weight_algorithm=algorithm, block_size=block_size)
 
 

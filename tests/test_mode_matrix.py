@@ -40,8 +40,9 @@ from conftest import flat
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from qconvert import choices
 from qconvert.cli import app
-from qconvert.config import DEFAULT_TOLERANCES, MODES, SUPPORTED_BITS, Bound, RunConfig, Tolerance
+from qconvert.config import DEFAULT_TOLERANCES, Bound, RunConfig, Tolerance
 from qconvert.errors import ConfigError, QConvertError
 from qconvert.pipeline import RunResult, export
 from qconvert.quantize.weight_only import MIN_ELEMENTS
@@ -896,7 +897,7 @@ def test_every_expectation_is_declared_or_pending() -> None:
     assert not stale, f"no target declares {stale} any more: remove or move them to PENDING"
     assert not set(EXPECTATIONS) & set(PENDING), "a cell is both current and pending"
     for cell in (*EXPECTATIONS, *PENDING):
-        TARGETS.get(cell.target).resolve_options(dict(cell.options))  # every option setting is valid
+        TARGETS.get(cell.target).bind(dict(cell.options))  # every option setting is valid
 
 
 def test_every_target_option_is_classified() -> None:
@@ -960,8 +961,8 @@ def test_undeclared_pairs_are_refused(matrix: Matrix, tmp_path: Path) -> None:
     undeclared = [
         Cell(name, bits, mode)
         for name, _ in TARGETS
-        for bits in SUPPORTED_BITS
-        for mode in MODES
+        for bits in choices.bits()
+        for mode in choices.modes()
         if (name, bits, mode) not in declared
     ]
     for cell in undeclared:

@@ -142,7 +142,7 @@ def test_openvino_runs_unsigned_asymmetric_weights_in_float(
     result = artifacts["openvino"]
     data = np.load(zoo_root() / "calibration" / "digits_calib.npz")
     qnn = TARGETS.get("qnn")
-    qc = qnn.quantize_config(8, "static", "minmax", qnn.resolve_options())
+    qc = qnn.bind().quantize_config(8, "static", "minmax")
     dest = QUANTIZERS.get("static")(
         result.out_dir / "reference.onnx",
         tmp_path / "u8_weights.onnx",

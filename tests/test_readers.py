@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from qconvert.calibrate import Dataset, ModelInput, load_dataset
 from qconvert.cli import app
-from qconvert.config import DataOptions, image_options
+from qconvert.cli.options import image_options
+from qconvert.config import DataOptions
 from qconvert.errors import CalibrationError
 
 RGB = ModelInput("image", (None, 3, 8, 8), "float32")

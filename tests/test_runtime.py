@@ -87,9 +87,11 @@ def test_tensorrt_profile_options_reach_the_provider() -> None:
     from qconvert.calibrate import ModelInput
 
     ids = ModelInput("ids", (None, None), "int64")
-    trt = TARGETS.get("tensorrt").providers([ids], {"profile_batch": "1,4,16", "profile_other": "8,64,256"})[
-        0
-    ]
+    trt = (
+        TARGETS.get("tensorrt")
+        .bind({"profile_batch": "1,4,16", "profile_other": "8,64,256"})
+        .providers([ids])[0]
+    )
     assert trt.options["trt_profile_min_shapes"] == "ids:1x8"
     assert trt.options["trt_profile_opt_shapes"] == "ids:4x64"
     assert trt.options["trt_profile_max_shapes"] == "ids:16x256"
@@ -170,15 +172,15 @@ def test_qnn_fixes_the_batch_axis_and_refuses_other_dynamic_axes(tmp_path: Path)
     )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    note = qnn.finalize(path, [ModelInput("x", (None, 4), "float32")], {"batch": "2"})
+    note = qnn.bind({"batch": "2"}).finalize(path, [ModelInput("x", (None, 4), "float32")])
     assert note and "fixed to 2" in note
     fixed = onnx.load(str(path))
     assert [d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim] == [2, 4]
     assert [d.dim_value for d in fixed.graph.output[0].type.tensor_type.shape.dim] == [2, 3]
     with pytest.raises(qconvert.ConfigError, match="dynamic axes besides the batch"):
-        qnn.finalize(path, [ModelInput("x", (None, None), "float32")])
+        qnn.bind().finalize(path, [ModelInput("x", (None, None), "float32")])
     with pytest.raises(qconvert.ConfigError, match="positive whole number"):
-        qnn.resolve_options({"batch": "0"})
+        qnn.bind({"batch": "0"})
 
 
 @pytest.mark.slow

@@ -246,7 +246,7 @@ def test_sensitivity_on_the_digits_model(tmp_path: Path) -> None:
     calibration = load_dataset(CALIB, inputs, flag="--calibration")
     heldout = load_dataset(HELDOUT, inputs, flag="--data")
     target = TARGETS.get("tensorrt")
-    qc = target.quantize_config(8, "static", "minmax")
+    qc = target.bind().quantize_config(8, "static", "minmax")
 
     def quantize(exclude: tuple[str, ...], dest: Path) -> Path:
         return QUANTIZERS.get("static")(prepared, dest, replace(qc, nodes_to_exclude=exclude), calibration)
@@ -323,7 +323,7 @@ def test_sensitivity_skips_nodes_with_integer_outputs(tmp_path: Path) -> None:
     onnx.save(model, src)
     prepared = prepared_from_onnx(src, tmp_path / "prepared.onnx", external_data=False)
     data = Dataset("test", {"x": rng.standard_normal((64, 8)).astype(np.float32)})
-    qc = TARGETS.get("tensorrt").quantize_config(8, "static", "minmax")
+    qc = TARGETS.get("tensorrt").bind().quantize_config(8, "static", "minmax")
 
     def quantize(exclude: tuple[str, ...], dest: Path) -> Path:
         return QUANTIZERS.get("static")(prepared, dest, replace(qc, nodes_to_exclude=exclude), data)

@@ -27,7 +27,8 @@ from conftest import TINY_CNN, flat, leftovers, save_npz, write_model
 from typer.testing import CliRunner
 
 from qconvert.cli import app
-from qconvert.config import RunConfig, SweepConfig, image_options, text_options
+from qconvert.cli.options import image_options, text_options
+from qconvert.config import RunConfig, SweepConfig
 from qconvert.errors import ConfigError
 from qconvert.sweep import (
     NOT_SUPPORTED,

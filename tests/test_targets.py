@@ -21,7 +21,7 @@ from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
-from qconvert.targets import TARGETS, Provider, graph_violations
+from qconvert.targets import TARGETS, Provider, Violation, graph_violations
 from qconvert.targets.cpu import has_vnni
 
 TRT = "TensorrtExecutionProvider"
@@ -49,12 +49,12 @@ def calibration() -> Dataset:
 
 @pytest.fixture(scope="module")
 def trt_qc() -> QuantizeConfig:
-    return TARGETS.get("tensorrt").quantize_config(8, "static", "minmax")
+    return TARGETS.get("tensorrt").bind().quantize_config(8, "static", "minmax")
 
 
 @pytest.fixture(scope="module")
 def cpu_qc() -> QuantizeConfig:
-    return TARGETS.get("cpu").quantize_config(8, "static", "minmax")
+    return TARGETS.get("cpu").bind().quantize_config(8, "static", "minmax")
 
 
 def _quantize(prepared: Path, name: str, qc: QuantizeConfig, calibration: Dataset | None) -> onnx.ModelProto:
@@ -80,7 +80,9 @@ def per_tensor_graph(prepared: Path, trt_qc: QuantizeConfig, calibration: Datase
 
 @pytest.fixture(scope="module")
 def dynamic_graph(prepared: Path) -> onnx.ModelProto:
-    return _quantize(prepared, "dynamic", TARGETS.get("cpu").quantize_config(8, "dynamic", "minmax"), None)
+    return _quantize(
+        prepared, "dynamic", TARGETS.get("cpu").bind().quantize_config(8, "dynamic", "minmax"), None
+    )
 
 
 # --- graph reading helpers --------------------------------------------------------------------
@@ -200,9 +202,9 @@ def test_cpu_style_graph_breaks_trt_rules(cpu_graph: onnx.ModelProto, trt_qc: Qu
 
     problems = graph_violations(cpu_graph, trt_qc)
     for node in activation_qdq:
-        assert any(p.startswith(f"{node.name}:") and "uint8" in p for p in problems), node.name
+        assert any(p.reason.startswith(f"{node.name}:") and "uint8" in p.reason for p in problems), node.name
     # the CPU config also quantizes bias to int32, which TensorRT does not want
-    assert any("int32" in p for p in problems)
+    assert any("int32" in p.reason for p in problems)
 
 
 def test_per_tensor_weights_break_trt_rules(
@@ -214,9 +216,16 @@ def test_per_tensor_weights_break_trt_rules(
 
     problems = graph_violations(per_tensor_graph, trt_qc)
     # every other rule holds, so the weight granularity is the only thing reported, once per weight
-    assert sorted(problems) == sorted(
-        f"{dq.name}: weight is quantized per tensor; this target wants per-channel"
-        for dq in dequantizers.values()
+    assert sorted(problems, key=str) == sorted(
+        (
+            Violation(
+                "per-channel",
+                dq.name,
+                f"{dq.name}: weight is quantized per tensor; this target wants per-channel",
+            )
+            for dq in dequantizers.values()
+        ),
+        key=str,
     )
     assert len(problems) == 3
 
@@ -228,7 +237,7 @@ def test_dynamic_graph_breaks_trt_rules(dynamic_graph: onnx.ModelProto, trt_qc: 
     problems = graph_violations(dynamic_graph, trt_qc)
     for op in ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"):
         flagged = [n for n in dynamic_graph.graph.node if n.op_type == op]
-        assert sum(f"is {op}, which this target cannot run" in p for p in problems) == len(flagged)
+        assert sum(f"is {op}, which this target cannot run" in p.reason for p in problems) == len(flagged)
 
 
 # --- CPU target ---------------------------------------------------------------------------------
@@ -246,7 +255,7 @@ def test_cpu_config_is_u8_activations_s8_per_channel_weights(cpu_qc: QuantizeCon
     assert cpu_qc.format == "qdq"
     assert (cpu_qc.activation_type, cpu_qc.weight_type) == ("uint8", "int8")
     assert cpu_qc.per_channel and cpu_qc.weight_symmetric and not cpu_qc.activation_symmetric
-    assert TARGETS.get("cpu").quantize_config(8, "dynamic", "minmax").format == "qoperator"
+    assert TARGETS.get("cpu").bind().quantize_config(8, "dynamic", "minmax").format == "qoperator"
 
 
 def test_cpu_reduce_range_exactly_when_no_vnni(cpu_qc: QuantizeConfig) -> None:
@@ -284,13 +293,13 @@ IMAGE_INPUT = ModelInput(INPUT_NAME, (None, 1, 8, 8), "float32")
 
 
 def test_trt_providers_in_priority_order() -> None:
-    providers = TARGETS.get("tensorrt").providers([IMAGE_INPUT])
+    providers = TARGETS.get("tensorrt").bind().providers([IMAGE_INPUT])
     assert [p.name for p in providers] == [TRT, "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert all(isinstance(v, str) for p in providers for v in p.options.values())
 
 
 def test_trt_provider_options() -> None:
-    options = TARGETS.get("tensorrt").providers([IMAGE_INPUT])[0].options
+    options = TARGETS.get("tensorrt").bind().providers([IMAGE_INPUT])[0].options
     assert options["trt_int8_enable"] == "True"
     assert options["trt_fp16_enable"] == "True"
     assert options["trt_engine_cache_enable"] == "True"
@@ -303,7 +312,7 @@ def test_trt_provider_options() -> None:
 
 def test_trt_profile_covers_every_dynamic_input() -> None:
     inputs = [IMAGE_INPUT, ModelInput("scales", (None, 3), "float32")]
-    options = TARGETS.get("tensorrt").providers(inputs)[0].options
+    options = TARGETS.get("tensorrt").bind().providers(inputs)[0].options
     lo, opt, hi = (_parse_profile(options[f"trt_profile_{k}_shapes"]) for k in ("min", "opt", "max"))
     for inp in inputs:
         assert len(lo[inp.name]) == len(opt[inp.name]) == len(hi[inp.name]) == len(inp.dims)
@@ -317,14 +326,16 @@ def test_trt_profile_covers_every_dynamic_input() -> None:
 
 def test_trt_profile_spans_a_dynamic_sequence_axis() -> None:
     ids = ModelInput("input_ids", (None, None), "int64")
-    options = TARGETS.get("tensorrt").providers([ids])[0].options
+    options = TARGETS.get("tensorrt").bind().providers([ids])[0].options
     lo = _parse_profile(options["trt_profile_min_shapes"])["input_ids"]
     hi = _parse_profile(options["trt_profile_max_shapes"])["input_ids"]
     assert lo[1] < hi[1]
 
 
 def test_trt_static_inputs_need_no_profile() -> None:
-    options = TARGETS.get("tensorrt").providers([ModelInput(INPUT_NAME, (4, 1, 8, 8), "float32")])[0].options
+    options = (
+        TARGETS.get("tensorrt").bind().providers([ModelInput(INPUT_NAME, (4, 1, 8, 8), "float32")])[0].options
+    )
     assert not any(k.startswith("trt_profile_") for k in options)
 
 
@@ -335,17 +346,17 @@ def _with_trt_options(providers: list[Provider], **changes: str) -> list[Provide
 
 def test_trt_provider_rules_on_a_qdq_graph(trt_graph: onnx.ModelProto) -> None:
     target = TARGETS.get("tensorrt")
-    providers = target.providers([IMAGE_INPUT])
+    providers = target.bind().providers([IMAGE_INPUT])
     assert target.provider_violations(trt_graph, providers) == []
 
     int8_off = _with_trt_options(providers, trt_int8_enable="False")
-    assert any("trt_int8_enable" in p for p in target.provider_violations(trt_graph, int8_off))
+    assert any("trt_int8_enable" in p.reason for p in target.provider_violations(trt_graph, int8_off))
 
     table = _with_trt_options(providers, trt_int8_calibration_table_name="calib.flatbuffers")
-    assert any("calibration table" in p for p in target.provider_violations(trt_graph, table))
+    assert any("calibration table" in p.reason for p in target.provider_violations(trt_graph, table))
 
     native = _with_trt_options(providers, trt_int8_use_native_calibration_table="True")
-    assert any("calibration table" in p for p in target.provider_violations(trt_graph, native))
+    assert any("calibration table" in p.reason for p in target.provider_violations(trt_graph, native))
 
     assert target.provider_violations(trt_graph, providers[1:]) != []
 
@@ -354,18 +365,18 @@ def test_trt_implicit_providers_agree_with_an_fp32_graph(prepared: Path) -> None
     """Implicit quantization (no Q/DQ in the graph) is where a calibration table belongs."""
     target = TARGETS.get("tensorrt")
     fp32 = onnx.load(str(prepared))
-    implicit = target.providers([IMAGE_INPUT], {"quantization": "implicit"})
+    implicit = target.bind({"quantization": "implicit"}).providers([IMAGE_INPUT])
     assert implicit[0].options["trt_int8_calibration_table_name"] == "calibration.flatbuffers"
     assert target.provider_violations(fp32, implicit) == []
     # int8 off would make the table pointless; an fp32 graph without a table has no int8 ranges at all
     int8_off = _with_trt_options(implicit, trt_int8_enable="False")
-    assert any("trt_int8_enable" in p for p in target.provider_violations(fp32, int8_off))
-    explicit = target.providers([IMAGE_INPUT])
-    assert any("needs a calibration table" in p for p in target.provider_violations(fp32, explicit))
+    assert any("trt_int8_enable" in p.reason for p in target.provider_violations(fp32, int8_off))
+    explicit = target.bind().providers([IMAGE_INPUT])
+    assert any("needs a calibration table" in p.reason for p in target.provider_violations(fp32, explicit))
 
 
 def test_cpu_provider_is_the_cpu_ep() -> None:
-    assert [p.name for p in TARGETS.get("cpu").providers([IMAGE_INPUT])] == ["CPUExecutionProvider"]
+    assert [p.name for p in TARGETS.get("cpu").bind().providers([IMAGE_INPUT])] == ["CPUExecutionProvider"]
 
 
 # --- modes and the registry -------------------------------------------------------------------
@@ -432,9 +443,9 @@ def test_every_mode_a_target_offers_has_a_quantizer() -> None:
 
 def test_target_options_are_checked() -> None:
     target = TARGETS.get("tensorrt")
-    assert target.resolve_options() == {o.name: o.default for o in target.options}
+    assert dict(target.bind().options) == {o.name: o.default for o in target.options}
     with pytest.raises(ConfigError, match=r"no such option\. Valid options"):
-        target.resolve_options({"no_such_option": "1"})
+        target.bind({"no_such_option": "1"})
 
 
 def test_models_module_export_is_dynamic_in_batch() -> None:

@@ -58,14 +58,14 @@ def calibration() -> Dataset:
 
 def _qc(target: str, mode: str = "static", **opts: str) -> QuantizeConfig:
     t = TARGETS.get(target)
-    return t.quantize_config(8, t.resolve_mode(8, mode), "minmax", t.resolve_options(opts))
+    return t.bind(opts).quantize_config(8, t.resolve_mode(8, mode), "minmax")
 
 
 def _quantize(prepared: Path, name: str, qc: QuantizeConfig, calibration: Dataset | None) -> Path:
     dest = prepared.with_name(f"{name}.onnx")
     QUANTIZERS.get(qc.mode)(prepared, dest, qc, calibration)
     if name.startswith(("qnn", "st_")):  # as the pipeline does: QNN gets static shapes
-        TARGETS.get("qnn").finalize(dest, _graph_inputs(dest))
+        TARGETS.get("qnn").bind().finalize(dest, _graph_inputs(dest))
     return dest
 
 
@@ -201,18 +201,18 @@ def test_openvino_graph_follows_its_rules(graphs: dict[str, Path], prepared: Pat
 def test_openvino_rules_refuse_the_qnn_layout(graphs: dict[str, Path]) -> None:
     """u8 asymmetric per-tensor weights run in f32 on OpenVINO's CPU plugin: the rules say so."""
     problems = TARGETS.get("openvino").graph_violations(_load(graphs, "qnn"), _qc("openvino"))
-    assert any("weight quantized as uint8, but this target needs int8" in p for p in problems)
-    assert any("per tensor; this target wants per-channel" in p for p in problems)
+    assert any("weight quantized as uint8, but this target needs int8" in p.reason for p in problems)
+    assert any("per tensor; this target wants per-channel" in p.reason for p in problems)
 
 
 def test_openvino_providers_and_options() -> None:
     target = TARGETS.get("openvino")
-    providers = target.providers([IMAGE_INPUT])
+    providers = target.bind().providers([IMAGE_INPUT])
     assert [p.name for p in providers] == [OPENVINO, CPU]
     assert providers[0].options == {"device_type": "CPU", "precision": "FP32", "cache_dir": "ov_cache"}
-    gpu = target.providers([IMAGE_INPUT], {"device": "GPU", "cache_dir": ""})[0].options
+    gpu = target.bind({"device": "GPU", "cache_dir": ""}).providers([IMAGE_INPUT])[0].options
     assert gpu == {"device_type": "GPU"}
-    npu = target.providers([IMAGE_INPUT], {"device": "NPU"})[0].options
+    npu = target.bind({"device": "NPU"}).providers([IMAGE_INPUT])[0].options
     assert npu["device_type"] == "NPU" and npu["enable_qdq_optimizer"] == "True"
     assert all(isinstance(v, str) for p in providers for v in p.options.values())
     assert target.modes == {8: ("static",)}
@@ -222,15 +222,15 @@ def test_openvino_providers_and_options() -> None:
 
 def test_openvino_provider_contract(graphs: dict[str, Path]) -> None:
     target, model = TARGETS.get("openvino"), _load(graphs, "openvino")
-    providers = target.providers([IMAGE_INPUT])
+    providers = target.bind().providers([IMAGE_INPUT])
     assert target.provider_violations(model, providers) == []
-    assert target.provider_violations(model, providers[1:]) == [
+    assert [str(v) for v in target.provider_violations(model, providers[1:])] == [
         "the OpenVINO provider is missing from the provider list"
     ]
     fp16_cpu = [Provider(OPENVINO, {**providers[0].options, "precision": "FP16"}), providers[1]]
-    assert any("only takes FP32" in p for p in target.provider_violations(model, fp16_cpu))
+    assert any("only takes FP32" in p.reason for p in target.provider_violations(model, fp16_cpu))
     tpu = [Provider(OPENVINO, {"device_type": "TPU"}), providers[1]]
-    assert any("'TPU'" in p for p in target.provider_violations(model, tpu))
+    assert any("'TPU'" in p.reason for p in target.provider_violations(model, tpu))
 
 
 # --- arm64: S8S8 static, dynamic, XNNPACK -----------------------------------------------------------
@@ -271,29 +271,29 @@ def test_arm64_dynamic_graph(graphs: dict[str, Path], prepared: Path) -> None:
 def test_arm64_rules_refuse_unsigned_activations(graphs: dict[str, Path]) -> None:
     problems = graph_violations(_load(graphs, "openvino"), _qc("arm64"))
     assert problems and all(
-        "activation quantized as uint8, but this target needs int8" in p for p in problems
+        "activation quantized as uint8, but this target needs int8" in p.reason for p in problems
     )
 
 
 def test_arm64_providers_and_options() -> None:
     target = TARGETS.get("arm64")
-    providers = target.providers([IMAGE_INPUT])
+    providers = target.bind().providers([IMAGE_INPUT])
     assert [p.name for p in providers] == [XNNPACK, CPU]
     assert providers[0].options == {"intra_op_num_threads": "0"}
-    assert target.providers([IMAGE_INPUT], {"threads": "4"})[0].options == {"intra_op_num_threads": "4"}
-    assert [p.name for p in target.providers([IMAGE_INPUT], {"xnnpack": "false"})] == [CPU]
+    assert target.bind({"threads": "4"}).providers([IMAGE_INPUT])[0].options == {"intra_op_num_threads": "4"}
+    assert [p.name for p in target.bind({"xnnpack": "false"}).providers([IMAGE_INPUT])] == [CPU]
     assert target.modes == {8: ("static", "dynamic"), 4: ("weight-only",)}
 
 
 def test_arm64_xnnpack_contract(graphs: dict[str, Path]) -> None:
     """XNNPACK has quantized Conv kernels for S8S8 (per-channel) and U8U8, none for U8S8."""
     target = TARGETS.get("arm64")
-    with_xnnpack = target.providers([IMAGE_INPUT])
-    cpu_only = target.providers([IMAGE_INPUT], {"xnnpack": "false"})
+    with_xnnpack = target.bind().providers([IMAGE_INPUT])
+    cpu_only = target.bind({"xnnpack": "false"}).providers([IMAGE_INPUT])
     assert target.provider_violations(_load(graphs, "arm64"), with_xnnpack) == []
     u8s8 = _load(graphs, "openvino")
     (problem,) = target.provider_violations(u8s8, with_xnnpack)
-    assert "XNNPACK" in problem and "U8S8" in problem and "1 quantized Conv" in problem
+    assert "XNNPACK" in problem.reason and "U8S8" in problem.reason and "1 quantized Conv" in problem.reason
     assert target.provider_violations(u8s8, cpu_only) == []
     assert target.provider_violations(u8s8, with_xnnpack[:1]) != []  # no CPU provider behind XNNPACK
 
@@ -302,7 +302,7 @@ def test_arm64_is_not_validated_on_this_cpus_kernels_unless_arm64() -> None:
     import platform
 
     target = TARGETS.get("arm64")
-    why = target.not_here(target.providers([IMAGE_INPUT], {"xnnpack": "false"}))
+    why = target.not_here(target.bind({"xnnpack": "false"}).providers([IMAGE_INPUT]))
     arm = platform.machine().lower() in ("aarch64", "arm64")
     assert (why is None) is arm
     assert target.facts()["build_machine_is_arm64"] is arm
@@ -348,15 +348,16 @@ def test_qnn_rules_tell_the_activation_widths_apart(graphs: dict[str, Path]) -> 
     qnn = TARGETS.get("qnn")
     a16_as_a8 = qnn.graph_violations(_load(graphs, "qnn-a16"), _qc("qnn"))
     assert a16_as_a8 and all(
-        "activation quantized as uint16, but this target needs uint8" in p for p in a16_as_a8
+        "activation quantized as uint16, but this target needs uint8" in p.reason for p in a16_as_a8
     )
     a8_as_a16 = qnn.graph_violations(_load(graphs, "qnn"), _qc("qnn", activation="uint16"))
     assert a8_as_a16 and all(
-        "activation quantized as uint8, but this target needs uint16" in p for p in a8_as_a16
+        "activation quantized as uint8, but this target needs uint16" in p.reason for p in a8_as_a16
     )
     # the OpenVINO/CPU layout (s8 symmetric per-channel weights) is not QNN's either
     assert any(
-        "weight quantized as int8" in p for p in qnn.graph_violations(_load(graphs, "openvino"), _qc("qnn"))
+        "weight quantized as int8" in p.reason
+        for p in qnn.graph_violations(_load(graphs, "openvino"), _qc("qnn"))
     )
 
 
@@ -393,7 +394,9 @@ def test_qnn_refuses_16_bit_sigmoid_and_tanh_without_fixed_ranges(sigmoid_tanh: 
     qnn = TARGETS.get("qnn")
     a16 = _qc("qnn", activation="uint16")
     model = onnx.load(str(_quantize(sigmoid_tanh, "st_a16", a16, data)))
-    problems = sorted(qnn.graph_violations(model, a16))
+    violations = qnn.graph_violations(model, a16)
+    assert {v.rule for v in violations} == {"fixed-output-range"}
+    problems = sorted(str(v) for v in violations)
     assert len(problems) == 2, problems
     assert problems[0].startswith("sigmoid (Sigmoid): a 16-bit output needs scale 1.53e-05 and zero point 0 ")
     assert problems[1].startswith("tanh (Tanh): a 16-bit output needs scale 3.05e-05 and zero point 32768 ")
@@ -404,15 +407,15 @@ def test_qnn_refuses_16_bit_sigmoid_and_tanh_without_fixed_ranges(sigmoid_tanh: 
 
 def test_qnn_providers_and_options() -> None:
     target = TARGETS.get("qnn")
-    providers = target.providers([IMAGE_INPUT])
+    providers = target.bind().providers([IMAGE_INPUT])
     assert [p.name for p in providers] == [QNN, CPU]
     assert providers[0].options == {
         "backend_type": "htp",
         "htp_performance_mode": "burst",
         "htp_graph_finalization_optimization_mode": "3",
     }
-    assert target.providers([IMAGE_INPUT], {"backend": "cpu"})[0].options == {"backend_type": "cpu"}
-    balanced = target.providers([IMAGE_INPUT], {"performance_mode": "balanced"})[0].options
+    assert target.bind({"backend": "cpu"}).providers([IMAGE_INPUT])[0].options == {"backend_type": "cpu"}
+    balanced = target.bind({"performance_mode": "balanced"}).providers([IMAGE_INPUT])[0].options
     assert balanced["htp_performance_mode"] == "balanced"
     assert target.modes == {8: ("static",)}
     qc = _qc("qnn")
@@ -427,12 +430,14 @@ def test_qnn_providers_and_options() -> None:
 
 def test_qnn_provider_contract(graphs: dict[str, Path]) -> None:
     target, model = TARGETS.get("qnn"), _load(graphs, "qnn")
-    providers = target.providers([IMAGE_INPUT])
+    providers = target.bind().providers([IMAGE_INPUT])
     assert target.provider_violations(model, providers) == []
     both = [Provider(QNN, {**providers[0].options, "backend_path": "libQnnHtp.so"}), providers[1]]
-    assert any("only one" in p for p in target.provider_violations(model, both))
-    assert any("no backend" in p for p in target.provider_violations(model, [Provider(QNN), providers[1]]))
-    assert target.provider_violations(model, providers[1:]) == [
+    assert any("only one" in p.reason for p in target.provider_violations(model, both))
+    assert any(
+        "no backend" in p.reason for p in target.provider_violations(model, [Provider(QNN), providers[1]])
+    )
+    assert [str(v) for v in target.provider_violations(model, providers[1:])] == [
         "the QNN provider is missing from the provider list"
     ]
 
@@ -454,7 +459,7 @@ def test_qnn_provider_contract(graphs: dict[str, Path]) -> None:
 )
 def test_bad_option_values_list_the_valid_ones(target: str, option: str, value: str, valid: str) -> None:
     with pytest.raises(ConfigError) as err:
-        TARGETS.get(target).resolve_options({option: value})
+        TARGETS.get(target).bind({option: value})
     assert f"--target-option {option}={value}" in str(err.value)
     assert valid in str(err.value)
 
@@ -469,7 +474,7 @@ def test_bad_option_values_list_the_valid_ones(target: str, option: str, value: 
 )
 def test_unknown_options_list_the_valid_ones(target: str, valid: str) -> None:
     with pytest.raises(ConfigError, match=f"no such option. Valid options: {valid}."):
-        TARGETS.get(target).resolve_options({"precision": "FP16"})
+        TARGETS.get(target).bind({"precision": "FP16"})
 
 
 def test_export_refuses_a_bad_option_before_any_work(tmp_path: Path) -> None:
@@ -531,7 +536,7 @@ def test_pipeline_artifact_follows_the_target_rules(run: tuple[str, RunResult]) 
     assert {q.zp_type for _, q in weights} == {weight_type}
     assert all((q.scale.size > 1) is per_channel for _, q in weights)
     target: Target = TARGETS.get(RUNS[name][0])
-    qc = target.quantize_config(8, "static", "minmax", target.resolve_options(dict(RUNS[name][1])))
+    qc = target.bind(dict(RUNS[name][1])).quantize_config(8, "static", "minmax")
     assert target.graph_violations(model, qc) == []
 
 
@@ -540,12 +545,11 @@ def test_pipeline_manifest_records_providers_and_rules(run: tuple[str, RunResult
     target_name, options = RUNS[name]
     target = TARGETS.get(target_name)
     manifest: dict[str, Any] = result.manifest
-    expected = target.providers(
-        [ModelInput("input", (None, 1, 8, 8), "float32")], target.resolve_options(dict(options))
-    )
+    bound = target.bind(dict(options))
+    expected = bound.providers([ModelInput("input", (None, 1, 8, 8), "float32")])
     assert manifest["providers"] == [p.as_json() for p in expected]
     assert manifest["target"]["name"] == target_name
-    assert manifest["target"]["options"] == target.resolve_options(dict(options))
+    assert manifest["target"]["options"] == dict(bound.options)
     type_names = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8", TensorProto.UINT16: "uint16"}
     assert manifest["quantization"]["activation_type"] == type_names[LAYOUT[name][0]]
     # folders in the options are relative to OUT_DIR; loading the artifact resolves them there

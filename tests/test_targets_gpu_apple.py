@@ -23,12 +23,12 @@ from conftest import inside_but_undecided, write_model
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.calibrate import Dataset, ModelInput
-from qconvert.config import FP16_KEEP_FP32_OPS, QuantizeConfig, RunConfig
+from qconvert.config import QuantizeConfig, RunConfig
 from qconvert.errors import ConfigError
 from qconvert.pipeline import RunResult, export
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
-from qconvert.quantize.float16 import emulate_fp16
+from qconvert.quantize.float16 import FP16_KEEP_FP32_OPS, emulate_fp16
 from qconvert.quantize.weight_only import MIN_ELEMENTS, weight_axis, weight_only_record
 from qconvert.report import failure_lines
 from qconvert.runtime import make_session
@@ -108,7 +108,7 @@ def fp32_graph(prepared: Path) -> onnx.ModelProto:
 
 def _qc(target: str, bits: int, mode: str | None = None, **opts: str) -> QuantizeConfig:
     t = TARGETS.get(target)
-    return t.quantize_config(bits, t.resolve_mode(bits, mode), "minmax", opts)
+    return t.bind(opts).quantize_config(bits, t.resolve_mode(bits, mode), "minmax")
 
 
 def _convert(prepared: Path, name: str, qc: QuantizeConfig) -> onnx.ModelProto:
@@ -205,21 +205,25 @@ def test_fp16_rules_flag_what_breaks_them(
 ) -> None:
     qc = _qc("cuda", 16)
     target = TARGETS.get("cuda")
-    assert target.graph_violations(fp32_graph, qc) == [
+    assert [str(v) for v in target.graph_violations(fp32_graph, qc)] == [
         "the graph has no float16 tensors: it was not converted to fp16"
     ]
     # fp16 inputs and outputs where the target keeps them fp32
     half_io = _convert(prepared, "fp16_half_io", dataclasses.replace(qc, keep_io_types=False))
     assert half_io.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
     problems = target.graph_violations(half_io, qc)
-    assert f"graph input {INPUT} is float16, but this target keeps fp32 inputs and outputs" in problems
-    assert any(p.startswith("graph output logits is float16") for p in problems)
+    assert f"graph input {INPUT} is float16, but this target keeps fp32 inputs and outputs" in map(
+        str, problems
+    )
+    assert any(p.reason.startswith("graph output logits is float16") for p in problems)
     # an op the rules keep in fp32 that the graph computes in fp16
     keep_conv = dataclasses.replace(qc, keep_fp32_ops=qc.keep_fp32_ops | {"Conv"})
     convs = [n for n in fp16_graph.graph.node if n.op_type == "Conv"]
     problems = target.graph_violations(fp16_graph, keep_conv)
     assert len(problems) == len(convs) == 2
-    assert all("(Conv) computes in float16" in p and "keeps Conv in fp32" in p for p in problems)
+    assert all(
+        "(Conv) computes in float16" in p.reason and "keeps Conv in fp32" in p.reason for p in problems
+    )
     # converted with that keep list, the Convs read fp32 weights and pass the same rule
     kept = _convert(prepared, "fp16_keep_conv", keep_conv)
     init = _init(kept)
@@ -489,11 +493,11 @@ def test_weight_only_passes_its_rules_and_flags_activation_quantization(
     assert coreml.graph_violations(weight_only_graph, qc) == []
     quantizers = [n for n in cuda_int8_graph.graph.node if n.op_type == "QuantizeLinear"]
     problems = coreml.graph_violations(cuda_int8_graph, qc)
-    flagged = [p for p in problems if "(QuantizeLinear) quantizes an activation" in p]
+    flagged = [p for p in problems if "(QuantizeLinear) quantizes an activation" in p.reason]
     assert len(flagged) == len(quantizers) > 0
     per_tensor = _convert(prepared, "weight_only_per_tensor", dataclasses.replace(qc, per_channel=False))
     problems = coreml.graph_violations(per_tensor, qc)
-    assert len(problems) == 4 and all(p.endswith("this target wants per-channel") for p in problems)
+    assert len(problems) == 4 and all(p.reason.endswith("this target wants per-channel") for p in problems)
 
 
 def test_weight_only_refuses_4_bits(prepared: Path) -> None:
@@ -615,40 +619,43 @@ def test_cuda_says_which_ops_run_in_float(cuda_int8_graph: onnx.ModelProto) -> N
 
 def test_cuda_providers_in_order_with_options() -> None:
     cuda = TARGETS.get("cuda")
-    providers = cuda.providers([IMAGE])
+    providers = cuda.bind().providers([IMAGE])
     assert [p.name for p in providers] == [CUDA, CPU]
     assert providers[0].options == {
         "device_id": "0",
         "cudnn_conv_algo_search": "EXHAUSTIVE",
         "do_copy_in_default_stream": "1",
     }
-    assert cuda.providers([IMAGE], {"device_id": "3"})[0].options["device_id"] == "3"
+    assert cuda.bind({"device_id": "3"}).providers([IMAGE])[0].options["device_id"] == "3"
     with pytest.raises(ConfigError, match="device_id=gpu0: give the CUDA device index"):
-        cuda.resolve_options({"device_id": "gpu0"})
+        cuda.bind({"device_id": "gpu0"})
     with pytest.raises(ConfigError, match=r"no such option\. Valid options: device_id\."):
-        cuda.resolve_options({"compute_units": "ALL"})
+        cuda.bind({"compute_units": "ALL"})
 
 
 def test_cuda_provider_rules(
     cuda_int8_graph: onnx.ModelProto, fp16_graph: onnx.ModelProto, dynamic_graph: onnx.ModelProto
 ) -> None:
     cuda = TARGETS.get("cuda")
-    providers = cuda.providers([IMAGE])
+    providers = cuda.bind().providers([IMAGE])
     assert cuda.provider_violations(cuda_int8_graph, providers) == []
     assert cuda.provider_violations(fp16_graph, providers) == []
     # a dynamic-quantized graph would fall back to the CPU, node by node
     ops = {n.op_type for n in dynamic_graph.graph.node}
     assert {"ConvInteger", "DynamicQuantizeLinear", "MatMulInteger"} <= ops
     (problem,) = cuda.provider_violations(dynamic_graph, providers)
-    assert (
-        "ConvInteger" in problem and "DynamicQuantizeLinear" in problem and "MatMulInteger (uint8)" in problem
+    assert problem.rule == "no-kernel"
+    assert all(
+        op in problem.reason for op in ("ConvInteger", "DynamicQuantizeLinear", "MatMulInteger (uint8)")
     )
-    assert "silently run those nodes on the CPU" in problem
-    assert cuda.provider_violations(cuda_int8_graph, providers[1:]) == [
+    assert "silently run those nodes on the CPU" in problem.reason
+    assert [str(v) for v in cuda.provider_violations(cuda_int8_graph, providers[1:])] == [
         "the CUDA provider is missing from the provider list"
     ]
     bad = [Provider(CUDA, {**providers[0].options, "cudnn_conv_algo_search": "FASTEST"}), providers[1]]
-    assert any("cudnn_conv_algo_search=FASTEST" in p for p in cuda.provider_violations(fp16_graph, bad))
+    assert any(
+        "cudnn_conv_algo_search=FASTEST" in p.reason for p in cuda.provider_violations(fp16_graph, bad)
+    )
 
 
 # --- coreml ----------------------------------------------------------------------------------------
@@ -666,24 +673,24 @@ def test_coreml_modes_and_refusals() -> None:
 
 def test_coreml_providers_and_compute_units() -> None:
     coreml = TARGETS.get("coreml")
-    providers = coreml.providers([IMAGE])
+    providers = coreml.bind().providers([IMAGE])
     assert [p.name for p in providers] == [COREML, CPU]
     assert providers[0].options == {"ModelFormat": "MLProgram", "MLComputeUnits": "ALL"}
     for units in ("ALL", "CPUAndNeuralEngine", "CPUAndGPU", "CPUOnly"):
-        assert coreml.providers([IMAGE], {"compute_units": units})[0].options["MLComputeUnits"] == units
+        assert coreml.bind({"compute_units": units}).providers([IMAGE])[0].options["MLComputeUnits"] == units
 
 
 @pytest.mark.parametrize("value", ["NPU", "all", ""])
 def test_coreml_bad_compute_units_lists_the_valid_values(value: str) -> None:
     with pytest.raises(ConfigError) as err:
-        TARGETS.get("coreml").providers([IMAGE], {"compute_units": value})
+        TARGETS.get("coreml").bind({"compute_units": value}).providers([IMAGE])
     assert f"--target-option compute_units={value}" in str(err.value)
     assert "Valid values: ALL, CPUAndNeuralEngine, CPUAndGPU, CPUOnly." in str(err.value)
 
 
 def test_coreml_provider_rules(fp16_graph: onnx.ModelProto, weight_only_graph: onnx.ModelProto) -> None:
     coreml = TARGETS.get("coreml")
-    providers = coreml.providers([IMAGE])
+    providers = coreml.bind().providers([IMAGE])
     assert coreml.provider_violations(fp16_graph, providers) == []
     assert coreml.provider_violations(weight_only_graph, providers) == []
     neural_network = [
@@ -691,13 +698,15 @@ def test_coreml_provider_rules(fp16_graph: onnx.ModelProto, weight_only_graph: o
         providers[1],
     ]
     (problem,) = coreml.provider_violations(fp16_graph, neural_network)
-    assert "float16 but ModelFormat=NeuralNetwork" in problem
+    assert "float16 but ModelFormat=NeuralNetwork" in problem.reason
     assert coreml.provider_violations(weight_only_graph, neural_network) == []  # float compute: either works
     default_format = [Provider(COREML, {"MLComputeUnits": "ALL"}), providers[1]]  # the provider's default
     assert coreml.provider_violations(fp16_graph, default_format) != []
     bad_units = [Provider(COREML, {**providers[0].options, "MLComputeUnits": "GPU"}), providers[1]]
-    assert any("MLComputeUnits=GPU" in p for p in coreml.provider_violations(weight_only_graph, bad_units))
-    assert coreml.provider_violations(fp16_graph, providers[1:]) == [
+    assert any(
+        "MLComputeUnits=GPU" in p.reason for p in coreml.provider_violations(weight_only_graph, bad_units)
+    )
+    assert [str(v) for v in coreml.provider_violations(fp16_graph, providers[1:])] == [
         "the CoreML provider is missing from the provider list"
     ]
 
@@ -710,7 +719,7 @@ def test_fp16_on_the_cuda_provider_matches_the_stand_in(prepared: Path, fp16_gra
     if CUDA not in ort.get_available_providers():
         pytest.skip("onnxruntime has no CUDA provider here")
     x = _images(64, seed=11)
-    cuda = make_session(prepared.with_name("fp16.onnx"), TARGETS.get("cuda").providers([IMAGE]))
+    cuda = make_session(prepared.with_name("fp16.onnx"), TARGETS.get("cuda").bind().providers([IMAGE]))
     assert cuda.used == CUDA
     on_gpu = cuda.run(Dataset("x", {INPUT: x}))[0]
     emulated = emulate_fp16(prepared.with_name("fp16.onnx"), prepared.with_name("fp16_gpu_check.onnx"))
@@ -728,8 +737,8 @@ def test_tensorrt_fp16_is_the_16_bit_default_and_its_flags_agree_with_the_graph(
 
     trt = TARGETS.get("tensorrt")
     assert trt.resolve_mode(16, None) == "fp16"
-    qc = trt.quantize_config(16, "fp16", "minmax")
-    providers = trt.providers_for([], None, qc)
+    qc = trt.bind().quantize_config(16, "fp16", "minmax")
+    providers = trt.bind().providers([], qc)
     options = providers[0].options
     assert (options["trt_fp16_enable"], options["trt_int8_enable"]) == ("True", "False")
     assert "trt_bf16_enable" not in options and "trt_int8_calibration_table_name" not in options
@@ -744,8 +753,11 @@ def test_tensorrt_fp16_is_the_16_bit_default_and_its_flags_agree_with_the_graph(
     model = helper.make_model(graph)
     assert trt.provider_violations(model, providers) == []
     fp32_build = dataclasses.replace(providers[0], options={**options, "trt_fp16_enable": "False"})
-    assert any("build this fp16 graph in fp32" in p for p in trt.provider_violations(model, [fp32_build]))
+    assert any(
+        "build this fp16 graph in fp32" in p.reason for p in trt.provider_violations(model, [fp32_build])
+    )
     int8_on = dataclasses.replace(providers[0], options={**options, "trt_int8_enable": "True"})
     assert any(
-        "trt_int8_enable is on for an fp16 graph" in p for p in trt.provider_violations(model, [int8_on])
+        "trt_int8_enable is on for an fp16 graph" in p.reason
+        for p in trt.provider_violations(model, [int8_on])
     )

@@ -316,7 +316,7 @@ def test_tensorrt_providers_fall_back_to_cpu_here(models: dict[str, Path]) -> No
     if "TensorrtExecutionProvider" in ort.get_available_providers():
         pytest.skip("TensorRT is installed here; there is nothing to fall back from")
     inputs = [ModelInput(INPUT_NAME, (None, 1, 8, 8), "float32")]
-    session = make_session(models["dynamic"], TARGETS.get("tensorrt").providers(inputs))
+    session = make_session(models["dynamic"], TARGETS.get("tensorrt").bind().providers(inputs))
     assert session.wanted == "TensorrtExecutionProvider"
     assert session.used == "CPUExecutionProvider"
     assert session.fell_back

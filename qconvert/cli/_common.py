@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import inspect
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,68 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from qconvert.config import DEFAULT_CONFIDENCE, TEXT_PADDING
 from qconvert.errors import QConvertError
-
-# Image-folder DATA options, shared by the commands that read DATA (typer options are plain metadata,
-# so one instance can serve several commands).
-IMAGE_SIZE_OPTION = typer.Option(
-    None,
-    "--image-size",
-    help="Image folders: resize to HxW (or N for N x N). Default: the model input's own size.",
-)
-MEAN_OPTION = typer.Option(
-    None,
-    "--mean",
-    help="Image folders: subtracted per channel after scaling to [0, 1]; one value per channel or one "
-    "for all, e.g. 0.485,0.456,0.406. Default: none.",
-)
-STD_OPTION = typer.Option(
-    None,
-    "--std",
-    help="Image folders: divided by per channel after --mean, e.g. 0.229,0.224,0.225. Default: none.",
-)
-LAYOUT_OPTION = typer.Option(
-    "nchw", "--layout", help="Image folders: nchw (channels first) or nhwc (channels last)."
-)
-
-# The verdict's confidence level, shared by export, validate and sweep.
-CONFIDENCE_OPTION = typer.Option(
-    DEFAULT_CONFIDENCE,
-    "--confidence",
-    help="Confidence level of the intervals the verdict reads: PASSED when every check's interval lies "
-    "inside its tolerance, FAILED when one lies outside, INCONCLUSIVE (exit 1) when one straddles it.",
-)
-
-# Text-file DATA options (.txt, one sample per line) and the Hugging Face --task, shared the same way.
-TextPadding = Enum("TextPadding", {p: p for p in TEXT_PADDING}, type=str)  # type: ignore[misc]
-TASK_OPTION = typer.Option(
-    None,
-    "--task",
-    help="Hugging Face folders: what to export the model for (feature-extraction, text-generation, "
-    "text-classification, ...). Default: detected from config.json.",
-)
-TOKENIZER_OPTION = typer.Option(
-    None,
-    "--tokenizer",
-    help="Text files (.txt, one sample per line): a Hugging Face folder, or file.py:fn with fn(lines) "
-    "returning feed dicts. Default: the model's own (a Hugging Face SOURCE's, or the one `qconvert export` "
-    "copied into OUT_DIR).",
-)
-MAX_LENGTH_OPTION = typer.Option(
-    None,
-    "--max-length",
-    min=1,
-    help="Text files: tokens per sample. Default: the longest line, up to the tokenizer's limit.",
-)
-PADDING_OPTION = typer.Option(
-    "max_length",
-    "--padding",
-    help="Text files: max_length pads every line to --max-length; longest, to the longest line in the file.",
-)
-TRUNCATION_OPTION = typer.Option(
-    True, "--truncation/--no-truncation", help="Text files: cut lines longer than --max-length."
-)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -129,11 +68,12 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
 
     from typer._click import ClickException  # typer vendors click; click itself may not be installed
 
-    from qconvert.errors import EXIT_CODES, Terminated
+    from qconvert.errors import EXIT_CODES, Terminated, latch_interrupts
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> None:
         set_verbosity(**{name: kwargs.pop(name) for name in VERBOSITY})
+        old_handler = latch_interrupts()
         try:
             code = fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, ClickException):
@@ -161,6 +101,8 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
             raise typer.Exit(3) from None
         finally:
             out.file = None  # type: ignore[assignment]  # undo json_on_stdout: sys.stdout, looked up late
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)  # type: ignore[arg-type]
         raise typer.Exit(code)
 
     signature = inspect.signature(fn)

@@ -4,6 +4,7 @@ no Rich markup (so `pip install "qconvert[hf]"` keeps its `[hf]`), and metavars 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from typer import _click as click
@@ -21,6 +22,29 @@ class _SpacesOnly(_textwrap.TextWrapper):
 
 # click's wrap_text imports its TextWrapper when it is called, so this is the wrapper every help uses
 _textwrap.TextWrapper = _SpacesOnly  # type: ignore[misc]
+
+# Help text that names what a registry holds, filled in when the help is drawn rather than when the
+# command module is imported: the recovery steps' modules import onnx (about 0.4 s), which
+# `qconvert --help` and every other command would pay for.
+RECOVERY_STEPS = "{recovery steps}"
+
+
+def _recovery_steps() -> str:
+    from qconvert import choices
+
+    return ", ".join(choices.recovery_steps())
+
+
+_LATE: dict[str, Callable[[], str]] = {RECOVERY_STEPS: _recovery_steps}
+
+
+def fill_late(text: str) -> str:
+    """`text` with each late placeholder (RECOVERY_STEPS) replaced by what it names."""
+    for mark, names in _LATE.items():
+        if mark in text:
+            text = text.replace(mark, names())
+    return text
+
 
 _TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "bool": "BOOLEAN"}
 
@@ -67,6 +91,8 @@ class HelpCommand(TyperCommand):
             takes_value = not getattr(param, "is_flag", False) and not getattr(param, "count", False)
             if param.param_type_name == "option" and param.metavar is None and takes_value:
                 param.metavar = metavar(param, ctx)
+            if getattr(param, "help", None):
+                param.help = fill_late(param.help)  # type: ignore[attr-defined]
             record = param.get_help_record(ctx)
             if record is None:
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -14,30 +15,40 @@ from qconvert.cli._common import err, json_on_stdout, out, print_table, write_js
 from qconvert.config import DEFAULT_BENCHMARK_BATCH, DEFAULT_BENCHMARK_REPEATS, BenchmarkConfig
 from qconvert.report import human_bytes
 
+if TYPE_CHECKING:
+    from qconvert.benchmark import BenchmarkResult
+
+MODEL_ARGUMENT = typer.Argument(
+    ...,
+    help="An .onnx file, or a folder written by `qconvert export` (alone: its model.onnx against its "
+    "reference.onnx).",
+)
+VS_OPTION = typer.Option(None, "--vs", help="Compare against this .onnx file or OUT_DIR (its model.onnx).")
+DATA_OPTION = typer.Option(
+    None, "--data", help="Inputs (.npz keyed by input name, .npy, or a folder). Default: seeded random."
+)
+BATCH_OPTION = typer.Option(DEFAULT_BENCHMARK_BATCH, "--batch", min=1, help="Samples per run.")
+REPEATS_OPTION = typer.Option(
+    DEFAULT_BENCHMARK_REPEATS, "--repeats", min=1, help="Timed runs per model (after 5 warm-up runs)."
+)
+THREADS_OPTION = typer.Option(
+    None, "--threads", min=1, help="onnxruntime intra-op threads. Default: onnxruntime's."
+)
+JSON_PATH_OPTION = typer.Option(
+    None, "--json", help="Also write the figures to this JSON file; '-' for stdout (then only the JSON)."
+)
+FORCE_OPTION = typer.Option(False, "--force", help="Replace an existing --json file.")
+
 
 def benchmark(
-    model: Path = typer.Argument(
-        ...,
-        help="An .onnx file, or a folder written by `qconvert export` (alone: its model.onnx against its "
-        "reference.onnx).",
-    ),
-    vs: Path = typer.Option(
-        None, "--vs", help="Compare against this .onnx file or OUT_DIR (its model.onnx)."
-    ),
-    data: str = typer.Option(
-        None, "--data", help="Inputs (.npz keyed by input name, .npy, or a folder). Default: seeded random."
-    ),
-    batch: int = typer.Option(DEFAULT_BENCHMARK_BATCH, "--batch", min=1, help="Samples per run."),
-    repeats: int = typer.Option(
-        DEFAULT_BENCHMARK_REPEATS, "--repeats", min=1, help="Timed runs per model (after 5 warm-up runs)."
-    ),
-    threads: int = typer.Option(
-        None, "--threads", min=1, help="onnxruntime intra-op threads. Default: onnxruntime's."
-    ),
-    json_path: Path | None = typer.Option(
-        None, "--json", help="Also write the figures to this JSON file; '-' for stdout (then only the JSON)."
-    ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
+    model: Path = MODEL_ARGUMENT,
+    vs: Path = VS_OPTION,
+    data: str = DATA_OPTION,
+    batch: int = BATCH_OPTION,
+    repeats: int = REPEATS_OPTION,
+    threads: int = THREADS_OPTION,
+    json_path: Path | None = JSON_PATH_OPTION,
+    force: bool = FORCE_OPTION,
 ) -> int:
     """Latency p50/p90, throughput, peak memory and file size of MODEL (and the model it is compared with)."""
     from qconvert.artifacts import check_output_file, write_text_atomic
@@ -56,7 +67,19 @@ def benchmark(
         check_output_file(json_path, force, inputs, flag="--json")
     with err.status("benchmarking") as status:
         result = benchmark_models(config, progress=lambda message: status.update(escape(message)))
+    print_benchmark(result)
+    if json_path is not None:
+        write_text_atomic(
+            json_path, json.dumps(result.as_json(), indent=2) + "\n", force, inputs, flag="--json"
+        )
+        out.print(f"json: {escape(str(json_path))}")
+    if to_stdout:
+        write_json_stdout(result.as_json())
+    return 0
 
+
+def print_benchmark(result: BenchmarkResult) -> None:
+    """One column per model, one row per figure, then how each figure was measured and the verdict."""
     first = result.models[0]
     baseline = result.models[1] if len(result.models) > 1 else None
     # one column per model, one row per figure: it fits 80 columns however long the paths are
@@ -107,11 +130,3 @@ def benchmark(
             f"{escape(first.label)} is not slower than {escape(baseline.label)} "
             f"({first.latency.p50_ms / baseline.latency.p50_ms:.2f}x p50)"
         )
-    if json_path is not None:
-        write_text_atomic(
-            json_path, json.dumps(result.as_json(), indent=2) + "\n", force, inputs, flag="--json"
-        )
-        out.print(f"json: {escape(str(json_path))}")
-    if to_stdout:
-        write_json_stdout(result.as_json())
-    return 0

@@ -31,13 +31,14 @@ def targets(
     table.add_column("providers, priority order", max_width=15 if narrow else None)
     table.add_column("options (--target-option)")
     for name, target in TARGETS:
+        defaults = target.bind()  # what it runs with when no --target-option is given
         modes = "\n".join(f"{b}: {', '.join(m)}" for b, m in sorted(target.modes.items(), reverse=True))
         refused = "\n".join(
             f"{b}: no ({why})" for b, why in sorted(target.refused_bits.items(), reverse=True)
         )
         provs = "\n".join(
             f"{p.name.removesuffix('ExecutionProvider')}{' (installed)' if p.name in installed else ' (not here)'}"
-            for p in target.providers([])
+            for p in defaults.providers([])
         )
         opts = "\n".join(
             f"{o.name}={o.default}" + (f"\n  [{' | '.join(o.choices)}]" if o.choices else "")
@@ -59,7 +60,9 @@ def _as_json(name: str, target: Any, installed: set[str]) -> dict[str, Any]:
         "description": target.description,
         "modes": {str(bits): list(modes) for bits, modes in sorted(target.modes.items(), reverse=True)},
         "refused_bits": {str(bits): why for bits, why in sorted(target.refused_bits.items(), reverse=True)},
-        "providers": [{"name": p.name, "installed": p.name in installed} for p in target.providers([])],
+        "providers": [
+            {"name": p.name, "installed": p.name in installed} for p in target.bind().providers([])
+        ],
         "options": [
             {"name": o.name, "default": o.default, "help": o.help, "choices": list(o.choices) or None}
             for o in target.options

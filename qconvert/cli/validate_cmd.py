@@ -12,6 +12,16 @@ from rich.table import Table
 from rich.text import Text
 
 from qconvert.cli._common import (
+    VERDICT_STYLES,
+    ProgressView,
+    err,
+    json_on_stdout,
+    out,
+    print_table,
+    summary_line,
+    write_json_stdout,
+)
+from qconvert.cli.options import (
     CONFIDENCE_OPTION,
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
@@ -21,36 +31,82 @@ from qconvert.cli._common import (
     STD_OPTION,
     TOKENIZER_OPTION,
     TRUNCATION_OPTION,
-    VERDICT_STYLES,
-    ProgressView,
     TextPadding,
-    err,
-    json_on_stdout,
-    out,
-    print_table,
-    summary_line,
-    write_json_stdout,
+    data_options,
 )
-from qconvert.config import ValidateConfig, image_options, text_options
+from qconvert.config import ValidateConfig
 from qconvert.report import failure_lines, inconclusive_lines, interval_text, level_text
+
+CANDIDATE_ARGUMENT = typer.Argument(..., help="An .onnx file, or an OUT_DIR written by `qconvert export`.")
+REFERENCE_OPTION = typer.Option(
+    None,
+    "--reference",
+    help="The fp32 .onnx or the torch SOURCE (file.py:factory) the candidate was made from. "
+    "Default with an OUT_DIR: its reference.onnx.",
+)
+DATA_OPTION = typer.Option(
+    None,
+    "--data",
+    help="Held-out inputs: .npz keyed by input name ('labels' adds accuracy), .npy, a folder of them, "
+    "a folder of images (class subfolders give labels), a text file (.txt, one sample per line; see "
+    "--tokenizer), or file.py:callable yielding feed dicts. Default with an OUT_DIR: the data its "
+    "export validated on.",
+)
+TOLERANCE_OPTION = typer.Option(
+    None,
+    "--tolerance",
+    help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Overrides qconvert.toml [tolerance] or "
+    "pyproject.toml [tool.qconvert.tolerance], which override the defaults for --bits.",
+)
+JSON_OUT_OPTION = typer.Option(
+    None,
+    "--json",
+    help="Write the full result as JSON here; '-' for stdout (then nothing else goes there).",
+)
+JUNIT_OUT_OPTION = typer.Option(
+    None, "--junit", help="Write JUnit XML here: one test case per output and metric."
+)
+HTML_OUT_OPTION = typer.Option(None, "--html", help="Write a self-contained HTML report here.")
+CALIBRATION_DATA_OPTION = typer.Option(
+    None,
+    "--calibration-data",
+    help="The candidate's calibration data, to warn if --data overlaps it. "
+    "Default with an OUT_DIR: the calibration file in its manifest.",
+)
+METRIC_OPTION = typer.Option(
+    None,
+    "--metric",
+    help="file.py:fn, fn(outputs: dict[str, ndarray], labels: ndarray | None) -> float, higher is "
+    "better; bound its drop with --tolerance 'task_drop<=X'.",
+)
+REQUIRE_SPEEDUP_OPTION = typer.Option(
+    False,
+    "--require-speedup",
+    help="Fail unless the candidate is faster than the reference ONNX (timed interleaved).",
+)
+BITS_OPTION = typer.Option(
+    None, "--bits", help="Bit width whose default tolerances apply. Default: the manifest's, else 8."
+)
+FORCE_OPTION = typer.Option(False, "--force", help="Replace existing --json / --junit / --html files.")
+PROBE_OPTION = typer.Option(
+    [],
+    "--probe",
+    help="Extra measurement: 'collapse' counts held-out pairs the reference tells apart and the "
+    "candidate no longer does, and for token models the longest copy/count sequences it still "
+    "separates; bound it with --tolerance 'collapse_rate<=X'.",
+)
+PROBE_OPTION_OPTION = typer.Option(
+    [],
+    "--probe-option",
+    help="KEY=VALUE for the probe: vocab, token, pad, lengths (e.g. 4,8,16), max_pairs, family_pairs, "
+    "seed. Default: read from the model (vocab), pad 0.",
+)
 
 
 def validate(
-    candidate: str = typer.Argument(..., help="An .onnx file, or an OUT_DIR written by `qconvert export`."),
-    reference: str = typer.Option(
-        None,
-        "--reference",
-        help="The fp32 .onnx or the torch SOURCE (file.py:factory) the candidate was made from. "
-        "Default with an OUT_DIR: its reference.onnx.",
-    ),
-    data: str = typer.Option(
-        None,
-        "--data",
-        help="Held-out inputs: .npz keyed by input name ('labels' adds accuracy), .npy, a folder of them, "
-        "a folder of images (class subfolders give labels), a text file (.txt, one sample per line; see "
-        "--tokenizer), or file.py:callable yielding feed dicts. Default with an OUT_DIR: the data its "
-        "export validated on.",
-    ),
+    candidate: str = CANDIDATE_ARGUMENT,
+    reference: str = REFERENCE_OPTION,
+    data: str = DATA_OPTION,
     image_size: str = IMAGE_SIZE_OPTION,
     mean: str = MEAN_OPTION,
     std: str = STD_OPTION,
@@ -59,56 +115,18 @@ def validate(
     max_length: int = MAX_LENGTH_OPTION,
     padding: TextPadding = PADDING_OPTION,
     truncation: bool = TRUNCATION_OPTION,
-    tolerance: str = typer.Option(
-        None,
-        "--tolerance",
-        help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Overrides qconvert.toml [tolerance] or "
-        "pyproject.toml [tool.qconvert.tolerance], which override the defaults for --bits.",
-    ),
+    tolerance: str = TOLERANCE_OPTION,
     confidence: float = CONFIDENCE_OPTION,
-    json_out: Path = typer.Option(
-        None,
-        "--json",
-        help="Write the full result as JSON here; '-' for stdout (then nothing else goes there).",
-    ),
-    junit_out: Path = typer.Option(
-        None, "--junit", help="Write JUnit XML here: one test case per output and metric."
-    ),
-    html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
-    calibration_data: str = typer.Option(
-        None,
-        "--calibration-data",
-        help="The candidate's calibration data, to warn if --data overlaps it. "
-        "Default with an OUT_DIR: the calibration file in its manifest.",
-    ),
-    metric: str = typer.Option(
-        None,
-        "--metric",
-        help="file.py:fn, fn(outputs: dict[str, ndarray], labels: ndarray | None) -> float, higher is "
-        "better; bound its drop with --tolerance 'task_drop<=X'.",
-    ),
-    require_speedup: bool = typer.Option(
-        False,
-        "--require-speedup",
-        help="Fail unless the candidate is faster than the reference ONNX (timed interleaved).",
-    ),
-    bits: int = typer.Option(
-        None, "--bits", help="Bit width whose default tolerances apply. Default: the manifest's, else 8."
-    ),
-    force: bool = typer.Option(False, "--force", help="Replace existing --json / --junit / --html files."),
-    probe: list[str] = typer.Option(
-        [],
-        "--probe",
-        help="Extra measurement: 'collapse' counts held-out pairs the reference tells apart and the "
-        "candidate no longer does, and for token models the longest copy/count sequences it still "
-        "separates; bound it with --tolerance 'collapse_rate<=X'.",
-    ),
-    probe_option: list[str] = typer.Option(
-        [],
-        "--probe-option",
-        help="KEY=VALUE for the probe: vocab, token, pad, lengths (e.g. 4,8,16), max_pairs, family_pairs, "
-        "seed. Default: read from the model (vocab), pad 0.",
-    ),
+    json_out: Path = JSON_OUT_OPTION,
+    junit_out: Path = JUNIT_OUT_OPTION,
+    html_out: Path = HTML_OUT_OPTION,
+    calibration_data: str = CALIBRATION_DATA_OPTION,
+    metric: str = METRIC_OPTION,
+    require_speedup: bool = REQUIRE_SPEEDUP_OPTION,
+    bits: int = BITS_OPTION,
+    force: bool = FORCE_OPTION,
+    probe: list[str] = PROBE_OPTION,
+    probe_option: list[str] = PROBE_OPTION_OPTION,
 ) -> int:
     """Validate CANDIDATE against a reference on the same inputs; exit 1 when out of tolerance."""
     from qconvert.pipeline import validate as run_validate
@@ -119,13 +137,7 @@ def validate(
         candidate=candidate,
         reference=reference,
         data=data,
-        data_options=text_options(
-            tokenizer,
-            max_length,
-            padding.value,
-            truncation,
-            base=image_options(image_size, mean, std, layout),
-        ),
+        data_options=data_options(image_size, mean, std, layout, tokenizer, max_length, padding, truncation),
         tolerance=tolerance,
         confidence=confidence,
         json_out=None if to_stdout else json_out,
@@ -142,31 +154,18 @@ def validate(
     with ProgressView() as progress:
         result = run_validate(config, progress=progress)
     report = result.as_json()
-    layers = [f"the defaults for --bits {report.get('bits')}"]
-    layers += [str(report["tolerance_source"])] if report.get("tolerance_source") else []
-    layers += ["--tolerance"] if tolerance else []
-    table = Table(
-        title=f"{report['model']} vs {report['reference']} ({report['samples']} samples)",
-        caption="bounds: " + " < ".join(layers),  # a stray qconvert.toml is never invisible
-    )
-    level = level_text(report)
-    columns = (("output", "left"), ("metric", "left"), ("measured", "right"), (f"{level} interval", "right"))
-    for col, justify in (*columns, ("needs", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    table.add_column("")
-    for check in report["validation"]["checks"]:
-        table.add_row(
-            Text(check["output"]),
-            Text(check["metric"]),
-            Text(f"{check['measured']:.6g}"),
-            Text(interval_text(check.get("interval"), beyond="beyond") or "-"),
-            Text(check["bound"]),
-            Text(
-                "ok" if check["verdict"] == "passed" else check["verdict"].upper(),
-                style=VERDICT_STYLES[check["verdict"]],
-            ),
-        )
-    print_table(table)
+    print_validation(report, tolerance)
+    for flag, path in (("json", None if to_stdout else json_out), ("junit", junit_out), ("html", html_out)):
+        if path is not None:
+            out.print(f"{flag}: {escape(str(path))}")
+    summary_line(result.verdict, started)
+    if to_stdout:
+        write_json_stdout(result.as_json())
+    return 0 if result.passed else 1
+
+
+def print_figures(report: dict[str, Any], level: str) -> None:
+    """Each output's figures and the accuracy, every one with its interval."""
     intervals = report["validation"]["intervals"]
     for name, m in report["validation"]["outputs"].items():
         ivs = intervals.get(name, {})
@@ -196,6 +195,40 @@ def validate(
             for which in ("reference", "candidate")
         )
         out.print(f"accuracy ({escape(acc['output'])}): {reference}, {candidate}", soft_wrap=True)
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def print_validation(report: dict[str, Any], tolerance: str | None) -> None:
+    """The checks table, each output's figures, accuracy, the probe and task metric, notes, failures."""
+    layers = [f"the defaults for --bits {report.get('bits')}"]
+    layers += [str(report["tolerance_source"])] if report.get("tolerance_source") else []
+    layers += ["--tolerance"] if tolerance else []
+    table = Table(
+        title=f"{report['model']} vs {report['reference']} ({report['samples']} samples)",
+        caption="bounds: " + " < ".join(layers),  # a stray qconvert.toml is never invisible
+    )
+    level = level_text(report)
+    columns = (("output", "left"), ("metric", "left"), ("measured", "right"), (f"{level} interval", "right"))
+    for col, justify in (*columns, ("needs", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("")
+    for check in report["validation"]["checks"]:
+        table.add_row(
+            Text(check["output"]),
+            Text(check["metric"]),
+            Text(f"{check['measured']:.6g}"),
+            Text(interval_text(check.get("interval"), beyond="beyond") or "-"),
+            Text(check["bound"]),
+            Text(
+                "ok" if check["verdict"] == "passed" else check["verdict"].upper(),
+                style=VERDICT_STYLES[check["verdict"]],
+            ),
+        )
+    print_table(table)
+    print_figures(report, level)
     if report.get("collapse"):
         print_collapse(report["collapse"])
     task = report["task"]
@@ -210,17 +243,6 @@ def validate(
         err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)
     for line in inconclusive_lines(report):
         err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)
-    for flag, path in (("json", None if to_stdout else json_out), ("junit", junit_out), ("html", html_out)):
-        if path is not None:
-            out.print(f"{flag}: {escape(str(path))}")
-    summary_line(result.verdict, started)
-    if to_stdout:
-        write_json_stdout(result.as_json())
-    return 0 if result.passed else 1
-
-
-def _percent(x: float) -> str:
-    return f"{100 * x:.2f}%"
 
 
 def parse_probe_option(text: str) -> tuple[str, str]:

@@ -1,6 +1,7 @@
 """Quantization methods, by mode. One module per method; what each needs and honours is data here
 (`Method`), read by the pipeline instead of tests on the mode's name. Third-party methods register
-through the `qconvert.quantizers` entry-point group (see registry.load_plugins)."""
+through the `qconvert.quantizers` entry-point group (see registry.load_plugins); the `--mode` and
+`--algorithm` choices come from here (qconvert.choices), in registration order."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from qconvert.quantize.bf16 import quantize_bf16
 from qconvert.quantize.dynamic import quantize_dynamic_int8
 from qconvert.quantize.float16 import quantize_fp16
 from qconvert.quantize.implicit import quantize_implicit_int8
-from qconvert.quantize.int4 import quantize_int4
+from qconvert.quantize.int4 import WEIGHT_ALGORITHMS, quantize_int4
 from qconvert.quantize.static import quantize_static_int8
 from qconvert.quantize.weight_only import quantize_weight_only
 from qconvert.registry import Registry
@@ -56,6 +57,10 @@ class Method:
     honours_include: bool = False  # takes QuantizeConfig.nodes_to_include (--include)
     # per-layer sensitivity and --auto can re-quantize it with nodes excluded (an explicit Q/DQ graph)
     supports_sensitivity: bool = False
+    # a user may ask for it with --mode (implicit is not: TensorRT's quantization=implicit chooses it)
+    selectable: bool = True
+    # --algorithm values it takes (how 4-bit weights are rounded), the first being the default
+    algorithms: tuple[str, ...] = ()
 
     def __call__(
         self,
@@ -77,7 +82,7 @@ def as_method(entry: object) -> Method:
     raise TypeError(f"a quantizer plugin must be a qconvert.quantize.Method or a function, not {entry!r}")
 
 
-QUANTIZERS: Registry[Method] = Registry("quantization mode", "--mode")
+QUANTIZERS: Registry[Method] = Registry("quantization mode", "--mode", by_name=False)
 QUANTIZERS.register("static")(
     Method(
         quantize_static_int8,
@@ -88,10 +93,10 @@ QUANTIZERS.register("static")(
     )
 )
 QUANTIZERS.register("dynamic")(Method(quantize_dynamic_int8, honours_exclude=True, honours_include=True))
+QUANTIZERS.register("weight-only")(Method(quantize_weights_only, algorithms=WEIGHT_ALGORITHMS))
 QUANTIZERS.register("fp16")(Method(quantize_fp16, honours_exclude=True))
 QUANTIZERS.register("bf16")(Method(quantize_bf16))
-QUANTIZERS.register("weight-only")(Method(quantize_weights_only))
-QUANTIZERS.register("implicit")(Method(quantize_implicit_int8, needs_calibration=True))
+QUANTIZERS.register("implicit")(Method(quantize_implicit_int8, needs_calibration=True, selectable=False))
 QUANTIZERS.plugins("qconvert.quantizers", as_method)
 
 __all__ = ["QUANTIZERS", "Method", "Quantizer"]

@@ -2,7 +2,7 @@
 
 onnxruntime's `convert_float_to_float16` does the conversion. By default the graph's inputs and
 outputs stay fp32 (a Cast at each edge), so callers feed and read the same arrays as for fp32. Ops
-in `QuantizeConfig.keep_fp32_ops` (default `config.FP16_KEEP_FP32_OPS`) and nodes named in
+in `QuantizeConfig.keep_fp32_ops` (default `FP16_KEEP_FP32_OPS`, below) and nodes named in
 `nodes_to_exclude` stay fp32, with Casts around them. Constants beyond fp16's range are clamped to
 +-65504 by the converter; activations that overflow at run time become Inf, which validation's
 always-on `nonfinite` check reports.
@@ -30,6 +30,54 @@ from qconvert.calibrate import Dataset
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError, QuantizationError
 from qconvert.quantize._common import check_output
+
+# fp16: op types kept in fp32 unless a target says otherwise. It is onnxruntime's
+# float16.DEFAULT_OP_BLOCK_LIST (ops with no fp16 kernels: classical-ML ops, TopK, NonMaxSuppression,
+# RoiAlign, Range, CumSum, Min/Max, Upsample, random ops; a test keeps this a superset of it), plus:
+# - ops whose ONNX schema has no float16 at common opsets: Celu, IsInf;
+# - ops whose result is in range but whose inner sum or exponential leaves fp16's range (max 65504)
+#   on ordinary inputs: ReduceL2, ReduceLogSum, ReduceLogSumExp, LpNormalization, Softplus.
+# An op whose *output* leaves the range (a large MatMul, say) cannot be fixed by blocking that op
+# alone, since its output is cast back to fp16; the always-on `nonfinite` check catches those.
+FP16_KEEP_FP32_OPS = frozenset(
+    {
+        "ArrayFeatureExtractor",
+        "Binarizer",
+        "CastMap",
+        "CategoryMapper",
+        "DictVectorizer",
+        "FeatureVectorizer",
+        "Imputer",
+        "LabelEncoder",
+        "LinearClassifier",
+        "LinearRegressor",
+        "Normalizer",
+        "OneHotEncoder",
+        "RandomUniformLike",
+        "SVMClassifier",
+        "SVMRegressor",
+        "Scaler",
+        "TreeEnsembleClassifier",
+        "TreeEnsembleRegressor",
+        "TreeEnsemble",
+        "ZipMap",
+        "NonMaxSuppression",
+        "TopK",
+        "RoiAlign",
+        "Range",
+        "CumSum",
+        "Min",
+        "Max",
+        "Upsample",
+        "Celu",
+        "IsInf",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "LpNormalization",
+        "Softplus",
+    }
+)
 
 if TYPE_CHECKING:
     import onnx

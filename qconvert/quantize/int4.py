@@ -40,7 +40,7 @@ import numpy as np
 
 from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
-from qconvert.config import MIN_BLOCK_SIZE, WEIGHT_ALGORITHMS, QuantizeConfig
+from qconvert.config import MIN_BLOCK_SIZE, QuantizeConfig
 from qconvert.errors import CalibrationError, ConfigError, QuantizationError
 from qconvert.quantize._common import check_output, unique_name
 
@@ -54,6 +54,9 @@ METADATA_KEY = "qconvert.int4"
 INT4_OPSET = 21  # int4/uint4 tensors (GatherBlockQuantized's table) need opset 21 and IR version 10
 INT4_IR_VERSION = 10
 CONTRIB_DOMAIN = "com.microsoft"
+# how weights are rounded (`--algorithm`, QuantizeConfig.weight_algorithm), the first being the default:
+# round to nearest, half-quadratic, GPTQ (needs calibration)
+WEIGHT_ALGORITHMS = ("rtn", "hqq", "gptq")
 
 
 @dataclass(frozen=True)
@@ -327,35 +330,11 @@ def quantize_int4(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Calibration data is used by gptq only."""
-    import onnx
     from onnx import helper
 
     _check_settings(qc, calibration)
-    try:
-        model = onnx.load(str(src))
-    except Exception as e:
-        raise QuantizationError(f"cannot read the prepared model {src.name}: {e}") from e
-    name_unnamed_nodes(model.graph)
-    rewritten = matmuls_from_gemms(model)
-    good, other = weight_matmuls(model.graph)
-    if not good:
-        ops = sorted({n.op_type for n in model.graph.node})
-        raise ConfigError(
-            "--bits 4 (weight-only, MatMulNBits) quantizes MatMul and Linear/Gemm weights, and this model has "
-            f"no MatMul or Gemm with a constant fp32 weight (its ops: {', '.join(ops[:12])}"
-            f"{' ...' if len(ops) > 12 else ''}). Use --bits 8 for convolutional models."
-        )
-    if qc.weight_algorithm == "gptq":  # 2-D weights only; the others stay float
-        flat = _two_dimensional(model.graph, good)
-        good, other = flat, other + [n for n in good if n not in flat]
-    tables = embedding_gathers(model.graph)
-    embeddings_note = ""
-    if tables and qc.weight_algorithm != "rtn":
-        embeddings_note = f"--algorithm {qc.weight_algorithm} quantizes MatMul weights only"
-    elif tables:
-        converted, embeddings_note = _at_int4_opset(model)
-        if converted is not None:
-            model = converted
+    model, rewritten, good, other = _weight_matmuls_of(src, qc)
+    model, tables, embeddings_note = _with_embeddings(model, qc)
     gathers = bool(tables) and not embeddings_note
     if not any(o.domain == CONTRIB_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
@@ -406,6 +385,44 @@ def quantize_int4(
     except Exception as e:
         raise QuantizationError(f"writing the 4-bit model failed: {type(e).__name__}: {e}") from e
     return check_output(dest)
+
+
+def _weight_matmuls_of(src: Path, qc: QuantizeConfig) -> tuple[onnx.ModelProto, int, list[str], list[str]]:
+    """The prepared model (Gemms with a constant weight rewritten as MatMul, every node named), how
+    many Gemms were rewritten, and the MatMuls to quantize and to keep float. None to quantize is a
+    ConfigError: a convolutional model wants --bits 8."""
+    import onnx
+
+    try:
+        model = onnx.load(str(src))
+    except Exception as e:
+        raise QuantizationError(f"cannot read the prepared model {src.name}: {e}") from e
+    name_unnamed_nodes(model.graph)
+    rewritten = matmuls_from_gemms(model)
+    good, other = weight_matmuls(model.graph)
+    if not good:
+        ops = sorted({n.op_type for n in model.graph.node})
+        raise ConfigError(
+            "--bits 4 (weight-only, MatMulNBits) quantizes MatMul and Linear/Gemm weights, and this model has "
+            f"no MatMul or Gemm with a constant fp32 weight (its ops: {', '.join(ops[:12])}"
+            f"{' ...' if len(ops) > 12 else ''}). Use --bits 8 for convolutional models."
+        )
+    if qc.weight_algorithm == "gptq":  # 2-D weights only; the others stay float
+        flat = _two_dimensional(model.graph, good)
+        good, other = flat, other + [n for n in good if n not in flat]
+    return model, rewritten, good, other
+
+
+def _with_embeddings(model: onnx.ModelProto, qc: QuantizeConfig) -> tuple[onnx.ModelProto, list[str], str]:
+    """The model (at the int4 opset where rtn quantizes embedding tables), its embedding Gathers, and
+    why they stay float ("" when they are quantized)."""
+    tables = embedding_gathers(model.graph)
+    if tables and qc.weight_algorithm != "rtn":
+        return model, tables, f"--algorithm {qc.weight_algorithm} quantizes MatMul weights only"
+    if not tables:
+        return model, tables, ""
+    converted, note = _at_int4_opset(model)
+    return (model if converted is None else converted), tables, note
 
 
 def _two_dimensional(graph: onnx.GraphProto, names: list[str]) -> list[str]:

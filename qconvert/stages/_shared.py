@@ -20,7 +20,7 @@ from qconvert.errors import (
 if TYPE_CHECKING:
     from qconvert.config import QuantizeConfig
     from qconvert.sources import LoadedModel
-    from qconvert.targets import Provider, Target
+    from qconvert.targets import BoundTarget, Provider
 
 
 # progress(stage, message, done, total): done/total are None for stages without a count
@@ -82,16 +82,17 @@ def reference_outputs(loaded: LoadedModel, data: Dataset, fp32_out: list[np.ndar
 
 
 def check_target_rules(
-    target: Target, qc: QuantizeConfig, model_path: Path, providers: list[Provider]
+    target: BoundTarget, qc: QuantizeConfig, model_path: Path, providers: list[Provider]
 ) -> list[str]:
     """Raise TargetError when the graph or the provider options break the target's rules; return
     the nodes the provider would run in float between Q/DQ pairs."""
     import onnx
 
     quantized = onnx.load(str(model_path))
-    problems = target.graph_violations(quantized, qc) + target.provider_violations(quantized, providers)
+    problems = target.violations(quantized, qc, providers)
     if problems:
-        raise TargetError(f"the quantized graph breaks the {target.name} rules: " + "; ".join(problems[:10]))
+        shown = "; ".join(str(v) for v in problems[:10])
+        raise TargetError(f"the quantized graph breaks the {target.name} rules: {shown}")
     return target.float_nodes(quantized)
 
 

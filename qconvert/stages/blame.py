@@ -122,7 +122,7 @@ class BlameLayers(Stage[ExportContext]):
         to_blame = not ctx.validation and not ctx.validation.data_limited
         if not (ctx.config.auto or to_blame):
             return
-        target, inputs, opts = ctx.target, ctx.inputs, ctx.opts
+        target, inputs = ctx.target, ctx.inputs
         blame = _blame(
             ctx.config,
             ctx.qc,
@@ -131,7 +131,7 @@ class BlameLayers(Stage[ExportContext]):
             ctx.heldout,
             ctx.art.work,
             ctx.validate_graph,
-            lambda path: target.finalize(path, inputs, opts),
+            lambda path: target.finalize(path, inputs),
             ctx.progress,
             failed=to_blame,
         )

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # only for annotations: importing the context stays cheap
     from qconvert.runtime import Session
     from qconvert.sources import LoadedModel
     from qconvert.stages._shared import Progress
-    from qconvert.targets import Provider, Target
+    from qconvert.targets import BoundTarget, Provider
     from qconvert.validation import ValidationResult
 
 
@@ -28,10 +28,9 @@ class ExportContext:
     """One export run's state, filled in stage by stage (see pipeline/exporting.py for the order)."""
 
     # plan
-    target: Target
+    target: BoundTarget  # the target with its --target-option values, checked once
     mode: str
     tolerance: Tolerance
-    opts: dict[str, Any]
     candidates: list[QuantizeConfig]
     qc: QuantizeConfig
     # load / data

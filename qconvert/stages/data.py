@@ -58,7 +58,6 @@ def load_data(
     `holdout_size`); where there are not enough, or --data is too small, a note (and a warning, at
     once, unless not `warn`) says the verdict can be INCONCLUSIVE at best."""
     notes: list[str] = []
-    short = ""  # what to do where the held-out set is too small to pass at all
     calib_path = config.calibration or loaded.default_calibration
     data_path = config.data or (loaded.default_data if not config.calibration else None)
     calibration = (
@@ -74,19 +73,7 @@ def load_data(
     )
     if data_path is not None:
         heldout = load_dataset(data_path, inputs, flag="--data", options=_data_options(config, loaded))
-        if calib_path and Path(calib_path).resolve() == Path(data_path).resolve():
-            notes.append(
-                "the validation data is the calibration data; figures will look better than they are"
-            )
-        elif (
-            calib_path
-            and Path(calib_path).is_dir()
-            and Path(calib_path).resolve() in Path(data_path).resolve().parents
-        ):
-            notes.append(
-                f"--data {data_path} lies inside the --calibration folder {calib_path}, so its samples were "
-                "calibrated on too; figures will look better than they are. Move it out of the folder."
-            )
+        notes.extend(_overlap_notes(calib_path, data_path))
         short = f"pass --data with more held-out samples ({len(heldout)} in {data_path})"
     elif calibration is not None and config.calibration == RANDOM_DATA:
         need = _needed(tolerance, config, loaded, labels=False)
@@ -97,25 +84,9 @@ def load_data(
             RANDOM_HELDOUT_SEED,
             f"random held-out inputs ({count} seeded samples, seed {RANDOM_HELDOUT_SEED})",
         )
+        short = ""  # as many as passing needs
     elif calibration is not None:
-        total = len(calibration)
-        need = _needed(tolerance, config, loaded, labels=calibration.labels is not None)
-        held = holdout_size(total, need[0] if need else None)
-        calibration, heldout = calibration.split(held)
-        why = (
-            f" (more than {HOLDOUT_FRACTION:.0%}: passing {need[1].describe()} at {confidence_text(config.confidence)} "
-            f"confidence needs at least {need[0]} held-out samples)"
-            if need and held == need[0] and held > _share(total)
-            else ""
-        )
-        notes.append(
-            f"no --data given: {held} of the {total} calibration samples were set aside for validation and "
-            f"not used for calibration{why}"
-        )
-        short = (
-            f"the {total} calibration samples cannot spare that many ({MIN_CALIBRATION_SAMPLES} or more stay "
-            "for calibration): pass --data with enough held-out samples"
-        )
+        calibration, heldout, short = _set_aside(calibration, tolerance, config, loaded, notes)
     else:
         raise CalibrationError(
             "validation needs inputs: pass --data DATA (held-out samples, .npz keyed by input name) or "
@@ -140,6 +111,47 @@ def load_data(
         notes.append(f"{too_few}; {short}")
     # every calibration set is returned: ChooseDefaults drops it where nothing of the run reads it
     return calibration, heldout, notes
+
+
+def _overlap_notes(calib_path: str | Path | None, data_path: str | Path) -> list[str]:
+    """Where --data is, or lies inside, the calibration data: figures will look better than they are."""
+    if calib_path and Path(calib_path).resolve() == Path(data_path).resolve():
+        return ["the validation data is the calibration data; figures will look better than they are"]
+    if (
+        calib_path
+        and Path(calib_path).is_dir()
+        and Path(calib_path).resolve() in Path(data_path).resolve().parents
+    ):
+        return [
+            f"--data {data_path} lies inside the --calibration folder {calib_path}, so its samples were "
+            "calibrated on too; figures will look better than they are. Move it out of the folder."
+        ]
+    return []
+
+
+def _set_aside(
+    calibration: Dataset, tolerance: Tolerance, config: RunConfig, loaded: LoadedModel, notes: list[str]
+) -> tuple[Dataset, Dataset, str]:
+    """No --data: (calibration left, held-out, what to do if too few), a note saying what was set aside."""
+    total = len(calibration)
+    need = _needed(tolerance, config, loaded, labels=calibration.labels is not None)
+    held = holdout_size(total, need[0] if need else None)
+    calibration, heldout = calibration.split(held)
+    why = (
+        f" (more than {HOLDOUT_FRACTION:.0%}: passing {need[1].describe()} at {confidence_text(config.confidence)} "
+        f"confidence needs at least {need[0]} held-out samples)"
+        if need and held == need[0] and held > _share(total)
+        else ""
+    )
+    notes.append(
+        f"no --data given: {held} of the {total} calibration samples were set aside for validation and "
+        f"not used for calibration{why}"
+    )
+    short = (
+        f"the {total} calibration samples cannot spare that many ({MIN_CALIBRATION_SAMPLES} or more stay "
+        "for calibration): pass --data with enough held-out samples"
+    )
+    return calibration, heldout, short
 
 
 def _share(total: int) -> int:

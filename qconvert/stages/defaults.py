@@ -18,7 +18,7 @@ from qconvert.stages.context import ExportContext
 
 class ChooseDefaults(Stage[ExportContext]):
     name = "defaults"
-    needs = ("prepared", "candidates", "target", "mode", "opts", "calibration")
+    needs = ("prepared", "candidates", "target", "mode", "calibration")
     gives = ("recover", "defaults", "prepared_fp32", "notes_mark")
 
     @staticmethod
@@ -47,9 +47,7 @@ class ChooseDefaults(Stage[ExportContext]):
             excluded, included = ctx.qc.nodes_to_exclude, ctx.qc.nodes_to_include
             ctx.candidates = [
                 replace(c, external_data=external, nodes_to_exclude=excluded, nodes_to_include=included)
-                for c in ctx.target.quantize_candidates(
-                    config.bits, mode, config.calibration_method, ctx.opts
-                )
+                for c in ctx.target.candidates(config.bits, mode, config.calibration_method)
             ]
             ctx.qc = ctx.candidates[0]
         if chosen.matmuls_only and config.recover is None and not ctx.qc.nodes_to_include:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from qconvert import choices
 from qconvert.artifacts import check_output_dir
-from qconvert.config import MODES, Tolerance
+from qconvert.config import Tolerance
 from qconvert.errors import ConfigError
 from qconvert.quantize import QUANTIZERS
 from qconvert.stages.base import Stage
@@ -13,25 +14,20 @@ from qconvert.stages.context import ExportContext
 from qconvert.targets import TARGETS
 
 
-def _modes_that(capability: str) -> str:
-    """The user-facing modes whose quantizer has `capability` (quantize.Method data), in MODES order."""
-    return ", ".join(m for m in MODES if m in QUANTIZERS and getattr(QUANTIZERS.get(m), capability))
-
-
 class PlanQuantization(Stage[ExportContext]):
     """Target, mode, tolerance, target options and the quantization candidates (several where the
     format is raced); refuses --exclude/--include, --recover names and OUT_DIR early."""
 
     name = "plan"
-    gives = ("target", "mode", "tolerance", "opts", "candidates", "qc")
+    gives = ("target", "mode", "tolerance", "candidates", "qc")
 
     def run(self, ctx: ExportContext) -> None:
         config = ctx.config
-        ctx.target = target = TARGETS.get(config.target)
+        target = TARGETS.get(config.target)
         ctx.mode = target.resolve_mode(config.bits, config.mode)
         ctx.tolerance = Tolerance.for_bits(config.bits, config.tolerance)
-        ctx.opts = target.resolve_options(dict(config.target_options))
-        candidates = target.quantize_candidates(config.bits, ctx.mode, config.calibration_method, ctx.opts)
+        ctx.target = bound = target.bind(dict(config.target_options))  # options checked once, here
+        candidates = bound.candidates(config.bits, ctx.mode, config.calibration_method)
         if config.bits == 4:  # --block-size / --algorithm
             size, algorithm = config.block_size, config.weight_algorithm
             candidates = [replace(c, block_size=size, weight_algorithm=algorithm) for c in candidates]
@@ -40,7 +36,8 @@ class PlanQuantization(Stage[ExportContext]):
         if (config.exclude and not method.honours_exclude) or (config.include and not method.honours_include):
             raise ConfigError(
                 f"--exclude/--include do not apply to {ctx.qc.mode} mode here: --exclude works with "
-                f"{_modes_that('honours_exclude')}, --include with {_modes_that('honours_include')}."
+                f"{', '.join(choices.modes('honours_exclude'))}, --include with "
+                f"{', '.join(choices.modes('honours_include'))}."
             )
         if config.recover:
             from qconvert.recover import RECOVERY

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qconvert.config import TransformerFusion
-from qconvert.prepare import prepared_from_onnx, prepared_transformer
+from qconvert.prepare import TransformerFusion, prepared_from_onnx, prepared_transformer
 from qconvert.sources import LoadedModel
 from qconvert.stages._shared import in_folder
 from qconvert.stages.base import Stage
@@ -27,7 +26,7 @@ def _fusion(loaded: LoadedModel, providers: list[Provider]) -> TransformerFusion
 
 class PrepareOnnx(Stage[ExportContext]):
     name = "prepare"
-    needs = ("exported", "qc", "inputs", "opts")
+    needs = ("exported", "qc", "inputs", "target")
     gives = ("prepared", "fusions")
 
     def message(self, ctx: ExportContext) -> str:
@@ -40,7 +39,7 @@ class PrepareOnnx(Stage[ExportContext]):
 
     def _prepare(self, ctx: ExportContext, src: Path, dest: Path) -> None:
         large = ctx.qc.external_data
-        fusion = _fusion(ctx.loaded, ctx.target.providers(ctx.inputs, ctx.opts))
+        fusion = _fusion(ctx.loaded, ctx.target.providers(ctx.inputs))
         ctx.fusions = None
         if fusion is None:
             ctx.prepared = prepared_from_onnx(src, dest, external_data=large)

@@ -74,7 +74,7 @@ class Quantize(Stage[ExportContext]):
                 ctx.prepared, ctx.art.path("model.onnx"), qc, ctx.calibration, on_batch
             )
         else:
-            providers = ctx.target.providers(ctx.inputs, ctx.opts)
+            providers = ctx.target.providers(ctx.inputs)
             qc, model_path, format_choice = _fastest(
                 candidates, ctx.prepared, ctx.art, ctx.calibration, ctx.heldout, providers, config, on_batch
             )

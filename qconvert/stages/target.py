@@ -10,14 +10,14 @@ from qconvert.validation.standin import not_here
 
 class FinalizeForTarget(Stage[ExportContext]):
     name = "finalize"
-    needs = ("model_path", "qc", "inputs", "opts")
+    needs = ("model_path", "qc", "inputs", "target")
     gives = ("providers", "not_here")
 
     def run(self, ctx: ExportContext) -> None:
-        finalized = ctx.target.finalize(ctx.model_path, ctx.inputs, ctx.opts)
+        finalized = ctx.target.finalize(ctx.model_path, ctx.inputs)
         if finalized:
             ctx.notes.append(finalized)
-        ctx.providers = ctx.target.providers_for(ctx.inputs, ctx.opts, ctx.qc)
+        ctx.providers = ctx.target.providers(ctx.inputs, ctx.qc)
         ctx.not_here = not_here(ctx.target.name, ctx.providers)  # the one stand-in decision
 
 

@@ -94,7 +94,7 @@ def manifest_json(ctx: ExportContext) -> dict[str, Any]:
             "fallback_reason": ctx.exported.fallback_reason,
             "opset": ctx.exported.opset,
         },
-        "target": {"name": ctx.target.name, "options": ctx.opts, "facts": ctx.target.facts()},
+        "target": {"name": ctx.target.name, "options": dict(ctx.target.options), "facts": ctx.target.facts()},
         "providers": [p.as_json() for p in ctx.providers],
         "provider_paths_relative_to": "this folder",
         "validated_on": {"provider": ctx.candidate.used, "exact_qdq": not ctx.candidate.optimized},

@@ -1,11 +1,21 @@
 """Targets, by name. Adding a target is one module here plus one `TARGETS.register` line; a third
-party registers one through the `qconvert.targets` entry-point group (registry.load_plugins)."""
+party registers one through the `qconvert.targets` entry-point group (registry.load_plugins). The
+pipeline uses a target bound to its options: `TARGETS.get(name).bind(options)` (a BoundTarget)."""
 
 from __future__ import annotations
 
 from qconvert.registry import Registry
 from qconvert.targets.arm64 import ARM64
-from qconvert.targets.base import Options, Provider, Target, TargetOption, graph_violations, has_qdq
+from qconvert.targets.base import (
+    BoundTarget,
+    Options,
+    Provider,
+    Target,
+    TargetOption,
+    Violation,
+    graph_violations,
+    has_qdq,
+)
 from qconvert.targets.coreml import COREML_TARGET
 from qconvert.targets.cpu import CPU
 from qconvert.targets.cuda import CUDA_TARGET
@@ -23,4 +33,14 @@ TARGETS.register(OPENVINO.name)(OPENVINO)
 TARGETS.register(QNN.name)(QNN)
 TARGETS.plugins("qconvert.targets")
 
-__all__ = ["TARGETS", "Options", "Provider", "Target", "TargetOption", "graph_violations", "has_qdq"]
+__all__ = [
+    "TARGETS",
+    "BoundTarget",
+    "Options",
+    "Provider",
+    "Target",
+    "TargetOption",
+    "Violation",
+    "graph_violations",
+    "has_qdq",
+]

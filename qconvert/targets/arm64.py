@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
-from qconvert.targets.base import ORT_CPU_INT8_OPS, Options, Provider, Target, TargetOption, int4_config
+from qconvert.targets import presets
+from qconvert.targets.base import ORT_CPU_INT8_OPS, Options, Provider, Target, TargetOption, Violation
 
 if TYPE_CHECKING:
     import onnx
@@ -106,45 +107,35 @@ ARM64_INT4_ACCURACY_LEVEL = 4  # MatMulNBits int8 compute
 
 
 class Arm64Target(Target):
-    def quantize_config(
-        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
-    ) -> QuantizeConfig:
+    def quantize_config(self, bits: int, mode: str, calibration_method: str, opts: Options) -> QuantizeConfig:
         if bits == 4:
-            return int4_config(ARM64_INT4_ACCURACY_LEVEL)
-        static = mode == "static"
-        return QuantizeConfig(
-            bits=bits,
-            mode=mode,
-            format="qdq" if static else "qoperator",
-            activation_type="int8" if static else "uint8",  # DynamicQuantizeLinear is always u8
-            weight_type="int8",
-            per_channel=True,
-            activation_symmetric=False,
-            weight_symmetric=True,
-            reduce_range=False,
-            calibration_method=calibration_method,
-        )
+            return presets.int4_weight_only(ARM64_INT4_ACCURACY_LEVEL)
+        if mode == "static":  # S8S8: signed asymmetric activations, the layout XNNPACK takes
+            return replace(presets.u8s8(bits, mode, calibration_method), activation_type="int8")
+        # dynamic: DynamicQuantizeLinear is always u8
+        return presets.u8s8(bits, mode, calibration_method, format="qoperator")
 
-    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
-        o = self.resolve_options(opts)
+    def providers(self, inputs: Sequence[ModelInput], opts: Options) -> list[Provider]:
         cpu = Provider(CPU_EP)
-        if o["xnnpack"] != "true":
+        if opts["xnnpack"] != "true":
             return [cpu]
-        return [Provider(XNNPACK_EP, {"intra_op_num_threads": o["threads"]}), cpu]
+        return [Provider(XNNPACK_EP, {"intra_op_num_threads": opts["threads"]}), cpu]
 
-    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
+    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[Violation]:
         names = [p.name for p in providers]
         if CPU_EP not in names:
-            return ["the CPU provider is missing: it runs every node XNNPACK does not take"]
+            reason = "the CPU provider is missing: it runs every node XNNPACK does not take"
+            return [Violation("provider-missing", None, reason)]
         if XNNPACK_EP not in names:
             return []
         problems = xnnpack_conv_problems(model)
         if not problems:
             return []
-        return [
+        reason = (
             f"XNNPACK is listed first but has no kernel for {len(problems)} quantized Conv(s), which would "
             f"silently run on the CPU provider: {'; '.join(problems[:5])}"
-        ]
+        )
+        return [Violation("no-kernel", None, reason)]
 
     def not_here(self, providers: Sequence[Provider]) -> str | None:
         missing = super().not_here(providers)

@@ -1,9 +1,18 @@
-"""What a target is: the graph rules it needs and the execution-provider settings it runs with."""
+"""What a target is: the graph rules it needs and the execution-provider settings it runs with.
+
+A `Target` (what `TARGETS` holds) declares its capabilities as data: bit widths and modes, the
+options it takes, the ops its provider runs in int8. `Target.bind(options)` checks the options once
+and gives a `BoundTarget`, which is what the pipeline uses: quantization candidates, providers, the
+last edits to model.onnx and the rule checks, whose findings are `Violation`s. A target module
+implements the hooks (`quantize_config` or `quantize_candidates`, `providers`, ...); they receive
+the options already checked and never re-resolve them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -88,34 +97,6 @@ COMMON_INT8_OPS = frozenset(
 ORT_CPU_INT8_OPS = COMMON_INT8_OPS | {"Sigmoid", "LeakyRelu", "Softmax", "Where", "ArgMax", "ConvTranspose"}
 
 
-def fp16_config(bits: int, mode: str) -> QuantizeConfig:
-    """fp16 weights and activations, fp32 inputs and outputs (QuantizeConfig's fp16 defaults)."""
-    return QuantizeConfig(bits=bits, mode=mode, format="fp16", forbidden_ops=INTEGER_ONLY_OPS)
-
-
-def bf16_config(bits: int) -> QuantizeConfig:
-    """bf16 weights and activations, fp32 inputs and outputs. No op is kept in fp32 for range (bf16
-    has fp32's); the bf16 quantizer keeps the ops without a CUDA bf16 kernel in fp32."""
-    return QuantizeConfig(
-        bits=bits, mode="bf16", format="bf16", forbidden_ops=INTEGER_ONLY_OPS, keep_fp32_ops=frozenset()
-    )
-
-
-def int4_config(accuracy_level: int) -> QuantizeConfig:
-    """4-bit weight-only (MatMulNBits): asymmetric blocks (a zero point each, the more accurate
-    layout, which every MatMulNBits kernel takes), activations float. `weight_type` is the storage
-    type: two 4-bit codes per uint8."""
-    return QuantizeConfig(
-        bits=4,
-        mode="weight-only",
-        format="matmulnbits",
-        weight_type="uint8",
-        weight_symmetric=False,
-        quantize_bias=False,
-        accuracy_level=accuracy_level,
-    )
-
-
 @dataclass(frozen=True)
 class Provider:
     """An onnxruntime execution provider with its options (values as onnxruntime takes them)."""
@@ -145,15 +126,33 @@ class TargetOption:
         return value
 
 
-Options = Mapping[str, str]
+Options = Mapping[str, str]  # option name -> value; every option of the target, checked by bind()
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A rule the quantized graph or its provider settings break: which rule, the node (or graph
+    input) it is about when there is one, and the reason as the user reads it (it names the node)."""
+
+    rule: str  # e.g. "forbidden-op", "quantized-type", "per-channel", "provider-missing"
+    node: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def missing_provider(label: str) -> Violation:
+    """The target's own provider is not in the provider list at all."""
+    return Violation("provider-missing", None, f"the {label} provider is missing from the provider list")
 
 
 @dataclass(frozen=True)
 class Target:
-    """A hardware target. Subclasses declare their capabilities as data and build their settings.
+    """A hardware target. Subclasses declare their capabilities as data and implement the hooks.
 
-    Methods that depend on settings take `opts`, the target's options resolved by
-    `resolve_options` (None means all defaults).
+    Use it through `bind(options)`. The hooks that depend on settings take `opts`, the options
+    `resolve_options` checked (every option present); the BoundTarget passes them.
     """
 
     name: str
@@ -166,8 +165,13 @@ class Target:
     # bits -> why this target does not take them (shown by `qconvert targets` and in the error)
     refused_bits: dict[int, str] = field(default_factory=dict)
 
+    def bind(self, given: Options | None = None) -> BoundTarget:
+        """This target with its options resolved and checked, once (see `resolve_options`)."""
+        return BoundTarget(self, MappingProxyType(self.resolve_options(given)))
+
     def resolve_options(self, given: Options | None = None) -> dict[str, str]:
-        """Defaults overridden by `given`; unknown names are refused with the list of valid ones."""
+        """Defaults overridden by `given`; unknown names are refused with the list of valid ones. A
+        target whose option values need more than a list of choices extends this."""
         known = {o.name: o for o in self.options}
         for key in given or {}:
             if key not in known:
@@ -202,22 +206,23 @@ class Target:
         """A short reason a mode is refused (override to explain)."""
         return ""
 
-    def quantize_config(
-        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
-    ) -> QuantizeConfig:
+    # --- hooks, called by BoundTarget with the checked options ---
+
+    def quantize_config(self, bits: int, mode: str, calibration_method: str, opts: Options) -> QuantizeConfig:
+        """The one configuration for (bits, mode); a target implements this or `quantize_candidates`."""
         raise NotImplementedError
 
     def quantize_candidates(
-        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
+        self, bits: int, mode: str, calibration_method: str, opts: Options
     ) -> list[QuantizeConfig]:
         """Configurations worth trying; with more than one, the pipeline keeps the fastest."""
         return [self.quantize_config(bits, mode, calibration_method, opts)]
 
-    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
+    def providers(self, inputs: Sequence[ModelInput], opts: Options) -> list[Provider]:
         raise NotImplementedError
 
     def providers_for(
-        self, inputs: Sequence[ModelInput], opts: Options | None, qc: QuantizeConfig
+        self, inputs: Sequence[ModelInput], opts: Options, qc: QuantizeConfig
     ) -> list[Provider]:
         """The providers for a graph quantized with `qc` (a target whose provider options depend on
         the precision, e.g. TensorRT's bf16 flag, overrides this). Default: `providers`."""
@@ -227,10 +232,10 @@ class Target:
         """What this target detected or assumed about the machine, for the manifest."""
         return {}
 
-    def graph_violations(self, model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
+    def graph_violations(self, model: onnx.ModelProto, qc: QuantizeConfig) -> list[Violation]:
         return graph_violations(model, qc)
 
-    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
+    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[Violation]:
         return []
 
     def not_here(self, providers: Sequence[Provider]) -> str | None:
@@ -242,9 +247,7 @@ class Target:
         first = providers[0].name if providers else "CPUExecutionProvider"
         return None if first in ort.get_available_providers() else f"{first} is not installed here"
 
-    def finalize(
-        self, model_path: Path, inputs: Sequence[ModelInput], opts: Options | None = None
-    ) -> str | None:
+    def finalize(self, model_path: Path, inputs: Sequence[ModelInput], opts: Options) -> str | None:
         """Last changes the target's runtime needs, made in place on the quantized model (e.g.
         fixing dynamic shapes); returns a note for the report, or None when nothing changed."""
         return None
@@ -267,6 +270,52 @@ class Target:
         ]
 
 
+@dataclass(frozen=True)
+class BoundTarget:
+    """A target with its options resolved and checked once (`Target.bind`): what the pipeline asks."""
+
+    target: Target
+    options: Mapping[str, str]  # every option of the target, read-only
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    def resolve_mode(self, bits: int, mode: str | None) -> str:
+        """The target's mode for `bits` (its modes do not depend on the options)."""
+        return self.target.resolve_mode(bits, mode)
+
+    def candidates(self, bits: int, mode: str, calibration_method: str) -> list[QuantizeConfig]:
+        """The configurations worth trying for (bits, mode); the first is the portable default."""
+        return self.target.quantize_candidates(bits, mode, calibration_method, self.options)
+
+    def quantize_config(self, bits: int, mode: str, calibration_method: str) -> QuantizeConfig:
+        return self.candidates(bits, mode, calibration_method)[0]
+
+    def providers(self, inputs: Sequence[ModelInput], qc: QuantizeConfig | None = None) -> list[Provider]:
+        """The providers, in priority order, for a graph quantized with `qc` (None: the target's
+        defaults, which do not depend on the precision)."""
+        if qc is None:
+            return self.target.providers(inputs, self.options)
+        return self.target.providers_for(inputs, self.options, qc)
+
+    def finalize(self, model_path: Path, inputs: Sequence[ModelInput]) -> str | None:
+        """The target's last edits to the quantized model, in place; a note for the report, or None."""
+        return self.target.finalize(model_path, inputs, self.options)
+
+    def violations(
+        self, model: onnx.ModelProto, qc: QuantizeConfig, providers: Sequence[Provider]
+    ) -> tuple[Violation, ...]:
+        """Every rule the graph (quantized with `qc`) and the provider settings break."""
+        return (*self.target.graph_violations(model, qc), *self.target.provider_violations(model, providers))
+
+    def float_nodes(self, model: onnx.ModelProto) -> list[str]:
+        return self.target.float_nodes(model)
+
+    def facts(self) -> dict[str, object]:
+        return self.target.facts()
+
+
 def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 
@@ -275,15 +324,44 @@ def has_qdq(model: onnx.ModelProto) -> bool:
     return any(n.op_type in QDQ_OPS for n in model.graph.node)
 
 
-def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
-    """Check a quantized graph against the rules in `qc`; return one line per violation."""
+def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[Violation]:
+    """Check a quantized graph against the rules in `qc`: forbidden ops, the Q/DQ layout, and what
+    weight-only and fp16/bf16 graphs keep float."""
+    problems = [
+        Violation(
+            "forbidden-op",
+            node.name or None,
+            f"node {node.name or '?'} is {node.op_type}, which this target cannot run",
+        )
+        for node in model.graph.node
+        if node.op_type in qc.forbidden_ops
+    ]
+    problems += _qdq_violations(model, qc)
+    if qc.mode == "weight-only":
+        init = _initializers(model)
+        problems += [
+            Violation(
+                "weight-only",
+                n.name or None,
+                f"node {n.name or '?'} ({n.op_type}) quantizes an activation, but weight-only mode keeps "
+                "activations float",
+            )
+            for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
+            or (n.op_type == "DequantizeLinear" and n.input[0] not in init)
+        ]
+    if qc.mode in ("fp16", "bf16"):
+        problems += _fp16_violations(model, qc)
+    return problems
+
+
+def _qdq_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[Violation]:
+    """Each Q/DQ node's zero point against `qc`: the type of weights, activations and other
+    constants, symmetry, per-channel weights, and whether bias may be int32."""
     from onnx import helper, numpy_helper
 
-    problems: list[str] = []
+    problems: list[Violation] = []
     init = _initializers(model)
-    for node in model.graph.node:
-        if node.op_type in qc.forbidden_ops:
-            problems.append(f"node {node.name or '?'} is {node.op_type}, which this target cannot run")
     consumers: dict[str, list[tuple[str, int]]] = {}
     for node in model.graph.node:
         for i, name in enumerate(node.input):
@@ -297,42 +375,31 @@ def graph_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
         if zp is None:
             continue
         constant = node.op_type == "DequantizeLinear" and node.input[0] in init
-        zp_values = numpy_helper.to_array(zp)
         if constant and zp.data_type == 6:  # int32: a quantized bias
             if not qc.quantize_bias:
-                problems.append(f"{node.name}: bias is quantized to int32, but this target wants float bias")
+                reason = f"{node.name}: bias is quantized to int32, but this target wants float bias"
+                problems.append(Violation("float-bias", node.name, reason))
             continue
         uses = consumers.get(node.output[0], [])
         is_weight = constant and any(i in WEIGHT_SLOTS.get(op, ()) for op, i in uses)
-        want = w_type if is_weight else act_type
         kind = "weight" if is_weight else "constant operand" if constant else "activation"
-        if zp.data_type != want:
+        if zp.data_type != (w_type if is_weight else act_type):
             got = helper.tensor_dtype_to_np_dtype(zp.data_type)
-            problems.append(
-                f"{node.name}: {kind} quantized as {got}, but this target needs "
-                f"{qc.weight_type if is_weight else qc.activation_type}"
-            )
+            want = qc.weight_type if is_weight else qc.activation_type
+            reason = f"{node.name}: {kind} quantized as {got}, but this target needs {want}"
+            problems.append(Violation("quantized-type", node.name, reason))
         symmetric = qc.weight_symmetric if is_weight else qc.activation_symmetric
-        if symmetric and zp.data_type in (3, 5) and zp_values.any():  # signed: symmetric means zp == 0
-            problems.append(
-                f"{node.name}: {kind} zero point is not 0, but this target needs symmetric {kind}s"
-            )
+        # signed: symmetric means zero point 0
+        if symmetric and zp.data_type in (3, 5) and numpy_helper.to_array(zp).any():
+            reason = f"{node.name}: {kind} zero point is not 0, but this target needs symmetric {kind}s"
+            problems.append(Violation("symmetric", node.name, reason))
         if is_weight and qc.per_channel:
             scale = init.get(node.input[1])
             feeds_weight = any(WEIGHT_CONSUMERS.get(op) == i for op, i in uses)
             weight_dims = init[node.input[0]].dims
             if feeds_weight and scale is not None and len(scale.dims) == 0 and len(weight_dims) > 1:
-                problems.append(f"{node.name}: weight is quantized per tensor; this target wants per-channel")
-    if qc.mode == "weight-only":
-        problems += [
-            f"node {n.name or '?'} ({n.op_type}) quantizes an activation, but weight-only mode keeps "
-            "activations float"
-            for n in model.graph.node
-            if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
-            or (n.op_type == "DequantizeLinear" and n.input[0] not in init)
-        ]
-    if qc.mode in ("fp16", "bf16"):
-        problems += _fp16_violations(model, qc)
+                reason = f"{node.name}: weight is quantized per tensor; this target wants per-channel"
+                problems.append(Violation("per-channel", node.name, reason))
     return problems
 
 
@@ -355,7 +422,7 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _fp16_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
+def _fp16_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[Violation]:
     """An fp16 (bf16) graph has float16 (bfloat16) tensors, fp32 inputs/outputs when
     `keep_io_types`, and keeps the `keep_fp32_ops` in fp32."""
     from onnx import TensorProto
@@ -365,11 +432,16 @@ def _fp16_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
     types = _elem_types(model)
     problems = []
     if fp16 not in types.values():
-        problems.append(f"the graph has no {name} tensors: it was not converted to {qc.mode}")
+        reason = f"the graph has no {name} tensors: it was not converted to {qc.mode}"
+        problems.append(Violation("not-converted", None, reason))
     if qc.keep_io_types:
         for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
             problems += [
-                f"graph {kind} {v.name} is {name}, but this target keeps fp32 inputs and outputs"
+                Violation(
+                    "fp32-io",
+                    v.name,
+                    f"graph {kind} {v.name} is {name}, but this target keeps fp32 inputs and outputs",
+                )
                 for v in values
                 if v.type.tensor_type.elem_type == fp16
             ]
@@ -377,8 +449,9 @@ def _fp16_violations(model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
         if node.op_type in qc.keep_fp32_ops:
             half = [t for t in [*node.input, *node.output] if t and types.get(t) == fp16]
             if half:
-                problems.append(
+                reason = (
                     f"node {node.name or '?'} ({node.op_type}) computes in {name} ({half[0]}), "
                     f"but this target keeps {node.op_type} in fp32"
                 )
+                problems.append(Violation("kept-fp32-op", node.name or None, reason))
     return problems

@@ -23,7 +23,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
-from qconvert.targets.base import INTEGER_ONLY_OPS, Options, Provider, Target, TargetOption, fp16_config
+from qconvert.targets import presets
+from qconvert.targets.base import (
+    INTEGER_ONLY_OPS,
+    Options,
+    Provider,
+    Target,
+    TargetOption,
+    Violation,
+    missing_provider,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -52,11 +61,9 @@ class CoreMLTarget(Target):
             return " (Core ML's ML Program runs fp16 and fp32; the CoreML provider takes no bfloat16 tensors)"
         return ""
 
-    def quantize_config(
-        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
-    ) -> QuantizeConfig:
+    def quantize_config(self, bits: int, mode: str, calibration_method: str, opts: Options) -> QuantizeConfig:
         if mode == "fp16":
-            return fp16_config(bits, mode)
+            return presets.fp16(bits, mode)
         return QuantizeConfig(
             bits=bits,
             mode=mode,
@@ -69,9 +76,8 @@ class CoreMLTarget(Target):
             forbidden_ops=INTEGER_ONLY_OPS,
         )
 
-    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
-        o = self.resolve_options(opts)
-        options = {"ModelFormat": "MLProgram", "MLComputeUnits": o["compute_units"]}
+    def providers(self, inputs: Sequence[ModelInput], opts: Options) -> list[Provider]:
+        options = {"ModelFormat": "MLProgram", "MLComputeUnits": opts["compute_units"]}
         return [Provider(COREML, options), Provider("CPUExecutionProvider")]
 
     def facts(self) -> dict[str, object]:
@@ -83,12 +89,12 @@ class CoreMLTarget(Target):
             "weight_only_session_config": {"session.disable_quant_qdq": "1"},
         }
 
-    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
+    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[Violation]:
         from onnx import TensorProto
 
         coreml = next((p for p in providers if p.name == COREML), None)
         if coreml is None:
-            return ["the CoreML provider is missing from the provider list"]
+            return [missing_provider("CoreML")]
         problems = []
         fmt = coreml.options.get("ModelFormat", "NeuralNetwork")  # the provider's own default
         units = coreml.options.get("MLComputeUnits", "ALL")
@@ -107,7 +113,7 @@ class CoreMLTarget(Target):
                 f"the graph is float16 but ModelFormat={fmt}: only an ML Program takes float16, so every "
                 "fp16 node would run on the CPU provider instead"
             )
-        return problems
+        return [Violation("provider-option", None, reason) for reason in problems]
 
 
 COREML_TARGET = CoreMLTarget(

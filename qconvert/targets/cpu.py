@@ -26,15 +26,8 @@ from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
-from qconvert.targets.base import (
-    ORT_CPU_INT8_OPS,
-    Options,
-    Provider,
-    Target,
-    TargetOption,
-    fp16_config,
-    int4_config,
-)
+from qconvert.targets import presets
+from qconvert.targets.base import ORT_CPU_INT8_OPS, Options, Provider, Target, TargetOption
 
 if TYPE_CHECKING:
     from qconvert.calibrate import ModelInput
@@ -75,20 +68,10 @@ CPU_INT4_ACCURACY_LEVEL = 4
 
 
 def a16w8_config(calibration_method: str) -> QuantizeConfig:
-    """uint16 asymmetric activations, int8 symmetric per-channel weights, Q/DQ (contrib Q/DQ ops)."""
-    return QuantizeConfig(
-        bits=16,
-        mode="static",
-        format="qdq",
-        activation_type="uint16",
-        weight_type="int8",
-        per_channel=True,
-        activation_symmetric=False,
-        weight_symmetric=True,
-        reduce_range=False,  # no int8 x uint8 kernel runs these, so nothing can saturate
-        calibration_method=calibration_method,
-        extra_options=(("UseQDQContribOps", True),),
-    )
+    """uint16 asymmetric activations, int8 symmetric per-channel weights, Q/DQ (contrib Q/DQ ops).
+    No reduce_range: no int8 x uint8 kernel runs these, so nothing can saturate."""
+    u8s8 = presets.u8s8(16, "static", calibration_method)
+    return replace(u8s8, activation_type="uint16", extra_options=(("UseQDQContribOps", True),))
 
 
 class CpuTarget(Target):
@@ -100,45 +83,28 @@ class CpuTarget(Target):
             )
         return ""
 
-    def quantize_config(
-        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
-    ) -> QuantizeConfig:
-        return self.quantize_candidates(bits, mode, calibration_method, opts)[0]
-
     def quantize_candidates(
-        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
+        self, bits: int, mode: str, calibration_method: str, opts: Options
     ) -> list[QuantizeConfig]:
-        o = self.resolve_options(opts)
         if bits == 4:
-            return [int4_config(CPU_INT4_ACCURACY_LEVEL)]
+            return [presets.int4_weight_only(CPU_INT4_ACCURACY_LEVEL)]
         if bits == 16 and mode == "fp16":
-            return [fp16_config(bits, mode)]
+            return [presets.fp16(bits, mode)]
         if bits == 16:
-            if o["format"] == "qoperator":
+            if opts["format"] == "qoperator":
                 raise ConfigError(
                     "--target-option format=qoperator: onnxruntime has no 16-bit QOperator ops; A16W8 "
                     "(--bits 16 --mode static) is Q/DQ only. Use format=qdq or auto."
                 )
             return [a16w8_config(calibration_method)]
-        reduce = not has_vnni() if o["reduce_range"] == "auto" else o["reduce_range"] == "true"
-        base = QuantizeConfig(
-            bits=bits,
-            mode=mode,
-            format="qoperator",
-            activation_type="uint8",
-            weight_type="int8",
-            per_channel=True,
-            activation_symmetric=False,
-            weight_symmetric=True,
-            reduce_range=reduce,
-            calibration_method=calibration_method,
-        )
+        reduce = not has_vnni() if opts["reduce_range"] == "auto" else opts["reduce_range"] == "true"
+        base = presets.u8s8(bits, mode, calibration_method, format="qoperator", reduce_range=reduce)
         if mode != "static":
             return [base]
-        formats = ("qdq", "qoperator") if o["format"] == "auto" else (o["format"],)
+        formats = ("qdq", "qoperator") if opts["format"] == "auto" else (opts["format"],)
         return [replace(base, format=f) for f in formats]
 
-    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
+    def providers(self, inputs: Sequence[ModelInput], opts: Options) -> list[Provider]:
         return [Provider("CPUExecutionProvider")]
 
     def facts(self) -> dict[str, object]:

@@ -1,7 +1,7 @@
 """NVIDIA GPUs through onnxruntime's CUDA provider (no TensorRT).
 
 - fp16 (`--bits 16`): the graph in float16, with fp32 inputs and outputs and the ops in
-  `config.FP16_KEEP_FP32_OPS` kept in fp32. This is usually the fast path on this provider: its
+  `quantize.float16.FP16_KEEP_FP32_OPS` kept in fp32. This is usually the fast path on this provider: its
   Conv/MatMul/Gemm kernels run fp16 on tensor cores.
 - int8 (`--bits 8`): explicit Q/DQ, symmetric signed int8 activations and weights (S8S8, zero
   point 0), per-channel weights, float bias. Be aware: onnxruntime's CUDA provider runs few int8
@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
+from qconvert.targets import presets
 from qconvert.targets.base import (
     INTEGER_ONLY_OPS,
     Options,
     Provider,
     Target,
     TargetOption,
-    bf16_config,
-    fp16_config,
-    int4_config,
+    Violation,
+    missing_provider,
 )
 
 if TYPE_CHECKING:
@@ -86,34 +86,18 @@ class CudaTarget(Target):
             )
         return opts
 
-    def quantize_config(
-        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
-    ) -> QuantizeConfig:
+    def quantize_config(self, bits: int, mode: str, calibration_method: str, opts: Options) -> QuantizeConfig:
         if mode == "fp16":
-            return fp16_config(bits, mode)
+            return presets.fp16(bits, mode)
         if mode == "bf16":
-            return bf16_config(bits)
+            return presets.bf16(bits)
         if bits == 4:
-            return int4_config(accuracy_level=0)
-        return QuantizeConfig(
-            bits=bits,
-            mode=mode,
-            format="qdq",
-            activation_type="int8",
-            weight_type="int8",
-            per_channel=True,
-            activation_symmetric=True,
-            weight_symmetric=True,
-            reduce_range=False,
-            quantize_bias=False,  # an int32 bias only adds a DequantizeLinear: the bias add is float
-            calibration_method=calibration_method,
-            forbidden_ops=INTEGER_ONLY_OPS,
-        )
+            return presets.int4_weight_only(accuracy_level=0)
+        return presets.s8s8_symmetric(bits, mode, calibration_method)
 
-    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
-        o = self.resolve_options(opts)
+    def providers(self, inputs: Sequence[ModelInput], opts: Options) -> list[Provider]:
         options = {
-            "device_id": o["device_id"],
+            "device_id": opts["device_id"],
             "cudnn_conv_algo_search": "EXHAUSTIVE",  # time every cuDNN algorithm once, keep the fastest
             "do_copy_in_default_stream": "1",
         }
@@ -127,23 +111,26 @@ class CudaTarget(Target):
             "int8_kernels": "QuantizeLinear/DequantizeLinear only: ops between Q/DQ run in float",
         }
 
-    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
+    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[Violation]:
         cuda = next((p for p in providers if p.name == CUDA), None)
         if cuda is None:
-            return ["the CUDA provider is missing from the provider list"]
+            return [missing_provider("CUDA")]
         problems = []
         missing = no_cuda_kernel(model)
         if missing:
-            problems.append(
+            reason = (
                 f"the graph has {', '.join(missing)}, which the CUDA provider has no kernels for: "
                 "onnxruntime would silently run those nodes on the CPU, with copies to and from the GPU "
                 "around each"
             )
+            problems.append(Violation("no-kernel", None, reason))
         algo = cuda.options.get("cudnn_conv_algo_search", "EXHAUSTIVE")
         if algo not in CONV_ALGO_SEARCH:
-            problems.append(f"cudnn_conv_algo_search={algo} is not one of {', '.join(CONV_ALGO_SEARCH)}")
+            reason = f"cudnn_conv_algo_search={algo} is not one of {', '.join(CONV_ALGO_SEARCH)}"
+            problems.append(Violation("provider-option", None, reason))
         if not cuda.options.get("device_id", "0").isdigit():
-            problems.append(f"device_id={cuda.options['device_id']} is not a device index")
+            reason = f"device_id={cuda.options['device_id']} is not a device index"
+            problems.append(Violation("provider-option", None, reason))
         return problems
 
 

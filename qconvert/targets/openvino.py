@@ -34,7 +34,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
-from qconvert.targets.base import COMMON_INT8_OPS, Options, Provider, Target, TargetOption
+from qconvert.targets import presets
+from qconvert.targets.base import (
+    COMMON_INT8_OPS,
+    Options,
+    Provider,
+    Target,
+    TargetOption,
+    Violation,
+    missing_provider,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -69,49 +78,35 @@ class OpenVINOTarget(Target):
             )
         return ""
 
-    def quantize_config(
-        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
-    ) -> QuantizeConfig:
-        return QuantizeConfig(
-            bits=bits,
-            mode=mode,
-            format="qdq",
-            activation_type="uint8",
-            weight_type="int8",
-            per_channel=True,
-            activation_symmetric=False,
-            weight_symmetric=True,
-            reduce_range=False,
-            calibration_method=calibration_method,
-        )
+    def quantize_config(self, bits: int, mode: str, calibration_method: str, opts: Options) -> QuantizeConfig:
+        return presets.u8s8(bits, mode, calibration_method)  # NNCF's mixed preset
 
-    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
-        o = self.resolve_options(opts)
-        options = {"device_type": o["device"]}
-        if o["device"] == "CPU":
+    def providers(self, inputs: Sequence[ModelInput], opts: Options) -> list[Provider]:
+        options = {"device_type": opts["device"]}
+        if opts["device"] == "CPU":
             # The CPU plugin's default inference precision is bf16 on CPUs with AMX/AVX512_BF16, so the
             # float layers would not compute what was validated; FP32 pins them on every CPU.
             options["precision"] = "FP32"
-        if o["cache_dir"]:
-            options["cache_dir"] = o["cache_dir"]
-        if o["device"] == "NPU":
+        if opts["cache_dir"]:
+            options["cache_dir"] = opts["cache_dir"]
+        if opts["device"] == "NPU":
             options["enable_qdq_optimizer"] = "True"
         return [Provider(OPENVINO_EP, options), Provider("CPUExecutionProvider")]
 
-    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
+    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[Violation]:
         ov = next((p for p in providers if p.name == OPENVINO_EP), None)
         if ov is None:
-            return ["the OpenVINO provider is missing from the provider list"]
+            return [missing_provider("OpenVINO")]
         problems = []
         device = ov.options.get("device_type", "")
         if device.split(".")[0] not in DEVICES:
-            problems.append(f"device_type {device!r} is not one of {', '.join(DEVICES)}")
+            reason = f"device_type {device!r} is not one of {', '.join(DEVICES)}"
+            problems.append(Violation("provider-option", None, reason))
         # The provider refuses any precision but FP32 on CPU ("precision" is deprecated, but still parsed)
         precision = ov.options.get("precision")
         if precision and device == "CPU" and precision != "FP32":
-            problems.append(
-                f"precision {precision} on device_type CPU: OpenVINO's CPU plugin only takes FP32"
-            )
+            reason = f"precision {precision} on device_type CPU: OpenVINO's CPU plugin only takes FP32"
+            problems.append(Violation("provider-option", None, reason))
         return problems
 
 

@@ -45,7 +45,16 @@ from typing import TYPE_CHECKING
 from qconvert.artifacts import save_onnx
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
-from qconvert.targets.base import COMMON_INT8_OPS, Options, Provider, Target, TargetOption, graph_violations
+from qconvert.targets.base import (
+    COMMON_INT8_OPS,
+    Options,
+    Provider,
+    Target,
+    TargetOption,
+    Violation,
+    graph_violations,
+    missing_provider,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -90,7 +99,7 @@ OPTIONS = (
 UINT16_FIXED_OUTPUTS = {"Sigmoid": (1.0 / 65536.0, 0), "Tanh": (1.0 / 32768.0, 32768)}
 
 
-def _fixed_output_problems(model: onnx.ModelProto) -> list[str]:
+def _fixed_output_problems(model: onnx.ModelProto) -> list[Violation]:
     from onnx import TensorProto, numpy_helper
 
     init = {t.name: t for t in model.graph.initializer}
@@ -109,10 +118,11 @@ def _fixed_output_problems(model: onnx.ModelProto) -> list[str]:
         scale = float(numpy_helper.to_array(init[q.input[1]]))
         zero = int(numpy_helper.to_array(zp))
         if abs(scale - want[0]) > 1e-12 or zero != want[1]:
-            problems.append(
+            reason = (
                 f"{node.name or '?'} ({node.op_type}): a 16-bit output needs scale {want[0]:.3g} and "
                 f"zero point {want[1]} on QNN, got {scale:.3g} and {zero}"
             )
+            problems.append(Violation("fixed-output-range", node.name or None, reason))
     return problems
 
 
@@ -133,18 +143,15 @@ class QnnTarget(Target):
             return " (QNN's HTP runs only static quantized graphs; it has no DynamicQuantizeLinear)"
         return ""
 
-    def quantize_config(
-        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
-    ) -> QuantizeConfig:
-        o = self.resolve_options(opts)
+    def quantize_config(self, bits: int, mode: str, calibration_method: str, opts: Options) -> QuantizeConfig:
         extra: list[tuple[str, object]] = [("MinimumRealRange", 0.0001)]
-        if o["activation"] == "uint16":
+        if opts["activation"] == "uint16":
             extra.append(("UseQDQContribOps", True))
         return QuantizeConfig(
             bits=bits,
             mode=mode,
             format="qdq",
-            activation_type=o["activation"],
+            activation_type=opts["activation"],
             weight_type="uint8",
             per_channel=False,
             activation_symmetric=False,
@@ -154,11 +161,10 @@ class QnnTarget(Target):
             extra_options=tuple(extra),
         )
 
-    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
-        o = self.resolve_options(opts)
-        options = {"backend_type": o["backend"]}
-        if o["backend"] == "htp":
-            options["htp_performance_mode"] = o["performance_mode"]
+    def providers(self, inputs: Sequence[ModelInput], opts: Options) -> list[Provider]:
+        options = {"backend_type": opts["backend"]}
+        if opts["backend"] == "htp":
+            options["htp_performance_mode"] = opts["performance_mode"]
             options["htp_graph_finalization_optimization_mode"] = "3"
         return [Provider(QNN_EP, options), Provider("CPUExecutionProvider")]
 
@@ -170,13 +176,11 @@ class QnnTarget(Target):
             )
         return opts
 
-    def finalize(
-        self, model_path: Path, inputs: Sequence[ModelInput], opts: Options | None = None
-    ) -> str | None:
+    def finalize(self, model_path: Path, inputs: Sequence[ModelInput], opts: Options) -> str | None:
         import onnx
         from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
 
-        batch = int(self.resolve_options(opts)["batch"])
+        batch = int(opts["batch"])
         dynamic = [i for i in inputs if None in i.dims[1:]]
         if dynamic:
             raise ConfigError(
@@ -194,23 +198,24 @@ class QnnTarget(Target):
             f"qnn: the batch axis of model.onnx is fixed to {batch} (QNN needs static shapes; option batch)"
         )
 
-    def graph_violations(self, model: onnx.ModelProto, qc: QuantizeConfig) -> list[str]:
-        dynamic = [
-            i.name
+    def graph_violations(self, model: onnx.ModelProto, qc: QuantizeConfig) -> list[Violation]:
+        static = [
+            Violation("static-shape", i.name, f"input {i.name} has a dynamic axis; QNN needs static shapes")
             for i in model.graph.input
             if any(not d.HasField("dim_value") for d in i.type.tensor_type.shape.dim)
         ]
-        static = [f"input {name} has a dynamic axis; QNN needs static shapes" for name in dynamic]
         return graph_violations(model, qc) + _fixed_output_problems(model) + static
 
-    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
+    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[Violation]:
         qnn = next((p for p in providers if p.name == QNN_EP), None)
         if qnn is None:
-            return ["the QNN provider is missing from the provider list"]
+            return [missing_provider("QNN")]
         if "backend_type" in qnn.options and "backend_path" in qnn.options:
-            return ["backend_type and backend_path are both set; the QNN provider takes only one"]
+            reason = "backend_type and backend_path are both set; the QNN provider takes only one"
+            return [Violation("provider-option", None, reason)]
         if not ({"backend_type", "backend_path"} & set(qnn.options)):
-            return ["neither backend_type nor backend_path is set, so the QNN provider has no backend"]
+            reason = "neither backend_type nor backend_path is set, so the QNN provider has no backend"
+            return [Violation("provider-option", None, reason)]
         return []
 
 

@@ -24,20 +24,23 @@ block-quantized INT4 DequantizeLinear (opset 21), which qconvert does not write 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
+from qconvert.targets import presets
 from qconvert.targets.base import (
     COMMON_INT8_OPS,
     INTEGER_ONLY_OPS,
+    QDQ_OPS,
     Options,
     Provider,
     Target,
     TargetOption,
-    bf16_config,
-    fp16_config,
+    Violation,
     has_qdq,
+    missing_provider,
 )
 
 if TYPE_CHECKING:
@@ -98,48 +101,39 @@ class TensorRTTarget(Target):
             return " (dynamic int8 inserts DynamicQuantizeLinear/MatMulInteger, which TensorRT cannot run)"
         return ""
 
-    def quantize_config(
-        self, bits: int, mode: str, calibration_method: str, opts: Options | None = None
-    ) -> QuantizeConfig:
-        o = self.resolve_options(opts)
+    def quantize_config(self, bits: int, mode: str, calibration_method: str, opts: Options) -> QuantizeConfig:
         if mode == "bf16":
-            return bf16_config(bits)
+            return presets.bf16(bits)
         if mode == "fp16":
-            return fp16_config(bits, mode)
-        implicit = o["quantization"] == "implicit"
-        return QuantizeConfig(
-            bits=bits,
-            mode="implicit" if implicit else mode,
-            format="fp32+table" if implicit else "qdq",
-            activation_type="int8",
-            weight_type="int8",
-            per_channel=True,
-            activation_symmetric=True,
-            weight_symmetric=True,
-            reduce_range=False,
-            quantize_bias=False,
-            calibration_method=calibration_method,
-            forbidden_ops=INTEGER_ONLY_OPS | ({"QuantizeLinear", "DequantizeLinear"} if implicit else set()),
-            calibration_table=f"{o['cache_dir']}/{CALIBRATION_TABLE}" if implicit else None,
+            return presets.fp16(bits, mode)
+        explicit = presets.s8s8_symmetric(bits, mode, calibration_method)
+        if opts["quantization"] != "implicit":
+            return explicit
+        # the same ranges, handed to TensorRT as a calibration table on the fp32 graph
+        return replace(
+            explicit,
+            mode="implicit",
+            format="fp32+table",
+            forbidden_ops=INTEGER_ONLY_OPS | QDQ_OPS,
+            calibration_table=f"{opts['cache_dir']}/{CALIBRATION_TABLE}",
         )
 
-    def providers(self, inputs: Sequence[ModelInput], opts: Options | None = None) -> list[Provider]:
-        o = self.resolve_options(opts)
+    def providers(self, inputs: Sequence[ModelInput], opts: Options) -> list[Provider]:
         options = {
             "trt_int8_enable": "True",
-            "trt_fp16_enable": _bool(o["fp16"]),
+            "trt_fp16_enable": _bool(opts["fp16"]),
             "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": o["cache_dir"],
+            "trt_engine_cache_path": opts["cache_dir"],
             "trt_timing_cache_enable": "True",
-            "trt_timing_cache_path": o["cache_dir"],
-            "trt_max_workspace_size": str(int(float(o["workspace_gb"]) * (1 << 30))),
+            "trt_timing_cache_path": opts["cache_dir"],
+            "trt_max_workspace_size": str(int(float(opts["workspace_gb"]) * (1 << 30))),
         }
-        if o["quantization"] == "implicit":
+        if opts["quantization"] == "implicit":
             options["trt_int8_calibration_table_name"] = CALIBRATION_TABLE
             options["trt_int8_use_native_calibration_table"] = "False"
         if any(d is None for inp in inputs for d in inp.dims):
             for which, key in enumerate(("min", "opt", "max")):
-                options[f"trt_profile_{key}_shapes"] = _profile(inputs, o, which)
+                options[f"trt_profile_{key}_shapes"] = _profile(inputs, opts, which)
         return [
             Provider("TensorrtExecutionProvider", options),
             Provider("CUDAExecutionProvider"),
@@ -147,7 +141,7 @@ class TensorRTTarget(Target):
         ]
 
     def providers_for(
-        self, inputs: Sequence[ModelInput], opts: Options | None, qc: QuantizeConfig
+        self, inputs: Sequence[ModelInput], opts: Options, qc: QuantizeConfig
     ) -> list[Provider]:
         """16-bit float graphs: trt_fp16_enable or trt_bf16_enable, with int8 off (and fp16 off for
         bf16, which would give up bf16's range)."""
@@ -163,32 +157,38 @@ class TensorRTTarget(Target):
             options["trt_bf16_enable"] = "True"
         return [Provider(trt.name, options), *providers[1:]]
 
-    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[str]:
+    def provider_violations(self, model: onnx.ModelProto, providers: Sequence[Provider]) -> list[Violation]:
         trt = next((p for p in providers if p.name == "TensorrtExecutionProvider"), None)
         if trt is None:
-            return ["the TensorRT provider is missing from the provider list"]
+            return [missing_provider("TensorRT")]
         if trt.options.get("trt_bf16_enable") == "True":
-            return _bf16_provider_problems(model, trt)
-        if _has_float16(model):
-            return _fp16_provider_problems(model, trt)
-        problems = []
-        qdq = has_qdq(model)
-        table = trt.options.get("trt_int8_calibration_table_name") or (
-            trt.options.get("trt_int8_use_native_calibration_table") == "True"
-        )
-        if trt.options.get("trt_int8_enable") != "True":
-            problems.append("trt_int8_enable is not True, so TensorRT would build this int8 model in float")
-        if qdq and table:
-            problems.append("a calibration table is set on a Q/DQ graph; TensorRT refuses both together")
-        if not qdq and not table:
-            problems.append("int8 on a graph without Q/DQ needs a calibration table (implicit quantization)")
-        return problems
+            problems = _bf16_provider_problems(model, trt)
+        elif _has_float16(model):
+            problems = _fp16_provider_problems(model, trt)
+        else:
+            problems = _int8_provider_problems(model, trt)
+        return [Violation("provider-option", None, reason) for reason in problems]
 
 
 def _has_float16(model: onnx.ModelProto) -> bool:
     from onnx import TensorProto
 
     return any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
+def _int8_provider_problems(model: onnx.ModelProto, trt: Provider) -> list[str]:
+    problems = []
+    qdq = has_qdq(model)
+    table = trt.options.get("trt_int8_calibration_table_name") or (
+        trt.options.get("trt_int8_use_native_calibration_table") == "True"
+    )
+    if trt.options.get("trt_int8_enable") != "True":
+        problems.append("trt_int8_enable is not True, so TensorRT would build this int8 model in float")
+    if qdq and table:
+        problems.append("a calibration table is set on a Q/DQ graph; TensorRT refuses both together")
+    if not qdq and not table:
+        problems.append("int8 on a graph without Q/DQ needs a calibration table (implicit quantization)")
+    return problems
 
 
 def _fp16_provider_problems(model: onnx.ModelProto, trt: Provider) -> list[str]:

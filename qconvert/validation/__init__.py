@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -330,6 +330,48 @@ def evaluate(
     next_token_agreement) to the token outputs it names."""
     if len(reference) != len(candidate) or len(names) != len(reference):
         raise ValueError("reference, candidate and names must have the same length")
+    outputs, parts = _measured(names, reference, candidate, tokens)
+    intervals = {
+        name: {metric: _interval_of(part, level) for metric, part in by_metric.items()}
+        for name, by_metric in parts.items()
+    }
+    acc, drop = _task_accuracy(names, reference, candidate, labels, level)
+
+    def check(out: str, bound: Bound) -> Check | None:
+        """`bound` on output `out` with the interval it reads; None where the output lacks the metric."""
+        if bound.metric == "accuracy_drop":
+            return Check(out, bound, acc["drop"], drop) if acc is not None and out == acc["output"] else None
+        if bound.metric not in outputs[out]:
+            return None
+        interval = _check_interval(parts[out][bound.metric], bound, intervals[out][bound.metric])
+        return Check(out, bound, outputs[out][bound.metric], interval)
+
+    n = len(reference[0]) if reference and reference[0].ndim else 1
+    histograms = {
+        name: abs_error_histogram(r, c) for name, r, c in zip(names, reference, candidate, strict=True)
+    }
+    scatter = {
+        name: value_pairs(r, c) for name, r, c in zip(names, reference, candidate, strict=True) if r.size
+    }
+    return ValidationResult(
+        samples=n,
+        outputs=outputs,
+        checks=_apply(tolerance, names, check),
+        accuracy=acc,
+        histograms=histograms,
+        scatter=scatter,
+        confidence=level,
+        intervals=intervals,
+    )
+
+
+def _measured(
+    names: Sequence[str],
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    tokens: TokenOutputs | None,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Sampled]]]:
+    """Per output: its figures, and each figure as per-sample parts (metrics.measure)."""
     outputs: dict[str, dict[str, float]] = {}
     parts: dict[str, dict[str, Sampled]] = {}
     for name, r, c in zip(names, reference, candidate, strict=True):
@@ -344,32 +386,46 @@ def evaluate(
             outputs[name], parts[name] = {**per_token, **pooled}, {**token_parts, **pooled_parts}
         else:
             outputs[name], parts[name] = measure(r, c)
-    intervals = {
-        name: {metric: _interval_of(part, level) for metric, part in by_metric.items()}
-        for name, by_metric in parts.items()
-    }
-    acc: dict[str, Any] | None = None
-    drop: Interval | None = None
+    return outputs, parts
+
+
+def _task_accuracy(
+    names: Sequence[str],
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    labels: np.ndarray | None,
+    level: float,
+) -> tuple[dict[str, Any] | None, Interval | None]:
+    """Task accuracy of the first class-score output against `labels`, with Wilson intervals, and the
+    drop's paired interval: the same samples are scored twice, so it rests on the discordant ones."""
     task_output = next((n for n, r in zip(names, reference, strict=True) if is_classifier_output(r)), None)
-    if labels is not None and task_output is not None:
-        i = list(names).index(task_output)
-        ref_right, cand_right = reference[i].argmax(1) == labels, candidate[i].argmax(1) == labels
-        n_acc = len(labels)
-        ref_acc, cand_acc = float(ref_right.mean()), float(cand_right.mean())
-        # the same samples scored twice: the drop's interval rests on the discordant samples
-        only_ref, only_cand = int((ref_right & ~cand_right).sum()), int((~ref_right & cand_right).sum())
-        drop = paired_difference(only_ref, only_cand, n_acc, level)
-        acc = {
-            "output": task_output,
-            "reference": ref_acc,
-            "candidate": cand_acc,
-            "drop": ref_acc - cand_acc,
-            "intervals": {
-                "reference": wilson(float(ref_right.sum()), n_acc, level).as_json(),
-                "candidate": wilson(float(cand_right.sum()), n_acc, level).as_json(),
-                "drop": drop.as_json(),
-            },
-        }
+    if labels is None or task_output is None:
+        return None, None
+    i = list(names).index(task_output)
+    ref_right, cand_right = reference[i].argmax(1) == labels, candidate[i].argmax(1) == labels
+    n = len(labels)
+    ref_acc, cand_acc = float(ref_right.mean()), float(cand_right.mean())
+    only_ref, only_cand = int((ref_right & ~cand_right).sum()), int((~ref_right & cand_right).sum())
+    drop = paired_difference(only_ref, only_cand, n, level)
+    acc = {
+        "output": task_output,
+        "reference": ref_acc,
+        "candidate": cand_acc,
+        "drop": ref_acc - cand_acc,
+        "intervals": {
+            "reference": wilson(float(ref_right.sum()), n, level).as_json(),
+            "candidate": wilson(float(cand_right.sum()), n, level).as_json(),
+            "drop": drop.as_json(),
+        },
+    }
+    return acc, drop
+
+
+def _apply(
+    tolerance: Tolerance, names: Sequence[str], check: Callable[[str, Bound], Check | None]
+) -> tuple[Check, ...]:
+    """Every bound of `tolerance` (and the always-on nonfinite one) on the outputs it applies to;
+    `check(output, bound)` builds one check, or None where the output lacks the metric."""
     checks = []
     bounds = tolerance.bounds
     if not any(b.metric == "nonfinite" and b.output is None for b in bounds):
@@ -377,7 +433,7 @@ def evaluate(
         bounds = (*bounds, Bound("nonfinite", 0.0))
     scoped = {(b.output, b.metric) for b in bounds if b.explicit and b.output}
     for bound in bounds:
-        if bound.output is not None and bound.output not in outputs:
+        if bound.output is not None and bound.output not in names:
             raise ConfigError(
                 f"--tolerance names output {bound.output!r}, which the model does not have. "
                 f"Its outputs: {', '.join(names)}"
@@ -388,19 +444,8 @@ def evaluate(
         gave_way = bound.output is None and any((o, bound.metric) in scoped for o in targets)
         if bound.output is None:
             targets = [o for o in targets if (o, bound.metric) not in scoped]
-        applied = False
-        for out in targets:
-            if bound.metric == "accuracy_drop":
-                if acc is not None and out == acc["output"]:
-                    checks.append(Check(out, bound, acc["drop"], drop))
-                    applied = True
-            elif bound.metric in outputs[out]:
-                figure = intervals[out][bound.metric]
-                part = parts[out][bound.metric]
-                checks.append(
-                    Check(out, bound, outputs[out][bound.metric], _check_interval(part, bound, figure))
-                )
-                applied = True
+        applied = [c for c in (check(out, bound) for out in targets) if c is not None]
+        checks.extend(applied)
         if bound.explicit and not applied and not gave_way:
             why = {
                 "accuracy_drop": "no labels in the data",
@@ -408,23 +453,7 @@ def evaluate(
                 "speedup": "only `qconvert validate` measures it",
             }.get(bound.metric, "no output it applies to")
             raise ConfigError(f"--tolerance {bound.describe()} cannot be checked: {why}.")
-    n = len(reference[0]) if reference and reference[0].ndim else 1
-    histograms = {
-        name: abs_error_histogram(r, c) for name, r, c in zip(names, reference, candidate, strict=True)
-    }
-    scatter = {
-        name: value_pairs(r, c) for name, r, c in zip(names, reference, candidate, strict=True) if r.size
-    }
-    return ValidationResult(
-        samples=n,
-        outputs=outputs,
-        checks=tuple(checks),
-        accuracy=acc,
-        histograms=histograms,
-        scatter=scatter,
-        confidence=level,
-        intervals=intervals,
-    )
+    return tuple(checks)
 
 
 SCATTER_POINTS = 300

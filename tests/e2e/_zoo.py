@@ -6,8 +6,9 @@ forward passes on image-like inputs (smooth fields with edges, ImageNet-normalis
 network's activations are not degenerate. torchvision and timm are optional: `available()` says why
 an entry cannot be built here. torchvision's compiled ops are not needed by the architectures; when
 its wheel does not match the installed torch, `torchvision::nms`/`qnms` are declared through
-torch.library so the pure-Python model code imports (set QCONVERT_ZOO_PATH to a folder installed with
-`pip install --no-deps --target DIR torchvision timm` to use one outside the environment).
+torch.library so the pure-Python model code imports. They are looked for in the environment, then in
+QCONVERT_ZOO_PATH (default: .zoo-deps at the repo root, which .ci/run fills with
+`pip install --no-deps --target .zoo-deps torchvision timm`), so CI runs the zoo's CI part.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 SEED = 0
-EXTRA_PATH = os.environ.get("QCONVERT_ZOO_PATH", "/work/zoo-deps")
+EXTRA_PATH = os.environ.get("QCONVERT_ZOO_PATH", str(Path(__file__).resolve().parents[2] / ".zoo-deps"))
 
 
 @dataclass(frozen=True)

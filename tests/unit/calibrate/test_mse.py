@@ -91,7 +91,7 @@ def test_search_equals_brute_force(activation_type: str, symmetric: bool) -> Non
 
 def _cpu_qc(method: str) -> object:
     t = TARGETS.get("cpu")
-    qc = t.quantize_config(8, "static", method, t.resolve_options({}))
+    qc = t.bind().quantize_config(8, "static", method)
     return replace(qc, reduce_range=False, format="qdq")
 
 

@@ -54,7 +54,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 def test_ranges_are_calibrated_once_per_graph(tmp_path: Path, counted: list[Path]) -> None:
     cpu = TARGETS.get("cpu")
-    qc = replace(cpu.quantize_config(8, "static", "minmax", cpu.resolve_options({})), reduce_range=False)
+    qc = replace(cpu.bind().quantize_config(8, "static", "minmax"), reduce_range=False)
     data = Dataset("calib", {"x": np.random.default_rng(1).normal(size=(32, 8)).astype(np.float32)})
     src = _mlp(tmp_path / "mlp.onnx")
     first = static.quantize_static_int8(src, tmp_path / "a.onnx", qc, data)

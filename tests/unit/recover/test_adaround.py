@@ -27,7 +27,7 @@ def _qc(reduce_range: bool = False, per_channel: bool = True) -> QuantizeConfig:
     from qconvert.targets import TARGETS
 
     t = TARGETS.get("cpu")
-    qc = t.quantize_config(8, "static", "minmax", t.resolve_options({}))
+    qc = t.bind().quantize_config(8, "static", "minmax")
     return replace(qc, reduce_range=reduce_range, per_channel=per_channel, format="qdq")
 
 

@@ -22,7 +22,7 @@ from qconvert.targets import TARGETS
 
 def _qc(target: str = "cpu", **changes: object):  # type: ignore[no-untyped-def]
     t = TARGETS.get(target)
-    qc = t.quantize_config(8, "static", "minmax", t.resolve_options({}))
+    qc = t.bind().quantize_config(8, "static", "minmax")
     return replace(qc, **({"format": "qdq", "reduce_range": False} | changes) if target == "cpu" else changes)  # type: ignore[arg-type]
 
 

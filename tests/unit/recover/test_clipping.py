@@ -24,7 +24,7 @@ from qconvert.targets import TARGETS
 
 def _qc(reduce_range: bool = False) -> QuantizeConfig:
     t = TARGETS.get("cpu")
-    qc = t.quantize_config(8, "static", "minmax", t.resolve_options({}))
+    qc = t.bind().quantize_config(8, "static", "minmax")
     return replace(qc, reduce_range=reduce_range, format="qdq")
 
 

@@ -20,7 +20,7 @@ from qconvert.targets import TARGETS
 
 def _qc():  # type: ignore[no-untyped-def]
     t = TARGETS.get("cpu")
-    qc = t.quantize_config(8, "static", "minmax", t.resolve_options({}))
+    qc = t.bind().quantize_config(8, "static", "minmax")
     return replace(qc, format="qdq", reduce_range=False)
 
 

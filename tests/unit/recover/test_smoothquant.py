@@ -31,7 +31,7 @@ FEATURES, HIDDEN, TOKENS = 32, 64, 8
 
 def _qc(mode: str = "static", reduce_range: bool = False) -> QuantizeConfig:
     t = TARGETS.get("cpu")
-    qc = t.quantize_config(8, mode, "minmax", t.resolve_options({}))
+    qc = t.bind().quantize_config(8, mode, "minmax")
     return replace(qc, format="qdq" if mode == "static" else qc.format, reduce_range=reduce_range)
 
 

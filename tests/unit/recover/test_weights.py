@@ -24,7 +24,7 @@ from qconvert.targets import TARGETS
 
 def _config(target: str, **changes: object) -> QuantizeConfig:
     t = TARGETS.get(target)
-    qc = t.quantize_config(8, "static", "minmax", t.resolve_options({}))
+    qc = t.bind().quantize_config(8, "static", "minmax")
     return replace(qc, **changes)  # type: ignore[arg-type]
 
 
