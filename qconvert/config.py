@@ -19,8 +19,13 @@ DEFAULT_LATENCY_BATCH = 1
 DEFAULT_SENSITIVITY_SAMPLES = 64  # held-out samples the per-layer sensitivity runs on
 DEFAULT_SENSITIVITY_ISOLATED = 8  # nodes given an isolated measurement (one quantization each)
 # When no held-out data is given, this share of the calibration samples is set aside (never used
-# for calibration) and the model is validated on it.
+# for calibration) and the model is validated on it; more where the tolerance needs more to pass at
+# all, as long as MIN_CALIBRATION_SAMPLES are left to calibrate on (stages/data.py).
 HOLDOUT_FRACTION = 0.2
+MIN_CALIBRATION_SAMPLES = 64
+# --confidence: the level of the intervals a verdict reads (validation/intervals.py)
+DEFAULT_CONFIDENCE = 0.95
+CONFIDENCE_RANGE = (0.5, 0.999)
 
 # The valid bit widths, modes, calibration methods and weight algorithms come from the registries
 # (qconvert.choices). 4-bit weight-only (MatMulNBits): the default block size along K (each block of
@@ -281,6 +286,21 @@ def parse_tolerance(spec: str) -> tuple[Bound, ...]:
     return tuple(bounds)
 
 
+def confidence_text(level: float) -> str:
+    """0.95 -> '95%', 0.975 -> '97.5%'."""
+    return f"{100 * level:g}%"
+
+
+def check_confidence(level: float) -> None:
+    """--confidence must be a probability in CONFIDENCE_RANGE (0.95 is the usual choice)."""
+    low, high = CONFIDENCE_RANGE
+    if not low <= level <= high:
+        raise ConfigError(
+            f"--confidence {level:g}: give the confidence level of the verdict's intervals as a fraction "
+            f"from {low:g} to {high:g}, e.g. --confidence 0.95 (the default) or 0.99 for a stricter gate."
+        )
+
+
 @dataclass(frozen=True)
 class DataOptions:
     """How DATA that is not already arrays becomes feed dicts (image folders, text files).
@@ -334,6 +354,7 @@ class RunConfig:
     opset: int = DEFAULT_OPSET
     out_dir: Path | None = None  # None: DEFAULT_OUT_ROOT / <model>-<target>-<format>
     tolerance: str | None = None
+    confidence: float = DEFAULT_CONFIDENCE  # --confidence: the level of the verdict's intervals
     target_options: tuple[tuple[str, str], ...] = ()  # --target-option NAME=VALUE, checked by the target
     force: bool = False
     latency_repeats: int = DEFAULT_LATENCY_REPEATS
@@ -372,6 +393,7 @@ class RunConfig:
             ("--data", config.data),
             ("--samples", config.samples),
             ("--tolerance", config.tolerance),
+            ("--confidence", None if config.confidence == DEFAULT_CONFIDENCE else f"{config.confidence:g}"),
         ):
             if value is not None:
                 parts += [flag, str(value)]
@@ -442,6 +464,7 @@ class RunConfig:
         check_weight_only_4bit(self.bits, self.block_size, self.weight_algorithm)
         if self.sensitivity_samples < 1 or self.sensitivity_isolated < 0:
             raise ConfigError("sensitivity_samples must be at least 1 and sensitivity_isolated at least 0")
+        check_confidence(self.confidence)
         given = Tolerance.for_bits(self.bits, self.tolerance)  # fail early on a malformed --tolerance
         validate_only = sorted({b.metric for b in given.bounds if b.explicit and b.metric in MODEL_METRICS})
         if validate_only:
@@ -473,6 +496,7 @@ class SweepConfig:
     task: str | None = None  # Hugging Face folders, as RunConfig.task
     opset: int = DEFAULT_OPSET
     tolerance: str | None = None  # applied on top of each bit width's defaults
+    confidence: float = DEFAULT_CONFIDENCE
     target_options: tuple[tuple[str, str], ...] = ()
     out_dir: Path | None = None  # None: DEFAULT_OUT_ROOT / <model>-<target>-sweep
     force: bool = False
@@ -516,6 +540,7 @@ class SweepConfig:
             )
         if self.latency_repeats < 1 or self.latency_batch < 1:
             raise ConfigError("latency_repeats and --latency-batch must be at least 1")
+        check_confidence(self.confidence)
         for bits in self.bits:  # fail early on a malformed --tolerance
             Tolerance.for_bits(bits, self.tolerance)
 
@@ -570,6 +595,7 @@ class ValidateConfig:
     data: str | None = None  # held-out data; None: the OUT_DIR's validation data, if it is a file
     data_options: DataOptions = DataOptions()  # image folders and text files given as --data
     tolerance: str | None = None  # overrides the tolerance file, which overrides the defaults
+    confidence: float = DEFAULT_CONFIDENCE  # the level of the verdict's intervals
     json_out: Path | None = None
     junit_out: Path | None = None
     html_out: Path | None = None
@@ -602,6 +628,7 @@ class ValidateConfig:
             raise ConfigError(f"--probe {unknown[0]!r} is not a probe. Valid: {', '.join(PROBES)}")
         if self.probe_options and not self.probes:
             raise ConfigError("--probe-option applies to a probe: add --probe collapse.")
+        check_confidence(self.confidence)
         if self.tolerance:
             parse_tolerance(self.tolerance)  # fail early on a malformed --tolerance
 

@@ -111,8 +111,8 @@ class Terminated(BaseException):
 
 # The exit codes, for --help and the README: CI acts on these.
 EXIT_CODES = {
-    0: "passed",
-    1: "validation ran and the model is outside tolerance",
+    0: "PASSED: every check's confidence interval lies inside its tolerance",
+    1: "validation ran: FAILED (outside tolerance) or INCONCLUSIVE (too few held-out samples to tell)",
     2: "bad input or usage (the message names the file or flag and the fix)",
     3: "internal error: a bug in qconvert (traceback shown; please report it)",
 }

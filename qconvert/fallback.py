@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qconvert.validation.intervals import PASSED
 from qconvert.validation.sensitivity import DATA_MOVEMENT_OPS
 
 if TYPE_CHECKING:
@@ -162,14 +163,19 @@ def prune_qdq(model: onnx.ModelProto) -> None:
 @dataclass(frozen=True)
 class Step:
     kept_float: tuple[str, ...]  # every node in float at this step
-    passed: bool
+    verdict: str  # validation.intervals: passed | failed | inconclusive
     failures: tuple[str, ...]
     outputs: dict[str, dict[str, float]]  # the metrics validation measured, per output
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASSED
 
     def as_json(self) -> dict[str, Any]:
         return {
             "kept_float": list(self.kept_float),
             "passed": self.passed,
+            "verdict": self.verdict,
             "failures": list(self.failures),
             "outputs": self.outputs,
         }
@@ -218,7 +224,7 @@ def search(
             on_step(len(steps), total)
         path = build(kept, work / f"fallback-{len(steps)}.onnx")
         result = validate(path)
-        steps.append(Step(kept, bool(result), tuple(c.describe() for c in result.failures), result.outputs))
+        steps.append(Step(kept, result.verdict, tuple(c.describe() for c in result.failures), result.outputs))
         if result:
             return FallbackResult(
                 True,

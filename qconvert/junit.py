@@ -2,7 +2,9 @@
 
 One <testcase> per tolerance check: classname = the output (or `model` for whole-model checks
 such as task_drop and speedup), name = the metric. A failed check carries a <failure> whose message
-gives the measured value, the bound, and the tolerance that would have passed. Computes nothing.
+gives the measured value, its confidence interval, the bound, and the tolerance that would have
+passed; an INCONCLUSIVE one a <failure type="Inconclusive"> (a CI must not show it green) saying how
+many held-out samples would settle it. Computes nothing.
 """
 
 from __future__ import annotations
@@ -10,14 +12,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from qconvert.report import INCONCLUSIVE, check_line, level_text, verdict_of
+
 SUITE = "qconvert validate"
-
-
-def failure_message(check: dict[str, Any]) -> str:
-    text = f"{check['output']}: {check['metric']} = {check['measured']:.6g}, needs {check['bound']}"
-    if check.get("needed"):  # never for speedup: a gate is not told to accept a slowdown
-        text += f" (would pass with --tolerance '{check['needed']}')"
-    return f"{text}: {check['hint']}" if check.get("hint") else text
 
 
 def render_junit(run: dict[str, Any]) -> str:
@@ -29,8 +26,20 @@ def render_junit(run: dict[str, Any]) -> str:
     root = ET.Element("testsuites", {"name": SUITE, **counts, "time": seconds})
     suite = ET.SubElement(root, "testsuite", {"name": SUITE, **counts, "time": seconds})
     props = ET.SubElement(suite, "properties")
-    for name in ("candidate", "reference", "data", "samples", "provider", "bits", "tolerance_source"):
-        value = run.get(name)
+    level = level_text(run)
+    properties = {**run, "confidence": run["validation"].get("confidence")}
+    for name in (
+        "candidate",
+        "reference",
+        "data",
+        "samples",
+        "provider",
+        "bits",
+        "tolerance_source",
+        "verdict",
+        "confidence",
+    ):
+        value = properties.get(name)
         if value is not None:
             ET.SubElement(props, "property", {"name": name, "value": str(value)})
     for check in checks:
@@ -38,11 +47,11 @@ def render_junit(run: dict[str, Any]) -> str:
             suite, "testcase", {"classname": check["output"], "name": check["metric"], "time": "0"}
         )
         if check["passed"]:
-            out = ET.SubElement(case, "system-out")
-            out.text = f"{check['metric']} = {check['measured']:.6g} (needs {check['bound']})"
+            ET.SubElement(case, "system-out").text = check_line(check, level)
         else:
-            message = failure_message(check)
-            failure = ET.SubElement(case, "failure", {"message": message, "type": "OutOfTolerance"})
+            message = check_line(check, level)
+            kind = "Inconclusive" if verdict_of(check) == INCONCLUSIVE else "OutOfTolerance"
+            failure = ET.SubElement(case, "failure", {"message": message, "type": kind})
             failure.text = message
     notes = run.get("notes") or []
     if notes:

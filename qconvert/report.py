@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
+
+PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"  # validation.intervals' verdicts
+BEYOND = "share-beyond"  # an interval on the share of inputs beyond a limit (validation.intervals)
 
 
 def human_bytes(n: float) -> str:
@@ -15,6 +20,14 @@ def human_bytes(n: float) -> str:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+def _five(x: float) -> str:
+    return f"{x:.5f}"
+
+
+def _one(x: float) -> str:
+    return f"{x:.1f}"
 
 
 def quantized_label(report: dict[str, Any]) -> str:
@@ -36,30 +49,161 @@ def random_data_warning(report: dict[str, Any]) -> str | None:
     return f"Accuracy figures are not meaningful: this model was {how} (--calibration random), not real data."
 
 
+def verdict_of(doc: dict[str, Any]) -> str:
+    """The verdict of a report, a check or a sweep (a dict with `passed`, and `verdict` in files
+    written since the verdict reads intervals: before, `passed` was the two-way verdict)."""
+    return str(doc.get("verdict") or (PASSED if doc.get("passed") else FAILED))
+
+
+def level_text(report: dict[str, Any]) -> str:
+    """The confidence level of the report's intervals, e.g. '95%' ('' in files from before them)."""
+    level = report["validation"].get("confidence")
+    return f"{100 * level:g}%" if level else ""
+
+
+def figure_text(x: float, digits: int = 4, near_one: int = 1) -> str:
+    """A figure to `digits` significant digits; near 1 (a cosine, an agreement) to `near_one` digits
+    past those that tell it from 1 (0.999978, not 1); inf as ∞."""
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    if 0.9 <= abs(x) < 1.0:
+        decimals = near_one - math.floor(math.log10(1.0 - abs(x)))
+        return f"{x:.{decimals}f}".rstrip("0")
+    return f"{x:.{digits}g}"
+
+
+def _share(x: float) -> str:
+    return f"{100 * x:.2g}%"
+
+
+def _interval_end(x: float) -> str:
+    """An interval's end: one digit more than a figure near 1 (0.9398, not 0.94, for an end that
+    decides a verdict against 0.94)."""
+    return figure_text(x, near_one=2)
+
+
+def interval_text(
+    interval: dict[str, Any] | None, fmt: Callable[[float], str] | None = None, beyond: str = "worse"
+) -> str:
+    """`[low, high]`, each end by `fmt` (default: one digit past what tells a figure near 1 from 1);
+    for an interval on the share of inputs beyond a limit, that share's upper end: `<=4.1% worse`
+    under a worst figure, `<=4.1% beyond` (`beyond`) for a check's bound; '' without an interval."""
+    if not interval:
+        return ""
+    if interval["method"] == BEYOND:
+        return f"<={_share(interval['high'])} {beyond}"
+    fmt = fmt or _interval_end
+    return f"[{fmt(interval['low'])}, {fmt(interval['high'])}]"
+
+
+def _with_interval(value: str, interval: str) -> str:
+    """A figure with its interval on the line below (a table cell stays narrow enough for 80 columns)."""
+    return f"{value}\n{interval}" if interval else value
+
+
+def check_line(check: dict[str, Any], level: str = "") -> str:
+    """One check with its interval and, where it did not pass, what would settle it: for a FAILED
+    check the tolerance that would pass, for an INCONCLUSIVE one the held-out samples that would
+    decide it."""
+    iv = check.get("interval")
+    verdict = verdict_of(check)
+    head = f"{check['output']}: {check['metric']} = {check['measured']:.6g}"
+    if verdict == INCONCLUSIVE and iv:
+        if iv["method"] == BEYOND:
+            text = (
+                f"{head} holds on all {iv['samples']} samples, but at {level} confidence up to "
+                f"{_share(iv['high'])} of inputs could break {check['bound']}"
+            )
+        else:
+            text = f"{head}, {level} interval {interval_text(iv)} on {iv['samples']} samples, straddles {check['bound']}"
+        settle = check.get("samples_to_settle")
+        if settle:
+            return f"{text}; about {settle} held-out samples in all would settle it"
+        return f"{text}; no number of samples settles it: the measured value sits on the bound"
+    if iv and iv["method"] == BEYOND:
+        head += (
+            f" (beyond the bound on {_share(iv['low'])} to {_share(iv['high'])} of inputs, {level} interval "
+            f"from {iv['samples']} samples)"
+        )
+    elif iv:
+        head += f" ({level} interval {interval_text(iv)}, {iv['samples']} samples)"
+    text = f"{head}, needs {check['bound']}"
+    # never for speedup: a gate is not told to accept a slowdown
+    if verdict == FAILED and check.get("needed"):
+        text += f" (would pass with --tolerance '{check['needed']}')"
+    return f"{text}: {check['hint']}" if check.get("hint") else text
+
+
+def inconclusive_lines(report: dict[str, Any]) -> list[str]:
+    """One line per INCONCLUSIVE check, then what would settle the whole verdict."""
+    validation = report["validation"]
+    level = level_text(report)
+    lines = [check_line(c, level) for c in validation["checks"] if verdict_of(c) == INCONCLUSIVE]
+    if lines:
+        lines.append(settle_advice(report))
+    return lines
+
+
+def settle_advice(report: dict[str, Any]) -> str:
+    """For an INCONCLUSIVE verdict: how many held-out samples would settle it."""
+    validation = report["validation"]
+    have, settle = validation["samples"], validation.get("samples_to_settle")
+    head = (
+        f"{have} held-out samples cannot show at {level_text(report)} confidence whether the model is "
+        "within tolerance"
+        + (" (no model could pass on so few, however accurate)" if validation.get("data_limited") else "")
+    )
+    if not settle:
+        return f"{head}; more samples will not settle a check whose measured value sits on its bound"
+    return (
+        f"{head}; about {settle} in all ({settle - have} more) would settle it if the figures hold: give "
+        "them with --data"
+    )
+
+
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """Rows of (what, fp32, quantized, change) for the closing table of `qconvert export`."""
+    """Rows of (what, fp32, quantized, change) for the closing table of `qconvert export`; each figure
+    with its confidence interval on the line below (report.json: validation.intervals)."""
     rows: list[tuple[str, str, str, str]] = []
     acc = report.get("accuracy")
     if acc:
         change_pt = -100 * acc["drop"] + 0.0  # + 0.0 turns -0.0 into 0.0
+        ivs = acc.get("intervals") or {}
+        drop = ivs.get("drop")  # the change is minus the drop: its interval turned round
+        change = f"[{-100 * drop['high'] + 0.0:+.2f}, {-100 * drop['low'] + 0.0:+.2f}]" if drop else ""
         rows.append(
             (
                 f"accuracy ({acc['samples']} held-out, labels)",
-                _pct(acc["reference"]),
-                _pct(acc["model"]),
-                f"{change_pt:+.2f} pt",
+                _with_interval(_pct(acc["reference"]), interval_text(ivs.get("reference"), _pct)),
+                _with_interval(_pct(acc["model"]), interval_text(ivs.get("model"), _pct)),
+                _with_interval(f"{change_pt:+.2f} pt", change),
             )
         )
+    intervals = report["validation"].get("intervals") or {}
     for name, m in report["validation"]["outputs"].items():
+        ivs = intervals.get(name, {})
+
+        def cell(text: str, *metrics: str, fmt: Callable[[float], str], ivs: dict[str, Any] = ivs) -> str:
+            """The figures, and their intervals on the line below (`a / b` for two figures)."""
+            below = " / ".join(interval_text(ivs.get(k), fmt) or "-" for k in metrics) if ivs else ""
+            return _with_interval(text, below)
+
         if "top1_agreement" in m:
-            rows.append((f"top-1 agreement with fp32 ({name})", "", _pct(m["top1_agreement"]), ""))
+            top1 = cell(_pct(m["top1_agreement"]), "top1_agreement", fmt=_pct)
+            rows.append((f"top-1 agreement with fp32 ({name})", "", top1, ""))
         if "embedding_cosine" in m:  # text encoders: the mean-pooled sentence embedding
             pooled = f"{m['embedding_cosine']:.5f} / {m['embedding_cosine_min']:.4f}"
+            pooled = cell(pooled, "embedding_cosine", "embedding_cosine_min", fmt=_five)
             rows.append((f"embedding cosine, mean / worst ({name})", "", pooled, ""))
         if "next_token_agreement" in m:  # text decoders: argmax at the last real token
-            rows.append((f"next-token agreement ({name})", "", _pct(m["next_token_agreement"]), ""))
-        rows.append((f"cosine, mean / worst ({name})", "", f"{m['cosine']:.5f} / {m['cosine_min']:.4f}", ""))
-        rows.append((f"SQNR / max abs error ({name})", "", f"{m['sqnr_db']:.1f} dB / {m['max_abs']:.3g}", ""))
+            token = cell(_pct(m["next_token_agreement"]), "next_token_agreement", fmt=_pct)
+            rows.append((f"next-token agreement ({name})", "", token, ""))
+        cosines = cell(f"{m['cosine']:.5f} / {m['cosine_min']:.4f}", "cosine", "cosine_min", fmt=_five)
+        rows.append((f"cosine, mean / worst ({name})", "", cosines, ""))
+        errors = cell(f"{m['sqnr_db']:.1f} dB / {m['max_abs']:.3g}", "sqnr_db", "max_abs", fmt=_one)
+        rows.append((f"SQNR / max abs error ({name})", "", errors, ""))
     size = report["size"]
     rows.append(
         ("size", human_bytes(size["fp32_bytes"]), human_bytes(size["model_bytes"]), f"{size['ratio']:.2f}x")
@@ -77,14 +221,11 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def failure_lines(report: dict[str, Any]) -> list[str]:
-    """One line per failed check, with the tolerance that would have passed; then, where per-layer
-    sensitivity ran, the worst layers and what --auto did or could do."""
+    """One line per failed check, with its interval and the tolerance that would have passed; then,
+    where per-layer sensitivity ran, the worst layers and what --auto did or could do."""
+    level = level_text(report)
     return [
-        f"{c['output']}: {c['metric']} = {c['measured']:.6g}, needs {c['bound']}"
-        + (f" (would pass with --tolerance '{c['needed']}')" if c.get("needed") else "")
-        + (f": {c['hint']}" if c.get("hint") else "")
-        for c in report["validation"]["checks"]
-        if not c["passed"]
+        check_line(c, level) for c in report["validation"]["checks"] if verdict_of(c) == FAILED
     ] + blame_lines(report)
 
 
@@ -112,8 +253,9 @@ def sensitivity_rows(report: dict[str, Any], limit: int = 8) -> list[tuple[str, 
 
 
 def blame_lines(report: dict[str, Any]) -> list[str]:
-    """For a failed run: the worst layers, and what --auto did or could do."""
-    if report.get("passed", True):
+    """For a run that did not pass: the worst layers, and what --auto did or could do. Nothing where
+    only more held-out samples could decide it (no layer is to blame)."""
+    if report.get("passed", True) or report["validation"].get("data_limited"):
         return []
     sens = report.get("sensitivity")
     if not sens:
@@ -136,7 +278,9 @@ def blame_lines(report: dict[str, Any]) -> list[str]:
             "rerun with --auto to keep the most sensitive nodes in float until the tolerance holds "
             "(--auto-budget N caps how many)"
         )
-    elif not fallback.get("passed", False) and fallback.get("available", True):
+    elif (
+        fallback.get("needed", True) and not fallback.get("passed", False) and fallback.get("available", True)
+    ):
         kept = fallback.get("kept_float", [])
         lines.append(
             f"--auto failed: {fallback['reason']}"

@@ -10,7 +10,19 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from qconvert.report import human_bytes, quantized_label, random_data_warning
+from qconvert.report import (
+    FAILED,
+    INCONCLUSIVE,
+    PASSED,
+    figure_text,
+    human_bytes,
+    interval_text,
+    level_text,
+    quantized_label,
+    random_data_warning,
+    settle_advice,
+    verdict_of,
+)
 
 # preferred column order for per-output metrics; any other numeric metric follows
 METRIC_ORDER = (
@@ -41,12 +53,15 @@ h1 { font-size: 1.5rem; margin-bottom: .25rem; } h2 { font-size: 1.15rem; margin
 .verdict { display: inline-block; padding: .15rem .6rem; border-radius: .3rem; font-weight: 700;
            color: #fff; }
 .verdict.passed { background: #1f7a3a; } .verdict.failed { background: #b42318; }
+.verdict.inconclusive { background: #b54708; }
+.ci { display: block; color: #5b6475; font-size: .78rem; white-space: nowrap; }
 table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
 th, td { border: 1px solid #d8dce4; padding: .3rem .6rem; text-align: right; vertical-align: top; }
 th:first-child, td:first-child, td.text, th.text { text-align: left; }
 th { background: #f3f5f8; }
 tr.fail td { background: #fde8e7; } tr.fail td.status { color: #b42318; font-weight: 700; }
 tr.pass td.status { color: #1f7a3a; }
+tr.undecided td { background: #fef0c7; } tr.undecided td.status { color: #b54708; font-weight: 700; }
 .muted { color: #5b6475; font-size: .85rem; }
 ul.notes li { margin: .3rem 0; }
 svg { display: block; margin: .5rem 0; font-size: 11px; }
@@ -103,16 +118,9 @@ def _num(x: Any, digits: int = 4) -> str:
         return DASH
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return escape(str(x))
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "∞" if x > 0 else "-∞"
     if isinstance(x, int):
         return str(x)
-    if 0.9 <= abs(x) < 1.0:  # cosine, agreement: the digits that tell it from 1 (0.999978, not 1)
-        decimals = 1 - math.floor(math.log10(1.0 - abs(x)))
-        return f"{x:.{decimals}f}".rstrip("0")
-    return f"{x:.{digits}g}"
+    return figure_text(x, digits)  # cosine, agreement: the digits that tell it from 1 (0.999978, not 1)
 
 
 def _pct(x: float) -> str:
@@ -138,6 +146,12 @@ def _table(
 
 def _td(text: str, attrs: str = "") -> str:
     return f"<td{(' ' + attrs) if attrs else ''}>{text}</td>"
+
+
+def _ci(interval: dict[str, Any] | None, fmt: Any = None) -> str:
+    """A figure's confidence interval, as a small line under it ('' without one)."""
+    text = interval_text(interval, fmt)
+    return f'<span class="ci" data-field="interval">{escape(text)}</span>' if text else ""
 
 
 # --- SVG -----------------------------------------------------------------------------------------
@@ -248,12 +262,10 @@ def _in_boxes(body: str) -> str:
 
 
 def _summary(report: dict[str, Any], identity: str = "") -> str:
-    passed = bool(report.get("passed"))
-    verdict = (
-        '<span class="verdict passed" id="verdict">PASSED</span>'
-        if passed
-        else '<span class="verdict failed" id="verdict">FAILED</span>'
-    )
+    shown = verdict_of(report)
+    verdict = f'<span class="verdict {shown}" id="verdict">{shown.upper()}</span>'
+    level = level_text(report)
+    settle = f'<p id="settle">{escape(settle_advice(report))}.</p>' if shown == INCONCLUSIVE else ""
     rows = [
         ("target", escape(str(report.get("target")))),
         ("quantization", escape(f"{quantized_label(report)}, {report.get('mode')}")),
@@ -265,6 +277,7 @@ def _summary(report: dict[str, Any], identity: str = "") -> str:
             else "the provider's own kernels",
         ),
         ("held-out samples", _num(report.get("validation", {}).get("samples"))),
+        *([("confidence", f"{level}: each figure's interval; the verdict reads them")] if level else []),
     ]
     table = _table(
         ["", ""],
@@ -280,11 +293,18 @@ def _summary(report: dict[str, Any], identity: str = "") -> str:
             ("fp32_onnx", "fp32 ONNX"),
             ("model", quantized_label(report)),
         ]
+        ivs = acc.get("intervals") or {}
         acc_rows = [
-            [_td(escape(label)), _td(_pct(acc[key]) if _is_number(acc.get(key)) else "–")]
+            [
+                _td(escape(label)),
+                _td((_pct(acc[key]) if _is_number(acc.get(key)) else "–") + _ci(ivs.get(key), _pct)),
+            ]
             for key, label in cells
         ]
-        acc_rows.append([_td("drop (reference - quantized)"), _td(f"{-100 * acc['drop'] + 0.0:+.2f} pt")])
+        drop = f"{-100 * acc['drop'] + 0.0:+.2f} pt" + _ci(
+            ivs.get("drop"), lambda x: f"{100 * x + 0.0:.2f} pt"
+        )
+        acc_rows.append([_td("drop (reference - quantized)"), _td(drop)])
         acc_html = f"<h2>Accuracy ({_num(acc.get('samples'))} held-out samples with labels)</h2>" + _table(
             ["", "accuracy"],
             acc_rows,
@@ -293,7 +313,7 @@ def _summary(report: dict[str, Any], identity: str = "") -> str:
         )
     warning = random_data_warning(report)
     random_html = f'<p id="random-data"><strong>{escape(warning)}</strong></p>' if warning else ""
-    return f"<h1>qconvert report {verdict}</h1>{identity}{random_html}{table}{acc_html}"
+    return f"<h1>qconvert report {verdict}</h1>{identity}{settle}{random_html}{table}{acc_html}"
 
 
 def _metric_columns(blocks: Sequence[dict[str, Any]]) -> list[str]:
@@ -312,11 +332,16 @@ def _metrics(report: dict[str, Any]) -> str:
     columns = _metric_columns([b for _, _, b in blocks])
     rows, attrs = [], []
     for key, label, outputs in blocks:
+        intervals = (report.get(key) or {}).get("intervals") or {} if key != "export_fidelity" else {}
         for name, m in outputs.items():
+            ivs = intervals.get(name, {})
             rows.append(
                 [_td(escape(name)), _td(escape(label), 'class="text"')]
                 + [
-                    _td(_num(m[c]) if c in m else "–", f'data-metric="{escape(c)}"' if c in m else "")
+                    _td(
+                        _num(m[c]) + _ci(ivs.get(c)) if c in m else "–",
+                        f'data-metric="{escape(c)}"' if c in m else "",
+                    )
                     for c in columns
                 ]
             )
@@ -327,41 +352,69 @@ def _metrics(report: dict[str, Any]) -> str:
             ["output", "comparison", *(escape(header(c)) for c in columns)], rows, ' id="metrics"', attrs
         )
         + '<p class="muted">cosine: per-sample cosine similarity (mean, and worst as cosine_min); SQNR in dB; '
-        "errors are absolute.</p>"
+        "errors are absolute. Under each figure of the quantized model, its confidence interval: Wilson for "
+        "rates, a seeded bootstrap over samples for means; under a worst value (max abs error, worst cosine, "
+        "non-finite values) the share of inputs that may be worse than it.</p>"
     )
+
+
+_RESULT = {PASSED: ("ok", "pass"), FAILED: ("FAILED", "fail"), INCONCLUSIVE: ("INCONCLUSIVE", "undecided")}
 
 
 def _checks(report: dict[str, Any]) -> str:
     checks = report.get("validation", {}).get("checks", [])
     rows, attrs = [], []
     for c in checks:
-        ok = bool(c.get("passed"))
+        verdict = verdict_of(c)
+        result, row_class = _RESULT[verdict]
+        iv = c.get("interval")
+        if verdict == INCONCLUSIVE:
+            settle = c.get("samples_to_settle")
+            remedy = f"about {settle} held-out samples" if settle else "no sample count: it sits on the bound"
+        else:
+            remedy = (
+                f"--tolerance '{escape(str(c['needed']))}'" if verdict == FAILED and c.get("needed") else ""
+            )
         rows.append(
             [
                 _td(escape(str(c.get("output")))),
                 _td(escape(str(c.get("metric"))), 'class="text"'),
                 _td(_num(c.get("measured")), 'data-field="measured"'),
-                _td(escape(str(c.get("bound"))), 'class="text"'),
-                _td("ok" if ok else "FAILED", 'class="status"'),
                 _td(
-                    "" if ok or not c.get("needed") else f"--tolerance '{escape(str(c.get('needed')))}'",
-                    'class="text" data-field="needed"',
+                    escape(interval_text(iv, beyond="of inputs beyond")) if iv else DASH,
+                    'data-field="interval"',
                 ),
+                _td(escape(str(c.get("bound"))), 'class="text"'),
+                _td(result, 'class="status"'),
+                _td(remedy, 'class="text" data-field="needed"'),
                 _td(escape(str(c.get("hint") or "")), 'class="text"'),
             ]
         )
-        attrs.append(f'class="{"pass" if ok else "fail"}"')
-    failed = sum(1 for c in checks if not c.get("passed"))
+        attrs.append(f'class="{row_class}"')
+    failed = sum(1 for c in checks if verdict_of(c) == FAILED)
+    undecided = sum(1 for c in checks if verdict_of(c) == INCONCLUSIVE)
+    parts = [f"{failed} failed" if failed else "", f"{undecided} inconclusive" if undecided else ""]
     lead = (
-        f"<p>{failed} of {len(checks)} checks failed; each failed row says the tolerance that would pass.</p>"
-        if failed
+        f"<p>{' and '.join(p for p in parts if p)} of {len(checks)} checks; each such row says what would settle "
+        "it: a looser tolerance for a failed check, more held-out samples for an inconclusive one.</p>"
+        if failed or undecided
         else f"<p>All {len(checks)} checks passed.</p>"
     )
+    level = level_text(report)
     return (
         "<h2>Tolerance checks</h2>"
         + lead
         + _table(
-            ["output", "metric", "measured", "needs", "result", "would pass with", "note"],
+            [
+                "output",
+                "metric",
+                "measured",
+                f"{level} interval" if level else "interval",
+                "needs",
+                "result",
+                "would settle it",
+                "note",
+            ],
             rows,
             ' id="checks"',
             attrs,

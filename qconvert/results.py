@@ -4,6 +4,13 @@ Both are frozen, top-level typed records whose `to_json()` emits exactly the JSO
 always had, plus `schema_version`; `from_json()` reads it back (files from before versioning read as
 version 0) and refuses a newer schema than this qconvert knows. Nested entries (per-output metrics,
 latency rows, settings) stay JSON objects for now.
+
+Versions: 1 added `schema_version`. 2: the verdict reads confidence intervals
+(validation/intervals.py). `verdict` (passed | failed | inconclusive) stands beside `passed`, which is
+now true only for PASSED: a file that said `passed: true` under version 1 may say `false`,
+`inconclusive` for the same figures. Each check gains `verdict`, `interval` and `samples_to_settle`,
+the validation `confidence`, `intervals` and `samples_to_settle`, the accuracy `intervals`. A version
+0 or 1 file reads with `verdict` taken from `passed`.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any, TypeVar
 
 from qconvert.errors import SourceError
 
-SCHEMA_VERSION = 1  # bump on any change a reader must know about; additions keep the version
+SCHEMA_VERSION = 2  # bump on any change a reader must know about; additions keep the version
 
 R = TypeVar("R", bound="_Record")
 
@@ -44,6 +51,7 @@ class _Record:
                 f"{cls.FILE}: schema_version {version!r} is newer than this qconvert reads ({SCHEMA_VERSION}). "
                 "Upgrade qconvert, or re-export with this one."
             )
+        data = cls._upgrade(data, version)
         names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
         kwargs = {
             k: (tuple(v) if isinstance(v, list) and k in cls._TUPLES else v)
@@ -57,6 +65,11 @@ class _Record:
             raise SourceError(
                 f"{cls.FILE}: missing entries ({e}). Give a file written by `qconvert export`."
             ) from e
+
+    @classmethod
+    def _upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """An older file's entries in this version's shape (nothing to do by default)."""
+        return data
 
     @classmethod
     def load(cls: type[R], out_dir: Path) -> R:
@@ -77,7 +90,8 @@ class _Record:
 class Report(_Record):
     """report.json: what `qconvert export` measured."""
 
-    passed: bool
+    passed: bool  # the verdict is PASSED
+    verdict: str  # passed | failed | inconclusive (validation.intervals)
     target: str
     bits: int
     mode: str
@@ -108,6 +122,12 @@ class Report(_Record):
     OPTIONAL = frozenset({"recovery", "sensitivity", "fallback", "defaults", "auto", "tradeoff"})
     FILE = "report.json"
     _TUPLES = frozenset({"notes", "recovery", "auto"})
+
+    @classmethod
+    def _upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        if version < 2 and "verdict" not in data and "passed" in data:  # before intervals: two ways
+            return {**data, "verdict": "passed" if data["passed"] else "failed"}
+        return data
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qconvert import choices, errors
-from qconvert.config import DEFAULT_OUT_ROOT, RunConfig, SweepConfig
+from qconvert.config import DEFAULT_OUT_ROOT, RunConfig, SweepConfig, Tolerance
 from qconvert.errors import ConfigError, QConvertError
 
 if TYPE_CHECKING:
     from qconvert.artifacts import ArtifactDir
     from qconvert.calibrate import Dataset
+    from qconvert.sources import LoadedModel
     from qconvert.targets import Target
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ SWEEP_JSON, SWEEP_PNG, SWEEP_HTML = "sweep.json", "sweep.png", "sweep.html"
 BASELINE_STATUS = "baseline"
 PASSED = "passed"
 OUT_OF_TOLERANCE = "out_of_tolerance"
+INCONCLUSIVE = "inconclusive"  # an interval straddles a bound: more held-out samples may decide it
 NOT_SUPPORTED = "not_supported"
 ERROR = "error"
 
@@ -94,11 +96,14 @@ class SweepRow:
     name: str  # "fp32", or the trial folder's name, e.g. "8bit-static"
     bits: int | None  # None: the fp32 baseline
     mode: str | None
-    status: str  # baseline | passed | out_of_tolerance | not_supported | error
-    reason: str | None = None  # why not supported / the error / the failed checks
+    status: str  # baseline | passed | out_of_tolerance | inconclusive | not_supported | error
+    reason: str | None = None  # why not supported / the error / the checks that did not pass
     accuracy: float | None = None  # task accuracy on the held-out labels, when there are labels
     agreement: float | None = None  # top-1 agreement with the original (worst output), classifiers
     cosine: float | None = None  # mean cosine with the original (worst output)
+    # their confidence intervals (report.json: validation.intervals), [low, high]
+    agreement_interval: tuple[float, float] | None = None
+    cosine_interval: tuple[float, float] | None = None
     size_bytes: int | None = None
     size_ratio: float | None = None
     latency_ms: float | None = None  # p50, measured by the sweep after the trials (interleaved)
@@ -150,7 +155,11 @@ class SweepRow:
             "reason": self.reason,
             "accuracy": self.accuracy,
             "top1_agreement": self.agreement,
+            "top1_agreement_interval": None
+            if self.agreement_interval is None
+            else list(self.agreement_interval),
             "cosine": self.cosine,
+            "cosine_interval": None if self.cosine_interval is None else list(self.cosine_interval),
             "size_bytes": self.size_bytes,
             "size_ratio": self.size_ratio,
             "latency_p50_ms": self.latency_ms,
@@ -220,10 +229,17 @@ def recommend(rows: Iterable[SweepRow]) -> Recommendation:
     return Recommendation(smallest, fastest)
 
 
+def sweep_verdict(rows: Iterable[SweepRow]) -> str:
+    """PASSED when a quantized setting holds the tolerance, else INCONCLUSIVE when one may (its
+    intervals straddle a bound), else FAILED."""
+    statuses = {r.status for r in rows if r.quantized}
+    return PASSED if PASSED in statuses else INCONCLUSIVE if INCONCLUSIVE in statuses else "failed"
+
+
 @dataclass(frozen=True)
 class SweepResult:
     """What `sweep` produced: the rows (fp32 first), the recommendation and where it all went.
-    Truthy when at least one quantized setting holds the tolerance."""
+    Truthy when at least one quantized setting holds the tolerance (its verdict is PASSED)."""
 
     out_dir: Path
     rows: tuple[SweepRow, ...]
@@ -234,6 +250,10 @@ class SweepResult:
     @property
     def passed(self) -> bool:
         return any(r.quantized and r.holds for r in self.rows)
+
+    @property
+    def verdict(self) -> str:
+        return sweep_verdict(self.rows)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -273,7 +293,7 @@ class TrialOutcome:
     """What came back from one trial."""
 
     name: str
-    status: str  # passed | out_of_tolerance | error
+    status: str  # passed | out_of_tolerance | inconclusive | error
     ran_in: str | None = None  # the OUT_DIR the export wrote (node-local for Ray)
     report: dict[str, Any] | None = None
     manifest: dict[str, Any] | None = None
@@ -370,7 +390,7 @@ def run_trial(job: TrialJob) -> TrialOutcome:
     collapse, collapse_error = _probe_collapse(result.out_dir, result.report, result.manifest, job.heldout)
     return TrialOutcome(
         job.name,
-        PASSED if result.passed else OUT_OF_TOLERANCE,
+        {"passed": PASSED, "failed": OUT_OF_TOLERANCE}.get(result.verdict, INCONCLUSIVE),
         ran_in=str(result.out_dir),
         report=result.report,
         manifest=result.manifest,
@@ -524,8 +544,6 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
     Raises QConvertError (exit 2) on bad input, and when no trial could run at all; a sweep in
     which some trials fail returns rows that say so."""
     from qconvert.artifacts import ArtifactDir, check_output_dir
-    from qconvert.pipeline import load_data, model_inputs
-    from qconvert.sources import load_source
     from qconvert.targets import TARGETS
 
     report_progress = progress or _no_progress
@@ -544,11 +562,7 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
         )
 
     report_progress("load", "loading the model and the data", None, None)
-    loaded = load_source(config.source, config.inputs, task=config.task)
-    inputs = model_inputs(loaded)
-    # the held-out set every trial validates on (static trials also need calibration data; a
-    # trial without it fails on its own row)
-    _, heldout, _ = load_data(base, loaded, inputs, "dynamic")
+    loaded, heldout = _model_and_heldout(base)
     out_dir = config.out_dir or DEFAULT_OUT_ROOT / f"{loaded.name}-{target.name}-sweep"
     user_files = [
         *loaded.files,
@@ -585,6 +599,7 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
             "rows": [r.as_json() for r in rows],
             "recommendation": recommendation.as_json(),
             "passed": any(r.quantized and r.holds for r in rows),
+            "verdict": sweep_verdict(rows),
             "notes": notes,
             "seconds": time.perf_counter() - start,
         }
@@ -621,6 +636,19 @@ def _run_trials(
         outcomes = _run_local(jobs, workers, progress)
     by_name = {o.name: o for o in outcomes}
     return [by_name[j.name] for j in jobs]
+
+
+def _model_and_heldout(base: RunConfig) -> tuple[LoadedModel, Dataset]:
+    """The model, and the held-out set every trial validates on (static trials also need calibration
+    data; a trial without it fails on its own row). Each trial warns for itself where the held-out
+    data is too few for its own bit width, so this load does not."""
+    from qconvert.pipeline import load_data, model_inputs
+    from qconvert.sources import load_source
+
+    loaded = load_source(base.source, base.inputs, task=base.task)
+    tolerance = Tolerance.for_bits(base.bits, base.tolerance, text=bool(loaded.token_outputs))
+    _, heldout, _ = load_data(base, loaded, model_inputs(loaded), "dynamic", tolerance, warn=False)
+    return loaded, heldout
 
 
 # SweepConfig fields that mean something else there (bits is a tuple; out_dir and force are the
@@ -802,6 +830,16 @@ def _worst(outputs: dict[str, Any], metric: str) -> float | None:
     return min(values) if values else None
 
 
+def _worst_interval(validation: dict[str, Any], metric: str) -> tuple[float, float] | None:
+    """The interval of `metric` on the output where it is worst (the one `_worst` shows)."""
+    outputs = validation.get("outputs") or {}
+    worst = min(
+        (n for n, m in outputs.items() if metric in m), key=lambda n: outputs[n][metric], default=None
+    )
+    interval = (validation.get("intervals") or {}).get(worst, {}).get(metric) if worst else None
+    return None if interval is None else (interval["low"], interval["high"])
+
+
 def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> SweepRow:
     if trial.unsupported is not None or outcome is None:
         return SweepRow(trial.name, trial.bits, trial.mode, NOT_SUPPORTED, reason=trial.unsupported)
@@ -816,11 +854,7 @@ def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> Sw
         )
     report = outcome.report
     validation = report["validation"]
-    failed = [
-        f"{c['output']}: {c['metric']} = {c['measured']:.4g}, needs {c['bound']}"
-        for c in validation["checks"]
-        if not c["passed"]
-    ]
+    failed = [_unpassed(c) for c in validation["checks"] if not c["passed"]]
     acc = report.get("accuracy") or {}
     return SweepRow(
         trial.name,
@@ -831,6 +865,8 @@ def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> Sw
         accuracy=acc.get("model"),
         agreement=_worst(validation["outputs"], "top1_agreement"),
         cosine=_worst(validation["outputs"], "cosine"),
+        agreement_interval=_worst_interval(validation, "top1_agreement"),
+        cosine_interval=_worst_interval(validation, "cosine"),
         size_bytes=report["size"]["model_bytes"],
         size_ratio=report["size"]["ratio"],
         latency_ms=timing.p50_ms.get(trial.name),
@@ -841,6 +877,17 @@ def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> Sw
         out_dir=f"{TRIALS_DIR}/{trial.name}",
         seconds=outcome.seconds,
         notes=tuple(report.get("notes", [])),
+    )
+
+
+def _unpassed(check: dict[str, Any]) -> str:
+    """A check that did not pass, for a row's reason; an inconclusive one says what would settle it."""
+    text = f"{check['output']}: {check['metric']} = {check['measured']:.4g}, needs {check['bound']}"
+    if check.get("verdict") != INCONCLUSIVE:
+        return text
+    settle = check.get("samples_to_settle")
+    return text + (
+        f" (inconclusive: about {settle} held-out samples would settle it)" if settle else " (inconclusive)"
     )
 
 

@@ -12,13 +12,14 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from qconvert.report import human_bytes
+from qconvert.report import human_bytes, verdict_of
 from qconvert.report_html import CSS, _bars_svg, _table, _td
 
 STATUS_TEXT = {
     "baseline": "baseline",
     "passed": "holds tolerance",
     "out_of_tolerance": "OUT OF TOLERANCE",
+    "inconclusive": "INCONCLUSIVE",
     "not_supported": "not supported",
     "error": "error",
 }
@@ -84,10 +85,18 @@ def _length(value: Any) -> str:
 
 
 def cells(summary: dict[str, Any], row: dict[str, Any]) -> list[str]:
-    """One table row as plain text, in `header(summary)` order."""
+    """One table row as plain text, in `header(summary)` order; the quality figure with its confidence
+    interval on the line below."""
     quality = quality_metric(summary)
     value = row.get(quality)
-    shown = _pct(value) if quality == "top1_agreement" else ("—" if value is None else f"{value:.5f}")
+
+    def fmt(x: float | None) -> str:
+        return _pct(x) if quality == "top1_agreement" else ("—" if x is None else f"{x:.5f}")
+
+    shown = fmt(value)
+    interval = row.get(f"{quality}_interval")
+    if interval:
+        shown += f"\n[{fmt(interval[0])}, {fmt(interval[1])}]"
     size = "—"
     if row.get("size_bytes") is not None:
         size = f"{human_bytes(row['size_bytes'])} ({row['size_ratio']:.2f}x)"
@@ -113,6 +122,7 @@ _STYLE = {  # status -> (marker, colour, legend label)
     "baseline": ("*", "#1d2330", "fp32 baseline"),
     "passed": ("o", "#1f7a3a", "holds tolerance"),
     "out_of_tolerance": ("X", "#b42318", "out of tolerance"),
+    "inconclusive": ("D", "#b54708", "inconclusive"),
 }
 
 
@@ -219,6 +229,8 @@ def _label_offsets(points: list[tuple[float, float]]) -> list[float]:
 def _row_class(row: dict[str, Any]) -> str:
     if row["status"] in ("out_of_tolerance", "error"):
         return 'class="fail"'
+    if row["status"] == "inconclusive":
+        return 'class="undecided"'
     return 'class="pass"' if row["status"] == "passed" else ""
 
 
@@ -235,11 +247,9 @@ def _ratio_bars(rows: list[dict[str, Any]], key: str, chart_id: str, title: str)
 def render_html(summary: dict[str, Any], png: bytes) -> str:
     """The whole sweep page: recommendation, table, the plot, size and latency bars, notes."""
     rows = summary["rows"]
-    verdict = (
-        '<span class="verdict passed" id="verdict">HOLDS</span>'
-        if summary.get("passed")
-        else '<span class="verdict failed" id="verdict">NONE HOLDS</span>'
-    )
+    shown = verdict_of(summary)  # a setting holds (PASSED), one may with more samples, or none holds
+    label = {"passed": "HOLDS", "inconclusive": "UNDECIDED"}.get(shown, "NONE HOLDS")
+    verdict = f'<span class="verdict {shown}" id="verdict">{label}</span>'
     body_rows = []
     for row in rows:
         text = cells(summary, row)

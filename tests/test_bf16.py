@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from _lowbit_models import block, mlp
-from conftest import flat
+from conftest import flat, inside_but_undecided
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -86,7 +86,7 @@ def test_bf16_graph_of_a_transformer_block(block_files: tuple[Path, Path, dict[s
     reference = ort.InferenceSession(str(source)).run(None, feeds)[0]
     candidate = exact_session(emulated).run(None, feeds)[0]
     result = evaluate(["logits"], [reference], [candidate], Tolerance.for_bits(16), heldout["labels"])
-    assert result, result.as_json()
+    assert result or inside_but_undecided(result.as_json()), result.as_json()
     assert not np.array_equal(candidate, reference)  # the stand-in does round
 
 
@@ -127,11 +127,12 @@ def test_bf16_export_of_a_convnet_end_to_end(tmp_path: Path) -> None:
     code, text = cli(
         "export", "--bits", "16", "--mode", "bf16", "--target", "cuda", "--latency-batch", "1", "-o", str(out)
     )
-    assert code == 0, text
+    # 600 held-out digits cannot show top1_agreement>=0.995 at 95% (that takes 765): INCONCLUSIVE, exit 1
+    assert code == 1 and "INCONCLUSIVE" in text, text
     assert "for want of a CUDA bf16 kernel at opset 18: Conv, MaxPool" in text and "--opset 22" in text
     assert "fp32 stand-in that rounds each tensor to bfloat16" in text
     report = json.loads((out / "report.json").read_text())
-    assert report["mode"] == "bf16" and report["passed"]
+    assert report["mode"] == "bf16" and inside_but_undecided(report["validation"])
     assert report["validation_exact_qdq"]  # the stand-in ran as written, optimizations off
     model = onnx.load(str(out / "model.onnx"))
     assert any(t.data_type == TensorProto.BFLOAT16 for t in model.graph.initializer)
@@ -178,7 +179,7 @@ def test_cpu_a16w8_writes_uint16_activations_and_int8_weights(
         "export", str(source), "--bits", "16", "--mode", "static", "--target", "cpu",
         "--calibration", str(calibration), "--data", str(heldout), "-o", str(out),
     )  # fmt: skip
-    assert code == 0, text
+    assert code in (0, 1), text  # 1: INCONCLUSIVE, held-out data short of what 16-bit bounds take
     model = onnx.load(str(out / "model.onnx"))
     init = {t.name: t for t in model.graph.initializer}
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -188,7 +189,8 @@ def test_cpu_a16w8_writes_uint16_activations_and_int8_weights(
     weights = [n for n in qdq if n.input[0] in init and init[n.input[2]].data_type == TensorProto.INT8]
     assert len(weights) == 3 and all(len(init[n.input[1]].dims) == 1 for n in weights)  # per channel
     report = json.loads((out / "report.json").read_text())
-    assert report["passed"] and report["validation"]["outputs"]["logits"]["top1_agreement"] == 1.0
+    assert report["passed"] or inside_but_undecided(report["validation"]), report["validation"]["checks"]
+    assert report["validation"]["outputs"]["logits"]["top1_agreement"] == 1.0
     assert "a16w8" in text  # the table's column
 
 
@@ -198,7 +200,9 @@ def test_cpu_16_bits_defaults_to_fp16(mlp_files: tuple[Path, Path, Path], tmp_pa
     code, text = cli(
         "export", str(source), "--bits", "16", "--target", "cpu", "--data", str(heldout), "-o", str(out)
     )
-    assert code == 0, text
+    assert code in (0, 1), text  # 1: INCONCLUSIVE, held-out data short of what 16-bit bounds take
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] or inside_but_undecided(report["validation"]), report["validation"]["checks"]
     manifest = json.loads((out / "qconvert.json").read_text())
     assert manifest["settings"]["mode"] == "fp16"
     assert manifest["validated_on"]["provider"] == "CPUExecutionProvider"

@@ -211,20 +211,20 @@ def test_samples_takes_the_first_n(tmp_path: Path) -> None:
 def test_split_is_disjoint_deterministic_and_complete() -> None:
     x = images(25)
     data = Dataset("d", {INPUT_NAME: x}, np.arange(25))
-    rest, held = data.split(0.2)
+    rest, held = data.split(5)
     assert (len(rest), len(held)) == (20, 5)
     assert set(rest.labels.tolist()).isdisjoint(held.labels.tolist())
     assert sorted([*rest.labels.tolist(), *held.labels.tolist()]) == list(range(25))
     for part in (rest, held):  # each part keeps samples and labels together
         np.testing.assert_array_equal(part.feeds[INPUT_NAME], x[part.labels])
-    again_rest, again_held = data.split(0.2)
+    again_rest, again_held = data.split(5)
     np.testing.assert_array_equal(again_held.labels, held.labels)
     np.testing.assert_array_equal(again_rest.labels, rest.labels)
 
 
 def test_split_of_a_single_sample_is_refused() -> None:
     with pytest.raises(CalibrationError, match="too few"):
-        Dataset("d", {INPUT_NAME: images(1)}).split(0.2)
+        Dataset("d", {INPUT_NAME: images(1)}).split(1)
 
 
 # --- formats refused ----------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def test_manifest_records_versions_and_validation(manifest: dict[str, Any], quic
     for package in ("torch", "onnx", "onnxruntime", "numpy"):
         assert versions[package] == metadata.version(package)
     assert versions["qconvert"] == manifest["qconvert"] == "0.1.0"
-    assert manifest["validation"] == {"passed": True, "failures": []}
+    assert manifest["validation"] == {"passed": True, "verdict": "passed", "confidence": 0.95, "failures": []}
     assert manifest["tolerance"] == [
         "cosine>=0.99",
         "top1_agreement>=0.97",
@@ -252,12 +252,14 @@ def test_impossible_tolerance_fails_with_exit_1_and_says_what_would_pass(
 
     assert code == 1, text
     assert "FAILED |" in text
+    # cosine>=1 never holds on a whole interval short of 1: FAILED, with the tolerance its lower end shows
     match = re.search(
-        r"logits: cosine = ([0-9.]+), needs cosine>=1 \(would pass with --tolerance 'cosine>=([0-9.]+)'\)",
+        r"logits: cosine = ([0-9.]+) \(95% interval \[([0-9.]+), ([0-9.]+)\], 600 samples\), needs "
+        r"cosine>=1 \(would pass with --tolerance 'cosine>=([0-9.]+)'\)",
         text,
     )
     assert match, text
-    shown, would_pass = float(match[1]), float(match[2])
+    shown, low, would_pass = float(match[1]), float(match[2]), float(match[4])
     # the artifacts are still written, and record the failure
     manifest = read_json(out / "qconvert.json")
     assert manifest["validation"]["passed"] is False
@@ -267,9 +269,11 @@ def test_impossible_tolerance_fails_with_exit_1_and_says_what_would_pass(
     assert (check["metric"], check["bound"]) == ("cosine", "cosine>=1")
     assert 0.99 < check["measured"] < 1.0
     assert shown == pytest.approx(check["measured"], rel=1e-5)
-    # the suggested tolerance really would pass
-    assert would_pass <= check["measured"]
-    assert check["needed"] == f"cosine>={match[2]}"
+    assert check["verdict"] == "failed" and check["interval"]["high"] < 1.0
+    assert low == pytest.approx(check["interval"]["low"], rel=1e-3)
+    # the suggested tolerance really would pass: the whole interval lies above it
+    assert would_pass <= check["interval"]["low"] < check["measured"]
+    assert check["needed"] == f"cosine>={match[4]}"
 
 
 # --- cpu, dynamic int8 ---------------------------------------------------------------------
@@ -322,14 +326,24 @@ def test_user_model_with_calibration_only_validates_on_a_held_out_share(
         str(out),
     )
 
-    assert code == 0, text
+    # 50 calibration samples cannot spare the 72 held-out ones any PASSED verdict takes (the always-on
+    # nonfinite check) and keep 64 to calibrate on: 20% are set aside, and the run says up front that
+    # the verdict will be INCONCLUSIVE, then is
+    assert code == 1, text
     note = (
-        "no --data given: 10 of the calibration samples were set aside for validation and not used "
+        "no --data given: 10 of the 50 calibration samples were set aside for validation and not used "
         "for calibration"
     )
     assert note in text
+    too_few = (
+        "10 held-out samples are too few to pass at all: nonfinite<=0 needs at least 72 at 95% confidence "
+        "even if every sample agrees, so the verdict can be INCONCLUSIVE at best; the 50 calibration samples cannot "
+        "spare that many (64 or more stay for calibration): pass --data with enough held-out samples"
+    )
+    assert too_few in text and "INCONCLUSIVE |" in text
     report = read_json(out / "report.json")
-    assert note in report["notes"]
+    assert note in report["notes"] and too_few in report["notes"]
+    assert report["verdict"] == "inconclusive" and report["validation"]["data_limited"]
     assert report["validation"]["samples"] == 10
     assert report["accuracy"] is None  # no labels in the data
     manifest = read_json(out / "qconvert.json")

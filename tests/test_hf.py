@@ -36,6 +36,7 @@ WORDS = words(
     "quick slow and but then"
 )
 HIDDEN = 32
+HELD = 80  # held-out lines
 
 
 def qconvert(*args: str) -> tuple[int, str]:
@@ -122,7 +123,8 @@ def _gpt2_folder(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bert/, gpt2/, calib.txt (120 lines) and held.txt (40 other lines)."""
+    """bert/, gpt2/, calib.txt (120 lines) and held.txt (80 other lines: enough for a PASSED verdict at
+    8 bits, where the always-on nonfinite check needs 72)."""
     for module in ("transformers", "tokenizers", "optimum.exporters.onnx"):
         pytest.importorskip(
             module, reason=f'{module} is missing: the Hugging Face tests need pip install ".[hf]"'
@@ -131,16 +133,16 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _bert_folder(root / "bert")
     _gpt2_folder(root / "gpt2")
     (root / "calib.txt").write_text("\n".join(lines(120, 1)) + "\n")
-    (root / "held.txt").write_text("\n\n".join(lines(40, 2)) + "\n")  # blank lines are skipped
+    (root / "held.txt").write_text("\n\n".join(lines(HELD, 2)) + "\n")  # blank lines are skipped
     return root
 
 
-def _export(hf_dir: Path, name: str, *args: str) -> tuple[Path, str]:
+def _export(hf_dir: Path, name: str, *args: str, code: int = 0) -> tuple[Path, str]:
     out = hf_dir / "out" / name
-    code, text = qconvert(
+    got, text = qconvert(
         "export", *args, "--calibration", hf_dir / "calib.txt", "--data", hf_dir / "held.txt", "-o", out
     )
-    assert code == 0, text
+    assert got == code, text
     return out, text
 
 
@@ -246,7 +248,7 @@ def test_validate_reads_text_with_the_artifacts_tokenizer(
     code, text = qconvert("validate", out, "--json", tmp_path / "v.json")
     assert code == 0, text
     run = read_json(tmp_path / "v.json")
-    assert run["samples"] == 40
+    assert run["samples"] == HELD
     assert "embedding_cosine>=0.98" in [c["bound"] for c in run["validation"]["checks"]]
 
 
@@ -260,7 +262,7 @@ def test_validate_takes_the_text_flags(bert_dynamic: tuple[Path, str], hf_dir: P
         code, text = qconvert("validate", out, "--data", held, *flags, "--json", tmp_path / f"{name}.json")
         assert code == 0, text
         runs[name] = read_json(tmp_path / f"{name}.json")
-    assert runs["short"]["samples"] == runs["own"]["samples"] == 40
+    assert runs["short"]["samples"] == runs["own"]["samples"] == HELD
     # every line cut to 8 tokens: other sentence embeddings, so other figures
     cosine = {k: r["validation"]["outputs"]["last_hidden_state"]["cosine"] for k, r in runs.items()}
     assert all(0.9 < c <= 1.0 for c in cosine.values()) and cosine["short"] != cosine["own"], cosine
@@ -305,7 +307,8 @@ def test_bert_static_is_calibrated_on_the_text(bert_static: tuple[Path, str]) ->
     manifest = read_json(out / "qconvert.json")
     assert report["mode"] == "static" and "PASSED" in text
     assert (
-        manifest["data"]["calibration"]["samples"] == 120 and manifest["data"]["validation"]["samples"] == 40
+        manifest["data"]["calibration"]["samples"] == 120
+        and manifest["data"]["validation"]["samples"] == HELD
     )
     assert "--max-length 20" in manifest["command"]
     ops = report["ops"]["model"]
@@ -350,10 +353,15 @@ def test_gpt2_next_token_agreement_and_lm_head_kept_float(gpt2_dynamic: tuple[Pa
 
 
 def test_gpt2_fp16_for_cuda(hf_dir: Path) -> None:
-    out, text = _export(hf_dir, "gpt2-fp16", hf_dir / "gpt2", "--bits", "16", "--target", "cuda")
+    # 16 bits: next_token_agreement>=0.98 takes 189 held-out lines to show at 95% even if all agree;
+    # on 80 the verdict is INCONCLUSIVE (exit 1) for want of lines alone, every figure inside
+    out, text = _export(hf_dir, "gpt2-fp16", hf_dir / "gpt2", "--bits", "16", "--target", "cuda", code=1)
     model = onnx.load(str(out / "model.onnx"))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-    assert read_json(out / "report.json")["validation"]["outputs"]["logits"]["next_token_agreement"] >= 0.98
+    validation = read_json(out / "report.json")["validation"]
+    assert validation["outputs"]["logits"]["next_token_agreement"] >= 0.98
+    assert validation["verdict"] == "inconclusive" and validation["data_limited"], validation["checks"]
+    assert "INCONCLUSIVE" in text and "189 held-out samples in all would settle it" in text
     assert "transformer fusions" in text  # the CUDA provider runs contrib ops too
 
 
@@ -525,13 +533,16 @@ def test_tokenizer_hook_feeds_an_onnx_source(hf_dir: Path, tmp_path: Path) -> No
             output_names=["scores"], dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}},
         )  # fmt: skip
     out = tmp_path / "out"
+    # this is about the tokenizer hook: a top-1 bound that 80 held-out lines can show (the default
+    # 0.97 takes 125 even if every line agrees)
     code, text = qconvert(
         "export", source, "--mode", "dynamic", "--calibration", hf_dir / "calib.txt", "--data",
         hf_dir / "held.txt", "--tokenizer", f"{tmp_path / 'bag' / 'model.py'}:tokenize", "-o", out,
+        "--tolerance", "top1_agreement>=0.9",
     )  # fmt: skip
     assert code == 0, text
     manifest = read_json(out / "qconvert.json")
-    assert manifest["data"]["validation"]["samples"] == 40
+    assert manifest["data"]["validation"]["samples"] == HELD
     assert ":tokenize" in manifest["command"]
 
 

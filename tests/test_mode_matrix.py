@@ -35,14 +35,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from _matrix_models import MODELS, OUTPUT_NAME, torch_accuracy, write_data, write_model_file
+from _matrix_models import HELDOUT_SAMPLES, MODELS, OUTPUT_NAME, torch_accuracy, write_data, write_model_file
 from conftest import flat
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from qconvert import choices
 from qconvert.cli import app
-from qconvert.config import DEFAULT_TOLERANCES, Bound, RunConfig
+from qconvert.config import DEFAULT_TOLERANCES, Bound, RunConfig, Tolerance
 from qconvert.errors import ConfigError, QConvertError
 from qconvert.pipeline import RunResult, export
 from qconvert.quantize.weight_only import MIN_ELEMENTS
@@ -50,6 +50,7 @@ from qconvert.runtime import RUN_BATCH
 from qconvert.targets import TARGETS
 from qconvert.targets.base import INTEGER_ONLY_OPS
 from qconvert.targets.cpu import has_vnni
+from qconvert.validation import samples_to_pass
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 LATENCY_REPEATS = 3  # latency is not under test here; a few repeats keep each run cheap
@@ -1058,7 +1059,17 @@ def test_within_default_tolerance(matrix: Matrix, model: str, cell: Cell) -> Non
     if isinstance(outcome, MeasuredOnly) and outcome.when:
         assert report["validated_on"] == "CPUExecutionProvider" and not report["validation_exact_qdq"]
         return
-    assert result.passed, f"{model} {cell.id}: " + "; ".join(c.describe() for c in result.validation.failures)
+    failures = f"{model} {cell.id}: " + "; ".join(c.describe() for c in result.validation.failures)
+    if samples_to_pass(Tolerance.for_bits(cell.bits), 0.95, labels=True)[0] > HELDOUT_SAMPLES:
+        # the 16-bit bounds take more held-out samples than these 256 to show at 95% even for a
+        # perfect model (top1_agreement>=0.995: 765): INCONCLUSIVE, with every measured figure inside
+        # its bound and top-1 undecided for want of samples alone
+        checks = result.validation.checks
+        assert result.verdict == "inconclusive", failures
+        assert all(c.bound.holds(c.measured) for c in checks), failures
+        assert next(c for c in checks if c.bound.metric == "top1_agreement").data_limited, failures
+    else:
+        assert result.passed, failures
     assert report["accuracy"]["drop"] <= DEFAULT_TOLERANCES[cell.bits]["accuracy_drop"]
 
 

@@ -406,7 +406,8 @@ def test_random_calibration_end_to_end_says_so_in_bold(
     assert report["data"] == {"calibration_random": True, "validation_random": True}
     assert report["notes"][0].startswith("--calibration random: the model was calibrated on seeded random")
     assert "validation also ran on random inputs (another seed)" in report["notes"][0]
-    assert report["validation"]["samples"] == 100
+    # RANDOM_HELDOUT_SAMPLES (100), raised to the 125 that top1_agreement>=0.97 takes to pass at 95%
+    assert report["validation"]["samples"] == 125
     html = (out / "report.html").read_text()
     assert f'<p id="random-data"><strong>{warning}</strong></p>' in html
     manifest = json.loads((out / "qconvert.json").read_text())

@@ -28,7 +28,9 @@ from qconvert.report_html import render_html
 
 class Page(HTMLParser):
     """Every start tag with its attributes, the text of <title>/<h1>, and each table with an id as
-    a list of rows; a row is (its <tr> attributes, [(cell attributes, cell text), ...])."""
+    a list of rows; a row is (its <tr> attributes, [(cell attributes, cell text), ...]). A figure's
+    confidence interval (its <span class="ci">) is kept out of the cell text, in the cell attributes
+    as "interval"."""
 
     def __init__(self, text: str) -> None:
         super().__init__(convert_charrefs=True)
@@ -37,6 +39,7 @@ class Page(HTMLParser):
         self.texts: dict[str, str] = {"title": "", "h1": "", "style": ""}
         self._table: str | None = None
         self._cell: tuple[dict[str, str], list[str]] | None = None
+        self._ci: list[str] | None = None  # inside a cell's interval span
         self._open: list[str] = []
         self.feed(text)
         self.close()
@@ -52,18 +55,25 @@ class Page(HTMLParser):
             self.tables[self._table].append((a, []))
         elif tag in ("td", "th") and self._table is not None:
             self._cell = (a, [])
+        elif tag == "span" and a.get("class") == "ci" and self._cell is not None:
+            self._ci = []
 
     def handle_endtag(self, tag: str) -> None:
         if self._open and self._open[-1] == tag:
             self._open.pop()
-        if tag in ("td", "th") and self._cell is not None and self._table is not None:
+        if tag == "span" and self._ci is not None and self._cell is not None:
+            self._cell[0]["interval"] = "".join(self._ci)
+            self._ci = None
+        elif tag in ("td", "th") and self._cell is not None and self._table is not None:
             self.tables[self._table][-1][1].append((self._cell[0], "".join(self._cell[1]).strip()))
             self._cell = None
         elif tag == "table":
             self._table = None
 
     def handle_data(self, data: str) -> None:
-        if self._cell is not None:
+        if self._ci is not None:
+            self._ci.append(data)
+        elif self._cell is not None:
             self._cell[1].append(data)
         for tag in ("title", "h1", "style"):
             if tag in self._open and self._open[-1] in (tag, "span"):
@@ -235,6 +245,19 @@ def test_metrics_table_shows_report_figures(which: str, request: pytest.FixtureR
         for metric, text in shown.items():
             assert close(number(text), metrics[metric]), (metric, text, metrics[metric])
             seen += 1
+        # under each figure of the quantized model, its interval from report.json (none for fidelity)
+        intervals = (
+            (report.get(attrs["data-compare"]) or {}).get("intervals", {}).get(attrs["data-output"], {})
+        )
+        shown_ci = {a["data-metric"]: a.get("interval", "") for a, _ in cells if "data-metric" in a}
+        for metric, text in shown_ci.items():
+            interval = intervals.get(metric)
+            assert bool(text) == bool(interval), (metric, text)
+            if interval and interval["method"] == "share-beyond":
+                assert text == f"<={100 * interval['high']:.2g}% worse", text
+            elif interval:
+                low, high = (number(x) for x in text.strip("[]").split(", "))
+                assert close(low, interval["low"]) and close(high, interval["high"]), (metric, text, interval)
     assert seen >= len(compared) * 7
 
 
@@ -245,6 +268,16 @@ def test_accuracy_and_performance_show_report_figures(passed: Rendered) -> None:
     for key in ("reference", "fp32_onnx", "model"):
         assert number(acc[key]) == pytest.approx(report["accuracy"][key], abs=5e-5)
     assert float(acc["drop"].split()[0]) == pytest.approx(-100 * report["accuracy"]["drop"], abs=5e-3)
+    # each accuracy with its Wilson interval, the drop with its paired one (fp32 ONNX: fidelity, none)
+    shown = {
+        a["data-key"]: cells[1][0].get("interval", "")
+        for a, cells in page.tables["accuracy"]
+        if "data-key" in a
+    }
+    for key in ("reference", "model"):
+        interval = report["accuracy"]["intervals"][key]
+        assert shown[key] == f"[{100 * interval['low']:.2f}%, {100 * interval['high']:.2f}%]"
+    assert shown["fp32_onnx"] == "" and shown["drop"].endswith(" pt]")
 
     perf = {
         a["data-key"]: [c for _, c in cells] for a, cells in page.tables["performance"] if "data-key" in a
@@ -294,15 +327,27 @@ def test_failed_checks_are_highlighted_with_the_tolerance_that_would_pass(failed
     rows = [(a, cells) for a, cells in page.tables["checks"] if "class" in a]
     assert len(rows) == len(checks)
     for (attrs, cells), check in zip(rows, checks, strict=True):
-        assert attrs["class"] == ("pass" if check["passed"] else "fail")
+        assert (
+            attrs["class"]
+            == {"passed": "pass", "failed": "fail", "inconclusive": "undecided"}[check["verdict"]]
+        )
         by_field = {a.get("data-field"): text for a, text in cells}
         assert close(number(by_field["measured"]), check["measured"])
-        if check["passed"]:
+        if check["verdict"] == "passed":
             assert by_field["needed"] == ""
-        else:
+        elif check["verdict"] == "failed":
             assert by_field["needed"] == f"--tolerance '{check['needed']}'"
-    assert any(not c["passed"] and c["metric"] == "cosine" for c in checks)
-    assert "FAILED" in page.texts["h1"]
+        else:  # 8 held-out samples: the nonfinite check, none seen, is undecided
+            assert by_field["needed"] == f"about {check['samples_to_settle']} held-out samples"
+        iv = check["interval"]  # max_abs and nonfinite: the share of inputs that may be beyond the bound
+        if iv["method"] == "share-beyond":
+            assert by_field["interval"] == f"<={100 * iv['high']:.2g}% of inputs beyond"
+        else:
+            low, high = (number(x) for x in by_field["interval"].strip("[]").split(", "))
+            assert close(low, iv["low"]) and close(high, iv["high"])
+    assert any(c["verdict"] == "failed" and c["metric"] == "cosine" for c in checks)
+    assert any(c["verdict"] == "inconclusive" and c["metric"] == "nonfinite" for c in checks)
+    assert "FAILED" in page.texts["h1"]  # a failed check fails the run, whatever else is undecided
 
 
 @pytest.mark.slow

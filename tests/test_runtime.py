@@ -21,7 +21,7 @@ from qconvert.targets import TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "calibration" / "digits_heldout.npz"
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "200"})  # wide: table rows stay on one line each
 
 
 def cli(*args: str) -> tuple[int, str]:

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import write_model
+from conftest import inside_but_undecided, write_model
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.calibrate import Dataset, ModelInput
@@ -302,9 +302,12 @@ def digits_fp16(workdir: Path) -> RunResult:
     return export(RunConfig(target="cuda", bits=16, out_dir=workdir / "digits-cuda-fp16"))
 
 
-def test_digits_fp16_passes_the_16_bit_tolerance(digits_fp16: RunResult) -> None:
+def test_digits_fp16_meets_the_16_bit_tolerance(digits_fp16: RunResult) -> None:
     report, manifest = digits_fp16.report, digits_fp16.manifest
-    assert digits_fp16.passed, manifest["validation"]["failures"]
+    # every figure inside the 16-bit bounds; 600 held-out digits cannot show top1_agreement>=0.995 at
+    # 95% (that takes 765 even if all agree), so the verdict is INCONCLUSIVE, for want of samples alone
+    assert inside_but_undecided(report["validation"]), manifest["validation"]["failures"]
+    assert report["validation"]["data_limited"] and report["validation"]["samples_to_settle"] == 765
     assert (report["bits"], report["mode"]) == (16, "fp16")
     assert manifest["tolerance"] == [
         "cosine>=0.9999",
@@ -313,7 +316,7 @@ def test_digits_fp16_passes_the_16_bit_tolerance(digits_fp16: RunResult) -> None
         "nonfinite<=0",
     ]
     checks = {c["metric"]: c for c in report["validation"]["checks"]}
-    assert checks["nonfinite"]["measured"] == 0 and checks["nonfinite"]["passed"]
+    assert checks["nonfinite"]["measured"] == 0 and checks["nonfinite"]["passed"]  # 600 clean samples
     assert report["accuracy"]["drop"] <= 0.005
     assert 0.4 < report["size"]["ratio"] < 0.6  # fp16 weights: about half
     # no CUDA provider here: validated on the CPU, on the fp16 stand-in, and the report says so

@@ -116,7 +116,7 @@ def test_compare_refuses_different_shapes() -> None:
 
 
 def test_evaluate_passing_result() -> None:
-    ref = _logits()
+    ref = _logits(n=200)  # enough to show top1_agreement>=0.97 at 95% (125 would do)
     cand = ref + np.float32(1e-4)
     result = evaluate([OUTPUT_NAME], [ref], [cand], Tolerance.for_bits(8))
     assert result
@@ -135,24 +135,38 @@ def test_evaluate_failing_result_reports_what_was_needed() -> None:
     cand = _flip_argmax(ref, [1, 4, 8])
     result = evaluate([OUTPUT_NAME], [ref], [cand], Tolerance.for_bits(8))
     assert not result
-    assert [c.bound.metric for c in result.failures] == ["top1_agreement"]
+    # top-1 fails outright; on 10 samples nonfinite (none seen) is only inconclusive
+    assert [(c.bound.metric, c.verdict) for c in result.failures] == [
+        ("top1_agreement", "failed"),
+        ("nonfinite", "inconclusive"),
+    ]
     failed = next(c for c in result.as_json()["checks"] if not c["passed"])
     assert failed["measured"] == pytest.approx(0.7)
-    assert failed["needed"] == "top1_agreement>=0.7"
-    assert result.as_json()["passed"] is False
+    # 7 of 10: the Wilson interval is [0.397, 0.892]; the tolerance its lower end supports would pass
+    assert (failed["interval"]["low"], failed["interval"]["high"]) == pytest.approx(
+        (0.3968, 0.8922), abs=1e-4
+    )
+    assert failed["needed"] == "top1_agreement>=0.39"
+    top1 = evaluate([OUTPUT_NAME], [ref], [cand], Tolerance.for_bits(8, failed["needed"])).checks
+    assert next(c for c in top1 if c.bound.metric == "top1_agreement").passed
+    assert result.as_json()["passed"] is False and result.verdict == "failed"
     assert "FAILED" in result.failures[0].describe()
 
 
 def test_evaluate_accuracy_drop_with_labels() -> None:
-    ref = _logits(n=10)
+    ref = _logits(n=200)
     labels = ref.argmax(1)  # the reference is right on every sample
-    cand = _flip_argmax(ref, [0, 5])
+    cand = _flip_argmax(ref, list(range(0, 200, 10)))
     result = evaluate([OUTPUT_NAME], [ref], [cand], Tolerance.for_bits(8), labels=labels)
     assert result.accuracy is not None
     assert result.accuracy["reference"] == 1.0
-    assert result.accuracy["candidate"] == pytest.approx(0.8)
-    assert result.accuracy["drop"] == pytest.approx(0.2)
+    assert result.accuracy["candidate"] == pytest.approx(0.9)
+    assert result.accuracy["drop"] == pytest.approx(0.1)
     assert {c.bound.metric for c in result.failures} == {"top1_agreement", "accuracy_drop"}
+    # the drop's interval is paired: 20 samples right in the reference only, none the other way
+    drop = result.accuracy["intervals"]["drop"]
+    assert drop["method"] == "agresti-min" and drop["discordant"] == [20, 0]
+    assert 0.05 < drop["low"] < 0.1 < drop["high"] < 0.15
 
 
 @pytest.mark.parametrize("measured", [0.12345649, 0.1234565, 0.99999996, 1.2345678e-5])
@@ -179,16 +193,16 @@ def test_explicit_top1_on_a_regression_output_is_a_config_error() -> None:
 
 
 def test_default_bounds_that_do_not_apply_are_skipped() -> None:
-    y = np.linspace(-1, 1, 10, dtype=np.float32)
-    result = evaluate(["y"], [y], [y + 0.001], Tolerance.for_bits(8), labels=np.arange(10))
+    y = np.linspace(-1, 1, 100, dtype=np.float32)
+    result = evaluate(["y"], [y], [y + 0.001], Tolerance.for_bits(8), labels=np.arange(100))
     assert [c.bound.metric for c in result.checks] == ["cosine", "nonfinite"]
     assert result.accuracy is None  # a 1-D output is not class scores
     assert result
 
 
 def test_output_scoped_bound_applies_to_that_output_only() -> None:
-    logits = _logits()
-    score = np.linspace(0, 1, 10, dtype=np.float32)
+    logits = _logits(n=100)  # 72 clean samples show a max bound at 95%
+    score = np.linspace(0, 1, 100, dtype=np.float32)
     result = evaluate(
         [OUTPUT_NAME, "score"],
         [logits, score],
@@ -212,7 +226,7 @@ def test_output_scoped_bound_applies_to_that_output_only() -> None:
 
 
 def test_output_scoped_bound_can_loosen_the_default_for_that_output() -> None:
-    ref = _logits()
+    ref = _logits(n=200)
     cand = ref.copy()
     cand[np.arange(len(ref)), ref.argmin(1)] -= 3.0  # lower each row's loser: same winners, cosine ~0.989
     metrics = compare(ref, cand)
@@ -221,7 +235,7 @@ def test_output_scoped_bound_can_loosen_the_default_for_that_output() -> None:
 
 
 def test_unscoped_bound_applies_to_every_output() -> None:
-    a, b = _logits(), np.linspace(0, 1, 10)
+    a, b = _logits(n=100), np.linspace(0, 1, 100)
     result = evaluate(["a", "b"], [a, b], [a, b + 0.2], Tolerance(parse_tolerance("max_abs<=0.1")))
     max_abs = [(c.output, c.passed) for c in result.checks if c.bound.metric == "max_abs"]
     assert max_abs == [("a", True), ("b", False)]

@@ -239,6 +239,12 @@ def accuracy(outputs, labels):
 
 def broken(outputs, labels):
     raise RuntimeError("no")
+
+
+def distinct(outputs, labels):  # fine on the held-out set, refuses the repeats of a bootstrap resample
+    if len(np.unique(outputs["logits"], axis=0)) < len(outputs["logits"]):
+        raise ValueError("a sample repeats")
+    return 1.0
 """
 
 
@@ -262,9 +268,18 @@ def test_metric_callable_is_reported_for_both_and_bounded(out_dir: Path, tmp_pat
     assert task["reference"] == ref_acc and task["candidate"] == cand_acc
     assert task["drop"] == pytest.approx(ref_acc - cand_acc)
     code, text = qconvert_cli(
-        "validate", str(out_dir), "--metric", f"{metric}:accuracy", "--tolerance", "task_drop<=0.01"
-    )
+        "validate", str(out_dir), "--metric", f"{metric}:accuracy", "--tolerance", "task_drop<=0.01",
+        "--json", "ok.json",
+    )  # fmt: skip
     assert code == 0, text
+    # the drop's interval: reference and candidate scored on the same bootstrap resamples
+    task = json.loads((tmp_path / "ok.json").read_text())["task"]
+    assert task["interval"]["method"] == "bootstrap" and task["interval"]["samples"] == len(labels)
+    assert task["interval"]["low"] <= task["drop"] <= task["interval"]["high"] <= 0.01
+    code, text = qconvert_cli(
+        "validate", str(out_dir), "--metric", f"{metric}:distinct", "--tolerance", "task_drop<=0.01"
+    )
+    assert code == 2 and "on a bootstrap resample of the held-out samples" in text, text
     code, text = qconvert_cli("validate", str(out_dir), "--metric", f"{metric}:broken")
     assert code == 2 and "--metric" in text and "RuntimeError: no" in text
     code, text = qconvert_cli("validate", str(out_dir), "--tolerance", "task_drop<=0.01")

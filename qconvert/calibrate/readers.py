@@ -50,10 +50,11 @@ class Dataset:
             None if self.labels is None else self.labels[index],
         )
 
-    def split(self, fraction: float) -> tuple[Dataset, Dataset]:
-        """(rest, held-out): a deterministic, disjoint split that holds out `fraction` of samples."""
+    def split(self, held: int) -> tuple[Dataset, Dataset]:
+        """(rest, held-out): a deterministic, disjoint split that holds out `held` samples (a larger
+        `held` holds out the same samples and more)."""
         n = len(self)
-        held = max(1, round(n * fraction))
+        held = max(1, held)
         if n - held < 1:
             raise CalibrationError(
                 f"{self.origin}: {n} sample(s) are too few to set some aside for validation. "

@@ -19,7 +19,8 @@ from qconvert.cli import _common, _help  # noqa: E402
 app = typer.Typer(
     name="qconvert",
     help="PyTorch model -> quantized ONNX for a named target, with accuracy, size and latency measured.\n\n"
-    "Exit codes: 0 passed; 1 validated and outside tolerance; 2 bad input or usage (the message names the "
+    "Exit codes: 0 PASSED; 1 validated and FAILED (outside tolerance) or INCONCLUSIVE (too few held-out "
+    "samples to tell); 2 bad input or usage (the message names the "
     "file or flag and the fix); 3 internal error, a bug in qconvert (traceback shown; please report it). "
     "--debug adds tracebacks and never changes a code.",
     no_args_is_help=True,

@@ -211,9 +211,13 @@ def process_seconds() -> float | None:
         return None
 
 
-def summary_line(passed: bool, started: float) -> None:
-    """`PASSED | N s | command`: N is the whole run, from before the imports (cli.STARTED)."""
-    verdict = "[bold green]PASSED[/]" if passed else "[bold red]FAILED[/]"
+VERDICT_STYLES = {"passed": "bold green", "failed": "bold red", "inconclusive": "bold yellow"}
+
+
+def summary_line(verdict: str, started: float) -> None:
+    """`PASSED | N s | command` (or FAILED, INCONCLUSIVE): N is the whole run, from before the
+    imports (cli.STARTED)."""
+    shown = f"[{VERDICT_STYLES[verdict]}]{verdict.upper()}[/]"
     command = shlex.join(["qconvert", *sys.argv[1:]])
     seconds = max(time.perf_counter() - min(started, STARTED), process_seconds() or 0.0)
-    out.print(f"{verdict} | {seconds:.1f} s | {escape(command)}")
+    out.print(f"{shown} | {seconds:.1f} s | {escape(command)}")

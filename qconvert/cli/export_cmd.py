@@ -16,6 +16,7 @@ from qconvert import choices
 from qconvert.cli import _help, _settings_file
 from qconvert.cli._common import ProgressView, err, out, print_table, summary_line
 from qconvert.cli.options import (
+    CONFIDENCE_OPTION,
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
     MAX_LENGTH_OPTION,
@@ -40,6 +41,8 @@ from qconvert.config import (
 )
 from qconvert.report import (
     failure_lines,
+    inconclusive_lines,
+    level_text,
     quantized_label,
     random_data_warning,
     sensitivity_rows,
@@ -186,6 +189,7 @@ def export(
     opset: int = OPSET_OPTION,
     out_dir: Path = OUT_DIR_OPTION,
     tolerance: str = TOLERANCE_OPTION,
+    confidence: float = CONFIDENCE_OPTION,
     exclude: list[str] = EXCLUDE_OPTION,
     include: list[str] = INCLUDE_OPTION,
     latency_batch: int = LATENCY_BATCH_OPTION,
@@ -219,6 +223,7 @@ def export(
         opset=opset,
         out_dir=out_dir,
         tolerance=tolerance,
+        confidence=confidence,
         latency_batch=latency_batch,
         exclude=tuple(exclude),
         include=tuple(include),
@@ -239,7 +244,7 @@ def export(
         "default": f"the defaults for --bits {bits.value}",
     }[_settings_file.source_of("tolerance")]
     print_export(result, bounds)
-    summary_line(result.passed, started)
+    summary_line(result.verdict, started)
     return 0 if result.passed else 1
 
 
@@ -250,7 +255,8 @@ def print_export(result: RunResult, bounds: str) -> None:
     report = result.report
     table = Table(
         title=f"{result.manifest['source']['origin']} -> {report['target']} ({report['mode']})",
-        caption=f"bounds: {bounds}",
+        caption=f"bounds: {bounds}; below each figure its {level_text(report)} confidence interval, which "
+        "the verdict reads (<=X% worse: the share of inputs that may be worse than the worst seen)",
     )
     table.add_column("")
     table.add_column("fp32", justify="right")
@@ -274,6 +280,8 @@ def print_export(result: RunResult, bounds: str) -> None:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):
         err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)
+    for line in inconclusive_lines(report):
+        err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)
     out.print(f"artifacts: {escape(str(result.out_dir))}")
     out.print(
         f"qconvert.json sha256: {sha256_file(result.out_dir / 'qconvert.json')}", soft_wrap=True

@@ -14,7 +14,7 @@ from enum import Enum
 
 import typer
 
-from qconvert.config import IMAGE_LAYOUTS, TEXT_PADDING, DataOptions
+from qconvert.config import DEFAULT_CONFIDENCE, IMAGE_LAYOUTS, TEXT_PADDING, DataOptions
 from qconvert.errors import ConfigError
 
 # Image-folder DATA options, shared by the commands that read DATA (typer options are plain metadata,
@@ -37,6 +37,14 @@ STD_OPTION = typer.Option(
 )
 LAYOUT_OPTION = typer.Option(
     "nchw", "--layout", help="Image folders: nchw (channels first) or nhwc (channels last)."
+)
+
+# The verdict's confidence level, shared by export, validate and sweep.
+CONFIDENCE_OPTION = typer.Option(
+    DEFAULT_CONFIDENCE,
+    "--confidence",
+    help="Confidence level of the intervals the verdict reads: PASSED when every check's interval lies "
+    "inside its tolerance, FAILED when one lies outside, INCONCLUSIVE (exit 1) when one straddles it.",
 )
 
 # Text-file DATA options (.txt, one sample per line) and the Hugging Face --task, shared the same way.

@@ -15,6 +15,7 @@ from rich.text import Text
 from qconvert import choices
 from qconvert.cli._common import ProgressView, err, out, print_table, summary_line
 from qconvert.cli.options import (
+    CONFIDENCE_OPTION,
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
     MAX_LENGTH_OPTION,
@@ -44,7 +45,13 @@ TargetName = Enum("TargetName", {n: n for n in choices.targets()}, type=str)  # 
 CalibrationMethod = Enum("CalibrationMethod", {m: m for m in choices.calibration_methods()}, type=str)  # type: ignore[misc]
 Executor = Enum("Executor", {e: e for e in EXECUTORS}, type=str)  # type: ignore[misc]
 
-_STYLES = {"out_of_tolerance": "red", "error": "red", "not_supported": "dim", "passed": "green"}
+_STYLES = {
+    "out_of_tolerance": "red",
+    "error": "red",
+    "not_supported": "dim",
+    "passed": "green",
+    "inconclusive": "yellow",
+}
 
 
 SOURCE_ARGUMENT = typer.Argument(
@@ -131,6 +138,7 @@ def sweep(
     opset: int = OPSET_OPTION,
     out_dir: Path = OUT_DIR_OPTION,
     tolerance: str = TOLERANCE_OPTION,
+    confidence: float = CONFIDENCE_OPTION,
     target_options: list[str] = TARGET_OPTIONS_OPTION,
     latency_batch: int = LATENCY_BATCH_OPTION,
     workers: int = WORKERS_OPTION,
@@ -158,6 +166,7 @@ def sweep(
         task=task,
         opset=opset,
         tolerance=tolerance,
+        confidence=confidence,
         target_options=tuple(parse_target_option(t) for t in target_options),
         out_dir=out_dir,
         force=force,
@@ -170,7 +179,7 @@ def sweep(
     with ProgressView() as progress:
         result = run_sweep(config, progress=progress)
     print_sweep(result)
-    summary_line(result.passed, started)
+    summary_line(result.verdict, started)
     return 0 if result.passed else 1
 
 
@@ -192,10 +201,13 @@ def print_sweep(result: SweepResult) -> None:
     for row in summary["rows"]:
         if not row.get("reason"):
             continue
-        if row["status"] == "out_of_tolerance":
-            err.print(
-                f"[red]out of tolerance:[/] {escape(row['name'])}: {escape(row['reason'])}", soft_wrap=True
+        if row["status"] in ("out_of_tolerance", "inconclusive"):
+            label = (
+                "[red]out of tolerance:[/]"
+                if row["status"] == "out_of_tolerance"
+                else "[yellow]inconclusive:[/]"
             )
+            err.print(f"{label} {escape(row['name'])}: {escape(row['reason'])}", soft_wrap=True)
         elif row["status"] in ("not_supported", "error"):
             what = f"{row['name']} {STATUS_TEXT[row['status']]}: {row['reason']}"
             err.print(f"[yellow]note:[/] {escape(what)}", soft_wrap=True)

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qconvert.cli._common import (
+    VERDICT_STYLES,
     ProgressView,
     err,
     json_on_stdout,
@@ -21,6 +22,7 @@ from qconvert.cli._common import (
     write_json_stdout,
 )
 from qconvert.cli.options import (
+    CONFIDENCE_OPTION,
     IMAGE_SIZE_OPTION,
     LAYOUT_OPTION,
     MAX_LENGTH_OPTION,
@@ -33,7 +35,7 @@ from qconvert.cli.options import (
     data_options,
 )
 from qconvert.config import ValidateConfig
-from qconvert.report import failure_lines
+from qconvert.report import failure_lines, inconclusive_lines, interval_text, level_text
 
 CANDIDATE_ARGUMENT = typer.Argument(..., help="An .onnx file, or an OUT_DIR written by `qconvert export`.")
 REFERENCE_OPTION = typer.Option(
@@ -114,6 +116,7 @@ def validate(
     padding: TextPadding = PADDING_OPTION,
     truncation: bool = TRUNCATION_OPTION,
     tolerance: str = TOLERANCE_OPTION,
+    confidence: float = CONFIDENCE_OPTION,
     json_out: Path = JSON_OUT_OPTION,
     junit_out: Path = JUNIT_OUT_OPTION,
     html_out: Path = HTML_OUT_OPTION,
@@ -136,6 +139,7 @@ def validate(
         data=data,
         data_options=data_options(image_size, mean, std, layout, tokenizer, max_length, padding, truncation),
         tolerance=tolerance,
+        confidence=confidence,
         json_out=None if to_stdout else json_out,
         junit_out=junit_out,
         html_out=html_out,
@@ -154,10 +158,47 @@ def validate(
     for flag, path in (("json", None if to_stdout else json_out), ("junit", junit_out), ("html", html_out)):
         if path is not None:
             out.print(f"{flag}: {escape(str(path))}")
-    summary_line(result.passed, started)
+    summary_line(result.verdict, started)
     if to_stdout:
         write_json_stdout(result.as_json())
     return 0 if result.passed else 1
+
+
+def print_figures(report: dict[str, Any], level: str) -> None:
+    """Each output's figures and the accuracy, every one with its interval."""
+    intervals = report["validation"]["intervals"]
+    for name, m in report["validation"]["outputs"].items():
+        ivs = intervals.get(name, {})
+
+        def shown(metric: str, text: str, fmt: Any = None, ivs: dict[str, Any] = ivs) -> str:
+            return f"{text} {interval_text(ivs.get(metric), fmt)}".rstrip()
+
+        measured = [
+            shown("cosine", f"cosine {m['cosine']:.5f}"),
+            shown("cosine_min", f"worst {m['cosine_min']:.4f}"),
+            shown("sqnr_db", f"SQNR {m['sqnr_db']:.1f} dB", lambda x: f"{x:.1f}"),
+            shown("max_abs", f"max_abs {m['max_abs']:.3g}"),
+            shown("rel_error", f"rel_error {m['rel_error']:.3g}"),
+        ]
+        measured += [shown(k, f"{k} {m[k]:.3g}") for k in ("kl_div",) if k in m]
+        measured += [
+            shown(k, f"{k} {_percent(m[k])}", _percent)
+            for k in ("top1_agreement", "top5_agreement")
+            if k in m
+        ]
+        out.print(f"{escape(name)} ({level} intervals): " + ", ".join(measured), soft_wrap=True)
+    acc = report["validation"]["accuracy"]
+    if acc:
+        ivs = acc.get("intervals", {})
+        reference, candidate = (
+            f"{which} {_percent(acc[which])} {interval_text(ivs.get(which), _percent)}".rstrip()
+            for which in ("reference", "candidate")
+        )
+        out.print(f"accuracy ({escape(acc['output'])}): {reference}, {candidate}", soft_wrap=True)
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.2f}%"
 
 
 def print_validation(report: dict[str, Any], tolerance: str | None) -> None:
@@ -169,7 +210,9 @@ def print_validation(report: dict[str, Any], tolerance: str | None) -> None:
         title=f"{report['model']} vs {report['reference']} ({report['samples']} samples)",
         caption="bounds: " + " < ".join(layers),  # a stray qconvert.toml is never invisible
     )
-    for col, justify in (("output", "left"), ("metric", "left"), ("measured", "right"), ("needs", "left")):
+    level = level_text(report)
+    columns = (("output", "left"), ("metric", "left"), ("measured", "right"), (f"{level} interval", "right"))
+    for col, justify in (*columns, ("needs", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     table.add_column("")
     for check in report["validation"]["checks"]:
@@ -177,26 +220,15 @@ def print_validation(report: dict[str, Any], tolerance: str | None) -> None:
             Text(check["output"]),
             Text(check["metric"]),
             Text(f"{check['measured']:.6g}"),
+            Text(interval_text(check.get("interval"), beyond="beyond") or "-"),
             Text(check["bound"]),
-            Text("ok", style="green") if check["passed"] else Text("FAILED", style="bold red"),
+            Text(
+                "ok" if check["verdict"] == "passed" else check["verdict"].upper(),
+                style=VERDICT_STYLES[check["verdict"]],
+            ),
         )
     print_table(table)
-    for name, m in report["validation"]["outputs"].items():
-        measured = [
-            f"cosine {m['cosine']:.5f} (worst {m['cosine_min']:.4f})",
-            f"SQNR {m['sqnr_db']:.1f} dB",
-            f"max_abs {m['max_abs']:.3g}",
-            f"rel_error {m['rel_error']:.3g}",
-        ]
-        measured += [f"{k} {m[k]:.3g}" for k in ("kl_div",) if k in m]
-        measured += [f"{k} {100 * m[k]:.2f}%" for k in ("top1_agreement", "top5_agreement") if k in m]
-        out.print(f"{escape(name)}: " + ", ".join(measured))
-    acc = report["validation"]["accuracy"]
-    if acc:
-        out.print(
-            f"accuracy ({escape(acc['output'])}): reference {100 * acc['reference']:.2f}%, "
-            f"candidate {100 * acc['candidate']:.2f}%"
-        )
+    print_figures(report, level)
     if report.get("collapse"):
         print_collapse(report["collapse"])
     task = report["task"]
@@ -209,6 +241,8 @@ def print_validation(report: dict[str, Any], tolerance: str | None) -> None:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):
         err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)
+    for line in inconclusive_lines(report):
+        err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)
 
 
 def parse_probe_option(text: str) -> tuple[str, str]:

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from qconvert.recover import RECOVERY
-from qconvert.recover.base import in_run_order, worst_slack
+from qconvert.recover.base import in_run_order
 from qconvert.stages.base import Stage, run_stages
 from qconvert.stages.context import ExportContext
 from qconvert.validation import ValidationResult
@@ -35,7 +35,10 @@ LADDER: dict[str, tuple[str, ...]] = {
 LAST_RUNGS = ("mixed_precision",)  # after every family's ladder: raises layers above int8
 
 
-score = worst_slack  # the worst check's slack relative to its bound (>= 0 when every check passes)
+def score(validation: ValidationResult) -> float:
+    """The worst check's slack relative to its bound, read where the verdict reads it (the interval's
+    end on the passing side): >= 0 when every check's interval lies inside its bound."""
+    return min((check.slack for check in validation.checks), default=0.0)
 
 
 def _worst(validation: ValidationResult) -> str:
@@ -62,6 +65,13 @@ class AutoRecover(Stage[ExportContext]):
     def skip(self, ctx: ExportContext) -> bool:
         if not (ctx.config.auto and not ctx.validation and ctx.qc.mode in ("static", "dynamic")):
             ctx.auto = []
+            return True
+        if ctx.validation.data_limited:  # no recovery step can make up for too few samples
+            ctx.auto = []
+            ctx.notes.append(
+                f"--auto: nothing to recover: the verdict is INCONCLUSIVE for want of held-out samples "
+                f"({ctx.validation.samples}), not for accuracy; no model could pass on so few"
+            )
             return True
         return False
 

@@ -73,7 +73,7 @@ EXPORT: tuple[Stage[ExportContext], ...] = (
 
 @dataclass(frozen=True)
 class RunResult:
-    """What `export` produced: where, whether it passed, and everything measured."""
+    """What `export` produced: where, its verdict, and everything measured. Truthy when PASSED."""
 
     out_dir: Path
     validation: ValidationResult
@@ -84,6 +84,11 @@ class RunResult:
     @property
     def passed(self) -> bool:
         return bool(self.validation)
+
+    @property
+    def verdict(self) -> str:
+        """PASSED, FAILED or INCONCLUSIVE (validation.intervals)."""
+        return self.validation.verdict
 
     def __bool__(self) -> bool:
         return self.passed

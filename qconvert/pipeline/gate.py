@@ -28,14 +28,13 @@ from qconvert.quantize.float16 import emulate_fp16
 from qconvert.runtime import make_session
 from qconvert.sources import load_source
 from qconvert.stages._shared import (
-    SMALL_HELDOUT,
     Progress,
     model_inputs,
     no_progress,
     reference_outputs,
     stage,
 )
-from qconvert.validation import TokenOutputs, ValidationResult, evaluate
+from qconvert.validation import Interval, TokenOutputs, ValidationResult, evaluate
 from qconvert.validation.standin import emulation, not_here
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,8 @@ MODEL_CHECKS = "model"  # the Check.output of whole-model checks (task_drop, spe
 
 @dataclass(frozen=True)
 class ValidationRun:
-    """What `validate` measured: the tolerance checks (truthy when all pass) and their context."""
+    """What `validate` measured: the tolerance checks (truthy when the verdict is PASSED) and their
+    context."""
 
     validation: ValidationResult
     context: dict[str, Any]
@@ -54,6 +54,11 @@ class ValidationRun:
     @property
     def passed(self) -> bool:
         return bool(self.validation)
+
+    @property
+    def verdict(self) -> str:
+        """PASSED, FAILED or INCONCLUSIVE (validation.intervals)."""
+        return self.validation.verdict
 
     def __bool__(self) -> bool:
         return self.passed
@@ -65,6 +70,7 @@ class ValidationRun:
     def as_json(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
+            "verdict": self.verdict,
             **self.context,
             "seconds": self.seconds,
             "validation": self.validation.as_json(),
@@ -214,17 +220,55 @@ def _load_metric(spec: str) -> Callable[..., Any]:
     return import_callable(spec, label="--metric", error=ConfigError)[1]
 
 
+TASK_RESAMPLES = 200  # bootstrap resamples of task_drop: each scores reference and candidate once more
+
+
+def _task_drop_interval(
+    fn: Callable[..., Any],
+    spec: str,
+    names: list[str],
+    ref_out: list[np.ndarray],
+    cand_out: list[np.ndarray],
+    labels: np.ndarray | None,
+    level: float,
+) -> Interval:
+    """task_drop's interval: the reference and the candidate scored by `fn` on the same bootstrap
+    resamples of the held-out samples (paired), TASK_RESAMPLES times."""
+    from qconvert.validation.intervals import bootstrap_statistic
+
+    def drop(idx: np.ndarray) -> float:
+        pick = None if labels is None else labels[idx]
+        ref = {n: o[idx] for n, o in zip(names, ref_out, strict=True)}
+        cand = {n: o[idx] for n, o in zip(names, cand_out, strict=True)}
+        return _task_score(fn, spec, ref, pick, "reference", resample=True) - _task_score(
+            fn, spec, cand, pick, "candidate", resample=True
+        )
+
+    return bootstrap_statistic(len(ref_out[0]), drop, level, TASK_RESAMPLES)
+
+
 def _task_score(
-    fn: Callable[..., Any], spec: str, outputs: dict[str, np.ndarray], labels: np.ndarray | None, which: str
+    fn: Callable[..., Any],
+    spec: str,
+    outputs: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    which: str,
+    resample: bool = False,
 ) -> float:
     import math
 
     try:
         value = fn(outputs, labels)
     except Exception as e:
+        where = (
+            "on a bootstrap resample of the held-out samples (a subset with repeats: qconvert resamples to put "
+            "a confidence interval on task_drop, so fn must take any such subset)"
+            if resample
+            else "on the whole held-out set"
+        )
         raise ConfigError(
-            f"--metric {spec}: fn(outputs, labels) raised {type(e).__name__}: {e} (on the {which}'s outputs; "
-            f"outputs: {', '.join(outputs)}; labels: {'none' if labels is None else len(labels)})."
+            f"--metric {spec}: fn(outputs, labels) raised {type(e).__name__}: {e} (on the {which}'s outputs, "
+            f"{where}; outputs: {', '.join(outputs)}; labels: {'none' if labels is None else len(labels)})."
         ) from e
     try:
         score = float(value)
@@ -507,7 +551,9 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
         try:
             mask = heldout.feeds.get("attention_mask")
             tokens = TokenOutputs(mask, token_kinds) if token_kinds and mask is not None else None
-            validation = evaluate(names, ref_out, cand_out, per_output, heldout.labels, tokens)
+            validation = evaluate(
+                names, ref_out, cand_out, per_output, heldout.labels, tokens, config.confidence
+            )
         except ConfigError as e:
             if tolerance_source is None:
                 raise
@@ -533,10 +579,15 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
                     f"tolerance {bound.describe()} needs a task metric: pass --metric file.py:fn "
                     "(fn(outputs, labels) -> float, higher is better)."
                 )
-            extra.append(Check(MODEL_CHECKS, bound, task["drop"]))
+            assert metric_fn is not None and config.metric  # task is measured only with --metric
+            interval = _task_drop_interval(
+                metric_fn, config.metric, names, ref_out, cand_out, heldout.labels, config.confidence
+            )
+            task["interval"] = interval.as_json()
+            extra.append(Check(MODEL_CHECKS, bound, task["drop"], interval))
         for bound in (b for b in model_bounds if b.metric == "collapse_rate"):
             assert collapse is not None  # _collapse_settings refused the bound without the probe
-            extra.append(Check(MODEL_CHECKS, bound, collapse.rate))
+            extra.append(Check(MODEL_CHECKS, bound, collapse.rate, collapse.interval(config.confidence)))
         if collapse is not None and not any(b.metric == "collapse_rate" for b in model_bounds):
             notes.append(
                 "--probe collapse: reported, not checked; add a bound with --tolerance 'collapse_rate<=X' to "
@@ -582,11 +633,6 @@ def validate(config: ValidateConfig, progress: Progress | None = None) -> Valida
             f"latency p50 at batch {size} on {cand_bench.used}: candidate {lat['candidate'].p50_ms:.3f} ms, "
             f"reference {lat['reference'].p50_ms:.3f} ms; speedup {ratio:.2f}x (reference time / candidate "
             "time, measured interleaved)"
-        )
-    if len(heldout) < SMALL_HELDOUT:
-        notes.append(
-            f"only {len(heldout)} samples: one changed prediction moves top-1 agreement and accuracy by "
-            f"{100 / len(heldout):.1f} points"
         )
     validation = replace(validation, checks=(*validation.checks, *extra))
     context: dict[str, Any] = {

@@ -57,7 +57,7 @@ from qconvert.calibrate import Dataset
 from qconvert.config import Tolerance
 from qconvert.recover import precision
 from qconvert.recover.activations import run_graph
-from qconvert.recover.base import Recovery, RecoveryInput, StepResult, worst_slack
+from qconvert.recover.base import Recovery, RecoveryInput, StepResult, meets, worst_slack
 from qconvert.targets.base import LAYER_FORMATS
 from qconvert.validation import ValidationResult, evaluate
 from qconvert.validation.sensitivity import finite_or_none
@@ -174,7 +174,7 @@ class _Evaluator:
         sqnr = min(float(m.get("sqnr_db", math.inf)) for m in result.outputs.values())
         keep = ("sqnr_db", "top1_agreement", "cosine", "cosine_min")
         outputs = {n: {k: v for k, v in m.items() if k in keep} for n, m in result.outputs.items()}
-        return Measured(sqnr, bool(result), worst_slack(result), outputs)
+        return Measured(sqnr, meets(result), worst_slack(result), outputs)
 
 
 @dataclass

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from qconvert.sources import LoadedModel
     from qconvert.targets import BoundTarget, Provider
 
-SMALL_HELDOUT = 100  # below this, say how coarse agreement and accuracy figures are
-
 
 # progress(stage, message, done, total): done/total are None for stages without a count
 Progress = Callable[[str, str, "int | None", "int | None"], None]

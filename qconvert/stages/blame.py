@@ -172,7 +172,9 @@ class BlameLayers(Stage[ExportContext]):
 
     def run(self, ctx: ExportContext) -> None:
         ctx.blame, ctx.all_int8_path = None, None
-        if not (ctx.config.auto or not ctx.validation):
+        # a verdict INCONCLUSIVE for want of held-out samples alone has no layer to blame
+        to_blame = not ctx.validation and not ctx.validation.data_limited
+        if not (ctx.config.auto or to_blame):
             return
         target, inputs = ctx.target, ctx.inputs
         blame = _blame(
@@ -185,7 +187,7 @@ class BlameLayers(Stage[ExportContext]):
             ctx.validate_graph,
             lambda path: target.finalize(path, inputs),
             ctx.progress,
-            failed=not ctx.validation,
+            failed=to_blame,
             recover_again=_recover_again(ctx) if ctx.prepared != ctx.prepared_fp32 else None,
         )
         ctx.blame = blame

@@ -11,7 +11,7 @@ from qconvert.calibrate import Dataset
 from qconvert.config import Tolerance
 from qconvert.runtime import make_session
 from qconvert.sources import LoadedModel
-from qconvert.stages._shared import SMALL_HELDOUT, reference_outputs
+from qconvert.stages._shared import reference_outputs
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 from qconvert.validation import TokenOutputs, ValidationResult, evaluate
@@ -59,15 +59,15 @@ class CompareToReference(Stage[ExportContext]):
         ref_out = reference_outputs(ctx.loaded, heldout, fp32_out)
         names = ctx.candidate.output_names
         tokens = _token_outputs(ctx.loaded, heldout)
-        ctx.validation = evaluate(
-            names, ref_out, ctx.candidate.run(heldout), tolerance, heldout.labels, tokens
-        )
-        ctx.fidelity = evaluate(names, ref_out, fp32_out, Tolerance(()), heldout.labels, tokens)
-        providers = ctx.providers
+        level = ctx.config.confidence
 
         def evaluate_run(outputs: list[np.ndarray], against: Tolerance = tolerance) -> ValidationResult:
             """Outputs on the held-out data against the original (against=Tolerance(()): figures only)."""
-            return evaluate(names, ref_out, outputs, against, heldout.labels, tokens)
+            return evaluate(names, ref_out, outputs, against, heldout.labels, tokens, level)
+
+        ctx.validation = evaluate_run(ctx.candidate.run(heldout))
+        ctx.fidelity = evaluate_run(fp32_out, Tolerance(()))
+        providers = ctx.providers
 
         def validate_graph(path: Path) -> ValidationResult:
             """A graph validated as model.onnx was."""
@@ -94,8 +94,3 @@ class CompareOnCpuKernels(Stage[ExportContext]):
             )
             if ctx.checked_path == ctx.model_path and ctx.on_cpu_kernels is not None:
                 ctx.notes.extend(_cpu_kernel_gap(ctx.validation, ctx.on_cpu_kernels))
-        if len(ctx.heldout) < SMALL_HELDOUT:
-            ctx.notes.append(
-                f"only {len(ctx.heldout)} held-out samples: one changed prediction moves top-1 agreement and "
-                f"accuracy by {100 / len(ctx.heldout):.1f} points; give more with --data for firmer figures"
-            )

@@ -21,6 +21,7 @@ def report_json(ctx: ExportContext) -> dict[str, Any]:
     """report.json: what was measured."""
     return {
         "passed": bool(ctx.validation),
+        "verdict": ctx.validation.verdict,
         "target": ctx.target.name,
         "bits": ctx.config.bits,
         "mode": ctx.qc.mode,
@@ -42,6 +43,12 @@ def report_json(ctx: ExportContext) -> dict[str, Any]:
             "model": ctx.validation.accuracy["candidate"],
             "drop": ctx.validation.accuracy["drop"],
             "samples": len(ctx.heldout),
+            # model, reference and drop; fp32_onnx has no interval: it is the export's fidelity
+            "intervals": {
+                "reference": ctx.validation.accuracy["intervals"]["reference"],
+                "model": ctx.validation.accuracy["intervals"]["candidate"],
+                "drop": ctx.validation.accuracy["intervals"]["drop"],
+            },
         },
         "size": {**ctx.sizes, "ratio": ctx.sizes["model_bytes"] / ctx.sizes["fp32_bytes"]},
         "latency": {
@@ -101,6 +108,8 @@ def manifest_json(ctx: ExportContext) -> dict[str, Any]:
         "tolerance": [b.describe() for b in ctx.tolerance.bounds],
         "validation": {
             "passed": bool(ctx.validation),
+            "verdict": ctx.validation.verdict,
+            "confidence": ctx.validation.confidence,
             "failures": [c.describe() for c in ctx.validation.failures],
         },
         "versions": _versions(),

@@ -42,6 +42,7 @@ from qconvert.calibrate import Dataset
 from qconvert.errors import ConfigError
 from qconvert.runtime import CPU, Session, make_session
 from qconvert.targets import Provider
+from qconvert.validation.intervals import Interval, wilson
 from qconvert.validation.metrics import is_classifier_output
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ class CollapseResult:
     families: dict[str, FamilyResult] = field(default_factory=dict)  # "copy", "count"; empty: n/a
     families_skipped: str | None = None  # why `families` is empty
     notes: tuple[str, ...] = ()
+    samples: int = 0  # held-out samples the pairs were drawn from
 
     @property
     def worst(self) -> str | None:
@@ -191,11 +193,28 @@ class CollapseResult:
         """Of those, pairs the candidate no longer separates."""
         return 0 if self.worst is None else self.outputs[self.worst].collapsed
 
+    @property
+    def effective_pairs(self) -> int:
+        """What the worst output's pairs are worth as independent samples. Pairs drawn from N held-out
+        samples share samples, and an average over all pairs is at best as precise as one over N/2
+        independent pairs (Hoeffding 1948: Var U <= 2 zeta / N for a pair statistic); M pairs drawn
+        from them add 1/M, so 1 / (2/N + 1/M)."""
+        if not self.pairs or self.samples < 2:
+            return 0
+        return max(1, int(1 / (2 / self.samples + 1 / self.pairs)))
+
+    def interval(self, level: float) -> Interval:
+        """The collapse rate's Wilson interval, on the effective pairs."""
+        n = self.effective_pairs
+        return wilson(self.rate * n, n, level)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "rate": self.rate,
             "worst_output": self.worst,
             "sampled": self.sampled,
+            "samples": self.samples,
+            "effective_pairs": self.effective_pairs,
             "pairs": self.pairs,
             "collapsed": self.collapsed,
             "outputs": {name: o.as_json() for name, o in self.outputs.items()},
@@ -585,6 +604,7 @@ def probe_collapse(
         families=families,
         families_skipped=skipped,
         notes=(*notes, *family_notes),
+        samples=len(data),
     )
     log.info("collapse probe of %s: %s", candidate, result.summary())
     return result

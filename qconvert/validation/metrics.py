@@ -16,6 +16,24 @@ def is_classifier_output(a: np.ndarray) -> bool:
     return a.ndim == 2 and a.shape[1] > 1
 
 
+# how a figure is made of per-sample parts (Sampled.kind), so that it can be given an interval
+RATE, RATIO, WORST = "rate", "ratio", "worst"
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One figure as parts, one per held-out sample, so validation can put a confidence interval on
+    it (validation/intervals.py). RATE: `values` is 1 where the sample agrees, the figure their mean.
+    RATIO: the figure is sum(values) / sum(den) (10 * log10 of it where `db`). WORST: the figure is
+    the largest of `values` (the smallest, with `lowest`)."""
+
+    kind: str
+    values: np.ndarray
+    den: np.ndarray | None = None
+    db: bool = False
+    lowest: bool = False
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray, classes: bool = True) -> dict[str, float]:
     """max/mean/p99 abs error, relative error (mean |a-b| / mean |a|), cosine similarity (per
     sample: mean and worst), SQNR in dB, `nonfinite` (values that are NaN or Inf in the candidate
@@ -24,13 +42,23 @@ def compare(reference: np.ndarray, candidate: np.ndarray, classes: bool = True) 
     than 5 classes, where it is not trivially 1) and the KL divergence
     softmax(reference) || softmax(candidate), averaged over samples (`classes=False`: never, e.g. for
     the rows of a token output's hidden states)."""
+    return measure(reference, candidate, classes)[0]
+
+
+def measure(
+    reference: np.ndarray, candidate: np.ndarray, classes: bool = True, groups: np.ndarray | None = None
+) -> tuple[dict[str, float], dict[str, Sampled]]:
+    """`compare`'s figures, and each figure (but p99_abs) as per-sample parts. The first axis holds
+    the samples; `groups` (ascending, one per row) says which sample each row belongs to where the
+    rows are not samples themselves (a token output's real tokens, grouped by sequence)."""
     if reference.shape != candidate.shape:
         raise ValueError(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     ref = reference.astype(np.float64)
     cand = candidate.astype(np.float64)
     err = np.abs(ref - cand)
     n = len(ref) if ref.ndim > 0 else 1
-    cos = row_cosine(ref.reshape(n, -1), cand.reshape(n, -1))
+    r2, c2, e2 = ref.reshape(n, -1), cand.reshape(n, -1), err.reshape(n, -1)
+    cos = row_cosine(r2, c2)
     noise = float((err**2).sum())
     signal = float((ref**2).sum())
     out = {
@@ -47,13 +75,46 @@ def compare(reference: np.ndarray, candidate: np.ndarray, classes: bool = True) 
         out["rel_error"] = out["mean_abs"] / mean_ref
     else:  # an all-zero reference: any error at all is infinitely large relative to it
         out["rel_error"] = 0.0 if out["mean_abs"] <= EPS else float("inf")
+    ones = np.ones(n)
+    err_sum = e2.sum(axis=1)
+    parts = {
+        "max_abs": Sampled(
+            WORST, _per_sample(e2.max(axis=1) if e2.size else np.zeros(n), groups, np.maximum)
+        ),
+        "mean_abs": Sampled(RATIO, _per_sample(err_sum, groups), _per_sample(ones * e2.shape[1], groups)),
+        "cosine": Sampled(RATIO, _per_sample(cos, groups), _per_sample(ones, groups)),
+        "cosine_min": Sampled(WORST, _per_sample(cos, groups, np.minimum), lowest=True),
+        "sqnr_db": Sampled(
+            RATIO, _per_sample((r2**2).sum(axis=1), groups), _per_sample((e2**2).sum(axis=1), groups), db=True
+        ),
+        "nonfinite": Sampled(
+            WORST, _per_sample(np.count_nonzero(~np.isfinite(c2) & np.isfinite(r2), axis=1) * 1.0, groups)
+        ),
+        "rel_error": Sampled(
+            RATIO, _per_sample(err_sum, groups), _per_sample(np.abs(r2).sum(axis=1), groups)
+        ),
+    }
     if classes and is_classifier_output(ref):
-        out["top1_agreement"] = float((ref.argmax(1) == cand.argmax(1)).mean())
+        same = ref.argmax(1) == cand.argmax(1)
+        out["top1_agreement"] = float(same.mean())
+        parts["top1_agreement"] = Sampled(RATE, same * 1.0)
         if ref.shape[1] > TOP_K:
             top_k = np.argpartition(-cand, TOP_K - 1, axis=1)[:, :TOP_K]
-            out["top5_agreement"] = float((top_k == ref.argmax(1)[:, None]).any(axis=1).mean())
-        out["kl_div"] = softmax_kl(ref, cand)
-    return out
+            in_top = (top_k == ref.argmax(1)[:, None]).any(axis=1)
+            out["top5_agreement"] = float(in_top.mean())
+            parts["top5_agreement"] = Sampled(RATE, in_top * 1.0)
+        kl = softmax_kl_rows(ref, cand)
+        out["kl_div"] = float(np.maximum(kl.mean(), 0.0)) if kl.size else 0.0
+        parts["kl_div"] = Sampled(RATIO, kl, ones)
+    return out, parts
+
+
+def _per_sample(values: np.ndarray, groups: np.ndarray | None, how: np.ufunc = np.add) -> np.ndarray:
+    """Row values -> one value per sample: rows of a sample combined with `how` (sum, max, min)."""
+    if groups is None or not len(values):
+        return values
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    return how.reduceat(values, starts)
 
 
 def row_cosine(r2: np.ndarray, c2: np.ndarray) -> np.ndarray:
@@ -99,13 +160,28 @@ def token_metrics(
     """`embedding`: embedding_cosine (mean over samples) and embedding_cosine_min (worst sample) of
     the mean-pooled embeddings; `next_token`: next_token_agreement, the share of samples whose
     argmax at the last real token is the same. Padding never counts."""
+    return token_measure(kind, reference, candidate, mask)[0]
+
+
+def token_measure(
+    kind: str, reference: np.ndarray, candidate: np.ndarray, mask: np.ndarray
+) -> tuple[dict[str, float], dict[str, Sampled]]:
+    """`token_metrics`' figures, and each as per-sample parts (see `measure`)."""
     if kind == "embedding":
         cos = row_cosine(mean_pooled(reference, mask), mean_pooled(candidate, mask))
-        return {"embedding_cosine": float(cos.mean()), "embedding_cosine_min": float(cos.min())}
+        return (
+            {"embedding_cosine": float(cos.mean()), "embedding_cosine_min": float(cos.min())},
+            {
+                "embedding_cosine": Sampled(RATIO, cos, np.ones_like(cos)),
+                "embedding_cosine_min": Sampled(WORST, cos, lowest=True),
+            },
+        )
     if kind == "next_token":
         rows, last = np.arange(len(mask)), last_real_token(mask)
         same = reference[rows, last].argmax(-1) == candidate[rows, last].argmax(-1)
-        return {"next_token_agreement": float(same.mean())}
+        return {"next_token_agreement": float(same.mean())}, {
+            "next_token_agreement": Sampled(RATE, same * 1.0)
+        }
     raise ValueError(f"unknown token output kind {kind!r}; known: {', '.join(TOKEN_KINDS)}")
 
 
@@ -114,19 +190,14 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def softmax_kl(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Mean over samples of KL(softmax(reference) || softmax(candidate)), in nats. NaN or Inf in the
-    candidate gives NaN or Inf, which fails any bound."""
+def softmax_kl_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """KL(softmax(reference) || softmax(candidate)) per sample (row), in nats. NaN or Inf in the
+    candidate gives NaN or Inf, which fails any bound; the figure (their mean) is clipped at 0, where
+    rounding leaves a tiny negative value for two equal distributions."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         lp = _log_softmax(reference.astype(np.float64))
         lq = _log_softmax(candidate.astype(np.float64))
-        per_sample = (np.exp(lp) * (lp - lq)).sum(axis=1)
-    # rounding can leave a tiny negative value where the two distributions are equal
-    return float(np.maximum(per_sample.mean(), 0.0)) if per_sample.size else 0.0
-
-
-def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    return float((scores.argmax(1) == labels).mean())
+        return (np.exp(lp) * (lp - lq)).sum(axis=1)
 
 
 HISTOGRAM_BINS = 20

@@ -50,14 +50,15 @@ def inputs(folder: Path) -> tuple[Path, Path, Path]:
     rng = np.random.default_rng(0)
     calib, data = folder / "calib.npz", folder / "heldout.npz"
     np.savez(calib, image=rng.standard_normal((24, 3, 8, 8)).astype(np.float32))
-    np.savez(data, image=rng.standard_normal((12, 3, 8, 8)).astype(np.float32))
+    # 80 held-out samples: enough for a PASSED verdict at 95% (the always-on nonfinite check needs 72)
+    np.savez(data, image=rng.standard_normal((80, 3, 8, 8)).astype(np.float32))
     return model, calib, data
 
 
 def export_args(folder: Path, out: Path) -> list[str]:
     model, calib, data = inputs(folder)
     # format=qdq: one format, not the faster of two measured here (a timing choice); a loose tolerance,
-    # since these tests are about files and exit codes, not accuracy on 12 samples
+    # since these tests are about files and exit codes, not accuracy
     return ["export", f"{model}:build", "--target", "cpu", "--calibration", str(calib), "--data", str(data),
             "--target-option", "format=qdq", "--tolerance", "top1_agreement>=0.5", "-o", str(out)]  # fmt: skip
 

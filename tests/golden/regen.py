@@ -46,6 +46,7 @@ DATA_KEYED = {
     "options",
     "by_output",
     "scatter",
+    "intervals",
 }
 COMMANDS = ("", "export", "validate", "inspect", "benchmark", "sweep", "targets", "run")
 

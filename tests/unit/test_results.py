@@ -13,6 +13,7 @@ from qconvert.results import SCHEMA_VERSION, Manifest, Report
 
 REPORT: dict[str, Any] = {
     "passed": True,
+    "verdict": "passed",
     "target": "cpu",
     "bits": 8,
     "mode": "static",
@@ -53,9 +54,18 @@ def test_files_from_before_versioning_read_as_version_0() -> None:
     assert Report.from_json(REPORT).schema_version == 0
 
 
+def test_a_report_from_before_intervals_takes_its_verdict_from_passed() -> None:
+    # version 1 had no verdict: passed was the point estimates' two-way verdict
+    old = {k: v for k, v in REPORT.items() if k != "verdict"}
+    assert Report.from_json({**old, "schema_version": 1}).verdict == "passed"
+    assert Report.from_json({**old, "passed": False, "schema_version": 1}).verdict == "failed"
+    with pytest.raises(SourceError, match="missing entries"):  # a version-2 file must have one
+        Report.from_json({**old, "schema_version": 2})
+
+
 def test_a_newer_schema_is_refused_with_what_to_do() -> None:
     with pytest.raises(SourceError, match="schema_version 99 is newer than this qconvert reads"):
-        Report.from_json({**REPORT, "schema_version": SCHEMA_VERSION + 98})
+        Report.from_json({**REPORT, "schema_version": 99})
 
 
 def test_a_report_with_missing_entries_is_a_source_error() -> None:
