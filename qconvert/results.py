@@ -18,9 +18,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qconvert.errors import SourceError
+
+if TYPE_CHECKING:
+    from qconvert.validation import ValidationResult
 
 SCHEMA_VERSION = 2  # bump on any change a reader must know about; additions keep the version
 
@@ -153,3 +156,38 @@ class Manifest(_Record):
     schema_version: int = SCHEMA_VERSION
 
     FILE = "qconvert.json"
+
+
+@dataclass(frozen=True)
+class ValidationRun:
+    """What `validate` measured: the tolerance checks (truthy when the verdict is PASSED) and their
+    context."""
+
+    validation: ValidationResult
+    context: dict[str, Any]
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.validation)
+
+    @property
+    def verdict(self) -> str:
+        """PASSED, FAILED or INCONCLUSIVE (validation.intervals)."""
+        return self.validation.verdict
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.context.get("notes", []))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "verdict": self.verdict,
+            **self.context,
+            "seconds": self.seconds,
+            "validation": self.validation.as_json(),
+        }
