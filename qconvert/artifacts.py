@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from qconvert.errors import ConfigError, Terminated
+from qconvert.errors import ConfigError, Terminated, latch
 from qconvert.trust import check_not_an_input
 
 if TYPE_CHECKING:
@@ -193,6 +193,7 @@ class OutputLock:
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
+    latch(signum)  # if something swallows the Terminated, the next stage boundary raises it again
     raise Terminated(signum)
 
 

@@ -16,11 +16,31 @@ from types import FrameType
 # while it imports or exports (a Ctrl-C inside torch's dynamo import was swallowed that way and the run
 # went on with the other exporter); the stage runner checks this after every stage, so an interrupt
 # that something swallowed still stops the run at the next stage boundary.
+# SIGTERM/SIGHUP latch the same way (artifacts._CleanupOnSignals): torch's exporter swallowed the
+# Terminated raised inside it, and the run went on to exit 0.
 INTERRUPTED = threading.Event()
+_LATCHED: dict[str, int] = {}
+
+
+def latch(signum: int) -> None:
+    """Record that signal `signum` arrived, for `raise_latched` at the next stage boundary."""
+    _LATCHED["signum"] = signum
+    INTERRUPTED.set()
+
+
+def raise_latched() -> None:
+    """Raise what a latched signal should have raised (KeyboardInterrupt for Ctrl-C, Terminated for
+    SIGTERM/SIGHUP), if one arrived; nothing otherwise."""
+    if not INTERRUPTED.is_set():
+        return
+    signum = _LATCHED.get("signum", signal.SIGINT)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
 
 
 def _latched_interrupt(signum: int, frame: FrameType | None) -> None:
-    INTERRUPTED.set()
+    latch(signum)
     raise KeyboardInterrupt
 
 
@@ -28,6 +48,7 @@ def latch_interrupts() -> object:
     """Install the Ctrl-C handler that also sets INTERRUPTED (main thread only); returns the handler
     it replaced, for `signal.signal(signal.SIGINT, old)`."""
     INTERRUPTED.clear()
+    _LATCHED.clear()
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGINT, _latched_interrupt)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
-from qconvert.errors import INTERRUPTED, InternalError, QConvertError
+from qconvert.errors import InternalError, QConvertError, raise_latched
 from qconvert.stages._shared import Progress
 
 C = TypeVar("C")
@@ -76,7 +76,6 @@ def run_stages(stages: Sequence[Stage[Any]], ctx: Any, progress: Progress) -> li
             raise InternalError(
                 f"unexpected failure in the {stage.name!r} stage{after}: {type(e).__name__}: {e}"
             ) from e
-        if INTERRUPTED.is_set():  # a Ctrl-C that something inside the stage caught and swallowed
-            raise KeyboardInterrupt
+        raise_latched()  # a signal whose exception something inside the stage caught and swallowed
         done.append(stage.name)
     return done

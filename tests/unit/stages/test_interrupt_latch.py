@@ -59,3 +59,30 @@ def test_without_an_interrupt_every_stage_runs() -> None:
         assert ctx.ran == ["next"]
     finally:
         signal.signal(signal.SIGINT, old)  # type: ignore[arg-type]
+
+
+class _SwallowsSigterm(Stage[_Ctx]):
+    name = "swallows_sigterm"
+
+    def run(self, ctx: _Ctx) -> None:
+        with contextlib.suppress(BaseException):
+            os.kill(os.getpid(), signal.SIGTERM)
+        ctx.ran.append(self.name)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+def test_a_swallowed_sigterm_stops_at_the_next_stage_with_its_own_code() -> None:
+    """SIGTERM's Terminated swallowed inside torch's exporter let a killed export finish with exit 0."""
+    from qconvert.artifacts import _CleanupOnSignals
+    from qconvert.errors import Terminated
+
+    old = latch_interrupts()
+    try:
+        ctx = _Ctx()
+        with _CleanupOnSignals(), pytest.raises(Terminated) as caught:
+            run_stages((_SwallowsSigterm(), _Next()), ctx, lambda *a: None)
+        assert ctx.ran == ["swallows_sigterm"]
+        assert caught.value.exit_code == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGINT, old)  # type: ignore[arg-type]
+        INTERRUPTED.clear()
