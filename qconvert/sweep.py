@@ -606,8 +606,9 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
         report_progress("report", "writing sweep.json, sweep.png and sweep.html", None, None)
         from qconvert.sweep_report import render_html, render_png
 
-        png = render_png(summary, art.path(SWEEP_PNG))
-        art.write_text(SWEEP_HTML, render_html(summary, png.read_bytes()))
+        png = render_png(summary)
+        art.write_bytes(SWEEP_PNG, png)
+        art.write_text(SWEEP_HTML, render_html(summary, png))
         art.write_json(SWEEP_JSON, summary)
         art.commit()
     return SweepResult(out_dir, tuple(rows), recommendation, summary, time.perf_counter() - start)
@@ -726,9 +727,7 @@ def _settle_trial(art: ArtifactDir, outcome: TrialOutcome, final: Path) -> None:
     rel = f"{TRIALS_DIR}/{outcome.name}"
     if outcome.files is not None:
         for name, content in outcome.files.items():
-            dest = art.path(f"{rel}/{name}")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(content)
+            art.write_bytes(f"{rel}/{name}", content)
     manifest = dict(outcome.manifest)
     ran_in = outcome.ran_in
     manifest["command"] = str(manifest.get("command", "")).replace(ran_in, str(final))

@@ -8,8 +8,8 @@ offline (links to each trial's own report.html are relative).
 from __future__ import annotations
 
 import base64
+import io
 from html import escape
-from pathlib import Path
 from typing import Any
 
 from qconvert.report import human_bytes, verdict_of
@@ -126,10 +126,10 @@ _STYLE = {  # status -> (marker, colour, legend label)
 }
 
 
-def render_png(summary: dict[str, Any], path: Path) -> Path:
+def render_png(summary: dict[str, Any]) -> bytes:
     """Quality against size ratio and against latency ratio, one point per setting, labelled;
     fp32 is the star at 1.0x, out-of-tolerance points are red crosses. Drawn with matplotlib's
-    Agg canvas directly (no pyplot, so no global backend state)."""
+    Agg canvas directly (no pyplot, so no global backend state). Returns the PNG; writes no file."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -177,8 +177,9 @@ def render_png(summary: dict[str, Any], path: Path) -> Path:
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     for labels in label_sets:
         separate_labels(fig, labels)
-    fig.savefig(str(path), format="png")
-    return Path(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    return png.getvalue()
 
 
 def separate_labels(fig: Any, labels: list[Any], passes: int = 20) -> list[Any]:
