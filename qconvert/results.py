@@ -1,9 +1,10 @@
-"""Typed, versioned results: `Report` (report.json) and `Manifest` (qconvert.json).
+"""Typed, versioned results: `Report` (report.json), `Manifest` (qconvert.json) and `ValidationReport`
+(`qconvert validate --json`), and `ValidationRun`, what `qconvert.validate` returns.
 
-Both are frozen, top-level typed records whose `to_json()` emits exactly the JSON the artifacts have
-always had, plus `schema_version`; `from_json()` reads it back (files from before versioning read as
-version 0) and refuses a newer schema than this qconvert knows. Nested entries (per-output metrics,
-latency rows, settings) stay JSON objects for now.
+The three records are frozen, top-level typed records whose `to_json()` emits exactly the JSON the
+files have always had, plus `schema_version`; `from_json()` reads it back (files from before
+versioning read as version 0) and refuses a newer schema than this qconvert knows. Nested entries
+(per-output metrics, latency rows, settings) stay JSON objects for now.
 
 Versions: 1 added `schema_version`. 2: the verdict reads confidence intervals
 (validation/intervals.py). `verdict` (passed | failed | inconclusive) stands beside `passed`, which is
@@ -71,7 +72,10 @@ class _Record:
 
     @classmethod
     def _upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
-        """An older file's entries in this version's shape (nothing to do by default)."""
+        """An older file's entries in this version's shape: before version 2 a record with `passed`
+        had no `verdict` (two outcomes only), so it is read from `passed`."""
+        if version < 2 and "verdict" not in data and "passed" in data:
+            return {**data, "verdict": "passed" if data["passed"] else "failed"}
         return data
 
     @classmethod
@@ -126,12 +130,6 @@ class Report(_Record):
     FILE = "report.json"
     _TUPLES = frozenset({"notes", "recovery", "auto"})
 
-    @classmethod
-    def _upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
-        if version < 2 and "verdict" not in data and "passed" in data:  # before intervals: two ways
-            return {**data, "verdict": "passed" if data["passed"] else "failed"}
-        return data
-
 
 @dataclass(frozen=True)
 class Manifest(_Record):
@@ -159,13 +157,45 @@ class Manifest(_Record):
 
 
 @dataclass(frozen=True)
+class ValidationReport(_Record):
+    """`qconvert validate --json`: what ran on what, with which tolerance, and the verdict; `validation`
+    is the checks and figures as JSON (ValidationResult.as_json). junit.py renders it."""
+
+    passed: bool  # the verdict is PASSED
+    verdict: str  # passed | failed | inconclusive (validation.intervals)
+    candidate: str  # CANDIDATE as given
+    model: str  # the .onnx that was checked
+    reference: str
+    data: str
+    samples: int
+    labels: bool
+    provider: str
+    exact_qdq: bool  # graph optimizations off: the graph's arithmetic as written
+    bits: int
+    tolerance: tuple[str, ...]
+    tolerance_source: str | None  # the tolerance file, if one was read
+    task: dict[str, Any] | None  # --metric: both scores, the drop (and its interval)
+    speed: dict[str, Any] | None  # a speedup bound: both latencies
+    collapse: dict[str, Any] | None  # --probe collapse
+    notes: tuple[str, ...]
+    manifest_sha256: str | None  # the OUT_DIR's qconvert.json, whose recorded hashes all held
+    seconds: float
+    validation: dict[str, Any]
+    verified_files: int | None = None  # how many files those hashes cover (absent without a manifest)
+    schema_version: int = SCHEMA_VERSION
+
+    OPTIONAL = frozenset({"verified_files"})
+    FILE = "validate --json"
+    _TUPLES = frozenset({"tolerance", "notes"})
+
+
+@dataclass(frozen=True)
 class ValidationRun:
-    """What `validate` measured: the tolerance checks (truthy when the verdict is PASSED) and their
-    context."""
+    """What `qconvert.validate` returns: the checks themselves (`validation`, with their bounds and
+    intervals) and the typed --json (`report`). Truthy only when the verdict is PASSED."""
 
     validation: ValidationResult
-    context: dict[str, Any]
-    seconds: float
+    report: ValidationReport
 
     @property
     def passed(self) -> bool:
@@ -181,13 +211,12 @@ class ValidationRun:
 
     @property
     def notes(self) -> list[str]:
-        return list(self.context.get("notes", []))
+        return list(self.report.notes)
+
+    @property
+    def seconds(self) -> float:
+        return self.report.seconds
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "verdict": self.verdict,
-            **self.context,
-            "seconds": self.seconds,
-            "validation": self.validation.as_json(),
-        }
+        """The --json document (`report.to_json()`)."""
+        return self.report.to_json()

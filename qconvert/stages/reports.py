@@ -5,34 +5,38 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
-from qconvert.results import ValidationRun
+from qconvert.results import ValidationReport, ValidationRun
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ValidateContext
 
 
-def run_context(ctx: ValidateContext) -> dict[str, Any]:
-    """What the run measured beside the checks: what ran on what, with which tolerance."""
+def validation_report(ctx: ValidateContext) -> ValidationReport:
+    """The --json document: what ran on what, with which tolerance, and every check."""
     verified = ctx.verified
-    return {
-        "candidate": str(ctx.config.candidate),
-        "model": str(ctx.model_path),
-        "reference": ctx.reference,
-        "data": str(ctx.data_path),
-        "samples": len(ctx.heldout),
-        "labels": ctx.heldout.labels is not None,
-        "provider": ctx.candidate.used,
-        "exact_qdq": not ctx.candidate.optimized,
-        "bits": ctx.bits,
-        "tolerance": [b.describe() for b in ctx.tolerance.bounds],
-        "tolerance_source": ctx.tolerance_source,
-        "task": ctx.task,
-        "speed": ctx.speed,
-        "collapse": None if ctx.collapse is None else ctx.collapse.as_json(),
-        "notes": ctx.notes,
-        **(verified.as_json() if verified else {"manifest_sha256": None}),
-    }
+    return ValidationReport(
+        passed=bool(ctx.validation),
+        verdict=ctx.validation.verdict,
+        candidate=str(ctx.config.candidate),
+        model=str(ctx.model_path),
+        reference=ctx.reference,
+        data=str(ctx.data_path),
+        samples=len(ctx.heldout),
+        labels=ctx.heldout.labels is not None,
+        provider=ctx.candidate.used,
+        exact_qdq=not ctx.candidate.optimized,
+        bits=ctx.bits,
+        tolerance=tuple(b.describe() for b in ctx.tolerance.bounds),
+        tolerance_source=ctx.tolerance_source,
+        task=ctx.task,
+        speed=ctx.speed,
+        collapse=None if ctx.collapse is None else ctx.collapse.as_json(),
+        notes=tuple(ctx.notes),
+        manifest_sha256=None if verified is None else verified.manifest_sha256,
+        verified_files=None if verified is None else verified.files,
+        seconds=time.perf_counter() - ctx.started,
+        validation=ctx.validation.as_json(),
+    )
 
 
 class WriteReports(Stage[ValidateContext]):
@@ -59,14 +63,14 @@ class WriteReports(Stage[ValidateContext]):
         from qconvert.artifacts import write_text_atomic
 
         config = ctx.config
-        ctx.run = run = ValidationRun(ctx.validation, run_context(ctx), time.perf_counter() - ctx.started)
+        ctx.run = run = ValidationRun(ctx.validation, validation_report(ctx))
         pages = []
         if config.json_out is not None:
             pages.append(("--json", config.json_out, json.dumps(run.as_json(), indent=2, default=str) + "\n"))
         if config.junit_out is not None:
             from qconvert.junit import render_junit
 
-            pages.append(("--junit", config.junit_out, render_junit(run.as_json())))
+            pages.append(("--junit", config.junit_out, render_junit(run.report)))
         if config.html_out is not None:
             from qconvert.report_html import render_html
 
