@@ -10,6 +10,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from qconvert.results import SweepReport
 from qconvert.sweep_report import render_png, separate_labels
 
 
@@ -43,6 +44,24 @@ def test_sweep_png_is_returned_as_bytes_and_no_file_is_written(
         {"name": "8bit-static", "status": "passed", "size_ratio": 0.3, "latency_ratio": 0.6, "cosine": 0.999},
         {"name": "4bit-weight-only", "status": "out_of_tolerance", "size_ratio": 0.2, "cosine": 0.95},
     ]
-    png = render_png({"source": "tiny", "target": "cpu", "rows": rows})
+    report = SweepReport(
+        source="tiny",
+        target="cpu",
+        bits=(8, 4),
+        modes=None,
+        tolerance=None,
+        executor="local",
+        workers=1,
+        held_out_samples=64,
+        labels=False,
+        latency={},
+        rows=tuple(rows),
+        recommendation={"smallest": "8bit-static", "fastest": "8bit-static", "text": "8bit-static"},
+        passed=True,
+        verdict="passed",
+        notes=(),
+        seconds=1.0,
+    )
+    png = render_png(report)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert list(tmp_path.iterdir()) == []
