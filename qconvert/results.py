@@ -1,6 +1,7 @@
 """Typed, versioned results: `Report` (report.json), `Manifest` (qconvert.json), `ValidationReport`
-(`qconvert validate --json`) and `SweepReport` (sweep.json); `ValidationRun` and `SweepResult`, what
-`qconvert.validate` and `qconvert.sweep` return (with `SweepRow` and `Recommendation`).
+(`qconvert validate --json`) and `SweepReport` (sweep.json); `RunResult`, `ValidationRun` and
+`SweepResult`, what `qconvert.export`, `qconvert.validate` and `qconvert.sweep` return (with `SweepRow`
+and `Recommendation`).
 
 The four records are frozen, top-level typed records whose `to_json()` emits exactly the JSON the
 files have always had, plus `schema_version`; `from_json()` reads it back (files from before
@@ -190,13 +191,10 @@ class ValidationReport(_Record):
     _TUPLES = frozenset({"tolerance", "notes"})
 
 
-@dataclass(frozen=True)
-class ValidationRun:
-    """What `qconvert.validate` returns: the checks themselves (`validation`, with their bounds and
-    intervals) and the typed --json (`report`). Truthy only when the verdict is PASSED."""
+class _Judged:
+    """A run's verdict, read from its `validation` (a ValidationResult): truthy only when PASSED."""
 
     validation: ValidationResult
-    report: ValidationReport
 
     @property
     def passed(self) -> bool:
@@ -209,6 +207,27 @@ class ValidationRun:
 
     def __bool__(self) -> bool:
         return self.passed
+
+
+@dataclass(frozen=True)
+class RunResult(_Judged):
+    """What `qconvert.export` returns: where, its verdict, and everything measured (report.json and
+    qconvert.json as written). Truthy only when the verdict is PASSED."""
+
+    out_dir: Path
+    validation: ValidationResult
+    manifest: dict[str, Any]
+    report: dict[str, Any]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ValidationRun(_Judged):
+    """What `qconvert.validate` returns: the checks themselves (`validation`, with their bounds and
+    intervals) and the typed --json (`report`). Truthy only when the verdict is PASSED."""
+
+    validation: ValidationResult
+    report: ValidationReport
 
     @property
     def notes(self) -> list[str]:
