@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qconvert.config import ValidateConfig
 from qconvert.errors import ConfigError, QConvertError
 from qconvert.pipeline.validating import VALIDATE, validate
-from qconvert.results import SCHEMA_VERSION, ValidationReport
+from qconvert.results import SCHEMA_VERSION, ValidationReport, ValidationRun
 from qconvert.validation.intervals import PASSED
 
 SAMPLES = 160  # enough for the default bounds to settle (top1_agreement needs 125 identical samples)
@@ -49,7 +49,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     }
 
 
-def _run(files: dict[str, Path], **settings: object) -> tuple[object, list[str]]:
+def _run(files: dict[str, Path], **settings: object) -> tuple[ValidationRun, list[str]]:
     """validate() with settings_dir=None (no tolerance file read); the stages that reported progress."""
     events: list[str] = []
 
@@ -75,13 +75,13 @@ def test_a_candidate_equal_to_its_reference_passes_and_writes_its_json(
     files: dict[str, Path], tmp_path: Path
 ) -> None:
     run, events = _run(files, json_out=tmp_path / "run.json")
-    assert run and run.verdict == PASSED  # type: ignore[attr-defined]
+    assert run and run.verdict == PASSED
     assert events == ["load", "reference", "candidate", "validate"]  # no probe, no benchmark asked for
     written = json.loads((tmp_path / "run.json").read_text())
     assert written["verdict"] == PASSED and written["samples"] == SAMPLES
     assert written["schema_version"] == SCHEMA_VERSION and "verified_files" not in written  # no manifest
     again = ValidationReport.from_json(written)  # the --json reads back as the typed record it was
-    assert again == run.report  # type: ignore[attr-defined]
+    assert again == run.report
     assert isinstance(again.tolerance, tuple) and "cosine>=0.99" in again.tolerance
 
 
