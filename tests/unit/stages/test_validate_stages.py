@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from _models import write_matmul_relu
 
 from qconvert.config import ValidateConfig
 from qconvert.errors import ConfigError, QConvertError
@@ -21,30 +20,15 @@ from qconvert.validation.intervals import PASSED
 SAMPLES = 160  # enough for the default bounds to settle (top1_agreement needs 125 identical samples)
 
 
-def _matmul(path: Path, weight: np.ndarray) -> Path:
-    """x [N, 4] -> Relu(x @ weight) named y: a real graph onnxruntime runs."""
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", weight.shape[1]])],
-        [numpy_helper.from_array(weight.astype(np.float32), "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((4, 3))
     np.savez(tmp_path / "heldout.npz", x=rng.standard_normal((SAMPLES, 4)).astype(np.float32))
     return {
-        "candidate": _matmul(tmp_path / "candidate.onnx", weight),
-        "reference": _matmul(tmp_path / "reference.onnx", weight),
-        "wide": _matmul(tmp_path / "wide.onnx", rng.standard_normal((4, 5))),
+        "candidate": write_matmul_relu(tmp_path / "candidate.onnx", weight),
+        "reference": write_matmul_relu(tmp_path / "reference.onnx", weight),
+        "wide": write_matmul_relu(tmp_path / "wide.onnx", rng.standard_normal((4, 5))),
         "data": tmp_path / "heldout.npz",
     }
 
