@@ -1,6 +1,6 @@
 """Validate stages on their own: the order of VALIDATE, flags refused by PlanChecks before any model
 runs, and failures that name their stage and the stages before it. The models are two-node ONNX graphs
-built here and run for real by onnxruntime."""
+(tests/_models.py: write_matmul_relu) run for real by onnxruntime."""
 
 from __future__ import annotations
 
