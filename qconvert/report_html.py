@@ -959,7 +959,7 @@ def render_validation_html(report: ValidationReport) -> str:
     )
     ran_on = _ran_on(report.candidate, label, "validate", report.provider, report.exact_qdq)
     body = (
-        _summary(report, ran_on, accuracy),
+        _summary(report, ran_on, accuracy, _identity(None)),
         _metrics([("validation", VALIDATION_LABEL, report.figures.outputs, report.figures.intervals)]),
         _scatter(report.figures),
         _checks(report.figures, level_text(report)),
