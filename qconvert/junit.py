@@ -10,9 +10,9 @@ many held-out samples would settle it. Computes nothing.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from qconvert.report import INCONCLUSIVE, check_line, confidence_text, verdict_of
+from qconvert.report import INCONCLUSIVE, check_line, confidence_text
 
 if TYPE_CHECKING:
     from qconvert.results import ValidationReport
@@ -22,14 +22,14 @@ SUITE = "qconvert validate"
 
 def render_junit(run: ValidationReport) -> str:
     """`run` is the --json document (`ValidationRun.report`); returns the XML document as text."""
-    checks: list[dict[str, Any]] = run.validation["checks"]
-    failed = sum(1 for c in checks if not c["passed"])
+    checks = run.figures.checks
+    failed = sum(1 for c in checks if not c.passed)
     counts = {"tests": str(len(checks)), "failures": str(failed), "errors": "0", "skipped": "0"}
     seconds = f"{run.seconds:.3f}"
     root = ET.Element("testsuites", {"name": SUITE, **counts, "time": seconds})
     suite = ET.SubElement(root, "testsuite", {"name": SUITE, **counts, "time": seconds})
     props = ET.SubElement(suite, "properties")
-    confidence = run.validation.get("confidence")
+    confidence = run.figures.confidence
     level = confidence_text(confidence)
     properties = {
         "candidate": run.candidate,
@@ -47,13 +47,13 @@ def render_junit(run: ValidationReport) -> str:
             ET.SubElement(props, "property", {"name": name, "value": str(value)})
     for check in checks:
         case = ET.SubElement(
-            suite, "testcase", {"classname": check["output"], "name": check["metric"], "time": "0"}
+            suite, "testcase", {"classname": check.output, "name": check.metric, "time": "0"}
         )
-        if check["passed"]:
+        if check.passed:
             ET.SubElement(case, "system-out").text = check_line(check, level)
         else:
             message = check_line(check, level)
-            kind = "Inconclusive" if verdict_of(check) == INCONCLUSIVE else "OutOfTolerance"
+            kind = "Inconclusive" if check.verdict == INCONCLUSIVE else "OutOfTolerance"
             failure = ET.SubElement(case, "failure", {"message": message, "type": kind})
             failure.text = message
     if run.notes:

@@ -5,8 +5,12 @@ and `Recommendation`).
 
 The four records are frozen, top-level typed records whose `to_json()` emits exactly the JSON the
 files have always had, plus `schema_version`; `from_json()` reads it back (files from before
-versioning read as version 0) and refuses a newer schema than this qconvert knows. Nested entries
-(per-output metrics, latency rows, settings) stay JSON objects for now.
+versioning read as version 0) and refuses a newer schema than this qconvert knows. The renderers
+(report.py, report_html.py, junit.py, sweep_report.py, the CLI's tables) read these records, never
+the JSON. The `validation` entry of `Report` and `ValidationReport` is stored as written and read
+through `.figures` (`Figures`, with its `CheckRecord`s): a check or figure key renamed in
+validation/ fails there, in a test, instead of leaving a table row out. Entries whose shape is open
+(per-output metrics and intervals, size, latency, sensitivity, settings) stay JSON objects.
 
 Versions: 1 added `schema_version`. 2: the verdict reads confidence intervals
 (validation/intervals.py). `verdict` (passed | failed | inconclusive) stands beside `passed`, which is
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 2  # bump on any change a reader must know about; additions keep the version
 
 R = TypeVar("R", bound="_Record")
+T = TypeVar("T")
 
 
 class _Record:
@@ -95,8 +101,98 @@ class _Record:
     _TUPLES: frozenset[str] = frozenset()
 
 
+def _build(cls: type[T], data: dict[str, Any], what: str) -> T:
+    """A sub-record from its JSON object: the entries it names (others, from a newer qconvert, are
+    left); one that is missing is a SourceError naming `what`."""
+    if not isinstance(data, dict):
+        raise SourceError(f"{what}: expected a JSON object, got {type(data).__name__}.")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as e:
+        raise SourceError(f"{what}: missing entries ({e}). Give a file written by `qconvert export`.") from e
+
+
+def _verdict_of(data: dict[str, Any]) -> dict[str, Any]:
+    """Before version 2 a check or a validation had `passed` and no `verdict` (two outcomes only)."""
+    if "verdict" in data or "passed" not in data:
+        return data
+    return {**data, "verdict": "passed" if data["passed"] else "failed"}
+
+
 @dataclass(frozen=True)
-class Report(_Record):
+class CheckRecord:
+    """One tolerance check as the reports hold it (validation.Check.as_json)."""
+
+    output: str  # the output, or `model` for whole-model checks (task_drop, speedup)
+    metric: str
+    bound: str  # the bound as text, e.g. `cosine>=0.99`
+    measured: float
+    passed: bool
+    verdict: str  # passed | failed | inconclusive
+    # the interval the verdict reads ({low, high, method, samples}); None: the measured value decides
+    interval: dict[str, Any] | None = None
+    samples_to_settle: int | None = None  # held-out samples in all that would settle an inconclusive one
+    needed: str | None = None  # the tolerance that would have let it pass
+    hint: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckRecord:
+        return _build(cls, _verdict_of(data), "a tolerance check")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """A report's `validation` entry (validation.ValidationResult.as_json): the verdict, the checks,
+    and the figures behind them. `outputs` (output -> metric -> value), `intervals` (output -> metric
+    -> interval), `accuracy`, `abs_error_histograms` and `scatter` stay JSON objects: their metrics
+    depend on the model (top-1 for a classifier, embedding cosine for an encoder, ...)."""
+
+    passed: bool
+    verdict: str
+    samples: int
+    outputs: dict[str, dict[str, Any]]
+    checks: tuple[CheckRecord, ...]
+    accuracy: dict[str, Any] | None = None
+    notes: tuple[str, ...] = ()
+    confidence: float | None = None  # the intervals' level (since version 2)
+    samples_to_settle: int | None = None
+    data_limited: bool = False  # INCONCLUSIVE for want of samples alone
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    abs_error_histograms: dict[str, Any] = field(default_factory=dict)
+    scatter: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Figures:
+        data = _verdict_of(data)
+        if isinstance(data, dict):
+            checks = data.get("checks")
+            if not isinstance(checks, list):
+                raise SourceError("validation: no list of checks. Give a file written by `qconvert export`.")
+            data = {
+                **data,
+                "checks": tuple(CheckRecord.from_json(c) for c in checks),
+                "notes": tuple(data.get("notes") or ()),
+                "intervals": data.get("intervals") or {},
+                "abs_error_histograms": data.get("abs_error_histograms") or {},
+                "scatter": data.get("scatter") or {},
+            }
+        return _build(cls, data, "validation")
+
+
+class _Validated:
+    """A record with a `validation` entry, read as `Figures`."""
+
+    validation: dict[str, Any]
+
+    @cached_property
+    def figures(self) -> Figures:
+        """`validation`, typed (parsed once per record)."""
+        return Figures.from_json(self.validation)
+
+
+@dataclass(frozen=True)
+class Report(_Validated, _Record):
     """report.json: what `qconvert export` measured."""
 
     passed: bool  # the verdict is PASSED
@@ -159,7 +255,7 @@ class Manifest(_Record):
 
 
 @dataclass(frozen=True)
-class ValidationReport(_Record):
+class ValidationReport(_Validated, _Record):
     """`qconvert validate --json`: what ran on what, with which tolerance, and the verdict; `validation`
     is the checks and figures as JSON (ValidationResult.as_json). junit.py renders it."""
 
@@ -212,13 +308,15 @@ class _Judged:
 @dataclass(frozen=True)
 class RunResult(_Judged):
     """What `qconvert.export` returns: where, its verdict, and everything measured (report.json and
-    qconvert.json as written). Truthy only when the verdict is PASSED."""
+    qconvert.json as written; `record`: report.json as the typed `Report`, what the CLI draws).
+    Truthy only when the verdict is PASSED."""
 
     out_dir: Path
     validation: ValidationResult
     manifest: dict[str, Any]
     report: dict[str, Any]
     seconds: float
+    record: Report
 
 
 @dataclass(frozen=True)

@@ -252,9 +252,9 @@ def print_export(result: RunResult, bounds: str) -> None:
     """The summary table, the sensitivity ranking, notes and failures, and where the artifacts are."""
     from qconvert.artifacts import sha256_file
 
-    report = result.report
+    report = result.record
     table = Table(
-        title=f"{result.manifest['source']['origin']} -> {report['target']} ({report['mode']})",
+        title=f"{result.manifest['source']['origin']} -> {report.target} ({report.mode})",
         caption=f"bounds: {bounds}; below each figure its {level_text(report)} confidence interval, which "
         "the verdict reads (<=X% worse: the share of inputs that may be worse than the worst seen)",
     )
@@ -276,7 +276,7 @@ def print_export(result: RunResult, bounds: str) -> None:
         for layer in ranking:
             sens.add_row(*(Text(cell) for cell in layer))
         print_table(sens)
-    for note in report["notes"]:
+    for note in report.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):
         err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)

@@ -74,4 +74,5 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
     with contextlib.ExitStack() as stack:  # OpenOutput enters the artifact folder here
         ctx = ExportContext(config, progress or no_progress, stack)
         run_stages(EXPORT, ctx, ctx.progress)
-    return RunResult(ctx.out_dir, ctx.validation, ctx.manifest, ctx.report, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return RunResult(ctx.out_dir, ctx.validation, ctx.manifest, ctx.report.to_json(), seconds, ctx.report)

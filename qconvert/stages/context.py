@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # only for annotations: importing the context stays cheap
     from qconvert.calibrate import Dataset, ModelInput
     from qconvert.config import Bound, QuantizeConfig, RunConfig, Tolerance, ValidateConfig
     from qconvert.onnx_export import ExportResult
-    from qconvert.results import ValidationRun
+    from qconvert.results import Report, ValidationRun
     from qconvert.runtime import Session
     from qconvert.sources import LoadedModel
     from qconvert.stages._shared import Progress
@@ -89,7 +89,7 @@ class ExportContext:
     bench_provider: str
     sizes: dict[str, int]
     # written
-    report: dict[str, Any]
+    report: Report
     manifest: dict[str, Any]
 
     def __init__(self, config: RunConfig, progress: Progress, stack: contextlib.ExitStack) -> None:

@@ -72,9 +72,8 @@ class WriteReports(Stage[ValidateContext]):
 
             pages.append(("--junit", config.junit_out, render_junit(run.report)))
         if config.html_out is not None:
-            from qconvert.report_html import render_html
+            from qconvert.report_html import render_validation_html
 
-            page = render_html({**run.as_json(), "target": config.candidate, "mode": "validate"})
-            pages.append(("--html", config.html_out, page))
+            pages.append(("--html", config.html_out, render_validation_html(run.report)))
         for flag, path, text in pages:
             write_text_atomic(path, text, config.force, ctx.user_files, flag)

@@ -394,7 +394,7 @@ def test_fp16_overflow_fails_the_nonfinite_check(overflow_run: tuple[RunResult, 
     message = failed["nonfinite"].describe()
     assert "NaN or Inf where the reference is finite" in message and "65504" in message
     assert message in result.manifest["validation"]["failures"]
-    line = next(ln for ln in failure_lines(result.report) if ": nonfinite = " in ln)
+    line = next(ln for ln in failure_lines(result.record) if ": nonfinite = " in ln)
     assert "keep the op that produces it in fp32" in line
     assert (result.out_dir / "model.onnx").exists()  # a failed verdict still writes the artifacts
 
