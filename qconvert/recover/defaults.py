@@ -80,15 +80,28 @@ class Defaults:
     # a Gemm/MatMul that writes a graph output (a classifier's logits) leaves its output unquantized:
     # rounding the logits themselves costs EfficientNet-Lite1 0.4 dB and saves nothing measurable
     float_outputs: bool = False
+    # where the Q/DQ pairs go (quantize.placement: all | compute | inputs); None: all
+    placement: str | None = None
+
+
+# a gated conv net (hard-swish, swish, squeeze-excite): Q/DQ only on the compute ops, per target
+GATED_PLACEMENT = {"cpu": "compute", "arm64": "compute", "tensorrt": "inputs", "openvino": "inputs"}
 
 
 def choose(
-    family: str, target: str, bits: int, mode: str, mode_given: bool = False, depthwise: bool = True
+    family: str,
+    target: str,
+    bits: int,
+    mode: str,
+    mode_given: bool = False,
+    depthwise: bool = True,
+    gated: bool = False,
 ) -> Defaults:
     """The defaults for a `family` model quantized for `target` at `bits` in `mode`: the target's
     default mode, or the user's own (`mode_given`: then the mode is never changed). `depthwise`: the
     conv net has depthwise convolutions (MobileNet/EfficientNet-style), where the conv defaults were
-    measured to pay; on other conv nets (a ResNet) they were not, so they get none."""
+    measured to pay; on other conv nets (a ResNet) they were not, so they get none. `gated`: its
+    activations are products (quantize.placement.gated), where only the compute ops get Q/DQ pairs."""
     if bits != 8:
         return Defaults(family, None, (), "")
     if family == "transformer":
@@ -111,16 +124,22 @@ def choose(
                 matmuls_only=lean,
             )
     if family == "conv" and mode == "static" and depthwise:
+        placement = GATED_PLACEMENT.get(target) if gated else None
+        where = {
+            "compute": "; hard-swish/squeeze-excite: int8 only in the convolutions, elementwise ops float",
+            "inputs": "; hard-swish/squeeze-excite: only the convolutions' inputs quantized",
+        }
         return Defaults(
             family,
             None,
             ("gptq", "bias_correction"),
             "a conv net: GPTQ weight rounding, then bias correction (the mean shift the rounding leaves "
             "is folded into each bias), activation ranges by MSE, the stem convolution(s) and the logits "
-            "kept float",
+            "kept float" + where.get(placement or "", ""),
             float_stem=True,
             calibration_method="mse",
             float_outputs=True,
+            placement=placement,
         )
     return Defaults(family, None, (), "")
 
