@@ -24,7 +24,7 @@ from benchmarks/photos.py (different source photographs on each side). Side by s
   pairs only on the Conv/Gemm/MatMul ops, or only on their inputs); "none@stem@mse" has no step
 - NNCF 3.4 `nncf.quantize` on the same prepared ONNX, fast and full bias correction, run in
   /work/benchvenv as a subprocess (cpu only: NNCF makes its own Q/DQ scheme)
-- `--mixed STEPS@...`: those steps, then `--recover mixed_precision` (per-layer a16w8/fp16/fp32
+- `--mixed VARIANT`: that variant (`default`, or STEPS[@OPTION...] as above), then `--recover mixed_precision` (per-layer a16w8/fp16/fp32
   where the target runs it) aiming at `--mixed-tolerance` on the calibration images; and, with
   `--fallback`, what --auto's float fallback does from the same graph instead (isolated-sensitivity
   ranking, layers kept float one at a time, validated on the held-out images after each, budget 10)
@@ -212,7 +212,7 @@ def variant(combo: str, qc: QuantizeConfig, fp32: onnx.ModelProto) -> tuple[list
 
 
 def through_cli(
-    target: str, source: str, calib_npz: Path, held_npz: Path, tolerance: str, work: Path
+    target: str, source: str, calib_npz: Path, held_npz: Path, tolerance: str | None, work: Path
 ) -> tuple[Path, float, dict[str, Any]]:
     """`qconvert export SOURCE --bits 8 --target TARGET --calibration CALIB --data HELD --tolerance T`,
     in process: (its model.onnx, wall seconds, the verdict with the intervals it read)."""
@@ -476,15 +476,14 @@ def mixed_variants(
     work: Path,
     record: Any,
 ) -> None:
-    """STEPS[@float-stem], then mixed_precision (the run's post step) aiming at --mixed-tolerance; with
-    --fallback, --auto's float fallback from the same graph against the same tolerance on held-out."""
+    """A variant (as --steps; `@float-stem` reads `@stem`), then mixed_precision (the run's post step)
+    aiming at --mixed-tolerance; with --fallback, --auto's float fallback from the same graph against
+    the same tolerance on held-out."""
     from qconvert.artifacts import save_onnx
     from qconvert.config import Tolerance
     from qconvert.quantize.float16 import emulate_fp16
 
-    chain, _, where = combo.partition("@")
-    steps = [s for s in chain.split("+") if s and s != "none"]
-    run_qc = replace(qc, nodes_to_exclude=float_stem(fp32_model)) if where == "float-stem" else qc
+    steps, run_qc = variant(combo.replace("@float-stem", "@stem"), qc, fp32_model)
     tolerance = Tolerance.for_bits(8, args.mixed_tolerance)
     exact = target != "cpu"
 
@@ -504,7 +503,7 @@ def mixed_variants(
         original=prepared,
         time=timer if target == "cpu" else None,
     )
-    model, notes, _ = apply_steps(fp32_model, steps, inp)
+    model, notes, _ = apply_steps(fp32_model, steps, inp, args.adaround_budget)
     src, base = work / f"{target}-{combo}-mixed-fp32.onnx", work / f"{target}-{combo}-mixed-base.onnx"
     onnx.save_model(model, str(src))
     quantize_static_int8(src, base, run_qc, dataset)
@@ -512,11 +511,11 @@ def mixed_variants(
     result = RECOVERY.get("mixed_precision")(model, onnx.load(str(base)), inp)
     dest = save_onnx(result.model, work / f"{target}-{combo}-mixed.onnx")
     table = result.details.get("tradeoff", {})
-    variant = f"{combo}+mixed_precision"
+    name = f"{combo}+mixed_precision"
     checked = emulate_fp16(dest, work / f"{target}-{combo}-mixed-fp16.onnx") if exact else dest
     record(
         target,
-        variant,
+        name,
         checked,
         base_seconds + result.seconds,
         [*notes, *result.notes, f"layer formats {result.details.get('layer_formats')}"],
@@ -524,7 +523,7 @@ def mixed_variants(
     )
     rows_of = table.get("configurations", [])
     print(
-        f"  {variant}: {len(rows_of)} configurations, chosen {table.get('chosen')}, {table.get('evaluations')} "
+        f"  {name}: {len(rows_of)} configurations, chosen {table.get('chosen')}, {table.get('evaluations')} "
         f"measurements, stopped: {table.get('stopped')}"
     )
     if not args.fallback:
@@ -595,7 +594,9 @@ def main() -> None:
         help="--tolerance of the 'cli' variant (qconvert export itself)",
     )
     parser.add_argument(
-        "--mixed", default="", help="comma list of STEPS[@float-stem] to follow with mixed_precision"
+        "--mixed",
+        default="",
+        help="comma list of variants (default, or STEPS[@OPTION...] as --steps) to follow with mixed_precision",
     )
     parser.add_argument("--mixed-tolerance", default="top1_agreement>=0.95,sqnr_db>=25")
     parser.add_argument(
