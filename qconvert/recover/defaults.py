@@ -9,11 +9,22 @@ default below is there because it measured better on real trained networks
   mean shift the rounding leaves, against the fp32 weights), activation ranges by MSE instead of
   the extremes, the stem kept in float (its output activation alone costs EfficientNet-Lite1
   27.6 dB) and the logits (a Gemm/MatMul writing a graph output) left unquantized. Measured on
-  EfficientNet-Lite1 (held-out photographs, benchmarks/bench_accuracy.py): logits SQNR 15.5 dB
-  (plain) -> 23.5 dB (the previous default: bias correction + float stem) -> 26.9 dB on cpu, and
-  14.3 -> 21.5 -> 24.8 dB on tensorrt, at no measured latency cost (0.47x fp32 in Q/DQ). Only for nets with depthwise
-  convolutions, where this was measured: on a (random-init) ResNet-18 in the zoo test bias
-  correction lost agreement against plain onnxruntime, so other conv nets get the plain quantizer.
+  EfficientNet-Lite1 (74 held-out photographs, benchmarks/bench_accuracy.py, whose "cli" variant is
+  `qconvert export` itself): logits SQNR 15.5 dB (plain) -> 23.5 dB (the previous default: bias
+  correction + float stem) -> 26.8 dB on cpu (top-1 agreement 94.6%; 97.3% with the Q/DQ arithmetic
+  as written), and 14.3 -> 21.5 -> 24.8 dB on tensorrt, at no measured latency cost (0.47x fp32 in
+  Q/DQ). Only for nets with depthwise convolutions, where this was measured: on a (random-init)
+  ResNet-18 in the zoo test bias correction lost agreement against plain onnxruntime, so other conv
+  nets get the plain quantizer.
+- such a conv net whose activations are products (hard-swish, swish, squeeze-excite's gate:
+  quantize.placement.gated) also gets Q/DQ pairs on its compute ops only (`--placement`): `compute`
+  (their inputs and outputs) on cpu/arm64, `inputs` (their inputs only, TensorRT's own placement
+  rule) on tensorrt/openvino; the elementwise products stay float. On PaddleOCR's PP-OCRv4 detector
+  (benchmarks/bench_ocr_det.py, probability-map SQNR / text-mask IoU against fp32) with the steps
+  above: cpu 10.6 dB / 0.897 at 0.89x fp32 latency (all) -> 12.8 dB / 0.930 at 0.65x (compute);
+  `inputs` reaches 17.8 dB / 0.968, ahead of NNCF, but at 1.4x fp32 on onnxruntime's CPU provider
+  (a Conv whose output is float runs in fp32 there), so it is the user's choice on cpu; tensorrt
+  10.3 -> 13.1 dB (inputs). EfficientNet-Lite1 (ReLU6, no gate) keeps `all`, where it measured best.
 - transformers on the `cpu` target at 8 bits: dynamic int8 (activations quantized per batch, so no
   range has to hold every sentence's outliers) after SmoothQuant. On all-MiniLM-L6-v2 static int8
   reaches worst cosine 0.91, dynamic 0.988, dynamic after SmoothQuant 0.997, at 0.38x fp32 latency.
