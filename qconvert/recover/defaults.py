@@ -21,10 +21,13 @@ default below is there because it measured better on real trained networks
   (their inputs and outputs) on cpu/arm64, `inputs` (their inputs only, TensorRT's own placement
   rule) on tensorrt/openvino; the elementwise products stay float. On PaddleOCR's PP-OCRv4 detector
   (benchmarks/bench_ocr_det.py, probability-map SQNR / text-mask IoU against fp32) with the steps
-  above: cpu 10.6 dB / 0.897 at 0.89x fp32 latency (all) -> 12.8 dB / 0.930 at 0.65x (compute);
-  `inputs` reaches 17.8 dB / 0.968, ahead of NNCF, but at 1.4x fp32 on onnxruntime's CPU provider
-  (a Conv whose output is float runs in fp32 there), so it is the user's choice on cpu; tensorrt
-  10.3 -> 13.1 dB (inputs). EfficientNet-Lite1 (ReLU6, no gate) keeps `all`, where it measured best.
+  above: cpu 10.6 dB / 0.897 (all) -> 12.8 dB / 0.930 (compute) at the same latency (0.97x against
+  0.94-0.98x fp32 in one run under load, 0.89x against 0.65x in another); `inputs` reaches 17.8 dB /
+  0.968, ahead of NNCF (16.7 dB / 0.962), but at 1.4x fp32 on onnxruntime's CPU provider (a Conv whose
+  output is float runs in fp32 there), so it is the user's choice on cpu; tensorrt 10.3 -> 13.1 dB
+  (inputs). EfficientNet-Lite1 (ReLU6, no gate) keeps `all`: on cpu `compute` gave 18.0 dB (each
+  ReLU6 output rounded twice) and `inputs` 27.2 dB at 0.82x against 26.8 dB at 0.51x; on tensorrt
+  `inputs` gave 25.0 against 24.8 dB.
 - transformers on the `cpu` target at 8 bits: dynamic int8 (activations quantized per batch, so no
   range has to hold every sentence's outliers) after SmoothQuant. On all-MiniLM-L6-v2 static int8
   reaches worst cosine 0.91, dynamic 0.988, dynamic after SmoothQuant 0.997, at 0.38x fp32 latency.
