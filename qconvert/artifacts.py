@@ -341,6 +341,13 @@ class ArtifactDir:
         path.write_text(text)
         return path
 
+    def write_bytes(self, name: str, content: bytes) -> Path:
+        """Write `content` under `name`, making the folders it names (e.g. trials/8bit-static/)."""
+        path = self.path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return path
+
     def copy_onnx(self, src: Path, name: str) -> Path:
         """Copy a model (and its external data) in under `name`, fixing the data location."""
         import onnx

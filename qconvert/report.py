@@ -57,7 +57,11 @@ def verdict_of(doc: dict[str, Any]) -> str:
 
 def level_text(report: dict[str, Any]) -> str:
     """The confidence level of the report's intervals, e.g. '95%' ('' in files from before them)."""
-    level = report["validation"].get("confidence")
+    return confidence_text(report["validation"].get("confidence"))
+
+
+def confidence_text(level: float | None) -> str:
+    """A confidence level as text, e.g. 0.95 -> '95%' (None -> '')."""
     return f"{100 * level:g}%" if level else ""
 
 

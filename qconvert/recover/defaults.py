@@ -47,6 +47,14 @@ from dataclasses import dataclass
 import onnx
 
 FAMILIES = ("conv", "transformer", "other")
+# --auto's ladder (pipeline/auto.py): the steps it adds one at a time, per family, while validation fails
+MSE_RANGES = "ranges:mse"  # a ladder rung that changes the calibration method, not a recovery step
+LADDER: dict[str, tuple[str, ...]] = {
+    "conv": ("bias_correction", "gptq", MSE_RANGES, "clip_weights", "adaround"),
+    "transformer": ("smoothquant", MSE_RANGES, "adaround"),
+    "other": ("bias_correction", MSE_RANGES, "adaround"),
+}
+LAST_RUNGS = ("mixed_precision",)  # after every family's ladder: raises layers above int8
 ATTENTION_OPS = frozenset({"Attention", "MultiHeadAttention", "GroupQueryAttention"})
 NORM_OPS = frozenset(
     {

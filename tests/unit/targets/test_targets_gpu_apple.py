@@ -578,8 +578,8 @@ def test_cuda_modes() -> None:
     cuda = TARGETS.get("cuda")
     assert cuda.resolve_mode(16, None) == "fp16"
     assert cuda.resolve_mode(8, None) == "static"
-    assert cuda.resolve_mode(4, None) == "weight-only"  # MatMulNBits (tests/test_int4.py)
-    assert cuda.resolve_mode(16, "bf16") == "bf16"  # tests/test_bf16.py
+    assert cuda.resolve_mode(4, None) == "weight-only"  # MatMulNBits (tests/unit/quantize/test_int4.py)
+    assert cuda.resolve_mode(16, "bf16") == "bf16"  # tests/unit/quantize/test_bf16.py
 
 
 def test_cuda_refuses_dynamic_with_the_reason() -> None:
