@@ -24,8 +24,9 @@ from benchmarks/photos.py (different source photographs on each side). Side by s
   pairs only on the Conv/Gemm/MatMul ops, or only on their inputs); "none@stem@mse" has no step
 - NNCF 3.4 `nncf.quantize` on the same prepared ONNX, fast and full bias correction, run in
   /work/benchvenv as a subprocess (cpu only: NNCF makes its own Q/DQ scheme)
-- `--mixed VARIANT`: that variant (`default`, or STEPS[@OPTION...] as above), then `--recover mixed_precision` (per-layer a16w8/fp16/fp32
-  where the target runs it) aiming at `--mixed-tolerance` on the calibration images; and, with
+- `--mixed VARIANT`: that variant (`default`, or STEPS[@OPTION...] as above), then `--recover
+  mixed_precision` (per-layer a16w8/fp16/fp32 where the target runs it) aiming at
+  `--mixed-tolerance` on the calibration images; and, with
   `--fallback`, what --auto's float fallback does from the same graph instead (isolated-sensitivity
   ranking, layers kept float one at a time, validated on the held-out images after each, budget 10)
 

@@ -1,7 +1,7 @@
 """What the command line offers, read from the registries: the choices of `--target`, `--bits`,
-`--mode`, `--calibration-method`, `--placement`, `--algorithm` and `--recover`, for the help and for the settings'
-checks alike. A plugin target, quantizer or recovery step (entry points, see registry.py) becomes a
-valid value and shows up in `--help` with no edit here.
+`--mode`, `--calibration-method`, `--placement`, `--algorithm` and `--recover`, for the help and
+for the settings' checks alike. A plugin target, quantizer or recovery step (entry points, see
+registry.py) becomes a valid value and shows up in `--help` with no edit here.
 
 Each function imports its registry when it is called: config.py calls them from `__post_init__`,
 and the registries' modules import config.
