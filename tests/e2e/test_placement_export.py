@@ -69,3 +69,17 @@ def test_a_gated_conv_net_gets_its_placement(hardswish_net: str, tmp_path: Path)
 def test_an_unknown_placement_is_refused() -> None:
     with pytest.raises(ConfigError, match="--placement 'everywhere'"):
         RunConfig(placement="everywhere")
+
+
+def test_inputs_placement_without_qdq_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    config = RunConfig(
+        target="cpu",
+        target_options=(("format", "qoperator"),),
+        placement="inputs",
+        out_dir=tmp_path / "out",
+        latency_repeats=3,
+    )
+    with pytest.raises(ConfigError, match="--placement inputs needs the Q/DQ format") as raised:
+        export(config)
+    assert raised.value.exit_code == 2
+    assert not (tmp_path / "out").exists()  # refused before anything was written
