@@ -8,9 +8,11 @@ model's input/output names, an int8 artifact carries Q/DQ pairs, and qconvert's 
 is no worse than onnxruntime's, less a margin for ties: one held-out sample (1/N) for top-1/pixel
 agreement, 0.002 for mean cosine.
 
-The CI part is a few small models at 64x64 with 16 calibration and 16 held-out samples; the rest is
-marked `zoo` (deselected by default: `pytest -m zoo` runs it) and is also what benchmarks/bench_zoo.py
-runs and tabulates.
+The CI part is a few small models at 64x64 with 16 calibration and 16 held-out samples (too few for
+any verdict but INCONCLUSIVE or FAILED: the CI part checks conversion and agreement, not verdicts);
+the rest is marked `zoo` (deselected by default: `pytest -m zoo` runs it) and is also what
+benchmarks/bench_zoo.py runs and tabulates, with 32 calibration samples and as many held-out ones as
+qconvert's default tolerance needs to decide a verdict (`heldout_size`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +168,9 @@ class Outcome:
     size_ratio: float | None
     ort_size_ratio: float | None
     output: str
+    check: str = ""  # the check that decided qconvert's verdict: "metric measured [low, high] (bound)"
+    heldout: int = 0
+    seconds: float = 0.0
 
 
 def run_case(
@@ -197,9 +203,10 @@ def run_case(
     )
     if rc in (0, 1) and not (out / "model.onnx").exists():
         rc, status = -1, f"ERROR (exit {rc}, no model.onnx written)"
+    n_heldout = len(next(iter(heldout.values())))
     if rc not in (0, 1):
         return Outcome(name, target, bits, rc, status, compare, float("nan"), None, "", float("nan"),
-                       None, None, None, None, text[-3000:])  # fmt: skip
+                       None, None, None, None, text[-3000:], heldout=n_heldout)  # fmt: skip
     fp32 = out / "reference.onnx"
     reference, mine = run(fp32, heldout), run(out / "model.onnx", heldout)
     baseline = work / f"ort-{target}-{bits}.onnx"
@@ -213,8 +220,25 @@ def run_case(
         sqnr_db=sqnr_db(reference, mine), ort_sqnr_db=None if theirs is None else sqnr_db(reference, theirs),
         latency_ratio=report.get("latency", {}).get("ratio_p50"), size_ratio=size.get("ratio"),
         ort_size_ratio=None if theirs is None else baseline.stat().st_size / max(1, fp32.stat().st_size),
-        output=text[-3000:],
+        output=text[-3000:], check=deciding_check(report), heldout=n_heldout,
     )  # fmt: skip
+
+
+def deciding_check(report: dict) -> str:
+    """The check that decided the verdict (the first failed one, else the first inconclusive one,
+    else the first check), as "metric measured [low, high] (bound)"."""
+    checks = report.get("validation", {}).get("checks", [])
+    verdict = report.get("verdict", "")
+    chosen = next((c for c in checks if c.get("verdict") == verdict), checks[0] if checks else None)
+    if chosen is None:
+        return ""
+    interval, metric = chosen.get("interval") or {}, chosen["metric"]
+    span = f" [{_figure(metric, interval['low'])}, {_figure(metric, interval['high'])}]" if interval else ""
+    return f"{metric} {_figure(metric, chosen['measured'])}{span} ({chosen['bound']})"
+
+
+def _figure(metric: str, value: float) -> str:
+    return f"{100 * value:.1f}%" if metric.endswith(("agreement", "accuracy")) else f"{value:.4g}"
 
 
 def check(outcome: Outcome, out: Path, names: tuple[list[str], list[str]] | None = None) -> None:
@@ -248,7 +272,7 @@ def check(outcome: Outcome, out: Path, names: tuple[list[str], list[str]] | None
 # --- the zoo ----------------------------------------------------------------------------------
 
 CALIBRATION_CI, HELDOUT_CI = 16, 16
-CALIBRATION_SLOW, HELDOUT_SLOW = 32, 32
+CALIBRATION_SLOW = 32
 CI_CASES = {("resnet18", "cpu"), ("mobilenet_v2", "tensorrt"), ("bert_tiny", "cpu")}
 
 
@@ -265,13 +289,26 @@ def zoo_case(name: str, target: str, bits: int, work: Path, fast: bool) -> tuple
     """Run one zoo entry through qconvert and plain onnxruntime (the benchmark calls this too)."""
     entry = _zoo.BY_NAME[name]
     work.mkdir(parents=True, exist_ok=True)
-    n_cal, n_val = (CALIBRATION_CI, HELDOUT_CI) if fast else (CALIBRATION_SLOW, HELDOUT_SLOW)
+    n_cal, n_val = (CALIBRATION_CI, HELDOUT_CI) if fast else (CALIBRATION_SLOW, heldout_size(entry, bits))
     calibration, heldout = _zoo.samples(entry, n_cal, seed=1), _zoo.samples(entry, n_val, seed=2)
     source = _zoo.factory_file(entry, work)
+    start = time.perf_counter()
     outcome = run_case(
         f"{source}:model", name, entry.inputs, entry.compare, calibration, heldout, target, bits, work
     )
-    return outcome, work / f"{name}-{target}-{bits}"
+    return replace(outcome, seconds=time.perf_counter() - start), work / f"{name}-{target}-{bits}"
+
+
+def heldout_size(entry: _zoo.Entry, bits: int) -> int:
+    """The held-out samples on which a perfect candidate could pass qconvert's default tolerance for
+    `bits` (validation.samples_to_pass at 95%), so a verdict is decided, not INCONCLUSIVE for want of
+    data: 125 for a classifier at 8 bits (top-1 agreement >= 97%), 765 at 16 bits (>= 99.5%), 72
+    otherwise (no NaN/Inf). Class-score checks apply to [N, C] outputs, the classifiers here."""
+    from qconvert.config import Tolerance
+    from qconvert.validation import samples_to_pass
+
+    need = samples_to_pass(Tolerance.layered(bits), 0.95, labels=False, class_scores=entry.compare == "top1")
+    return need[0] if need else 32
 
 
 @pytest.mark.parametrize(("name", "target", "bits"), _zoo_params())
@@ -363,12 +400,15 @@ FOREIGN = {"torchscript_opset11": torchscript_opset11, "vendor_opset12": vendor_
 
 
 def foreign_case(
-    kind: str, target: str, bits: int, work: Path
+    kind: str, target: str, bits: int, work: Path, fast: bool = True
 ) -> tuple[Outcome, Path, tuple[list[str], list[str]]]:
+    """One foreign file through qconvert and plain onnxruntime: 16 calibration and 16 held-out
+    samples, or without `fast` (the benchmark) as many held-out samples as a verdict needs."""
     work.mkdir(parents=True, exist_ok=True)
     names = FOREIGN[kind](work / f"{kind}.onnx")
     entry = _zoo.Entry(kind, "", lambda: None, {names[0][0]: ((3, 32, 32), "float32")}, (), "top1")
-    calibration, heldout = _zoo.samples(entry, 16, seed=1), _zoo.samples(entry, 16, seed=2)
+    n_val = 16 if fast else heldout_size(entry, bits)
+    calibration, heldout = _zoo.samples(entry, 16, seed=1), _zoo.samples(entry, n_val, seed=2)
     outcome = run_case(
         work / f"{kind}.onnx", kind, entry.inputs, "top1", calibration, heldout, target, bits, work
     )
