@@ -225,11 +225,16 @@ def run_case(
 
 
 def deciding_check(report: dict) -> str:
-    """The check that decided the verdict (the first failed one, else the first inconclusive one,
-    else the first check), as "metric measured [low, high] (bound)"."""
+    """The check that decided the verdict, as "metric measured [low, high] (bound)": the first failed
+    one, else the first inconclusive one; on a PASSED verdict the agreement check where there is one
+    (the closest to its bound on these models), else the first."""
     checks = report.get("validation", {}).get("checks", [])
     verdict = report.get("verdict", "")
-    chosen = next((c for c in checks if c.get("verdict") == verdict), checks[0] if checks else None)
+    agreement = [c for c in checks if c.get("metric", "").endswith("agreement")]
+    chosen = next(
+        (c for c in checks if verdict != "passed" and c.get("verdict") == verdict),
+        (agreement or checks or [None])[0],
+    )
     if chosen is None:
         return ""
     interval, metric = chosen.get("interval") or {}, chosen["metric"]
