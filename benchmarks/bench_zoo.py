@@ -77,6 +77,22 @@ def cases(wanted: set[str], targets: list[tuple[str, int]]) -> list[tuple[str, s
     return [(n, t, b) for n in names if not wanted or n in wanted for t, b in targets]
 
 
+def render(files: list[str]) -> str:
+    """The markdown table of the rows in `files`, in the benchmark's case order."""
+    by_case: dict[tuple[str, str], dict] = {}
+    for file in files:
+        for record in json.loads(Path(file).read_text()):
+            by_case[record["model"], record["target"]] = record
+    order = {case: i for i, case in enumerate((n, t) for n, t, _ in cases(set(), list(test_zoo.TARGETS)))}
+    rows = []
+    for key in sorted(by_case, key=lambda k: order.get(k, len(order))):
+        record = dict(by_case[key])
+        family = record.pop("family")
+        record.setdefault("output", "")
+        rows.append(row(test_zoo.Outcome(**record), family))
+    return HEADER + "\n" + "\n".join(rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -84,7 +100,15 @@ def main() -> int:
     )
     parser.add_argument("--targets", default="cpu,tensorrt,cuda")
     parser.add_argument("--json", default="", help="also write the rows here (after every case)")
+    parser.add_argument(
+        "--render", nargs="+", default=[], metavar="JSON",
+        help="run nothing: print the table of these --json files (a later file's row for the same model "
+        "and target replaces an earlier one's)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.render:
+        print(render(args.render))
+        return 0
     wanted = set(filter(None, args.models.split(",")))
     targets = [(t, b) for t, b in test_zoo.TARGETS if t in args.targets.split(",")]
     rows, records = [], []
