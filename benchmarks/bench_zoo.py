@@ -48,9 +48,11 @@ def row(o: test_zoo.Outcome, family: str) -> str:
     kind = "cos" if o.metric == "cosine" else "pct"
     ort = _fmt(o.ort, kind) if o.ort is not None else f"fails: {o.ort_error.split(':')[0]}"
     fmt = "16-bit" if o.bits == 16 else "int8"
+    paired = "-" if o.discordant is None else f"{o.discordant[0]} / {o.discordant[1]}"
     return (
         f"| {o.model} | {family} | {o.target} {fmt} | {o.status} | {o.check or '-'} | {o.heldout} "
-        f"| {o.metric} | {_fmt(o.qconvert, kind)} | {ort} | {_fmt(o.sqnr_db, 'db')} | {_fmt(o.ort_sqnr_db, 'db')} "
+        f"| {o.metric} | {_fmt(o.qconvert, kind)} | {ort} | {paired} "
+        f"| {_fmt(o.sqnr_db, 'db')} | {_fmt(o.ort_sqnr_db, 'db')} "
         f"| {_fmt(o.latency_ratio, 'x')} | {_fmt(o.size_ratio, 'x')} | {_fmt(o.ort_size_ratio, 'x')} "
         f"| {o.seconds:.0f} |"
     )
@@ -58,7 +60,7 @@ def row(o: test_zoo.Outcome, family: str) -> str:
 
 COLUMNS = (
     "model", "family", "target", "qconvert verdict", "deciding check, 95% interval (bound)", "held-out",
-    "metric", "qconvert", "onnxruntime", "SQNR qconvert", "SQNR ort", "latency (qconvert/fp32)",
+    "metric", "qconvert", "onnxruntime", "samples only qconvert / only ort agrees on", "SQNR qconvert", "SQNR ort", "latency (qconvert/fp32)",
     "size qconvert", "size ort", "seconds",
 )  # fmt: skip
 HEADER = "| " + " | ".join(COLUMNS) + " |\n" + "|---" * len(COLUMNS) + "|"
@@ -118,7 +120,7 @@ def main() -> int:
             family = "foreign ONNX" if name in test_zoo.FOREIGN else _zoo.BY_NAME[name].family
             reason = None if name in test_zoo.FOREIGN else _zoo.available(_zoo.BY_NAME[name])
             if reason:
-                rows.append(f"| {name} | {family} | {target} | skipped: {reason} |" + " |" * 11)
+                rows.append(f"| {name} | {family} | {target} | skipped: {reason} |" + " |" * 12)
                 continue
             start = time.perf_counter()
             try:
@@ -128,7 +130,7 @@ def main() -> int:
                     outcome = test_zoo.zoo_case(name, target, bits, work, fast=False)[0]
             except Exception as e:  # one model's failure must not end the table
                 rows.append(f"| {name} | {family} | {target} | bench error: {type(e).__name__}: "
-                            f"{str(e)[:160]} |" + " |" * 11)  # fmt: skip
+                            f"{str(e)[:160]} |" + " |" * 12)  # fmt: skip
                 print(rows[-1], flush=True)
                 continue
             outcome = replace(outcome, seconds=time.perf_counter() - start)
