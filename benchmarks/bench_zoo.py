@@ -103,6 +103,10 @@ def main() -> int:
     parser.add_argument("--targets", default="cpu,tensorrt,cuda")
     parser.add_argument("--json", default="", help="also write the rows here (after every case)")
     parser.add_argument(
+        "--heldout", type=int, default=0,
+        help="held-out samples per zoo model (default: what the default tolerance needs to be decided)",
+    )  # fmt: skip
+    parser.add_argument(
         "--render", nargs="+", default=[], metavar="JSON",
         help="run nothing: print the table of these --json files (a later file's row for the same model "
         "and target replaces an earlier one's)",
@@ -127,7 +131,9 @@ def main() -> int:
                 if name in test_zoo.FOREIGN:
                     outcome = test_zoo.foreign_case(name, target, bits, work, fast=False)[0]
                 else:
-                    outcome = test_zoo.zoo_case(name, target, bits, work, fast=False)[0]
+                    outcome = test_zoo.zoo_case(
+                        name, target, bits, work, fast=False, heldout=args.heldout or None
+                    )[0]
             except Exception as e:  # one model's failure must not end the table
                 rows.append(f"| {name} | {family} | {target} | bench error: {type(e).__name__}: "
                             f"{str(e)[:160]} |" + " |" * 12)  # fmt: skip

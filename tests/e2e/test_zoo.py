@@ -321,11 +321,15 @@ def _zoo_params() -> list[Any]:
     return params
 
 
-def zoo_case(name: str, target: str, bits: int, work: Path, fast: bool) -> tuple[Outcome, Path]:
-    """Run one zoo entry through qconvert and plain onnxruntime (the benchmark calls this too)."""
+def zoo_case(
+    name: str, target: str, bits: int, work: Path, fast: bool, heldout: int | None = None
+) -> tuple[Outcome, Path]:
+    """Run one zoo entry through qconvert and plain onnxruntime (the benchmark calls this too), on
+    `heldout` held-out samples where given."""
     entry = _zoo.BY_NAME[name]
     work.mkdir(parents=True, exist_ok=True)
     n_cal, n_val = (CALIBRATION_CI, HELDOUT_CI) if fast else (CALIBRATION_SLOW, heldout_size(entry, bits))
+    n_val = heldout or n_val
     calibration, heldout = _zoo.samples(entry, n_cal, seed=1), _zoo.samples(entry, n_val, seed=2)
     source = _zoo.factory_file(entry, work)
     start = time.perf_counter()
