@@ -103,6 +103,9 @@ def main() -> int:
     parser.add_argument("--targets", default="cpu,tensorrt,cuda")
     parser.add_argument("--json", default="", help="also write the rows here (after every case)")
     parser.add_argument(
+        "--qconvert-args", default="", help="extra `qconvert export` arguments, e.g. '--recover none'"
+    )
+    parser.add_argument(
         "--heldout", type=int, default=0,
         help="held-out samples per zoo model (default: what the default tolerance needs to be decided)",
     )  # fmt: skip
@@ -132,7 +135,13 @@ def main() -> int:
                     outcome = test_zoo.foreign_case(name, target, bits, work, fast=False)[0]
                 else:
                     outcome = test_zoo.zoo_case(
-                        name, target, bits, work, fast=False, heldout=args.heldout or None
+                        name,
+                        target,
+                        bits,
+                        work,
+                        False,
+                        args.heldout or None,
+                        tuple(args.qconvert_args.split()),
                     )[0]
             except Exception as e:  # one model's failure must not end the table
                 rows.append(f"| {name} | {family} | {target} | bench error: {type(e).__name__}: "

@@ -322,10 +322,16 @@ def _zoo_params() -> list[Any]:
 
 
 def zoo_case(
-    name: str, target: str, bits: int, work: Path, fast: bool, heldout: int | None = None
+    name: str,
+    target: str,
+    bits: int,
+    work: Path,
+    fast: bool,
+    heldout: int | None = None,
+    extra: tuple[str, ...] = (),
 ) -> tuple[Outcome, Path]:
-    """Run one zoo entry through qconvert and plain onnxruntime (the benchmark calls this too), on
-    `heldout` held-out samples where given."""
+    """Run one zoo entry through qconvert (with `extra` arguments) and plain onnxruntime (the
+    benchmark calls this too), on `heldout` held-out samples where given."""
     entry = _zoo.BY_NAME[name]
     work.mkdir(parents=True, exist_ok=True)
     n_cal, n_val = (CALIBRATION_CI, HELDOUT_CI) if fast else (CALIBRATION_SLOW, heldout_size(entry, bits))
@@ -334,7 +340,7 @@ def zoo_case(
     source = _zoo.factory_file(entry, work)
     start = time.perf_counter()
     outcome = run_case(
-        f"{source}:model", name, entry.inputs, entry.compare, calibration, heldout, target, bits, work
+        f"{source}:model", name, entry.inputs, entry.compare, calibration, heldout, target, bits, work, extra
     )
     return replace(outcome, seconds=time.perf_counter() - start), work / f"{name}-{target}-{bits}"
 
