@@ -2,10 +2,10 @@
 exporters, side by side with plain onnxruntime `quantize_static` on the same fp32 ONNX (qconvert's
 own reference.onnx) and the same calibration and held-out inputs.
 
-Each case asserts: the export and quantization succeed (exit 0 or 1: 1 is a tolerance verdict, which
-the small held-out sets here cannot settle), the artifact passes onnx.checker and keeps the
-model's input/output names, an int8 artifact carries Q/DQ pairs, and qconvert's agreement with fp32
-is no worse than onnxruntime's (`worse_than_onnxruntime`: top-1 and next-token agreement paired,
+Each case asserts: the export and quantization succeed (exit 0 or 1: 1 is a FAILED or INCONCLUSIVE
+verdict; seeded random-init classifiers rarely meet the default tolerance), the artifact passes
+onnx.checker and keeps the model's input/output names, an int8 artifact carries Q/DQ pairs, and
+qconvert's agreement with fp32 is no worse than onnxruntime's (`worse_than_onnxruntime`: top-1 and next-token agreement paired,
 sample by sample, at 95%; per-pixel agreement within one held-out sample's worth; mean cosine
 within 0.002).
 
