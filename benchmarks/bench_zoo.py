@@ -132,9 +132,10 @@ def main() -> int:
             start = time.perf_counter()
             try:
                 if name in test_zoo.FOREIGN:
-                    outcome = test_zoo.foreign_case(name, target, bits, work, fast=False)[0]
+                    outcome, out, names = test_zoo.foreign_case(name, target, bits, work, fast=False)
                 else:
-                    outcome = test_zoo.zoo_case(
+                    entry = _zoo.BY_NAME[name]
+                    outcome, out = test_zoo.zoo_case(
                         name,
                         target,
                         bits,
@@ -142,12 +143,19 @@ def main() -> int:
                         False,
                         args.heldout or None,
                         tuple(args.qconvert_args.split()),
-                    )[0]
+                    )
+                    names = (list(entry.inputs), list(entry.outputs))
             except Exception as e:  # one model's failure must not end the table
                 rows.append(f"| {name} | {family} | {target} | bench error: {type(e).__name__}: "
                             f"{str(e)[:160]} |" + " |" * 12)  # fmt: skip
                 print(rows[-1], flush=True)
                 continue
+            try:  # the test's assertions: onnx.checker, names, Q/DQ, no worse than onnxruntime
+                test_zoo.check(outcome, out, names)
+            except AssertionError as e:
+                outcome = replace(
+                    outcome, status=f"{outcome.status}; CHECK FAILED: {str(e).splitlines()[0][:160]}"
+                )
             outcome = replace(outcome, seconds=time.perf_counter() - start)
             rows.append(row(outcome, family))
             records.append({**asdict(outcome), "family": family})
