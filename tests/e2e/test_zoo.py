@@ -206,10 +206,8 @@ def run_case(
     out = work / f"{name}-{target}-{bits}"
     rc, report, text = qconvert_export(source, out, target, bits, *args, *extra)
     # exit 1 is FAILED (out of tolerance) or INCONCLUSIVE (too few held-out samples to tell)
-    shown = {"passed": "PASSED", "failed": "FAILED (tolerance)", "inconclusive": "INCONCLUSIVE (samples)"}
-    status = (
-        shown.get(report.get("verdict", ""), "FAILED (tolerance)") if rc in (0, 1) else f"ERROR (exit {rc})"
-    )
+    shown = {"passed": "PASSED", "failed": "FAILED", "inconclusive": "INCONCLUSIVE"}
+    status = shown.get(report.get("verdict", ""), "FAILED") if rc in (0, 1) else f"ERROR (exit {rc})"
     if rc in (0, 1) and not (out / "model.onnx").exists():
         rc, status = -1, f"ERROR (exit {rc}, no model.onnx written)"
     n_heldout = len(next(iter(heldout.values())))
