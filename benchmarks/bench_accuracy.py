@@ -10,17 +10,23 @@ from benchmarks/photos.py (different source photographs on each side). Side by s
 - ort quantize_static: plain onnxruntime (QDQ, per-channel, its own MinMax calibrator) on the same
   prepared graph and calibration images (cpu only)
 - qconvert static: qconvert's static quantizer with the target's QuantizeConfig (`--recover none`)
+- "cli": `qconvert export` itself (qconvert.export with the same photos as --calibration / --data and
+  --tolerance `--cli-tolerance`): the model.onnx it ships, format race included, with the verdict and
+  the 95% intervals the verdict read
 - "default": what `qconvert export` does by default for this family (recover.defaults: GPTQ
-  rounding + bias correction, MSE activation ranges, the stem and the logits in float)
+  rounding + bias correction, MSE activation ranges, the stem and the logits in float), rebuilt
+  step by step; the same graph as "cli" where the format race keeps Q/DQ
 - each recovery step alone (qconvert.recover: pre steps on the fp32 graph, in pipeline order, then
   the same quantizer) and the combinations, written STEPS[@OPTION...]: '+' chains steps, and the
   options are `stem` (the first conv and the depthwise conv after it in float: their quantized
   stem activation alone costs the model 27.6 dB, see --analyze), `mse` (activation ranges by MSE)
-  and `logits` (the classifier's output left unquantized); "none@stem@mse" has no step
+  `logits` (the classifier's output left unquantized), and `compute` / `inputs` (--placement: Q/DQ
+  pairs only on the Conv/Gemm/MatMul ops, or only on their inputs); "none@stem@mse" has no step
 - NNCF 3.4 `nncf.quantize` on the same prepared ONNX, fast and full bias correction, run in
   /work/benchvenv as a subprocess (cpu only: NNCF makes its own Q/DQ scheme)
-- `--mixed STEPS@...`: those steps, then `--recover mixed_precision` (per-layer a16w8/fp16/fp32
-  where the target runs it) aiming at `--mixed-tolerance` on the calibration images; and, with
+- `--mixed VARIANT`: that variant (`default`, or STEPS[@OPTION...] as above), then `--recover
+  mixed_precision` (per-layer a16w8/fp16/fp32 where the target runs it) aiming at
+  `--mixed-tolerance` on the calibration images; and, with
   `--fallback`, what --auto's float fallback does from the same graph instead (isolated-sensitivity
   ranking, layers kept float one at a time, validated on the held-out images after each, budget 10)
 
@@ -60,9 +66,10 @@ import photos  # noqa: E402
 
 from qconvert.benchmark import interleaved_latency  # noqa: E402
 from qconvert.calibrate import Dataset  # noqa: E402
-from qconvert.config import QuantizeConfig  # noqa: E402
+from qconvert.config import DEFAULT_OPSET, QuantizeConfig, RunConfig  # noqa: E402
 from qconvert.onnx_export import onnx_from_torch  # noqa: E402
 from qconvert.prepare import prepared_from_onnx  # noqa: E402
+from qconvert.quantize.placement import gated, placed  # noqa: E402
 from qconvert.quantize.static import quantize_static_int8  # noqa: E402
 from qconvert.recover import RECOVERY  # noqa: E402
 from qconvert.recover.adaround import AdaRound  # noqa: E402
@@ -75,6 +82,7 @@ from qconvert.validation.metrics import compare  # noqa: E402
 # the python of a venv with nncf (its pins clash with the test extra)
 BENCHVENV = Path(os.environ.get("NNCF_PYTHON", "/work/benchvenv/bin/python"))
 DEFAULT_STEPS = (
+    "cli",
     "default",
     "none@stem",
     "none@mse",
@@ -89,7 +97,7 @@ DEFAULT_STEPS = (
     "gptq+bias_correction@stem@mse",
     "clip_weights+bias_correction@stem@mse@logits",
 )
-OPTIONS = ("stem", "mse", "logits")
+OPTIONS = ("stem", "mse", "logits", "compute", "inputs")
 NNCF_SCRIPT = """
 import sys, time, numpy as np, onnx, nncf
 src, calib, out, fast, name = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "fast", sys.argv[5]
@@ -146,9 +154,12 @@ def metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     }
 
 
+SOURCE = f"{ROOT / 'benchmarks' / 'efficientnet_lite.py'}:build"
+
+
 def export_model(work: Path) -> tuple[Path, Path]:
-    loaded = load_source(f"{ROOT / 'benchmarks' / 'efficientnet_lite.py'}:build")
-    exported = onnx_from_torch(loaded, 17, work)
+    loaded = load_source(SOURCE)
+    exported = onnx_from_torch(loaded, DEFAULT_OPSET, work)  # the opset `qconvert export` uses
     prepared = prepared_from_onnx(exported.path, work / "prepared.onnx")
     return exported.path, prepared
 
@@ -176,8 +187,10 @@ def variant(combo: str, qc: QuantizeConfig, fp32: onnx.ModelProto) -> tuple[list
     """(steps, settings) of a variant: "default" (the family's defaults, as `qconvert export` picks
     them), or STEPS[@OPTION...] (see the module docstring)."""
     if combo == "default":
-        chosen = choose("conv", "tensorrt" if qc.activation_symmetric else "cpu", 8, "static")
+        target = "tensorrt" if qc.activation_symmetric else "cpu"
+        chosen = choose("conv", target, 8, "static", gated=gated(fp32))
         options = [o for o, on in (("stem", chosen.float_stem), ("logits", chosen.float_outputs)) if on]
+        options += [chosen.placement] if chosen.placement else []
         steps = list(chosen.recover)
         if chosen.calibration_method == "mse":
             options.append("mse")
@@ -193,7 +206,44 @@ def variant(combo: str, qc: QuantizeConfig, fp32: onnx.ModelProto) -> tuple[list
         qc = replace(qc, calibration_method="mse")
     if "logits" in options and (kinds := output_layers(fp32)):
         qc = replace(qc, extra_options=(*qc.extra_options, ("OpTypesToExcludeOutputQuantization", kinds)))
+    for where in ("compute", "inputs"):
+        if where in options:
+            qc = placed(qc, fp32, where)
     return steps, qc
+
+
+def through_cli(
+    target: str, source: str, calib_npz: Path, held_npz: Path, tolerance: str | None, work: Path
+) -> tuple[Path, float, dict[str, Any]]:
+    """`qconvert export SOURCE --bits 8 --target TARGET --calibration CALIB --data HELD --tolerance T`,
+    in process: (its model.onnx, wall seconds, the verdict with the intervals it read)."""
+    from qconvert import export
+
+    out = work / f"cli-{target}"
+    config = RunConfig(
+        source=source,
+        bits=8,
+        target=target,
+        calibration=str(calib_npz),
+        data=str(held_npz),
+        tolerance=tolerance,
+        out_dir=out,
+        force=True,
+    )
+    start = time.perf_counter()
+    result = export(config)
+    seconds = time.perf_counter() - start
+    checks = [
+        f"{c['metric']} {c['measured']:.4g} [{c['interval']['low']:.4g}, {c['interval']['high']:.4g}] "
+        f"{c['verdict']} against {c['bound']}"
+        for c in result.report["validation"]["checks"]
+    ]
+    verdict = {
+        "verdict": result.verdict,
+        "checks": checks,
+        "format": result.manifest["quantization"]["format"],
+    }
+    return out / "model.onnx", seconds, verdict
 
 
 def ort_plain(prepared: Path, dest: Path, calib: np.ndarray, name: str = "input") -> None:
@@ -427,15 +477,14 @@ def mixed_variants(
     work: Path,
     record: Any,
 ) -> None:
-    """STEPS[@float-stem], then mixed_precision (the run's post step) aiming at --mixed-tolerance; with
-    --fallback, --auto's float fallback from the same graph against the same tolerance on held-out."""
+    """A variant (as --steps; `@float-stem` reads `@stem`), then mixed_precision (the run's post step)
+    aiming at --mixed-tolerance; with --fallback, --auto's float fallback from the same graph against
+    the same tolerance on held-out."""
     from qconvert.artifacts import save_onnx
     from qconvert.config import Tolerance
     from qconvert.quantize.float16 import emulate_fp16
 
-    chain, _, where = combo.partition("@")
-    steps = [s for s in chain.split("+") if s and s != "none"]
-    run_qc = replace(qc, nodes_to_exclude=float_stem(fp32_model)) if where == "float-stem" else qc
+    steps, run_qc = variant(combo.replace("@float-stem", "@stem"), qc, fp32_model)
     tolerance = Tolerance.for_bits(8, args.mixed_tolerance)
     exact = target != "cpu"
 
@@ -455,7 +504,7 @@ def mixed_variants(
         original=prepared,
         time=timer if target == "cpu" else None,
     )
-    model, notes, _ = apply_steps(fp32_model, steps, inp)
+    model, notes, _ = apply_steps(fp32_model, steps, inp, args.adaround_budget)
     src, base = work / f"{target}-{combo}-mixed-fp32.onnx", work / f"{target}-{combo}-mixed-base.onnx"
     onnx.save_model(model, str(src))
     quantize_static_int8(src, base, run_qc, dataset)
@@ -463,11 +512,11 @@ def mixed_variants(
     result = RECOVERY.get("mixed_precision")(model, onnx.load(str(base)), inp)
     dest = save_onnx(result.model, work / f"{target}-{combo}-mixed.onnx")
     table = result.details.get("tradeoff", {})
-    variant = f"{combo}+mixed_precision"
+    name = f"{combo}+mixed_precision"
     checked = emulate_fp16(dest, work / f"{target}-{combo}-mixed-fp16.onnx") if exact else dest
     record(
         target,
-        variant,
+        name,
         checked,
         base_seconds + result.seconds,
         [*notes, *result.notes, f"layer formats {result.details.get('layer_formats')}"],
@@ -475,7 +524,7 @@ def mixed_variants(
     )
     rows_of = table.get("configurations", [])
     print(
-        f"  {variant}: {len(rows_of)} configurations, chosen {table.get('chosen')}, {table.get('evaluations')} "
+        f"  {name}: {len(rows_of)} configurations, chosen {table.get('chosen')}, {table.get('evaluations')} "
         f"measurements, stopped: {table.get('stopped')}"
     )
     if not args.fallback:
@@ -541,7 +590,14 @@ def main() -> None:
     parser.add_argument("--adaround-budget", type=float, default=300.0, help="seconds per AdaRound variant")
     parser.add_argument("--json", type=Path)
     parser.add_argument(
-        "--mixed", default="", help="comma list of STEPS[@float-stem] to follow with mixed_precision"
+        "--cli-tolerance",
+        default="top1_agreement>=0.95,sqnr_db>=25",
+        help="--tolerance of the 'cli' variant (qconvert export itself)",
+    )
+    parser.add_argument(
+        "--mixed",
+        default="",
+        help="comma list of variants (default, or STEPS[@OPTION...] as --steps) to follow with mixed_precision",
     )
     parser.add_argument("--mixed-tolerance", default="top1_agreement>=0.95,sqnr_db>=25")
     parser.add_argument(
@@ -554,8 +610,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
     sets = photos.build(240, 32 if args.quick else 100, 1 if args.quick else 2)
     calib, held = sets.calibration, sets.heldout
-    calib_npz = work / "calibration.npz"
+    calib_npz, held_npz = work / "calibration.npz", work / "heldout.npz"
     np.savez(calib_npz, input=calib)
+    np.savez(held_npz, input=held)
     manifest = sets.manifest()
     print(
         f"photos: calibration {len(calib)} images from {manifest['calibration']['photos']} photos, "  # type: ignore[index]
@@ -608,6 +665,13 @@ def main() -> None:
             results["analysis"] = analyze(prepared, base, qc, held)
             print(json.dumps({k: v for k, v in results["analysis"].items() if k != "cumulative"}, indent=1))
         for combo in [s for s in args.steps.split(",") if s]:
+            if combo == "cli":
+                path, seconds, verdict = through_cli(
+                    target, SOURCE, calib_npz, held_npz, args.cli_tolerance, work
+                )
+                print(f"  qconvert export --target {target}: {verdict}")
+                record(target, "cli", path, seconds, [str(verdict)], optimize=not exact)
+                continue
             steps, run_qc = variant(combo, qc, fp32_model)
             missing = [s for s in steps if s not in RECOVERY.names()]
             if missing:

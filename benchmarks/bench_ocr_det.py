@@ -3,7 +3,8 @@ PP-LCNet-style backbone: depthwise convs, hard-swish, squeeze-excite), a foreign
 photographs with text drawn on them.
 
     pip download --no-deps rapidocr-onnxruntime==1.4.4 -d wheels   # or pip install --no-deps ...
-    python benchmarks/bench_ocr_det.py [--model PATH] [--no-nncf] [--nncf-full] [--json F]
+    python benchmarks/bench_ocr_det.py [--model PATH] [--target cpu|tensorrt] [--no-nncf] [--nncf-full]
+                                       [--json F]
 
 The model is the `ch_PP-OCRv4_det_infer.onnx` that the rapidocr-onnxruntime wheel ships (found in the
 installed package, in a downloaded wheel under --wheels, or given with --model). It maps a (1, 3, H, W)
@@ -17,8 +18,12 @@ benchmarks/data/sentences_calib.txt, held-out ones from sentences_heldout.txt.
 Figures against fp32 on the held-out images: SQNR of the probability map, the intersection-over-union
 of the text masks (probability > 0.3, the detector's own threshold, over all held-out pixels) and the
 share of pixels whose mask differs; latency interleaved with fp32 at batch 1 (rough on a shared
-machine). Variants: plain onnxruntime quantize_static, qconvert `--recover none`, qconvert's family
-default (benchmarks/bench_accuracy.py's "default"), single steps, NNCF (in NNCF_PYTHON's venv).
+machine). Variants: plain onnxruntime quantize_static, qconvert `--recover none`, `qconvert export`
+itself ("cli": the model.onnx it ships, its verdict and intervals), qconvert's family default rebuilt
+step by step (benchmarks/bench_accuracy.py's "default"), single steps and --placement choices
+(bench_accuracy.py's STEPS@OPTION), NNCF (in NNCF_PYTHON's venv). With `--target tensorrt` the graphs
+are run as written (exact Q/DQ arithmetic, what TensorRT computes), without onnxruntime, NNCF or
+latency.
 """
 
 from __future__ import annotations
@@ -53,7 +58,19 @@ MODEL = "ch_PP-OCRv4_det_infer.onnx"
 FONTS = Path("/usr/share/fonts/truetype/dejavu")
 RESOLUTION = 320
 THRESHOLD = 0.3  # rapidocr's Det.thresh
-STEPS = ("default", "none@stem@mse@logits", "bias_correction", "gptq", "gptq+bias_correction")
+STEPS = (
+    "cli",
+    "default",
+    "none@stem@mse@logits",
+    "bias_correction",
+    "gptq",
+    "gptq+bias_correction",
+    "gptq+bias_correction@stem@mse@logits",
+    "none@compute",
+    "none@inputs",
+    "gptq+bias_correction@stem@mse@logits@compute",
+    "gptq+bias_correction@stem@mse@logits@inputs",
+)
 
 
 def find_model(given: Path | None, wheels: Path) -> Path:
@@ -119,6 +136,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path)
+    parser.add_argument("--target", default="cpu", help="cpu or tensorrt")
     parser.add_argument("--wheels", type=Path, default=Path("wheels"))
     parser.add_argument("--steps", default=",".join(STEPS))
     parser.add_argument("--no-nncf", action="store_true")
@@ -132,7 +150,10 @@ def main() -> None:
     calib = with_text(sets.calibration, (data / "sentences_calib.txt").read_text().splitlines(), 1)
     held = with_text(sets.heldout, (data / "sentences_heldout.txt").read_text().splitlines(), 2)
     np.savez(work / "calibration.npz", x=calib)
-    prepared = prepared_from_onnx(find_model(args.model, args.wheels), work / "prepared.onnx")
+    np.savez(work / "heldout.npz", x=held)
+    exact = args.target != "cpu"
+    source = find_model(args.model, args.wheels)
+    prepared = prepared_from_onnx(source, work / "prepared.onnx")
     fp32_sess = bench.session(prepared, True)
     ref = bench.run(fp32_sess, held, 8, "x")[next(iter(o.name for o in fp32_sess.get_outputs()))]
     dataset = Dataset("photos+text", {"x": calib})
@@ -140,7 +161,7 @@ def main() -> None:
     paths: dict[str, Path] = {}
 
     def record(variant: str, path: Path, seconds: float) -> None:
-        s = bench.session(path, True)
+        s = bench.session(path, not exact)
         out = bench.run(s, held, 8, "x")[s.get_outputs()[0].name]
         rows.append({"variant": variant, **metrics(ref, out), "seconds": seconds})
         paths[variant] = path
@@ -154,15 +175,22 @@ def main() -> None:
     print(f"held-out: {len(held)} images, text pixels (fp32 mask) {metrics(ref, ref)['text_pixels']:.1%}")
     print("| variant | prob. map SQNR | text-mask IoU | mask pixels differing | seconds |")
     print("|---|---|---|---|---|")
-    start = time.perf_counter()
-    bench.ort_plain(prepared, work / "ort.onnx", calib, "x")
-    record("ort quantize_static", work / "ort.onnx", time.perf_counter() - start)
-    qc = bench.target_config("cpu")
+    if not exact:
+        start = time.perf_counter()
+        bench.ort_plain(prepared, work / "ort.onnx", calib, "x")
+        record("ort quantize_static", work / "ort.onnx", time.perf_counter() - start)
+    qc = bench.target_config(args.target)
     start = time.perf_counter()
     quantize_static_int8(prepared, work / "none.onnx", qc, dataset)
     record("qconvert --recover none", work / "none.onnx", time.perf_counter() - start)
     fp32_model = onnx.load(str(prepared))
     for combo in [s for s in args.steps.split(",") if s]:
+        if combo == "cli":
+            npz = work / "calibration.npz", work / "heldout.npz"
+            path, seconds, verdict = bench.through_cli(args.target, str(source), *npz, None, work)
+            print(f"  qconvert export --target {args.target}: {verdict}")
+            record("qconvert export (cli)", path, seconds)
+            continue
         steps, run_qc = bench.variant(combo, qc, fp32_model)
         start = time.perf_counter()
         model, _, _ = bench.apply_steps(fp32_model, steps, RecoveryInput(run_qc, dataset, work), 300.0)
@@ -170,12 +198,14 @@ def main() -> None:
         onnx.save_model(model, str(src))
         quantize_static_int8(src, dest, run_qc, dataset)
         record(f"qconvert {combo}", dest, time.perf_counter() - start)
-    if not args.no_nncf:
+    if not args.no_nncf and not exact:
         for fast in (True, False) if args.nncf_full else (True,):
             dest = work / f"nncf-{'fast' if fast else 'full'}.onnx"
             seconds = bench.nncf_quantize(prepared, work / "calibration.npz", dest, fast, 900, "x")
             if seconds is not None:
                 record(f"NNCF ({'fast' if fast else 'full'} bias correction)", dest, seconds)
+    if exact:
+        return
     one = held[:1]
     runners = {"fp32": lambda: fp32_sess.run(None, {"x": one})}
     for name, path in paths.items():

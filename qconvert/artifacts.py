@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -291,7 +292,10 @@ class ArtifactDir:
             self._lock.acquire()
             sweep_stale(self.out_dir)
             check_output_dir(self.out_dir, self.force, self._inputs)  # again, now that OUT_DIR is ours
-            self.root = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-{os.getpid()}-", dir=parent))
+            # named before it is made, so a signal between the two finds it for cleanup (mkdtemp's
+            # return value was lost that way when SIGTERM arrived just as it returned)
+            self.root = parent / f".{self.out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+            self.root.mkdir(mode=0o700)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -339,6 +343,13 @@ class ArtifactDir:
     def write_text(self, name: str, text: str) -> Path:
         path = self.path(name)
         path.write_text(text)
+        return path
+
+    def write_bytes(self, name: str, content: bytes) -> Path:
+        """Write `content` under `name`, making the folders it names (e.g. trials/8bit-static/)."""
+        path = self.path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
         return path
 
     def copy_onnx(self, src: Path, name: str) -> Path:

@@ -1,7 +1,7 @@
 """What the command line offers, read from the registries: the choices of `--target`, `--bits`,
-`--mode`, `--calibration-method`, `--algorithm` and `--recover`, for the help and for the settings'
-checks alike. A plugin target, quantizer or recovery step (entry points, see registry.py) becomes a
-valid value and shows up in `--help` with no edit here.
+`--mode`, `--calibration-method`, `--placement`, `--algorithm` and `--recover`, for the help and
+for the settings' checks alike. A plugin target, quantizer or recovery step (entry points, see
+registry.py) becomes a valid value and shows up in `--help` with no edit here.
 
 Each function imports its registry when it is called: config.py calls them from `__post_init__`,
 and the registries' modules import config.
@@ -44,6 +44,13 @@ def calibration_methods() -> tuple[str, ...]:
     from qconvert.calibrate.streaming import ORT_METHODS
 
     return tuple(ORT_METHODS)
+
+
+def placements() -> tuple[str, ...]:
+    """`--placement`: where a static int8 graph gets its Q/DQ pairs (quantize.placement)."""
+    from qconvert.quantize.placement import PLACEMENTS
+
+    return PLACEMENTS
 
 
 def weight_algorithms() -> tuple[str, ...]:

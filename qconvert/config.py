@@ -379,6 +379,8 @@ class RunConfig:
     # (Recovery.order): `pre` steps before quantization, `post` steps after it; None: the family's defaults
     # (qconvert.recover.defaults), () (`--recover none`): none
     recover: tuple[str, ...] | None = None
+    # --placement: where static int8 puts its Q/DQ pairs (quantize.placement); None: the family's
+    placement: str | None = None
 
     def to_argv(self, out_dir: Path) -> list[str]:
         """The `qconvert export` command line that makes this run (the manifest's `command`)."""
@@ -425,6 +427,8 @@ class RunConfig:
             parts += ["--latency-batch", str(config.latency_batch)]
         if config.calibration_method is not None:
             parts += ["--calibration-method", config.calibration_method]
+        if config.placement is not None:
+            parts += ["--placement", config.placement]
         for name, value in config.target_options:
             parts += ["--target-option", f"{name}={value}"]
         if config.recover is not None:
@@ -455,6 +459,10 @@ class RunConfig:
             )
         if self.samples is not None and self.samples < 1:
             raise ConfigError(f"--samples must be at least 1 (got {self.samples})")
+        if self.placement is not None and self.placement not in choices.placements():
+            raise ConfigError(
+                f"--placement {self.placement!r} is not a placement. Valid: {', '.join(choices.placements())}"
+            )
         if not 7 <= self.opset <= 23:
             raise ConfigError(f"--opset {self.opset} is outside the range qconvert supports (7..23)")
         if self.latency_repeats < 1:

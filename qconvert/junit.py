@@ -10,51 +10,53 @@ many held-out samples would settle it. Computes nothing.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import Any
+from typing import TYPE_CHECKING
 
-from qconvert.report import INCONCLUSIVE, check_line, level_text, verdict_of
+from qconvert.report import INCONCLUSIVE, check_line, confidence_text
+
+if TYPE_CHECKING:
+    from qconvert.results import ValidationReport
 
 SUITE = "qconvert validate"
 
 
-def render_junit(run: dict[str, Any]) -> str:
-    """`run` is `ValidationRun.as_json()`; returns the XML document as text."""
-    checks: list[dict[str, Any]] = run["validation"]["checks"]
-    failed = sum(1 for c in checks if not c["passed"])
+def render_junit(run: ValidationReport) -> str:
+    """`run` is the --json document (`ValidationRun.report`); returns the XML document as text."""
+    checks = run.figures.checks
+    failed = sum(1 for c in checks if not c.passed)
     counts = {"tests": str(len(checks)), "failures": str(failed), "errors": "0", "skipped": "0"}
-    seconds = f"{run.get('seconds', 0.0):.3f}"
+    seconds = f"{run.seconds:.3f}"
     root = ET.Element("testsuites", {"name": SUITE, **counts, "time": seconds})
     suite = ET.SubElement(root, "testsuite", {"name": SUITE, **counts, "time": seconds})
     props = ET.SubElement(suite, "properties")
-    level = level_text(run)
-    properties = {**run, "confidence": run["validation"].get("confidence")}
-    for name in (
-        "candidate",
-        "reference",
-        "data",
-        "samples",
-        "provider",
-        "bits",
-        "tolerance_source",
-        "verdict",
-        "confidence",
-    ):
-        value = properties.get(name)
+    confidence = run.figures.confidence
+    level = confidence_text(confidence)
+    properties = {
+        "candidate": run.candidate,
+        "reference": run.reference,
+        "data": run.data,
+        "samples": run.samples,
+        "provider": run.provider,
+        "bits": run.bits,
+        "tolerance_source": run.tolerance_source,
+        "verdict": run.verdict,
+        "confidence": confidence,
+    }
+    for name, value in properties.items():
         if value is not None:
             ET.SubElement(props, "property", {"name": name, "value": str(value)})
     for check in checks:
         case = ET.SubElement(
-            suite, "testcase", {"classname": check["output"], "name": check["metric"], "time": "0"}
+            suite, "testcase", {"classname": check.output, "name": check.metric, "time": "0"}
         )
-        if check["passed"]:
+        if check.passed:
             ET.SubElement(case, "system-out").text = check_line(check, level)
         else:
             message = check_line(check, level)
-            kind = "Inconclusive" if verdict_of(check) == INCONCLUSIVE else "OutOfTolerance"
+            kind = "Inconclusive" if check.verdict == INCONCLUSIVE else "OutOfTolerance"
             failure = ET.SubElement(case, "failure", {"message": message, "type": kind})
             failure.text = message
-    notes = run.get("notes") or []
-    if notes:
-        ET.SubElement(suite, "system-out").text = "\n".join(f"note: {n}" for n in notes)
+    if run.notes:
+        ET.SubElement(suite, "system-out").text = "\n".join(f"note: {n}" for n in run.notes)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -1,10 +1,16 @@
-"""Renders results that the pipeline measured. Computes nothing new."""
+"""Renders results that the pipeline measured, read from the typed records (results.Report,
+results.ValidationReport and their Figures / CheckRecord). Computes nothing new."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from qconvert.results import Report
+
+if TYPE_CHECKING:
+    from qconvert.results import CheckRecord, ValidationReport
 
 PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"  # validation.intervals' verdicts
 BEYOND = "share-beyond"  # an interval on the share of inputs beyond a limit (validation.intervals)
@@ -30,16 +36,21 @@ def _one(x: float) -> str:
     return f"{x:.1f}"
 
 
-def quantized_label(report: dict[str, Any]) -> str:
-    if report["bits"] == 16 and report.get("mode") in ("bf16", "static"):  # not fp16: bf16, or A16W8
-        return "bf16" if report["mode"] == "bf16" else "a16w8"
-    return {16: "fp16", 8: "int8", 4: "int4"}.get(report["bits"], f"{report['bits']}-bit")
+def quantized_label(report: Report) -> str:
+    return bits_label(report.bits, report.mode)
 
 
-def random_data_warning(report: dict[str, Any]) -> str | None:
+def bits_label(bits: int, mode: str | None) -> str:
+    """How a (bits, mode) is called in a table: int8, int4, fp16, bf16, a16w8, ..."""
+    if bits == 16 and mode in ("bf16", "static"):  # not fp16: bf16, or A16W8
+        return "bf16" if mode == "bf16" else "a16w8"
+    return {16: "fp16", 8: "int8", 4: "int4"}.get(bits, f"{bits}-bit")
+
+
+def random_data_warning(report: Report) -> str | None:
     """The line to show in bold when `--calibration random` was used (report.json: data), else None."""
-    data = report.get("data")  # `qconvert validate` reports put the --data path here instead
-    if not isinstance(data, dict) or not data.get("calibration_random"):
+    data = report.data
+    if not data.get("calibration_random"):
         return None
     how = (
         "calibrated and validated on random inputs"
@@ -49,15 +60,13 @@ def random_data_warning(report: dict[str, Any]) -> str | None:
     return f"Accuracy figures are not meaningful: this model was {how} (--calibration random), not real data."
 
 
-def verdict_of(doc: dict[str, Any]) -> str:
-    """The verdict of a report, a check or a sweep (a dict with `passed`, and `verdict` in files
-    written since the verdict reads intervals: before, `passed` was the two-way verdict)."""
-    return str(doc.get("verdict") or (PASSED if doc.get("passed") else FAILED))
-
-
-def level_text(report: dict[str, Any]) -> str:
+def level_text(report: Report | ValidationReport) -> str:
     """The confidence level of the report's intervals, e.g. '95%' ('' in files from before them)."""
-    level = report["validation"].get("confidence")
+    return confidence_text(report.figures.confidence)
+
+
+def confidence_text(level: float | None) -> str:
+    """A confidence level as text, e.g. 0.95 -> '95%' (None -> '')."""
     return f"{100 * level:g}%" if level else ""
 
 
@@ -103,22 +112,22 @@ def _with_interval(value: str, interval: str) -> str:
     return f"{value}\n{interval}" if interval else value
 
 
-def check_line(check: dict[str, Any], level: str = "") -> str:
+def check_line(check: CheckRecord, level: str = "") -> str:
     """One check with its interval and, where it did not pass, what would settle it: for a FAILED
     check the tolerance that would pass, for an INCONCLUSIVE one the held-out samples that would
     decide it."""
-    iv = check.get("interval")
-    verdict = verdict_of(check)
-    head = f"{check['output']}: {check['metric']} = {check['measured']:.6g}"
+    iv = check.interval
+    verdict = check.verdict
+    head = f"{check.output}: {check.metric} = {check.measured:.6g}"
     if verdict == INCONCLUSIVE and iv:
         if iv["method"] == BEYOND:
             text = (
                 f"{head} holds on all {iv['samples']} samples, but at {level} confidence up to "
-                f"{_share(iv['high'])} of inputs could break {check['bound']}"
+                f"{_share(iv['high'])} of inputs could break {check.bound}"
             )
         else:
-            text = f"{head}, {level} interval {interval_text(iv)} on {iv['samples']} samples, straddles {check['bound']}"
-        settle = check.get("samples_to_settle")
+            text = f"{head}, {level} interval {interval_text(iv)} on {iv['samples']} samples, straddles {check.bound}"
+        settle = check.samples_to_settle
         if settle:
             return f"{text}; about {settle} held-out samples in all would settle it"
         return f"{text}; no number of samples settles it: the measured value sits on the bound"
@@ -129,31 +138,30 @@ def check_line(check: dict[str, Any], level: str = "") -> str:
         )
     elif iv:
         head += f" ({level} interval {interval_text(iv)}, {iv['samples']} samples)"
-    text = f"{head}, needs {check['bound']}"
+    text = f"{head}, needs {check.bound}"
     # never for speedup: a gate is not told to accept a slowdown
-    if verdict == FAILED and check.get("needed"):
-        text += f" (would pass with --tolerance '{check['needed']}')"
-    return f"{text}: {check['hint']}" if check.get("hint") else text
+    if verdict == FAILED and check.needed:
+        text += f" (would pass with --tolerance '{check.needed}')"
+    return f"{text}: {check.hint}" if check.hint else text
 
 
-def inconclusive_lines(report: dict[str, Any]) -> list[str]:
+def inconclusive_lines(report: Report | ValidationReport) -> list[str]:
     """One line per INCONCLUSIVE check, then what would settle the whole verdict."""
-    validation = report["validation"]
     level = level_text(report)
-    lines = [check_line(c, level) for c in validation["checks"] if verdict_of(c) == INCONCLUSIVE]
+    lines = [check_line(c, level) for c in report.figures.checks if c.verdict == INCONCLUSIVE]
     if lines:
         lines.append(settle_advice(report))
     return lines
 
 
-def settle_advice(report: dict[str, Any]) -> str:
+def settle_advice(report: Report | ValidationReport) -> str:
     """For an INCONCLUSIVE verdict: how many held-out samples would settle it."""
-    validation = report["validation"]
-    have, settle = validation["samples"], validation.get("samples_to_settle")
+    figures = report.figures
+    have, settle = figures.samples, figures.samples_to_settle
     head = (
         f"{have} held-out samples cannot show at {level_text(report)} confidence whether the model is "
         "within tolerance"
-        + (" (no model could pass on so few, however accurate)" if validation.get("data_limited") else "")
+        + (" (no model could pass on so few, however accurate)" if figures.data_limited else "")
     )
     if not settle:
         return f"{head}; more samples will not settle a check whose measured value sits on its bound"
@@ -163,11 +171,11 @@ def settle_advice(report: dict[str, Any]) -> str:
     )
 
 
-def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
     """Rows of (what, fp32, quantized, change) for the closing table of `qconvert export`; each figure
     with its confidence interval on the line below (report.json: validation.intervals)."""
     rows: list[tuple[str, str, str, str]] = []
-    acc = report.get("accuracy")
+    acc = report.accuracy
     if acc:
         change_pt = -100 * acc["drop"] + 0.0  # + 0.0 turns -0.0 into 0.0
         ivs = acc.get("intervals") or {}
@@ -181,8 +189,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _with_interval(f"{change_pt:+.2f} pt", change),
             )
         )
-    intervals = report["validation"].get("intervals") or {}
-    for name, m in report["validation"]["outputs"].items():
+    intervals = report.figures.intervals
+    for name, m in report.figures.outputs.items():
         ivs = intervals.get(name, {})
 
         def cell(text: str, *metrics: str, fmt: Callable[[float], str], ivs: dict[str, Any] = ivs) -> str:
@@ -204,11 +212,11 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append((f"cosine, mean / worst ({name})", "", cosines, ""))
         errors = cell(f"{m['sqnr_db']:.1f} dB / {m['max_abs']:.3g}", "sqnr_db", "max_abs", fmt=_one)
         rows.append((f"SQNR / max abs error ({name})", "", errors, ""))
-    size = report["size"]
+    size = report.size
     rows.append(
         ("size", human_bytes(size["fp32_bytes"]), human_bytes(size["model_bytes"]), f"{size['ratio']:.2f}x")
     )
-    lat = report["latency"]
+    lat = report.latency
     rows.append(
         (
             f"latency p50 (batch {lat['batch']}, {lat['provider'].replace('ExecutionProvider', '')})",
@@ -220,13 +228,12 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def failure_lines(report: dict[str, Any]) -> list[str]:
+def failure_lines(report: Report | ValidationReport) -> list[str]:
     """One line per failed check, with its interval and the tolerance that would have passed; then,
-    where per-layer sensitivity ran, the worst layers and what --auto did or could do."""
+    for an export where per-layer sensitivity ran, the worst layers and what --auto did or could do."""
     level = level_text(report)
-    return [
-        check_line(c, level) for c in report["validation"]["checks"] if verdict_of(c) == FAILED
-    ] + blame_lines(report)
+    lines = [check_line(c, level) for c in report.figures.checks if c.verdict == FAILED]
+    return lines + (blame_lines(report) if isinstance(report, Report) else [])
 
 
 def _db(x: float | str | None) -> str:
@@ -235,10 +242,10 @@ def _db(x: float | str | None) -> str:
     return f"{x} dB" if isinstance(x, str) else f"{x:.1f} dB"
 
 
-def sensitivity_rows(report: dict[str, Any], limit: int = 8) -> list[tuple[str, ...]]:
+def sensitivity_rows(report: Report, limit: int = 8) -> list[tuple[str, ...]]:
     """The per-layer ranking, worst first: (rank, node, op, cumulative, isolated, isolated at the
     model's outputs). Empty when sensitivity did not run or is not available."""
-    sens = report.get("sensitivity") or {}
+    sens = report.sensitivity or {}
     return [
         (
             str(i),
@@ -252,16 +259,16 @@ def sensitivity_rows(report: dict[str, Any], limit: int = 8) -> list[tuple[str, 
     ]
 
 
-def blame_lines(report: dict[str, Any]) -> list[str]:
+def blame_lines(report: Report) -> list[str]:
     """For a run that did not pass: the worst layers, and what --auto did or could do. Nothing where
     only more held-out samples could decide it (no layer is to blame)."""
-    if report.get("passed", True) or report["validation"].get("data_limited"):
+    if report.passed or report.figures.data_limited:
         return []
-    sens = report.get("sensitivity")
+    sens = report.sensitivity
     if not sens:
         return []
     if not sens.get("available"):
-        return [] if report.get("fallback") else [sens["reason"]]  # with --auto, a note says it
+        return [] if report.fallback else [sens["reason"]]  # with --auto, a note says it
     worst = sens["ranking"][:3]
     lines = []
     if worst:
@@ -272,7 +279,7 @@ def blame_lines(report: dict[str, Any]) -> list[str]:
             )
             + "; full ranking in report.json: sensitivity"
         )
-    fallback = report.get("fallback")
+    fallback = report.fallback
     if fallback is None:
         lines.append(
             "rerun with --auto to keep the most sensitive nodes in float until the tolerance holds "

@@ -1,6 +1,8 @@
 """report.html: one self-contained page (inline CSS, inline SVG charts, no scripts, no network)
-rendered from the report dict that `pipeline.export` writes to report.json. Computes nothing new:
-every figure on the page is a figure from the report; this module only lays them out.
+rendered from the `Report` that `pipeline.export` writes to report.json (`render_html`), or from the
+`ValidationReport` of `qconvert validate --html` (`render_validation_html`, the sections both have).
+Computes nothing new: every figure on the page is a figure from the record; this module only lays
+them out.
 """
 
 from __future__ import annotations
@@ -8,12 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qconvert.report import (
     FAILED,
     INCONCLUSIVE,
     PASSED,
+    bits_label,
     figure_text,
     human_bytes,
     interval_text,
@@ -21,8 +24,10 @@ from qconvert.report import (
     quantized_label,
     random_data_warning,
     settle_advice,
-    verdict_of,
 )
+
+if TYPE_CHECKING:
+    from qconvert.results import Figures, Report, ValidationReport
 
 # preferred column order for per-output metrics; any other numeric metric follows
 METRIC_ORDER = (
@@ -38,11 +43,9 @@ METRIC_ORDER = (
     "kl_div",
     "nonfinite",
 )
-COMPARISONS = (
-    ("validation", "quantized vs reference"),
-    ("export_fidelity", "fp32 ONNX vs PyTorch"),
-    ("on_cpu_kernels", "quantized on this CPU's int8 kernels vs reference"),
-)
+VALIDATION_LABEL = "quantized vs reference"
+FIDELITY_LABEL = "fp32 ONNX vs PyTorch"
+CPU_KERNELS_LABEL = "quantized on this CPU's int8 kernels vs reference"
 SENSITIVITY_ROWS = 30  # bars drawn in the sensitivity chart (the table lists every layer)
 
 CSS = """
@@ -261,22 +264,22 @@ def _in_boxes(body: str) -> str:
     return body.replace("<svg ", '<div class="scroll"><svg ').replace("</svg>", "</svg></div>")
 
 
-def _summary(report: dict[str, Any], identity: str = "") -> str:
-    shown = verdict_of(report)
+def _summary(
+    report: Report | ValidationReport,
+    rows: list[tuple[str, str]],
+    accuracy: str,
+    identity: str = "",
+    warning: str | None = None,
+) -> str:
+    """The verdict, what ran where (`rows`, already-escaped HTML), the held-out samples and the
+    confidence level; then `accuracy` (HTML) and the random-data `warning`."""
+    shown = report.verdict
     verdict = f'<span class="verdict {shown}" id="verdict">{shown.upper()}</span>'
     level = level_text(report)
     settle = f'<p id="settle">{escape(settle_advice(report))}.</p>' if shown == INCONCLUSIVE else ""
     rows = [
-        ("target", escape(str(report.get("target")))),
-        ("quantization", escape(f"{quantized_label(report)}, {report.get('mode')}")),
-        ("validated on", escape(str(report.get("validated_on")))),
-        (
-            "how",
-            "Q/DQ arithmetic executed exactly (graph optimizations off)"
-            if report.get("validation_exact_qdq")
-            else "the provider's own kernels",
-        ),
-        ("held-out samples", _num(report.get("validation", {}).get("samples"))),
+        *rows,
+        ("held-out samples", _num(report.figures.samples)),
         *([("confidence", f"{level}: each figure's interval; the verdict reads them")] if level else []),
     ]
     table = _table(
@@ -285,35 +288,47 @@ def _summary(report: dict[str, Any], identity: str = "") -> str:
         ' id="summary-table"',
         [f'data-key="{escape(k)}"' for k, _ in rows],
     )
-    acc = report.get("accuracy")
-    acc_html = '<p class="muted">No labels in the validation data: no task accuracy.</p>'
-    if acc:
-        cells = [
-            ("reference", "reference (PyTorch)"),
-            ("fp32_onnx", "fp32 ONNX"),
-            ("model", quantized_label(report)),
-        ]
-        ivs = acc.get("intervals") or {}
-        acc_rows = [
-            [
-                _td(escape(label)),
-                _td((_pct(acc[key]) if _is_number(acc.get(key)) else "–") + _ci(ivs.get(key), _pct)),
-            ]
-            for key, label in cells
-        ]
-        drop = f"{-100 * acc['drop'] + 0.0:+.2f} pt" + _ci(
-            ivs.get("drop"), lambda x: f"{100 * x + 0.0:.2f} pt"
-        )
-        acc_rows.append([_td("drop (reference - quantized)"), _td(drop)])
-        acc_html = f"<h2>Accuracy ({_num(acc.get('samples'))} held-out samples with labels)</h2>" + _table(
-            ["", "accuracy"],
-            acc_rows,
-            ' id="accuracy"',
-            [f'data-key="{k}"' for k, _ in cells] + ['data-key="drop"'],
-        )
-    warning = random_data_warning(report)
     random_html = f'<p id="random-data"><strong>{escape(warning)}</strong></p>' if warning else ""
-    return f"<h1>qconvert report {verdict}</h1>{identity}{settle}{random_html}{table}{acc_html}"
+    return f"<h1>qconvert report {verdict}</h1>{identity}{settle}{random_html}{table}{accuracy}"
+
+
+def _ran_on(target: str, label: str, mode: str, validated_on: str, exact_qdq: bool) -> list[tuple[str, str]]:
+    """The summary's rows for what was checked, as what, on which provider and how."""
+    return [
+        ("target", escape(target)),
+        ("quantization", escape(f"{label}, {mode}")),
+        ("validated on", escape(validated_on)),
+        (
+            "how",
+            "Q/DQ arithmetic executed exactly (graph optimizations off)"
+            if exact_qdq
+            else "the provider's own kernels",
+        ),
+    ]
+
+
+def _accuracy(acc: dict[str, Any] | None, cells: Sequence[tuple[str, str]], samples: int | None) -> str:
+    """Task accuracy on the labelled held-out samples: one row per (key, label) of `cells`, then the
+    drop; `acc` is the record's accuracy entry (a JSON object: its keys differ between export and
+    validate)."""
+    if not acc:
+        return '<p class="muted">No labels in the validation data: no task accuracy.</p>'
+    ivs = acc.get("intervals") or {}
+    acc_rows = [
+        [
+            _td(escape(label)),
+            _td((_pct(acc[key]) if _is_number(acc.get(key)) else "–") + _ci(ivs.get(key), _pct)),
+        ]
+        for key, label in cells
+    ]
+    drop = f"{-100 * acc['drop'] + 0.0:+.2f} pt" + _ci(ivs.get("drop"), lambda x: f"{100 * x + 0.0:.2f} pt")
+    acc_rows.append([_td("drop (reference - quantized)"), _td(drop)])
+    return f"<h2>Accuracy ({_num(samples)} held-out samples with labels)</h2>" + _table(
+        ["", "accuracy"],
+        acc_rows,
+        ' id="accuracy"',
+        [f'data-key="{k}"' for k, _ in cells] + ['data-key="drop"'],
+    )
 
 
 def _metric_columns(blocks: Sequence[dict[str, Any]]) -> list[str]:
@@ -321,18 +336,30 @@ def _metric_columns(blocks: Sequence[dict[str, Any]]) -> list[str]:
     return [m for m in METRIC_ORDER if m in seen] + sorted(seen - set(METRIC_ORDER))
 
 
-def _metrics(report: dict[str, Any]) -> str:
-    blocks: list[tuple[str, str, dict[str, Any]]] = []
-    for key, label in COMPARISONS:
-        value = report.get(key)
-        if not value:
-            continue
-        outputs = value.get("outputs", {}) if key != "export_fidelity" else value
-        blocks.append((key, label, outputs))
-    columns = _metric_columns([b for _, _, b in blocks])
+# (data-compare key, label, output -> metric -> figure, output -> metric -> interval)
+Comparison = tuple[str, str, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]
+
+
+def _comparisons(report: Report) -> list[Comparison]:
+    """The export's comparisons that ran: quantized vs reference, the export's fidelity, and the
+    same graph on this CPU's kernels (a ValidationResult's JSON, as `validation` is)."""
+    blocks: list[Comparison] = [
+        ("validation", VALIDATION_LABEL, report.figures.outputs, report.figures.intervals)
+    ]
+    if report.export_fidelity:
+        blocks.append(("export_fidelity", FIDELITY_LABEL, report.export_fidelity, {}))
+    cpu = report.on_cpu_kernels
+    if cpu:
+        blocks.append(
+            ("on_cpu_kernels", CPU_KERNELS_LABEL, cpu.get("outputs", {}), cpu.get("intervals") or {})
+        )
+    return blocks
+
+
+def _metrics(blocks: Sequence[Comparison]) -> str:
+    columns = _metric_columns([b for _, _, b, _ in blocks])
     rows, attrs = [], []
-    for key, label, outputs in blocks:
-        intervals = (report.get(key) or {}).get("intervals") or {} if key != "export_fidelity" else {}
+    for key, label, outputs, intervals in blocks:
         for name, m in outputs.items():
             ivs = intervals.get(name, {})
             rows.append(
@@ -361,38 +388,36 @@ def _metrics(report: dict[str, Any]) -> str:
 _RESULT = {PASSED: ("ok", "pass"), FAILED: ("FAILED", "fail"), INCONCLUSIVE: ("INCONCLUSIVE", "undecided")}
 
 
-def _checks(report: dict[str, Any]) -> str:
-    checks = report.get("validation", {}).get("checks", [])
+def _checks(figures: Figures, level: str) -> str:
+    checks = figures.checks
     rows, attrs = [], []
     for c in checks:
-        verdict = verdict_of(c)
+        verdict = c.verdict
         result, row_class = _RESULT[verdict]
-        iv = c.get("interval")
+        iv = c.interval
         if verdict == INCONCLUSIVE:
-            settle = c.get("samples_to_settle")
+            settle = c.samples_to_settle
             remedy = f"about {settle} held-out samples" if settle else "no sample count: it sits on the bound"
         else:
-            remedy = (
-                f"--tolerance '{escape(str(c['needed']))}'" if verdict == FAILED and c.get("needed") else ""
-            )
+            remedy = f"--tolerance '{escape(str(c.needed))}'" if verdict == FAILED and c.needed else ""
         rows.append(
             [
-                _td(escape(str(c.get("output")))),
-                _td(escape(str(c.get("metric"))), 'class="text"'),
-                _td(_num(c.get("measured")), 'data-field="measured"'),
+                _td(escape(str(c.output))),
+                _td(escape(str(c.metric)), 'class="text"'),
+                _td(_num(c.measured), 'data-field="measured"'),
                 _td(
                     escape(interval_text(iv, beyond="of inputs beyond")) if iv else DASH,
                     'data-field="interval"',
                 ),
-                _td(escape(str(c.get("bound"))), 'class="text"'),
+                _td(escape(str(c.bound)), 'class="text"'),
                 _td(result, 'class="status"'),
                 _td(remedy, 'class="text" data-field="needed"'),
-                _td(escape(str(c.get("hint") or "")), 'class="text"'),
+                _td(escape(str(c.hint or "")), 'class="text"'),
             ]
         )
         attrs.append(f'class="{row_class}"')
-    failed = sum(1 for c in checks if verdict_of(c) == FAILED)
-    undecided = sum(1 for c in checks if verdict_of(c) == INCONCLUSIVE)
+    failed = sum(1 for c in checks if c.verdict == FAILED)
+    undecided = sum(1 for c in checks if c.verdict == INCONCLUSIVE)
     parts = [f"{failed} failed" if failed else "", f"{undecided} inconclusive" if undecided else ""]
     lead = (
         f"<p>{' and '.join(p for p in parts if p)} of {len(checks)} checks; each such row says what would settle "
@@ -400,7 +425,6 @@ def _checks(report: dict[str, Any]) -> str:
         if failed or undecided
         else f"<p>All {len(checks)} checks passed.</p>"
     )
-    level = level_text(report)
     return (
         "<h2>Tolerance checks</h2>"
         + lead
@@ -422,8 +446,8 @@ def _checks(report: dict[str, Any]) -> str:
     )
 
 
-def _histograms(report: dict[str, Any]) -> str:
-    hists = report.get("validation", {}).get("abs_error_histograms") or {}
+def _histograms(figures: Figures) -> str:
+    hists = figures.abs_error_histograms
     if not hists:
         return ""
     parts = ["<h2>Error distribution per output (quantized vs reference)</h2>"]
@@ -441,8 +465,8 @@ def _histograms(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _performance(report: dict[str, Any]) -> str:
-    size, lat = report.get("size"), report.get("latency")
+def _performance(report: Report) -> str:
+    size, lat = report.size, report.latency
     parts = ["<h2>Size and latency</h2>"]
     q = quantized_label(report)
     if size:
@@ -520,9 +544,8 @@ def _db(value: Any) -> float | None:
     return None
 
 
-def _sensitivity(report: dict[str, Any]) -> str:
+def _sensitivity(sens: dict[str, Any] | None) -> str:
     head = "<h2>Per-layer sensitivity</h2>"
-    sens = report.get("sensitivity")
     if not sens:
         return head + '<p class="muted" id="no-sensitivity">Not measured in this run.</p>'
     if isinstance(sens, dict) and sens.get("available") is False:
@@ -599,16 +622,16 @@ def _generic(value: Any) -> str:
     return escape(str(value))
 
 
-def _fallback(report: dict[str, Any]) -> str:
-    if not report.get("fallback"):
+def _fallback(fallback: dict[str, Any] | None) -> str:
+    if not fallback:
         return ""
-    return '<h2>Fallback to float</h2><div id="fallback">' + _generic(report["fallback"]) + "</div>"
+    return '<h2>Fallback to float</h2><div id="fallback">' + _generic(fallback) + "</div>"
 
 
-def _collapse(report: dict[str, Any]) -> str:
-    """`--probe collapse`: held-out pairs per output, and per sequence family the share of pairs
-    each model separates at each length (rows where the candidate falls behind are marked)."""
-    collapse = report.get("collapse")
+def _collapse(collapse: dict[str, Any] | None) -> str:
+    """`--probe collapse` (CollapseResult.as_json): held-out pairs per output, and per sequence family
+    the share of pairs each model separates at each length (rows where the candidate falls behind are
+    marked)."""
     if not collapse:
         return ""
     rows = [
@@ -642,8 +665,8 @@ def _collapse(report: dict[str, Any]) -> str:
     return "".join(parts) + "</div>"
 
 
-def _ops(report: dict[str, Any]) -> str:
-    ops = report.get("ops")
+def _ops(report: Report) -> str:
+    ops = report.ops
     if not ops:
         return ""
     fp32, model = ops.get("fp32", {}), ops.get("model", {})
@@ -659,8 +682,8 @@ def _ops(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _notes(report: dict[str, Any]) -> str:
-    notes = list(report.get("notes", [])) + list(report.get("validation", {}).get("notes", []))
+def _notes(report: Report | ValidationReport) -> str:
+    notes = [*report.notes, *report.figures.notes]
     if not notes:
         return ""
     return (
@@ -692,16 +715,16 @@ def _identity(about: dict[str, Any] | None) -> str:
     return '<p id="identity" class="muted">' + " &middot; ".join(shown) + "</p>"
 
 
-def _worst_output(report: dict[str, Any]) -> str | None:
-    outputs = report.get("validation", {}).get("outputs") or {}
+def _worst_output(figures: Figures) -> str | None:
+    outputs = figures.outputs
     scored = [(m.get("sqnr_db"), name) for name, m in outputs.items() if _is_number(m.get("sqnr_db"))]
     return min(scored)[1] if scored else next(iter(outputs), None)
 
 
-def _scatter(report: dict[str, Any]) -> str:
+def _scatter(figures: Figures) -> str:
     """fp32 against quantized values of the worst output (lowest SQNR): on the diagonal is exact."""
-    name = _worst_output(report)
-    pairs = (report.get("validation", {}).get("scatter") or {}).get(name or "", {})
+    name = _worst_output(figures)
+    pairs = figures.scatter.get(name or "", {})
     ref, cand = pairs.get("reference") or [], pairs.get("candidate") or []
     if not name or not ref or len(ref) != len(cand):
         return ""
@@ -787,11 +810,10 @@ def _depth_svg(rows: Sequence[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def _tradeoff(report: dict[str, Any]) -> str:
+def _tradeoff(table: dict[str, Any] | None) -> str:
     """--recover mixed_precision: every configuration tried, its per-format layer counts, accuracy on
     the calibration samples, latency and size against fp32; Pareto-optimal rows marked, the chosen one
     in bold; and accuracy against latency (or the predicted cost where latency was not measured)."""
-    table = report.get("tradeoff")
     if not table or not table.get("configurations"):
         return ""
     formats = list(table.get("formats") or [])
@@ -898,32 +920,69 @@ def _tradeoff_svg(configs: Sequence[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def render_html(report: dict[str, Any], about: dict[str, Any] | None = None) -> str:
-    """The whole page for `report` (the dict written to report.json). `about`: the manifest's
-    `source` (its origin), `qconvert`, `created` and `command`, shown at the top."""
-    title = f"qconvert report: {report.get('target')} {quantized_label(report)} ({report.get('mode')})"
-    body = "".join(
-        (
-            _summary(report, _identity(about)),
-            _metrics(report),
-            _scatter(report),
-            _checks(report),
-            _histograms(report),
-            _performance(report),
-            _sensitivity(report),
-            _collapse(report),
-            _fallback(report),
-            _tradeoff(report),
-            _ops(report),
-            _notes(report),
-        )
+def render_html(report: Report, about: dict[str, Any] | None = None) -> str:
+    """The whole page for `report` (what report.json holds). `about`: the manifest's `source` (its
+    origin), `qconvert`, `created` and `command`, shown at the top."""
+    label = quantized_label(report)
+    accuracy = _accuracy(
+        report.accuracy,
+        (("reference", "reference (PyTorch)"), ("fp32_onnx", "fp32 ONNX"), ("model", label)),
+        None if report.accuracy is None else report.accuracy.get("samples"),
     )
+    ran_on = _ran_on(report.target, label, report.mode, report.validated_on, report.validation_exact_qdq)
+    body = (
+        _summary(report, ran_on, accuracy, _identity(about), random_data_warning(report)),
+        _metrics(_comparisons(report)),
+        _scatter(report.figures),
+        _checks(report.figures, level_text(report)),
+        _histograms(report.figures),
+        _performance(report),
+        _sensitivity(report.sensitivity),
+        _fallback(report.fallback),
+        _tradeoff(report.tradeoff),
+        _ops(report),
+        _notes(report),
+    )
+    return _page(
+        f"{report.target} {label} ({report.mode})",
+        body,
+        "report.json; every figure on this page is in that file",
+    )
+
+
+def render_validation_html(report: ValidationReport) -> str:
+    """`qconvert validate --html`: the page for the --json document `report`, with the sections an
+    export's page has that validate measures (no size, latency, sensitivity or operators)."""
+    label = bits_label(report.bits, "validate")
+    accuracy = _accuracy(
+        report.figures.accuracy, (("reference", "reference"), ("candidate", label)), report.samples
+    )
+    ran_on = _ran_on(report.candidate, label, "validate", report.provider, report.exact_qdq)
+    body = (
+        _summary(report, ran_on, accuracy, _identity(None)),
+        _metrics([("validation", VALIDATION_LABEL, report.figures.outputs, report.figures.intervals)]),
+        _scatter(report.figures),
+        _checks(report.figures, level_text(report)),
+        _histograms(report.figures),
+        _sensitivity(None),
+        _collapse(report.collapse),
+        _notes(report),
+    )
+    return _page(
+        f"{report.candidate} {label} (validate)",
+        body,
+        "`qconvert validate`; every figure on this page is in its --json",
+    )
+
+
+def _page(title: str, sections: Sequence[str], source: str) -> str:
+    """The document around the sections: `title` after `qconvert report: `, `source` in the footer."""
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
-        f"<body>{_in_boxes(body)}"
-        '<p class="muted">Written by qconvert from report.json; every figure on this page is in that file.</p>'
+        f"<title>{escape('qconvert report: ' + title)}</title><style>{CSS}</style></head>"
+        f"<body>{_in_boxes(''.join(sections))}"
+        f'<p class="muted">Written by qconvert from {escape(source)}.</p>'
         "</body></html>\n"
     )

@@ -28,6 +28,18 @@ from typing import TYPE_CHECKING, Any
 from qconvert import choices, errors
 from qconvert.config import DEFAULT_OUT_ROOT, RunConfig, SweepConfig, Tolerance
 from qconvert.errors import ConfigError, QConvertError
+from qconvert.results import (  # the sweep's result types (and its row statuses) live with the others
+    BASELINE_STATUS,
+    ERROR,
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    OUT_OF_TOLERANCE,
+    PASSED,
+    Recommendation,
+    SweepReport,
+    SweepResult,
+    SweepRow,
+)
 
 if TYPE_CHECKING:
     from qconvert.artifacts import ArtifactDir
@@ -42,14 +54,6 @@ BASELINE = "fp32"
 MAX_DEFAULT_WORKERS = 4  # each worker holds the model in torch and onnxruntime at once
 RAY_TASK_CPUS = 1  # CPUs a Ray trial reserves, and the threads it runs torch and onnxruntime with
 SWEEP_JSON, SWEEP_PNG, SWEEP_HTML = "sweep.json", "sweep.png", "sweep.html"
-
-# row statuses
-BASELINE_STATUS = "baseline"
-PASSED = "passed"
-OUT_OF_TOLERANCE = "out_of_tolerance"
-INCONCLUSIVE = "inconclusive"  # an interval straddles a bound: more held-out samples may decide it
-NOT_SUPPORTED = "not_supported"
-ERROR = "error"
 
 # progress(stage, message, done, total), as pipeline.Progress
 Progress = Callable[[str, str, "int | None", "int | None"], None]
@@ -89,127 +93,6 @@ def modes_from_text(text: str) -> tuple[str, ...]:
 # --- results -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SweepRow:
-    """One line of the sweep table: the fp32 baseline, or one (bits, mode) trial."""
-
-    name: str  # "fp32", or the trial folder's name, e.g. "8bit-static"
-    bits: int | None  # None: the fp32 baseline
-    mode: str | None
-    status: str  # baseline | passed | out_of_tolerance | inconclusive | not_supported | error
-    reason: str | None = None  # why not supported / the error / the checks that did not pass
-    accuracy: float | None = None  # task accuracy on the held-out labels, when there are labels
-    agreement: float | None = None  # top-1 agreement with the original (worst output), classifiers
-    cosine: float | None = None  # mean cosine with the original (worst output)
-    # their confidence intervals (report.json: validation.intervals), [low, high]
-    agreement_interval: tuple[float, float] | None = None
-    cosine_interval: tuple[float, float] | None = None
-    size_bytes: int | None = None
-    size_ratio: float | None = None
-    latency_ms: float | None = None  # p50, measured by the sweep after the trials (interleaved)
-    latency_ratio: float | None = None
-    trial_latency_ratio: float | None = None  # what the trial measured itself, while others ran
-    collapse: dict[str, Any] | None = None  # CollapseResult.as_json()
-    collapse_error: str | None = None
-    out_dir: str | None = None  # relative to the sweep's OUT_DIR
-    seconds: float | None = None
-    notes: tuple[str, ...] = ()
-
-    @property
-    def quantized(self) -> bool:
-        return self.bits is not None
-
-    @property
-    def holds(self) -> bool:
-        """A quantized setting that ran and is within tolerance."""
-        return self.status == PASSED
-
-    @property
-    def slower_than_fp32(self) -> bool:
-        return self.quantized and self.latency_ratio is not None and self.latency_ratio >= 1.0
-
-    @property
-    def collapse_rate(self) -> float | None:
-        if not self.collapse:
-            return None
-        rate = self.collapse.get("rate")
-        return float(rate) if isinstance(rate, (int, float)) else None
-
-    def collapse_lengths(self) -> dict[str, tuple[int | None, int | None]]:
-        """Sequence probe families: name -> (longest length the reference keeps, longest the
-        candidate keeps up with it). Empty for models without sequence families."""
-        families = (self.collapse or {}).get("families") or {}
-        return {
-            name: (fam.get("reference_longest"), fam.get("candidate_longest"))
-            for name, fam in families.items()
-            if isinstance(fam, dict)
-        }
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "bits": self.bits,
-            "mode": self.mode,
-            "status": self.status,
-            "holds_tolerance": self.holds,
-            "reason": self.reason,
-            "accuracy": self.accuracy,
-            "top1_agreement": self.agreement,
-            "top1_agreement_interval": None
-            if self.agreement_interval is None
-            else list(self.agreement_interval),
-            "cosine": self.cosine,
-            "cosine_interval": None if self.cosine_interval is None else list(self.cosine_interval),
-            "size_bytes": self.size_bytes,
-            "size_ratio": self.size_ratio,
-            "latency_p50_ms": self.latency_ms,
-            "latency_ratio": self.latency_ratio,
-            "slower_than_fp32": self.slower_than_fp32,
-            "trial_latency_ratio": self.trial_latency_ratio,
-            "collapse_rate": self.collapse_rate,
-            "collapse": self.collapse,
-            "collapse_error": self.collapse_error,
-            "out_dir": self.out_dir,
-            "seconds": self.seconds,
-            "notes": list(self.notes),
-        }
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """The smallest and the fastest quantized setting that hold the tolerance. `fastest` is None
-    when none of them is faster than fp32."""
-
-    smallest: SweepRow | None
-    fastest: SweepRow | None
-
-    def describe(self) -> str:
-        if self.smallest is None:
-            return (
-                "no quantized setting holds the tolerance: keep fp32, or see which check failed in each trial"
-            )
-        small = (
-            f"smallest that holds tolerance: {self.smallest.name} ({_ratio(self.smallest.size_ratio)} size)"
-        )
-        if self.fastest is None:
-            return f"{small}; fastest that holds tolerance: none is faster than fp32 here"
-        return (
-            f"{small}; fastest that holds tolerance: {self.fastest.name} "
-            f"({_ratio(self.fastest.latency_ratio)} fp32 latency)"
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "smallest": None if self.smallest is None else self.smallest.name,
-            "fastest": None if self.fastest is None else self.fastest.name,
-            "text": self.describe(),
-        }
-
-
-def _ratio(x: float | None) -> str:
-    return "?" if x is None else f"{x:.2f}x"
-
-
 def recommend(rows: Iterable[SweepRow]) -> Recommendation:
     """Among quantized settings that hold the tolerance: the smallest file (ties: faster, then
     name), and the fastest one that is faster than fp32 (ties: smaller, then name)."""
@@ -234,33 +117,6 @@ def sweep_verdict(rows: Iterable[SweepRow]) -> str:
     intervals straddle a bound), else FAILED."""
     statuses = {r.status for r in rows if r.quantized}
     return PASSED if PASSED in statuses else INCONCLUSIVE if INCONCLUSIVE in statuses else "failed"
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    """What `sweep` produced: the rows (fp32 first), the recommendation and where it all went.
-    Truthy when at least one quantized setting holds the tolerance (its verdict is PASSED)."""
-
-    out_dir: Path
-    rows: tuple[SweepRow, ...]
-    recommendation: Recommendation
-    summary: dict[str, Any]  # sweep.json, as written
-    seconds: float
-
-    @property
-    def passed(self) -> bool:
-        return any(r.quantized and r.holds for r in self.rows)
-
-    @property
-    def verdict(self) -> str:
-        return sweep_verdict(self.rows)
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    @property
-    def notes(self) -> list[str]:
-        return list(self.summary.get("notes", []))
 
 
 # --- trials ------------------------------------------------------------------------------------
@@ -585,32 +441,33 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
         rows = _rows(trials, by_name, timing)
         recommendation = recommend(rows)
         notes = _sweep_notes(config, ran, workers, timing, rows)
-        summary = {
-            "source": loaded.origin,
-            "target": target.name,
-            "bits": list(config.bits),
-            "modes": None if config.modes is None else list(config.modes),
-            "tolerance": config.tolerance,
-            "executor": config.executor,
-            "workers": workers if config.executor == "local" else None,
-            "held_out_samples": len(heldout),
-            "labels": heldout.labels is not None,
-            "latency": timing.as_json(),
-            "rows": [r.as_json() for r in rows],
-            "recommendation": recommendation.as_json(),
-            "passed": any(r.quantized and r.holds for r in rows),
-            "verdict": sweep_verdict(rows),
-            "notes": notes,
-            "seconds": time.perf_counter() - start,
-        }
+        report = SweepReport(
+            source=loaded.origin,
+            target=target.name,
+            bits=tuple(config.bits),
+            modes=config.modes,
+            tolerance=config.tolerance,
+            executor=config.executor,
+            workers=workers if config.executor == "local" else None,
+            held_out_samples=len(heldout),
+            labels=heldout.labels is not None,
+            latency=timing.as_json(),
+            rows=tuple(r.as_json() for r in rows),
+            recommendation=recommendation.as_json(),
+            passed=any(r.quantized and r.holds for r in rows),
+            verdict=sweep_verdict(rows),
+            notes=tuple(notes),
+            seconds=time.perf_counter() - start,
+        )
         report_progress("report", "writing sweep.json, sweep.png and sweep.html", None, None)
         from qconvert.sweep_report import render_html, render_png
 
-        png = render_png(summary, art.path(SWEEP_PNG))
-        art.write_text(SWEEP_HTML, render_html(summary, png.read_bytes()))
-        art.write_json(SWEEP_JSON, summary)
+        png = render_png(report)
+        art.write_bytes(SWEEP_PNG, png)
+        art.write_text(SWEEP_HTML, render_html(report, png))
+        art.write_json(SWEEP_JSON, report.to_json())
         art.commit()
-    return SweepResult(out_dir, tuple(rows), recommendation, summary, time.perf_counter() - start)
+    return SweepResult(out_dir, tuple(rows), recommendation, report, time.perf_counter() - start)
 
 
 def _run_trials(
@@ -726,9 +583,7 @@ def _settle_trial(art: ArtifactDir, outcome: TrialOutcome, final: Path) -> None:
     rel = f"{TRIALS_DIR}/{outcome.name}"
     if outcome.files is not None:
         for name, content in outcome.files.items():
-            dest = art.path(f"{rel}/{name}")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(content)
+            art.write_bytes(f"{rel}/{name}", content)
     manifest = dict(outcome.manifest)
     ran_in = outcome.ran_in
     manifest["command"] = str(manifest.get("command", "")).replace(ran_in, str(final))

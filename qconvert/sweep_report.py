@@ -8,12 +8,16 @@ offline (links to each trial's own report.html are relative).
 from __future__ import annotations
 
 import base64
+import io
+from collections.abc import Sequence
 from html import escape
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qconvert.report import human_bytes, verdict_of
+from qconvert.report import human_bytes
 from qconvert.report_html import CSS, _bars_svg, _table, _td
+
+if TYPE_CHECKING:
+    from qconvert.results import SweepReport
 
 STATUS_TEXT = {
     "baseline": "baseline",
@@ -26,18 +30,18 @@ STATUS_TEXT = {
 QUALITY_LABELS = {"top1_agreement": "top-1 agreement with the original", "cosine": "cosine with the original"}
 
 
-def quality_metric(summary: dict[str, Any]) -> str:
+def quality_metric(summary: SweepReport) -> str:
     """What the y axis shows: top-1 agreement where the model has class-score outputs, else cosine."""
-    rows = summary["rows"]
+    rows = summary.rows
     return "top1_agreement" if any(r.get("top1_agreement") is not None for r in rows) else "cosine"
 
 
-def header(summary: dict[str, Any]) -> list[str]:
+def header(summary: SweepReport) -> list[str]:
     quality = "top-1 agree" if quality_metric(summary) == "top1_agreement" else "cosine"
     return [
         "setting",
         "verdict",
-        *(["accuracy"] if summary.get("labels") else []),
+        *(["accuracy"] if summary.labels else []),
         quality,
         "collapse",
         "size",
@@ -84,7 +88,7 @@ def _length(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def cells(summary: dict[str, Any], row: dict[str, Any]) -> list[str]:
+def cells(summary: SweepReport, row: dict[str, Any]) -> list[str]:
     """One table row as plain text, in `header(summary)` order; the quality figure with its confidence
     interval on the line below."""
     quality = quality_metric(summary)
@@ -108,7 +112,7 @@ def cells(summary: dict[str, Any], row: dict[str, Any]) -> list[str]:
     return [
         row["name"],
         status_text(row),
-        *([_pct(row.get("accuracy"))] if summary.get("labels") else []),
+        *([_pct(row.get("accuracy"))] if summary.labels else []),
         shown,
         collapse_text(row),
         size,
@@ -126,10 +130,10 @@ _STYLE = {  # status -> (marker, colour, legend label)
 }
 
 
-def render_png(summary: dict[str, Any], path: Path) -> Path:
+def render_png(summary: SweepReport) -> bytes:
     """Quality against size ratio and against latency ratio, one point per setting, labelled;
     fp32 is the star at 1.0x, out-of-tolerance points are red crosses. Drawn with matplotlib's
-    Agg canvas directly (no pyplot, so no global backend state)."""
+    Agg canvas directly (no pyplot, so no global backend state). Returns the PNG; writes no file."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -139,7 +143,7 @@ def render_png(summary: dict[str, Any], path: Path) -> Path:
     fig = Figure(figsize=(11, 4.8), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharey=True)
-    plotted = [r for r in summary["rows"] if r["status"] in _STYLE and r.get(quality) is not None]
+    plotted = [r for r in summary.rows if r["status"] in _STYLE and r.get(quality) is not None]
     label_sets: list[list[Any]] = []
     for ax, key, label in (
         (axes[0], "size_ratio", "size (x fp32)"),
@@ -170,15 +174,16 @@ def render_png(summary: dict[str, Any], path: Path) -> Path:
         for m, c, text in _STYLE.values()
     ]
     handles.append(Line2D([], [], color="#8a94a6", linestyle="--", linewidth=0.8, label="fp32 (1.0x)"))
-    fig.suptitle(f"{summary['source']} -> {summary['target']}: where quantization stops paying", fontsize=11)
+    fig.suptitle(f"{summary.source} -> {summary.target}: where quantization stops paying", fontsize=11)
     fig.legend(
         handles=handles, loc="upper center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 0.93), fontsize=9
     )
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     for labels in label_sets:
         separate_labels(fig, labels)
-    fig.savefig(str(path), format="png")
-    return Path(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    return png.getvalue()
 
 
 def separate_labels(fig: Any, labels: list[Any], passes: int = 20) -> list[Any]:
@@ -234,7 +239,7 @@ def _row_class(row: dict[str, Any]) -> str:
     return 'class="pass"' if row["status"] == "passed" else ""
 
 
-def _ratio_bars(rows: list[dict[str, Any]], key: str, chart_id: str, title: str) -> str:
+def _ratio_bars(rows: Sequence[dict[str, Any]], key: str, chart_id: str, title: str) -> str:
     """One bar per row that has `key` (a ratio to fp32); the fp32 row drawn as the baseline."""
     bars = [
         (r["name"], [(r[key], "fp32" if r["status"] == "baseline" else "model", f"{r[key]:.2f}x")])
@@ -244,10 +249,10 @@ def _ratio_bars(rows: list[dict[str, Any]], key: str, chart_id: str, title: str)
     return _bars_svg(bars, chart_id, title)
 
 
-def render_html(summary: dict[str, Any], png: bytes) -> str:
+def render_html(summary: SweepReport, png: bytes) -> str:
     """The whole sweep page: recommendation, table, the plot, size and latency bars, notes."""
-    rows = summary["rows"]
-    shown = verdict_of(summary)  # a setting holds (PASSED), one may with more samples, or none holds
+    rows = summary.rows
+    shown = summary.verdict  # a setting holds (PASSED), one may with more samples, or none holds
     label = {"passed": "HOLDS", "inconclusive": "UNDECIDED"}.get(shown, "NONE HOLDS")
     verdict = f'<span class="verdict {shown}" id="verdict">{label}</span>'
     body_rows = []
@@ -268,15 +273,15 @@ def render_html(summary: dict[str, Any], png: bytes) -> str:
     size_bars = _ratio_bars(rows, "size_ratio", "size-chart", "size, x fp32")
     latency_bars = _ratio_bars(rows, "latency_ratio", "latency-chart", "latency p50, x fp32")
     image = base64.b64encode(png).decode("ascii")
-    notes = "".join(f"<li>{escape(str(n))}</li>" for n in summary.get("notes", []))
-    title = f"qconvert sweep: {summary['source']} -> {summary['target']}"
+    notes = "".join(f"<li>{escape(str(n))}</li>" for n in summary.notes)
+    title = f"qconvert sweep: {summary.source} -> {summary.target}"
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{escape(title)} {verdict}</h1>"
-        f'<p id="recommendation"><strong>{escape(summary["recommendation"]["text"])}</strong></p>'
+        f'<p id="recommendation"><strong>{escape(summary.recommendation["text"])}</strong></p>'
         f"<h2>Settings</h2>{table}"
         f'<h2>Where quantization stops paying</h2><img id="sweep-plot" alt="{escape(QUALITY_LABELS[quality_metric(summary)])} '
         f'against size and latency, per setting" src="data:image/png;base64,{image}" style="max-width:100%">'

@@ -87,3 +87,22 @@ def write_cnn_mlp(path: Path, batch: int | None = None) -> Path:
     path = Path(path)
     path.write_bytes(cnn_mlp_onnx_bytes(batch))
     return path
+
+
+def write_matmul_relu(path: Path, weight: np.ndarray) -> Path:
+    """x [N, 4] -> Relu(x @ weight) named y, written as ONNX (opset 17) by onnx's helpers: a two-node
+    graph onnxruntime runs, for tests of `qconvert validate` that need no torch export."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", weight.shape[1]])],
+        [numpy_helper.from_array(weight.astype(np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

@@ -63,7 +63,8 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
     """The error boundary, and the exit codes CI acts on (errors.EXIT_CODES): a QConvertError becomes one
     clean message and its own code (2 bad input, 1 out of tolerance); SIGTERM/SIGHUP/Ctrl-C exit 128 +
     the signal; anything else is a bug in qconvert: its traceback, a request to report it, and code 3.
-    `--debug` adds the traceback to a QConvertError's message and never changes a code."""
+    `--debug` adds the traceback to a QConvertError's message, and the pipeline stage it came from with
+    the stages before it; it never changes a code."""
     import traceback
 
     from typer._click import ClickException  # typer vendors click; click itself may not be installed
@@ -81,6 +82,10 @@ def command(fn: Callable[..., int]) -> Callable[..., None]:
         except QConvertError as e:
             if STATE["debug"]:
                 err.print(escape(traceback.format_exc()), soft_wrap=True)
+                in_stage = getattr(e, "in_stage", None)  # set by stages.base.run_stages
+                if in_stage:
+                    after = ", ".join(getattr(e, "after", ())) or "none"
+                    err.print(f"in the {in_stage!r} stage (after: {escape(after)})", soft_wrap=True)
             err.print(f"[bold red]error[/] ({e.stage}): {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except Terminated as e:

@@ -58,6 +58,7 @@ TargetName = Enum("TargetName", {n: n for n in choices.targets()}, type=str)  # 
 Bits = Enum("Bits", {f"b{b}": str(b) for b in choices.bits()}, type=str)  # type: ignore[misc]
 Mode = Enum("Mode", {m: m for m in choices.modes()}, type=str)  # type: ignore[misc]
 CalibrationMethod = Enum("CalibrationMethod", {m: m for m in choices.calibration_methods()}, type=str)  # type: ignore[misc]
+Placement = Enum("Placement", {p: p for p in choices.placements()}, type=str)  # type: ignore[misc]
 WeightAlgorithm = Enum("WeightAlgorithm", {a: a for a in choices.weight_algorithms()}, type=str)  # type: ignore[misc]
 
 
@@ -92,6 +93,15 @@ CALIBRATION_METHOD_OPTION = typer.Option(
     "--calibration-method",
     help="How activation ranges are chosen from the calibration data. Default: the model family's "
     "(mse for depthwise conv nets, minmax otherwise).",
+)
+PLACEMENT_OPTION = typer.Option(
+    None,
+    "--placement",
+    help="Where static int8 puts its Q/DQ pairs: all (every op onnxruntime quantizes), compute (only "
+    "Conv/ConvTranspose/Gemm/MatMul, inputs and outputs: integer kernels, elementwise ops float), inputs "
+    "(only their inputs, outputs float: TensorRT's placement; slower on the CPU provider). Default: the "
+    "model family's (compute on cpu, inputs on tensorrt/openvino for nets with hard-swish, swish or "
+    "squeeze-excite; all otherwise).",
 )
 SAMPLES_OPTION = typer.Option(None, "--samples", min=1, help="Use the first N calibration samples.")
 DATA_OPTION = typer.Option(
@@ -166,6 +176,15 @@ ALGORITHM_OPTION = typer.Option(
 )
 
 
+def _bounds(config_file: Path | None, bits: str) -> str:
+    """Where the run's bounds came from, for the table's caption."""
+    return {
+        "flag": "--tolerance",
+        "config": f"--config {config_file}",
+        "default": f"the defaults for --bits {bits}",
+    }[_settings_file.source_of("tolerance")]
+
+
 def export(
     source: str = SOURCE_ARGUMENT,
     config_file: Path | None = CONFIG_FILE_OPTION,
@@ -174,6 +193,7 @@ def export(
     mode: Mode = MODE_OPTION,
     calibration: str = CALIBRATION_OPTION,
     calibration_method: CalibrationMethod = CALIBRATION_METHOD_OPTION,
+    placement: Placement = PLACEMENT_OPTION,
     samples: int = SAMPLES_OPTION,
     data: str = DATA_OPTION,
     image_size: str = IMAGE_SIZE_OPTION,
@@ -215,6 +235,7 @@ def export(
         mode=mode.value if mode else None,
         calibration=calibration,
         calibration_method=calibration_method.value if calibration_method else None,
+        placement=placement.value if placement else None,
         samples=samples,
         data=data,
         data_options=data_options(image_size, mean, std, layout, tokenizer, max_length, padding, truncation),
@@ -238,12 +259,7 @@ def export(
     )
     with ProgressView() as progress:
         result = run_export(config, progress=progress)
-    bounds = {
-        "flag": "--tolerance",
-        "config": f"--config {config_file}",
-        "default": f"the defaults for --bits {bits.value}",
-    }[_settings_file.source_of("tolerance")]
-    print_export(result, bounds)
+    print_export(result, _bounds(config_file, bits.value))
     summary_line(result.verdict, started)
     return 0 if result.passed else 1
 
@@ -252,9 +268,9 @@ def print_export(result: RunResult, bounds: str) -> None:
     """The summary table, the sensitivity ranking, notes and failures, and where the artifacts are."""
     from qconvert.artifacts import sha256_file
 
-    report = result.report
+    report = result.record
     table = Table(
-        title=f"{result.manifest['source']['origin']} -> {report['target']} ({report['mode']})",
+        title=f"{result.manifest['source']['origin']} -> {report.target} ({report.mode})",
         caption=f"bounds: {bounds}; below each figure its {level_text(report)} confidence interval, which "
         "the verdict reads (<=X% worse: the share of inputs that may be worse than the worst seen)",
     )
@@ -276,7 +292,7 @@ def print_export(result: RunResult, bounds: str) -> None:
         for layer in ranking:
             sens.add_row(*(Text(cell) for cell in layer))
         print_table(sens)
-    for note in report["notes"]:
+    for note in report.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):
         err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)

@@ -39,7 +39,7 @@ from qconvert.config import (
 )
 
 if TYPE_CHECKING:
-    from qconvert.sweep import SweepResult
+    from qconvert.results import SweepResult
 
 TargetName = Enum("TargetName", {n: n for n in choices.targets()}, type=str)  # type: ignore[misc]
 CalibrationMethod = Enum("CalibrationMethod", {m: m for m in choices.calibration_methods()}, type=str)  # type: ignore[misc]
@@ -187,18 +187,18 @@ def print_sweep(result: SweepResult) -> None:
     """The trials table, why a trial did not pass, notes, the recommendation and the artifacts."""
     from qconvert.sweep_report import STATUS_TEXT, cells, header
 
-    summary = result.summary
-    table = Table(title=f"{summary['source']} -> {summary['target']}: sweep")
-    widest = max((len(row["name"]) for row in summary["rows"]), default=7)
+    summary = result.report
+    table = Table(title=f"{summary.source} -> {summary.target}: sweep")
+    widest = max((len(row["name"]) for row in summary.rows), default=7)
     for i, name in enumerate(header(summary)):
         table.add_column(name, justify="left" if i < 2 else "right", min_width=widest if i == 0 else None)
-    for row in summary["rows"]:
+    for row in summary.rows:
         style = _STYLES.get(row["status"], "")
         texts = cells(summary, row)
         texts[1] = STATUS_TEXT.get(row["status"], row["status"])  # the reason goes below the table
         table.add_row(*(Text(t, style=style if i == 1 else "") for i, t in enumerate(texts)))
     print_table(table)
-    for row in summary["rows"]:
+    for row in summary.rows:
         if not row.get("reason"):
             continue
         if row["status"] in ("out_of_tolerance", "inconclusive"):

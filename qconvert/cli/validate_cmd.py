@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -36,6 +36,9 @@ from qconvert.cli.options import (
 )
 from qconvert.config import ValidateConfig
 from qconvert.report import failure_lines, inconclusive_lines, interval_text, level_text
+
+if TYPE_CHECKING:
+    from qconvert.results import Figures, ValidationReport
 
 CANDIDATE_ARGUMENT = typer.Argument(..., help="An .onnx file, or an OUT_DIR written by `qconvert export`.")
 REFERENCE_OPTION = typer.Option(
@@ -153,8 +156,7 @@ def validate(
     )
     with ProgressView() as progress:
         result = run_validate(config, progress=progress)
-    report = result.as_json()
-    print_validation(report, tolerance)
+    print_validation(result.report, tolerance)
     for flag, path in (("json", None if to_stdout else json_out), ("junit", junit_out), ("html", html_out)):
         if path is not None:
             out.print(f"{flag}: {escape(str(path))}")
@@ -164,10 +166,10 @@ def validate(
     return 0 if result.passed else 1
 
 
-def print_figures(report: dict[str, Any], level: str) -> None:
+def print_figures(figures: Figures, level: str) -> None:
     """Each output's figures and the accuracy, every one with its interval."""
-    intervals = report["validation"]["intervals"]
-    for name, m in report["validation"]["outputs"].items():
+    intervals = figures.intervals
+    for name, m in figures.outputs.items():
         ivs = intervals.get(name, {})
 
         def shown(metric: str, text: str, fmt: Any = None, ivs: dict[str, Any] = ivs) -> str:
@@ -187,7 +189,7 @@ def print_figures(report: dict[str, Any], level: str) -> None:
             if k in m
         ]
         out.print(f"{escape(name)} ({level} intervals): " + ", ".join(measured), soft_wrap=True)
-    acc = report["validation"]["accuracy"]
+    acc = figures.accuracy
     if acc:
         ivs = acc.get("intervals", {})
         reference, candidate = (
@@ -201,13 +203,13 @@ def _percent(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def print_validation(report: dict[str, Any], tolerance: str | None) -> None:
+def print_validation(report: ValidationReport, tolerance: str | None) -> None:
     """The checks table, each output's figures, accuracy, the probe and task metric, notes, failures."""
-    layers = [f"the defaults for --bits {report.get('bits')}"]
-    layers += [str(report["tolerance_source"])] if report.get("tolerance_source") else []
+    layers = [f"the defaults for --bits {report.bits}"]
+    layers += [str(report.tolerance_source)] if report.tolerance_source else []
     layers += ["--tolerance"] if tolerance else []
     table = Table(
-        title=f"{report['model']} vs {report['reference']} ({report['samples']} samples)",
+        title=f"{report.model} vs {report.reference} ({report.samples} samples)",
         caption="bounds: " + " < ".join(layers),  # a stray qconvert.toml is never invisible
     )
     level = level_text(report)
@@ -215,29 +217,29 @@ def print_validation(report: dict[str, Any], tolerance: str | None) -> None:
     for col, justify in (*columns, ("needs", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     table.add_column("")
-    for check in report["validation"]["checks"]:
+    for check in report.figures.checks:
         table.add_row(
-            Text(check["output"]),
-            Text(check["metric"]),
-            Text(f"{check['measured']:.6g}"),
-            Text(interval_text(check.get("interval"), beyond="beyond") or "-"),
-            Text(check["bound"]),
+            Text(check.output),
+            Text(check.metric),
+            Text(f"{check.measured:.6g}"),
+            Text(interval_text(check.interval, beyond="beyond") or "-"),
+            Text(check.bound),
             Text(
-                "ok" if check["verdict"] == "passed" else check["verdict"].upper(),
-                style=VERDICT_STYLES[check["verdict"]],
+                "ok" if check.verdict == "passed" else check.verdict.upper(),
+                style=VERDICT_STYLES[check.verdict],
             ),
         )
     print_table(table)
-    print_figures(report, level)
-    if report.get("collapse"):
-        print_collapse(report["collapse"])
-    task = report["task"]
+    print_figures(report.figures, level)
+    if report.collapse:
+        print_collapse(report.collapse)
+    task = report.task
     if task:
         out.print(
             f"task metric {escape(task['metric'])}: reference {task['reference']:.6g}, "
             f"candidate {task['candidate']:.6g}, drop {task['drop']:.6g}"
         )
-    for note in report["notes"]:
+    for note in report.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for line in failure_lines(report):
         err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)

@@ -1,12 +1,12 @@
-"""The order of the stages: `exporting.EXPORT` is the order of `qconvert export` (its stages live in
-qconvert/stages/, run by `stages.base.run_stages`); `gate.validate` checks an existing candidate for
-`qconvert validate`. A failure names its stage and the stages before it.
+"""The order of the stages: `exporting.EXPORT` is the order of `qconvert export` and `validating.VALIDATE`
+the order of `qconvert validate` (their stages live in qconvert/stages/, run by `stages.base.run_stages`).
+A failure names its stage and the stages before it.
 """
 
 from __future__ import annotations
 
 from qconvert.pipeline.exporting import RunResult, default_out_dir, export, load_data
-from qconvert.pipeline.gate import ValidationRun, validate
+from qconvert.pipeline.validating import ValidationRun, validate
 from qconvert.stages._shared import Progress, latency_feed, model_inputs
 
 __all__ = [

@@ -22,17 +22,10 @@ from typing import Any
 
 from qconvert.recover import RECOVERY
 from qconvert.recover.base import in_run_order
+from qconvert.recover.defaults import LADDER, LAST_RUNGS, MSE_RANGES
 from qconvert.stages.base import Stage, run_stages
 from qconvert.stages.context import ExportContext
 from qconvert.validation import ValidationResult
-
-MSE_RANGES = "ranges:mse"  # a ladder rung that changes the calibration method, not a recovery step
-LADDER: dict[str, tuple[str, ...]] = {
-    "conv": ("bias_correction", "gptq", MSE_RANGES, "clip_weights", "adaround"),
-    "transformer": ("smoothquant", MSE_RANGES, "adaround"),
-    "other": ("bias_correction", MSE_RANGES, "adaround"),
-}
-LAST_RUNGS = ("mixed_precision",)  # after every family's ladder: raises layers above int8
 
 
 def score(validation: ValidationResult) -> float:
@@ -50,6 +43,29 @@ def _figures(validation: ValidationResult) -> dict[str, dict[str, float]]:
     """The headline figures of each output (what an attempt bought, next to its worst check)."""
     keep = ("top1_agreement", "sqnr_db", "cosine")
     return {n: {k: m[k] for k in keep if k in m} for n, m in validation.outputs.items()}
+
+
+def _attempt_record(
+    recover: Sequence[str],
+    method: str,
+    validation: ValidationResult,
+    seconds: float,
+    kept: bool,
+    score_before: float | None = None,
+) -> dict[str, Any]:
+    """One entry of report.json's `auto`: what was tried and what it bought (score_before: the best
+    score when it was tried; absent for the starting point)."""
+    return {
+        "recover": list(recover),
+        "calibration_method": method,
+        "passed": bool(validation),
+        "worst": _worst(validation),
+        "score": score(validation),
+        **({} if score_before is None else {"score_before": score_before}),
+        "figures": _figures(validation),
+        "seconds": seconds,
+        "kept": kept,
+    }
 
 
 class AutoRecover(Stage[ExportContext]):
@@ -91,18 +107,7 @@ class AutoRecover(Stage[ExportContext]):
         budget = ctx.config.auto_seconds
         best = (tuple(ctx.recover), ctx.qc.calibration_method)
         best_score = score(ctx.validation)
-        attempts: list[dict[str, Any]] = [
-            {
-                "recover": list(best[0]),
-                "calibration_method": best[1],
-                "passed": False,
-                "worst": _worst(ctx.validation),
-                "score": best_score,
-                "figures": _figures(ctx.validation),
-                "seconds": 0.0,
-                "kept": True,
-            }
-        ]
+        attempts = [_attempt_record(best[0], best[1], ctx.validation, 0.0, kept=True)]
         ladder = (*LADDER.get(ctx.defaults["family"], LADDER["other"]), *LAST_RUNGS)
         tradeoff = None  # the last trade-off table an attempt made (mixed precision)
         rungs = [r for r in ladder if r == MSE_RANGES or (r in RECOVERY and r not in best[0])]
@@ -124,19 +129,8 @@ class AutoRecover(Stage[ExportContext]):
             tradeoff = ctx.tradeoff or tradeoff
             now = score(validation)
             kept = bool(validation) or now > best_score
-            attempts.append(
-                {
-                    "recover": list(recover),
-                    "calibration_method": method,
-                    "passed": bool(validation),
-                    "worst": _worst(validation),
-                    "score": now,
-                    "score_before": best_score,
-                    "figures": _figures(validation),
-                    "seconds": time.perf_counter() - tried,
-                    "kept": kept,
-                }
-            )
+            seconds = time.perf_counter() - tried
+            attempts.append(_attempt_record(recover, method, validation, seconds, kept, best_score))
             if kept:
                 best, best_score = (recover, method), now
             if validation:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from qconvert.config import RunConfig
 from qconvert.pipeline.auto import AutoRecover
+from qconvert.results import RunResult
 from qconvert.stages._shared import Progress, no_progress
 from qconvert.stages.base import Stage, run_stages
 from qconvert.stages.bench import TimeAgainstFp32
@@ -38,7 +36,6 @@ from qconvert.stages.select import SelectNodes
 from qconvert.stages.standin import StandInForHere
 from qconvert.stages.target import CheckTargetRules, FinalizeForTarget
 from qconvert.stages.write import WriteArtifacts
-from qconvert.validation import ValidationResult
 
 __all__ = ["EXPORT", "RETRY", "RunResult", "default_out_dir", "export", "load_data"]
 
@@ -71,33 +68,11 @@ EXPORT: tuple[Stage[ExportContext], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """What `export` produced: where, its verdict, and everything measured. Truthy when PASSED."""
-
-    out_dir: Path
-    validation: ValidationResult
-    manifest: dict[str, Any]
-    report: dict[str, Any]
-    seconds: float
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.validation)
-
-    @property
-    def verdict(self) -> str:
-        """PASSED, FAILED or INCONCLUSIVE (validation.intervals)."""
-        return self.validation.verdict
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-
 def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
     """Run the EXPORT stages for `config` and write OUT_DIR. See ARCHITECTURE.md."""
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:  # OpenOutput enters the artifact folder here
         ctx = ExportContext(config, progress or no_progress, stack)
         run_stages(EXPORT, ctx, ctx.progress)
-    return RunResult(ctx.out_dir, ctx.validation, ctx.manifest, ctx.report, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return RunResult(ctx.out_dir, ctx.validation, ctx.manifest, ctx.report.to_json(), seconds, ctx.report)

@@ -6,7 +6,7 @@ Why qconvert has its own: onnxruntime 1.32 ships GPTQ (`GPTQWeightOnlyQuantConfi
 copy of Intel Neural Compressor), and it runs, but its update step reads a *column* of the upper
 triangular Cholesky factor of H^-1 (`Hinv1[i:, i]`, zero below the diagonal) where the algorithm needs
 the *row*, so no error is ever propagated: its weights come out identical to round-to-nearest
-(tests/test_int4.py shows it). Here the update uses the row, as in the paper.
+(tests/unit/quantize/test_int4.py shows it). Here the update uses the row, as in the paper.
 
 The result is written as the same MatMulNBits node onnxruntime's quantizers write: B packed two 4-bit
 codes per byte as [N, blocks, block_size / 2], scales [N, blocks], zero points (asymmetric) packed two

@@ -9,11 +9,25 @@ default below is there because it measured better on real trained networks
   mean shift the rounding leaves, against the fp32 weights), activation ranges by MSE instead of
   the extremes, the stem kept in float (its output activation alone costs EfficientNet-Lite1
   27.6 dB) and the logits (a Gemm/MatMul writing a graph output) left unquantized. Measured on
-  EfficientNet-Lite1 (held-out photographs, benchmarks/bench_accuracy.py): logits SQNR 15.5 dB
-  (plain) -> 23.5 dB (the previous default: bias correction + float stem) -> 26.9 dB on cpu, and
-  14.3 -> 21.5 -> 24.8 dB on tensorrt, at no measured latency cost (0.47x fp32 in Q/DQ). Only for nets with depthwise
-  convolutions, where this was measured: on a (random-init) ResNet-18 in the zoo test bias
-  correction lost agreement against plain onnxruntime, so other conv nets get the plain quantizer.
+  EfficientNet-Lite1 (74 held-out photographs, benchmarks/bench_accuracy.py, whose "cli" variant is
+  `qconvert export` itself): logits SQNR 15.5 dB (plain) -> 23.5 dB (the previous default: bias
+  correction + float stem) -> 26.8 dB on cpu (top-1 agreement 94.6%; 97.3% with the Q/DQ arithmetic
+  as written), and 14.3 -> 21.5 -> 24.8 dB on tensorrt, at no measured latency cost (0.47x fp32 in
+  Q/DQ). Only for nets with depthwise convolutions, where this was measured: on a (random-init)
+  ResNet-18 in the zoo test bias correction lost agreement against plain onnxruntime, so other conv
+  nets get the plain quantizer.
+- such a conv net whose activations are products (hard-swish, swish, squeeze-excite's gate:
+  quantize.placement.gated) also gets Q/DQ pairs on its compute ops only (`--placement`): `compute`
+  (their inputs and outputs) on cpu/arm64, `inputs` (their inputs only, TensorRT's own placement
+  rule) on tensorrt/openvino; the elementwise products stay float. On PaddleOCR's PP-OCRv4 detector
+  (benchmarks/bench_ocr_det.py, probability-map SQNR / text-mask IoU against fp32) with the steps
+  above: cpu 10.6 dB / 0.897 (all) -> 12.8 dB / 0.930 (compute) at the same latency (0.97x against
+  0.94-0.98x fp32 in one run under load, 0.89x against 0.65x in another); `inputs` reaches 17.8 dB /
+  0.968, ahead of NNCF (16.7 dB / 0.962), but at 1.4x fp32 on onnxruntime's CPU provider (a Conv whose
+  output is float runs in fp32 there), so it is the user's choice on cpu; tensorrt 10.3 -> 13.1 dB
+  (inputs). EfficientNet-Lite1 (ReLU6, no gate) keeps `all`: on cpu `compute` gave 18.0 dB (each
+  ReLU6 output rounded twice) and `inputs` 27.2 dB at 0.82x against 26.8 dB at 0.51x; on tensorrt
+  `inputs` gave 25.0 against 24.8 dB.
 - transformers on the `cpu` target at 8 bits: dynamic int8 (activations quantized per batch, so no
   range has to hold every sentence's outliers) after SmoothQuant. On all-MiniLM-L6-v2 static int8
   reaches worst cosine 0.91, dynamic 0.988, dynamic after SmoothQuant 0.997, at 0.38x fp32 latency.
@@ -33,6 +47,14 @@ from dataclasses import dataclass
 import onnx
 
 FAMILIES = ("conv", "transformer", "other")
+# --auto's ladder (pipeline/auto.py): the steps it adds one at a time, per family, while validation fails
+MSE_RANGES = "ranges:mse"  # a ladder rung that changes the calibration method, not a recovery step
+LADDER: dict[str, tuple[str, ...]] = {
+    "conv": ("bias_correction", "gptq", MSE_RANGES, "clip_weights", "adaround"),
+    "transformer": ("smoothquant", MSE_RANGES, "adaround"),
+    "other": ("bias_correction", MSE_RANGES, "adaround"),
+}
+LAST_RUNGS = ("mixed_precision",)  # after every family's ladder: raises layers above int8
 ATTENTION_OPS = frozenset({"Attention", "MultiHeadAttention", "GroupQueryAttention"})
 NORM_OPS = frozenset(
     {
@@ -80,15 +102,28 @@ class Defaults:
     # a Gemm/MatMul that writes a graph output (a classifier's logits) leaves its output unquantized:
     # rounding the logits themselves costs EfficientNet-Lite1 0.4 dB and saves nothing measurable
     float_outputs: bool = False
+    # where the Q/DQ pairs go (quantize.placement: all | compute | inputs); None: all
+    placement: str | None = None
+
+
+# a gated conv net (hard-swish, swish, squeeze-excite): Q/DQ only on the compute ops, per target
+GATED_PLACEMENT = {"cpu": "compute", "arm64": "compute", "tensorrt": "inputs", "openvino": "inputs"}
 
 
 def choose(
-    family: str, target: str, bits: int, mode: str, mode_given: bool = False, depthwise: bool = True
+    family: str,
+    target: str,
+    bits: int,
+    mode: str,
+    mode_given: bool = False,
+    depthwise: bool = True,
+    gated: bool = False,
 ) -> Defaults:
     """The defaults for a `family` model quantized for `target` at `bits` in `mode`: the target's
     default mode, or the user's own (`mode_given`: then the mode is never changed). `depthwise`: the
     conv net has depthwise convolutions (MobileNet/EfficientNet-style), where the conv defaults were
-    measured to pay; on other conv nets (a ResNet) they were not, so they get none."""
+    measured to pay; on other conv nets (a ResNet) they were not, so they get none. `gated`: its
+    activations are products (quantize.placement.gated), where only the compute ops get Q/DQ pairs."""
     if bits != 8:
         return Defaults(family, None, (), "")
     if family == "transformer":
@@ -111,16 +146,22 @@ def choose(
                 matmuls_only=lean,
             )
     if family == "conv" and mode == "static" and depthwise:
+        placement = GATED_PLACEMENT.get(target) if gated else None
+        where = {
+            "compute": "; hard-swish/squeeze-excite: int8 only in the convolutions, elementwise ops float",
+            "inputs": "; hard-swish/squeeze-excite: only the convolutions' inputs quantized",
+        }
         return Defaults(
             family,
             None,
             ("gptq", "bias_correction"),
             "a conv net: GPTQ weight rounding, then bias correction (the mean shift the rounding leaves "
             "is folded into each bias), activation ranges by MSE, the stem convolution(s) and the logits "
-            "kept float",
+            "kept float" + where.get(placement or "", ""),
             float_stem=True,
             calibration_method="mse",
             float_outputs=True,
+            placement=placement,
         )
     return Defaults(family, None, (), "")
 

@@ -1,5 +1,5 @@
-"""What the stages of both pipelines (export, validate) share: the progress callback, the stage guard, and
-how held-out data is fed and the original model's outputs obtained."""
+"""What the stages of both pipelines (export, validate) share: the progress callback, how held-out data is
+fed, the original model's outputs obtained and an ONNX file's inputs and outputs read."""
 
 from __future__ import annotations
 
@@ -11,16 +11,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qconvert.calibrate import Dataset, ModelInput
-from qconvert.errors import (
-    InternalError,
-    QConvertError,
-    TargetError,
-)
+from qconvert.errors import TargetError
 
 if TYPE_CHECKING:
     from qconvert.config import QuantizeConfig
     from qconvert.sources import LoadedModel
     from qconvert.targets import BoundTarget, Provider
+    from qconvert.validation import Check, ValidationResult
 
 
 # progress(stage, message, done, total): done/total are None for stages without a count
@@ -29,17 +26,6 @@ Progress = Callable[[str, str, "int | None", "int | None"], None]
 
 def no_progress(stage: str, message: str, done: int | None = None, total: int | None = None) -> None:
     return None
-
-
-@contextlib.contextmanager
-def stage(name: str, progress: Progress, message: str) -> Iterator[None]:
-    progress(name, message, None, None)
-    try:
-        yield
-    except QConvertError:
-        raise
-    except Exception as e:
-        raise InternalError(f"unexpected failure in the {name!r} stage: {type(e).__name__}: {e}") from e
 
 
 @contextlib.contextmanager
@@ -65,6 +51,33 @@ def model_inputs(loaded: LoadedModel) -> list[ModelInput]:
             loaded.input_names, loaded.input_dims, loaded.example_inputs, strict=True
         )
     ]
+
+
+def onnx_io(path: Path, flag: str) -> tuple[list[ModelInput], list[str]]:
+    """The graph inputs (as ModelInput, batch axis included) and output names of an ONNX file; `flag`
+    names it in the error when it is not a valid model."""
+    import onnx
+
+    from qconvert.errors import SourceError, brief
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise SourceError(
+            f"{flag} {path}: not a valid ONNX model ({type(e).__name__}: {brief(e)}). Check the file is complete."
+        ) from e
+    init = {i.name for i in proto.graph.initializer}
+    inputs = []
+    for i in proto.graph.input:
+        if i.name in init:
+            continue
+        t = i.type.tensor_type
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim
+        )
+        dtype = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)))
+        inputs.append(ModelInput(i.name, dims, dtype))
+    return inputs, [o.name for o in proto.graph.output]
 
 
 def latency_feed(data: Dataset, batch: int) -> dict[str, np.ndarray]:
@@ -114,3 +127,13 @@ def op_counts(path: Path) -> dict[str, int]:
     for node in onnx.load(str(path), load_external_data=False).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
+
+
+MODEL_CHECKS = "model"  # the Check.output of whole-model checks (task_drop, speedup, collapse_rate)
+
+
+def add_checks(validation: ValidationResult, *checks: Check) -> ValidationResult:
+    """`validation` with `checks` after its own (the verdict reads them all)."""
+    from dataclasses import replace
+
+    return replace(validation, checks=(*validation.checks, *checks))

@@ -3,7 +3,7 @@
 A stage is a small class: `needs` (context fields it reads, checked before it runs), `gives` (the
 fields it sets, checked after), `requires(ctx)` for any other precondition (checked before expensive
 work), `run(ctx)` and `ensures(ctx)`. The order is a tuple in one file per pipeline
-(`pipeline/exporting.py`). Stages never import each other; they share only the context.
+(`pipeline/exporting.py`, `pipeline/validating.py`). Stages never import each other; they share only the context.
 
 A failure names the stage and the stages that ran before it: a user error (QConvertError) keeps its
 message and exit code and gains `.in_stage` / `.after`; anything else is an InternalError saying

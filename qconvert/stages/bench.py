@@ -1,4 +1,5 @@
-"""TimeAgainstFp32: latency of model.onnx against the fp32 export, interleaved, and both sizes."""
+"""Latency, measured interleaved: TimeAgainstFp32 (export: model.onnx against the fp32 export, and both
+sizes) and TimeAgainstReference (validate, for a speedup bound: the candidate against the reference ONNX)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from collections.abc import Callable
 from qconvert.artifacts import onnx_size
 from qconvert.benchmark import interleaved_latency
 from qconvert.runtime import make_session
-from qconvert.stages._shared import latency_feed
+from qconvert.stages._shared import MODEL_CHECKS, add_checks, latency_feed
 from qconvert.stages.base import Stage
-from qconvert.stages.context import ExportContext
+from qconvert.stages.context import ExportContext, ValidateContext
+from qconvert.validation import Check
 
 
 class TimeAgainstFp32(Stage[ExportContext]):
@@ -49,3 +51,47 @@ class TimeAgainstFp32(Stage[ExportContext]):
             ctx.notes.append(
                 "bf16: model.onnx cannot run here, so the latency row times its fp32 stand-in on the CPU"
             )
+
+
+class TimeAgainstReference(Stage[ValidateContext]):
+    name = "benchmark"
+    needs = ("model_path", "reference_onnx", "providers", "heldout", "validation", "model_bounds")
+    gives = ("speed",)
+
+    def message(self, ctx: ValidateContext) -> str | None:
+        if not any(b.metric == "speedup" for b in ctx.model_bounds):
+            return None
+        return "timing candidate and reference (interleaved)"
+
+    def run(self, ctx: ValidateContext) -> None:
+        ctx.speed = None
+        bounds = [b for b in ctx.model_bounds if b.metric == "speedup"]
+        if not bounds:
+            return
+        assert ctx.reference_onnx is not None  # PlanChecks refused a speedup bound without one
+        cand_bench = make_session(ctx.model_path, ctx.providers)
+        ref_bench = make_session(ctx.reference_onnx, ctx.providers)
+        fixed = [i.shape[0] for i in cand_bench.inner.get_inputs() if isinstance(i.shape[0], int)]
+        size = fixed[0] if fixed else ctx.config.latency_batch
+        batch = next(ctx.heldout.subset(slice(0, size)).batches(size))
+        lat = interleaved_latency(
+            {
+                "reference": lambda: ref_bench.inner.run(None, batch),
+                "candidate": lambda: cand_bench.inner.run(None, batch),
+            },
+            repeats=ctx.config.latency_repeats,
+        )
+        ratio = lat["reference"].p50_ms / lat["candidate"].p50_ms
+        ctx.speed = {
+            "provider": cand_bench.used,
+            "batch": size,
+            "reference": lat["reference"].as_json(),
+            "candidate": lat["candidate"].as_json(),
+            "speedup": ratio,
+        }
+        ctx.validation = add_checks(ctx.validation, *(Check(MODEL_CHECKS, b, ratio) for b in bounds))
+        ctx.notes.append(
+            f"latency p50 at batch {size} on {cand_bench.used}: candidate {lat['candidate'].p50_ms:.3f} ms, "
+            f"reference {lat['reference'].p50_ms:.3f} ms; speedup {ratio:.2f}x (reference time / candidate "
+            "time, measured interleaved)"
+        )

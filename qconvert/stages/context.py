@@ -1,4 +1,5 @@
-"""The export context: what the stages of one `qconvert export` run know so far.
+"""The contexts of the two pipelines: what the stages of one `qconvert export` run (ExportContext) or
+one `qconvert validate` run (ValidateContext) know so far.
 
 Each field is set by exactly one stage (its `gives`) and read by later ones (their `needs`); a field
 is absent, not None, until its stage ran, so the runner can check the order. `notes` collects the
@@ -8,20 +9,26 @@ report's notes in the order the stages add them.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only for annotations: importing the context stays cheap
+    import numpy as np
+
     from qconvert.artifacts import ArtifactDir
     from qconvert.calibrate import Dataset, ModelInput
-    from qconvert.config import QuantizeConfig, RunConfig, Tolerance
+    from qconvert.config import Bound, QuantizeConfig, RunConfig, Tolerance, ValidateConfig
     from qconvert.onnx_export import ExportResult
+    from qconvert.results import Report, ValidationRun
     from qconvert.runtime import Session
     from qconvert.sources import LoadedModel
     from qconvert.stages._shared import Progress
     from qconvert.targets import BoundTarget, Provider
+    from qconvert.trust import Verified
     from qconvert.validation import ValidationResult
+    from qconvert.validation.collapse import CollapseResult
 
 
 class ExportContext:
@@ -82,7 +89,7 @@ class ExportContext:
     bench_provider: str
     sizes: dict[str, int]
     # written
-    report: dict[str, Any]
+    report: Report
     manifest: dict[str, Any]
 
     def __init__(self, config: RunConfig, progress: Progress, stack: contextlib.ExitStack) -> None:
@@ -90,3 +97,56 @@ class ExportContext:
         self.progress = progress
         self.stack = stack  # the output folder is entered on it, so a failure rolls it back
         self.notes: list[str] = []
+
+
+class ValidateContext:
+    """One validate run's state, filled in stage by stage (see pipeline/validating.py for the order)."""
+
+    # find / verify / open: the candidate
+    model_path: Path  # the candidate's .onnx
+    out_dir: Path | None  # the OUT_DIR it came in, if it did
+    manifest: dict[str, Any] | None  # that OUT_DIR's qconvert.json
+    verified: Verified | None  # the manifest's hashes held (None: no manifest to check)
+    inputs: list[ModelInput]
+    names: list[str]  # the candidate's output names, in graph order
+    # tolerance
+    bits: int
+    tolerance: Tolerance  # defaults < tolerance file < --tolerance
+    tolerance_source: str | None  # the tolerance file, if one was read
+    model_bounds: list[Bound]  # whole-model bounds (task_drop, speedup, collapse_rate)
+    per_output: Tolerance  # the rest, applied per output
+    token_kinds: dict[str, str]  # a text model's token outputs (from the manifest)
+    # plan: everything a flag names, checked before any work
+    reference_spec: str  # --reference, or the OUT_DIR's reference.onnx
+    probe_kwargs: dict[str, Any] | None  # the collapse probe's settings (None: no --probe collapse)
+    data_path: Path
+    calibration_path: Path | None
+    user_files: list[Path]  # every file the run reads: no report may overwrite one
+    # load
+    heldout: Dataset
+    metric_fn: Callable[..., Any] | None  # --metric
+    # reference
+    reference: str  # what the reference is, as the result names it
+    ref_out: list[np.ndarray]  # its outputs on the held-out data, in the candidate's output order
+    reference_onnx: Path | None  # an fp32 ONNX to time and probe against (None: none here)
+    # simulate / candidate
+    providers: list[Provider]
+    not_here: str | None  # why this machine cannot run the graph as the target will
+    native: bool
+    checked_path: Path  # what runs: model.onnx, or its fp16/bf16 stand-in
+    candidate: Session
+    cand_out: list[np.ndarray]
+    # validate / task / probe / benchmark: the checks, each stage adding its own
+    validation: ValidationResult
+    task: dict[str, Any] | None  # --metric: both scores and the drop
+    collapse: CollapseResult | None
+    speed: dict[str, Any] | None  # --require-speedup / a speedup bound: both latencies
+    # write
+    run: ValidationRun
+
+    def __init__(self, config: ValidateConfig, progress: Progress, stack: contextlib.ExitStack) -> None:
+        self.config = config
+        self.progress = progress
+        self.stack = stack  # the stand-in's temporary folder is entered on it
+        self.notes: list[str] = []
+        self.started = time.perf_counter()

@@ -10,6 +10,7 @@ import onnx
 
 from qconvert.errors import ConfigError
 from qconvert.quantize import QUANTIZERS
+from qconvert.quantize.placement import gated, placed, takes
 from qconvert.recover import RECOVERY
 from qconvert.recover.defaults import Defaults, choose, float_stem, has_depthwise, model_family, output_layers
 from qconvert.stages.base import Stage
@@ -46,19 +47,44 @@ class ChooseDefaults(Stage[ExportContext]):
             ]
         ctx.qc = ctx.candidates[0]
 
+    @staticmethod
+    def _place(ctx: ExportContext, graph: onnx.ModelProto, placement: str, given: bool) -> None:
+        """Q/DQ pairs where `placement` puts them (quantize.placement), on the candidates that can
+        hold it; the user's --placement on a format that cannot is refused."""
+        if ctx.mode != "static":
+            if given:
+                ctx.notes.append(f"--placement {placement} ignored: it applies to static int8 only")
+            return
+        usable = [c for c in ctx.candidates if takes(c, placement)]
+        if not usable:
+            raise ConfigError(
+                f"--placement {placement} needs the Q/DQ format, and the {ctx.target.name} target "
+                f"quantizes to {', '.join(c.format for c in ctx.candidates)} here: use --placement compute "
+                "or all, or --target-option format=qdq where the target has it."
+            )
+        ctx.candidates = [placed(c, graph, placement) for c in usable]
+        ctx.qc = ctx.candidates[0]
+        if placement != "all":
+            ctx.notes.append(
+                f"Q/DQ placement {placement}: {len(ctx.qc.nodes_to_include)} compute op(s) quantized"
+                + (", their outputs float" if placement == "inputs" else "")
+                + "; elementwise ops float"
+            )
+
     def run(self, ctx: ExportContext) -> None:
         config = ctx.config
         graph = onnx.load(str(ctx.prepared), load_external_data=False)
         family, depthwise = model_family(graph), has_depthwise(graph)
         given = config.mode is not None
-        chosen = choose(family, ctx.target.name, config.bits, ctx.mode, given, depthwise)
+        gate = gated(graph)
+        chosen = choose(family, ctx.target.name, config.bits, ctx.mode, given, depthwise, gate)
         mode = chosen.mode
         if mode is not None and mode != ctx.mode:
             try:
                 ctx.target.resolve_mode(config.bits, mode)
             except ConfigError:  # this target does not run it: keep its own default
                 mode = None
-                chosen = choose(family, ctx.target.name, config.bits, ctx.mode, True, depthwise)
+                chosen = choose(family, ctx.target.name, config.bits, ctx.mode, True, depthwise, gate)
         if mode is not None and mode != ctx.mode:
             external = ctx.qc.external_data  # and the selectors' choice, made before
             ctx.mode = mode
@@ -68,7 +94,8 @@ class ChooseDefaults(Stage[ExportContext]):
                 for c in ctx.target.candidates(config.bits, mode, config.calibration_method or "minmax")
             ]
             ctx.qc = ctx.candidates[0]
-        if chosen.matmuls_only and config.recover is None and not ctx.qc.nodes_to_include:
+        lean = chosen.matmuls_only and config.placement is None
+        if lean and config.recover is None and not ctx.qc.nodes_to_include:
             matmuls = tuple(n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name)
             outputs_float = (("OpTypesToExcludeOutputQuantization", ("MatMul",)),)
             ctx.candidates = [
@@ -91,6 +118,9 @@ class ChooseDefaults(Stage[ExportContext]):
                 ctx.notes.append(f"stem kept in float: {', '.join(stem)}")
         if config.recover is None:
             self._ranges_and_outputs(ctx, chosen, graph)
+        placement = config.placement or (chosen.placement if config.recover is None else None)
+        if placement:
+            self._place(ctx, graph, placement, config.placement is not None)
         recover = chosen.recover if config.recover is None else config.recover
         if config.recover is None and ctx.calibration is None:
             needing = [r for r in recover if RECOVERY.get(r).needs_calibration]
@@ -105,7 +135,13 @@ class ChooseDefaults(Stage[ExportContext]):
             ctx.calibration = None  # kept for recovery steps this run does not take
         used = (
             config.recover is None
-            and (bool(recover) or chosen.matmuls_only or chosen.float_stem or chosen.float_outputs)
+            and (
+                bool(recover)
+                or chosen.matmuls_only
+                or chosen.float_stem
+                or chosen.float_outputs
+                or chosen.placement is not None
+            )
         ) or mode is not None
         ctx.defaults = {**asdict(chosen), "mode": ctx.mode, "recover": list(recover), "applied": used}
         if used and chosen.why:

@@ -145,13 +145,13 @@ class WriteArtifacts(Stage[ExportContext]):
         art = ctx.art
         for companion in ctx.loaded.companion_files:  # config and tokenizer: OUT_DIR loads on its own
             art.copy_file(companion, companion.name)
-        ctx.report = report.to_json()
-        art.write_json("report.json", ctx.report)
+        ctx.report = report
+        art.write_json("report.json", report.to_json())
         from qconvert.report_html import render_html
 
         about = manifest_json(ctx)  # the page names the model, qconvert, the date and the command
         page_about = {**about, "source": about["source"]["origin"]}
-        art.write_text("report.html", render_html(ctx.report, page_about))
+        art.write_text("report.html", render_html(report, page_about))
         manifest = Manifest(**about, files=art.hashes())
         ctx.manifest = manifest.to_json()
         art.write_json("qconvert.json", ctx.manifest)

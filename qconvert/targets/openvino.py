@@ -10,7 +10,7 @@ reproduce without wasting half the range of every post-ReLU tensor.
 
 The weight rule matters in practice: with this layout OpenVINO's CPU plugin runs every Conv and
 fully connected layer in int8, while the same model with unsigned asymmetric per-tensor weights (the
-QNN layout) gets its Convs run in f32 (both checked in tests/test_openvino_crossrun.py by reading the
+QNN layout) gets its Convs run in f32 (both checked in tests/e2e/test_openvino_crossrun.py by reading the
 compiled model's runtime precisions).
 
 No `reduce_range`: OpenVINO's CPU plugin does not saturate on this layout on an AVX2 CPU without

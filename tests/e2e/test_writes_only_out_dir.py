@@ -15,7 +15,7 @@ from qconvert.pipeline import export
 
 
 def _test_hf() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "test_hf.py"
+    path = Path(__file__).resolve().parent / "test_hf.py"  # tests/e2e/test_hf.py
     spec = importlib.util.spec_from_file_location("qconvert_test_hf", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

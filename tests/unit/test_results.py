@@ -1,4 +1,4 @@
-"""results.py: Report and Manifest round-trip through JSON and carry a schema version."""
+"""results.py: Report, Manifest and ValidationReport round-trip through JSON and carry a schema version."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from qconvert.errors import SourceError
-from qconvert.results import SCHEMA_VERSION, Manifest, Report
+from qconvert.report import check_line, level_text
+from qconvert.results import SCHEMA_VERSION, Figures, Manifest, Report, ValidationReport
 
 REPORT: dict[str, Any] = {
     "passed": True,
@@ -79,3 +80,58 @@ def test_manifest_load_reads_an_out_dir(tmp_path: Path) -> None:
     (tmp_path / "qconvert.json").write_text("{not json")
     with pytest.raises(SourceError, match="not valid JSON"):
         Manifest.load(tmp_path)
+
+
+def test_a_validate_json_from_before_versioning_reads_its_verdict_from_passed() -> None:
+    """`qconvert validate --json` files had no schema_version and, before intervals, no verdict."""
+    old = {
+        "passed": False,
+        "candidate": "out",
+        "model": "out/model.onnx",
+        "reference": "out/reference.onnx",
+        "data": "heldout.npz",
+        "samples": 60,
+        "labels": True,
+        "provider": "CPUExecutionProvider",
+        "exact_qdq": False,
+        "bits": 8,
+        "tolerance": ["cosine>=0.99"],
+        "tolerance_source": None,
+        "task": None,
+        "speed": None,
+        "collapse": None,
+        "notes": [],
+        "manifest_sha256": None,
+        "seconds": 1.5,
+        "validation": {"passed": False, "checks": []},
+    }
+    run = ValidationReport.from_json(old)
+    assert run.schema_version == 0 and run.verdict == "failed" and run.tolerance == ("cosine>=0.99",)
+    assert run.to_json() == {"schema_version": 0, **old, "verdict": "failed"}
+    with pytest.raises(SourceError, match="validate --json: schema_version 99 is newer"):
+        ValidationReport.from_json({**old, "schema_version": 99})
+
+
+def test_figures_of_a_version_1_report_read_their_verdicts_from_passed() -> None:
+    """Before version 2 a check had `passed` and no `verdict`, interval or confidence."""
+    check = {
+        "output": "logits",
+        "metric": "cosine",
+        "bound": "cosine>=0.99",
+        "measured": 0.98,
+        "passed": False,
+    }
+    validation = {"passed": False, "samples": 40, "outputs": {"logits": {"cosine": 0.98}}, "checks": [check]}
+    report = Report.from_json({**REPORT, "passed": False, "validation": validation, "schema_version": 1})
+    figures = report.figures
+    assert figures == Figures.from_json(validation)
+    assert (figures.verdict, figures.checks[0].verdict, figures.confidence) == ("failed", "failed", None)
+    assert level_text(report) == "" and figures.intervals == {} and figures.notes == ()
+    assert check_line(figures.checks[0]) == "logits: cosine = 0.98, needs cosine>=0.99"
+
+
+def test_figures_refuse_a_validation_without_its_checks() -> None:
+    with pytest.raises(SourceError, match="no list of checks"):
+        Figures.from_json({"passed": True, "samples": 1, "outputs": {}})
+    with pytest.raises(SourceError, match="expected a JSON object"):
+        Figures.from_json([])  # type: ignore[arg-type]

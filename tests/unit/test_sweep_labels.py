@@ -1,12 +1,17 @@
 """sweep.png: the labels of settings that land on nearly the same point are moved apart, measured on
-the real matplotlib renderer, so none is drawn over another (issue 14)."""
+the real matplotlib renderer, so none is drawn over another (issue 14); the renderer returns the PNG
+and writes no file (issue 11)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from qconvert.sweep_report import separate_labels
+from qconvert.results import SweepReport
+from qconvert.sweep_report import render_png, separate_labels
 
 
 def test_labels_of_coinciding_points_do_not_overlap() -> None:
@@ -27,3 +32,36 @@ def test_labels_of_coinciding_points_do_not_overlap() -> None:
     boxes = separate_labels(fig, labels)
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     assert [t.get_text() for t in labels] == names  # every label still drawn, none dropped
+
+
+def test_sweep_png_is_returned_as_bytes_and_no_file_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renderer draws; the sweep writes sweep.png through its ArtifactDir (artifacts.py)."""
+    monkeypatch.chdir(tmp_path)
+    rows = [
+        {"name": "fp32", "status": "baseline", "size_ratio": 1.0, "latency_ratio": 1.0, "cosine": 1.0},
+        {"name": "8bit-static", "status": "passed", "size_ratio": 0.3, "latency_ratio": 0.6, "cosine": 0.999},
+        {"name": "4bit-weight-only", "status": "out_of_tolerance", "size_ratio": 0.2, "cosine": 0.95},
+    ]
+    report = SweepReport(
+        source="tiny",
+        target="cpu",
+        bits=(8, 4),
+        modes=None,
+        tolerance=None,
+        executor="local",
+        workers=1,
+        held_out_samples=64,
+        labels=False,
+        latency={},
+        rows=tuple(rows),
+        recommendation={"smallest": "8bit-static", "fastest": "8bit-static", "text": "8bit-static"},
+        passed=True,
+        verdict="passed",
+        notes=(),
+        seconds=1.0,
+    )
+    png = render_png(report)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ import pytest
 
 from qconvert.config import Bound, parse_tolerance
 from qconvert.report import check_line, failure_lines
+from qconvert.results import CheckRecord, ValidationReport
 from qconvert.validation import Check, passing_round
 
 
@@ -30,7 +31,23 @@ def test_speedup_is_never_suggested() -> None:
     check = Check("latency", Bound("speedup", 1.0, explicit=True), 0.7189941630969531)
     assert not check.passed and check.needed is None
     doc = check.as_json()
-    assert "would pass" not in check_line(doc)
-    report = {"validation": {"checks": [doc]}}
+    assert "would pass" not in check_line(CheckRecord.from_json(doc))
+    names = ("candidate", "model", "reference", "data", "provider")
+    report = ValidationReport.from_json(
+        {
+            **dict.fromkeys(names, "-"),
+            **dict.fromkeys(("tolerance_source", "task", "speed", "collapse", "manifest_sha256")),
+            "passed": False,
+            "verdict": "failed",
+            "samples": 1,
+            "labels": False,
+            "exact_qdq": True,
+            "bits": 8,
+            "tolerance": ["speedup>=1"],
+            "notes": [],
+            "seconds": 0.0,
+            "validation": {"passed": False, "samples": 1, "outputs": {}, "checks": [doc]},
+        }
+    )
     (line,) = [x for x in failure_lines(report) if "speedup" in x]
     assert "would pass" not in line and "0.718994" in line

@@ -22,6 +22,7 @@ from conftest import QUICKSTART_OUT, TINY_CNN, write_model
 
 import qconvert
 from qconvert.report_html import render_html
+from qconvert.results import Report
 
 # --- a small HTML reader -------------------------------------------------------------------------
 
@@ -160,7 +161,8 @@ def test_the_export_writes_report_html_and_hashes_it(passed_dir: Path) -> None:
     report = json.loads((passed_dir / "report.json").read_text())
     # the page is a pure function of report.json and the manifest's identity of the run
     about = {**manifest, "source": manifest["source"]["origin"]}
-    assert (passed_dir / "report.html").read_text(encoding="utf-8") == render_html(report, about)
+    page = render_html(Report.from_json(report), about)
+    assert (passed_dir / "report.html").read_text(encoding="utf-8") == page
 
 
 @pytest.mark.slow
@@ -375,7 +377,7 @@ def test_sensitivity_chart_shows_the_reports_ranking(failed: Rendered) -> None:
 def test_text_from_the_report_is_escaped(passed: Rendered) -> None:
     report, _, _ = passed
     hostile = "<script>alert(1)</script> & <img src=x>"
-    page_text = render_html({**report, "notes": [*report["notes"], hostile]})
+    page_text = render_html(Report.from_json({**report, "notes": [*report["notes"], hostile]}))
     page = Page(page_text)
     assert not {t for t, _ in page.tags} & {"script", "img"}
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;img src=x&gt;" in page_text

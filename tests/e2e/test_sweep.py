@@ -30,6 +30,7 @@ from qconvert.cli import app
 from qconvert.cli.options import image_options, text_options
 from qconvert.config import RunConfig, SweepConfig
 from qconvert.errors import ConfigError
+from qconvert.results import SCHEMA_VERSION, SweepReport
 from qconvert.sweep import (
     NOT_SUPPORTED,
     OUT_OF_TOLERANCE,
@@ -359,6 +360,10 @@ def test_files_written(serial: tuple[int, str, Path]) -> None:
     assert 'href="trials/8bit-static/report.html"' in html
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["recommendation"]["text"] in html
+    # sweep.json is results.SweepReport: versioned, and it reads back as the record it was written from
+    report = SweepReport.from_json(summary)
+    assert summary["schema_version"] == SCHEMA_VERSION and report.to_json() == summary
+    assert isinstance(report.bits, tuple) and report.rows[0]["name"] == "fp32"
     for name in ("8bit-static", "8bit-dynamic"):
         trial = out / "trials" / name
         assert {"model.onnx", "reference.onnx", "qconvert.json", "report.json", "report.html"} <= {

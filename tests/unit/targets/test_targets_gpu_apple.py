@@ -394,7 +394,7 @@ def test_fp16_overflow_fails_the_nonfinite_check(overflow_run: tuple[RunResult, 
     message = failed["nonfinite"].describe()
     assert "NaN or Inf where the reference is finite" in message and "65504" in message
     assert message in result.manifest["validation"]["failures"]
-    line = next(ln for ln in failure_lines(result.report) if ": nonfinite = " in ln)
+    line = next(ln for ln in failure_lines(result.record) if ": nonfinite = " in ln)
     assert "keep the op that produces it in fp32" in line
     assert (result.out_dir / "model.onnx").exists()  # a failed verdict still writes the artifacts
 
@@ -578,8 +578,8 @@ def test_cuda_modes() -> None:
     cuda = TARGETS.get("cuda")
     assert cuda.resolve_mode(16, None) == "fp16"
     assert cuda.resolve_mode(8, None) == "static"
-    assert cuda.resolve_mode(4, None) == "weight-only"  # MatMulNBits (tests/test_int4.py)
-    assert cuda.resolve_mode(16, "bf16") == "bf16"  # tests/test_bf16.py
+    assert cuda.resolve_mode(4, None) == "weight-only"  # MatMulNBits (tests/unit/quantize/test_int4.py)
+    assert cuda.resolve_mode(16, "bf16") == "bf16"  # tests/unit/quantize/test_bf16.py
 
 
 def test_cuda_refuses_dynamic_with_the_reason() -> None:

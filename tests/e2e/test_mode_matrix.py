@@ -886,7 +886,7 @@ def test_every_declared_pair_has_an_expectation() -> None:
     covered = {cell.pair for cell in table}
     missing = [pair for pair in declared_pairs() if pair not in covered]
     assert not missing, (
-        f"the registry declares {missing} but tests/test_mode_matrix.py has no expectation for them: "
+        f"the registry declares {missing} but tests/e2e/test_mode_matrix.py has no expectation for them: "
         "add an expectation (EXPECTATIONS) saying what the graph must contain"
     )
 

@@ -316,7 +316,7 @@ def test_library_api_matches_the_cli(out_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "qconvert.toml").write_text("[tolerance]\ncosine = 1.5\n")  # ignored: settings_dir=None
     run = qconvert.validate(ValidateConfig(candidate=out_dir, settings_dir=None))
     assert isinstance(run, qconvert.ValidationRun) and run
-    assert run.context["tolerance_source"] is None
+    assert run.report.tolerance_source is None
     assert not qconvert.validate(ValidateConfig(candidate=out_dir))  # reads ./qconvert.toml
     assert {"rel_error", "kl_div", "top5_agreement"} <= set(run.validation.outputs["logits"])
 

@@ -19,7 +19,7 @@ from qconvert.pipeline import export
 from qconvert.runtime import manifest_providers, read_manifest
 from qconvert.targets import TARGETS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HELDOUT = ROOT / "calibration" / "digits_heldout.npz"
 runner = CliRunner(env={"COLUMNS": "200"})  # wide: table rows stay on one line each
 
