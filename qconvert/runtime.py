@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,20 @@ class Session:
     wanted: str  # the first provider the target asked for
     used: str  # the provider onnxruntime actually put first
     optimized: bool  # False: graph optimizations off, so Q/DQ nodes run exactly as written
+    # the graph computes quantization ranges at run time over the whole batch (dynamic int8): each
+    # sample's output then depends on the others in its batch, so `run` feeds one sample at a time
+    batch_coupled: bool = False
 
     @property
     def fell_back(self) -> bool:
         return self.used != self.wanted
 
     def run(self, data: Dataset, batch: int = RUN_BATCH) -> list[np.ndarray]:
-        """Run every sample; a fixed batch axis in the model is respected (last batch padded)."""
+        """Run every sample; a fixed batch axis in the model is respected (last batch padded). A
+        batch-coupled graph (`batch_coupled`) runs one sample at a time, as served at batch 1, so that
+        no sample's output depends on the others (which per-sample confidence intervals assume)."""
         fixed = {i.name: i.shape[0] for i in self.inner.get_inputs() if isinstance(i.shape[0], int)}
-        size = min(fixed.values()) if fixed else batch
+        size = min(fixed.values()) if fixed else (1 if self.batch_coupled else batch)
         outs: list[list[np.ndarray]] = []
         for feeds in data.batches(size):
             n = len(next(iter(feeds.values())))
@@ -85,7 +91,30 @@ def make_session(
         provider_options=[dict(p.options) for p in chosen],
     )
     wanted = providers[0].name if providers else CPU.name
-    return Session(inner, wanted, inner.get_providers()[0], optimize)
+    stat = Path(path).stat()
+    coupled = batch_coupled(str(path), stat.st_mtime_ns, stat.st_size)
+    return Session(inner, wanted, inner.get_providers()[0], optimize, coupled)
+
+
+# ops that compute their quantization range at run time over the whole input tensor, batch included
+BATCH_COUPLED_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
+
+
+@functools.lru_cache(maxsize=64)
+def batch_coupled(path: str, mtime_ns: int, size: int) -> bool:
+    """Whether the graph at `path` (its weights not read) has an op in BATCH_COUPLED_OPS, subgraphs
+    included. `mtime_ns` and `size` key the cache, so a rewritten file is read again."""
+    import onnx
+
+    def ops(graph: Any) -> Iterator[str]:
+        for node in graph.node:
+            yield node.op_type
+            for attr in node.attribute:
+                for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                    yield from ops(sub)
+
+    model = onnx.load(path, load_external_data=False)
+    return any(op in BATCH_COUPLED_OPS for op in ops(model.graph))
 
 
 MANIFEST = "qconvert.json"

