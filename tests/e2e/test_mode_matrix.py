@@ -858,16 +858,17 @@ def graph_problems(cell: Cell, result: RunResult) -> list[str]:
 
 
 def run_onnx(path: Path, feed: np.ndarray, optimize: bool) -> np.ndarray:
-    """The first output of `path` on `feed`, in batches of RUN_BATCH as validation runs them (a
-    dynamic graph's activation ranges are per batch, so its outputs depend on the batching), one
-    sample at a time where the batch axis is fixed."""
+    """The first output of `path` on `feed`, in batches of RUN_BATCH as validation runs them, one
+    sample at a time where the batch axis is fixed or the graph is dynamic int8 (its activation
+    ranges are per batch, so validation runs it as served at batch 1)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    size = 1 if isinstance(session.get_inputs()[0].shape[0], int) else RUN_BATCH
+    dynamic = any(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(path)).graph.node)
+    size = 1 if dynamic or isinstance(session.get_inputs()[0].shape[0], int) else RUN_BATCH
     chunks = [feed[i : i + size] for i in range(0, len(feed), size)]
     return np.concatenate([session.run(None, {name: c})[0] for c in chunks])
 
