@@ -14,7 +14,9 @@ statistics and dropped:
   point, the counts depend only on the data, never on how it was split into batches. At the end
   the fine histogram is re-binned onto the histogram onnxruntime would have built over all the
   data at once (its range and bin count), and onnxruntime's threshold rules are applied to it
-  (KL-divergence search for entropy, cumulative percentile).
+  (KL-divergence search for entropy, cumulative percentile). Each tensor's min and max come from
+  ReduceMin/ReduceMax in the graph, as for minmax (exact, so the same as a numpy pass, which cost
+  ~15% of the histogram work on EfficientNet-Lite1).
 - mse: the same exact histogram, over the bins the data occupies; the range is the grid (scale and
   zero point of the activation type and symmetry being quantized to) whose expected squared
   quantization error over the histogram (clipping and rounding, values spread evenly within each
@@ -591,11 +593,13 @@ class StreamingCalibrator:
             self._histograms = {t: RunningHistogram(fine, settings.absolute) for t in self._measured}
             # entropy and percentile count every value (onnxruntime's rules); mse a per-sample share
             self._per_sample = settings.mse_values_per_sample if settings.method == "mse" else 0
-            if settings.method == "mse":  # min/max in the graph, and only the strided values out
-                self._reductions = self._add_reductions(model)
+            # min/max in the graph (cheaper there than a numpy pass over each tensor), then mse's
+            # strided values or every value of the tensors the graph computes
+            self._reductions = self._add_reductions(model)
+            if settings.method == "mse":
                 self._outputs = self._reductions + self._add_samples(model, self._per_sample)
             else:
-                self._outputs = self._expose_tensors(model, graph_inputs)
+                self._outputs = self._reductions + self._expose_tensors(model, graph_inputs)
         path = workdir / "streaming_calibration.onnx"
         onnx.save(model, str(path), save_as_external_data=external_data)
         options = ort.SessionOptions()
@@ -713,16 +717,19 @@ class StreamingCalibrator:
             ) from e
         if self.settings.method == "minmax":
             self._fold_ranges(values)
-        elif self.settings.method == "mse":
-            extremes, samples = values[: len(self._reductions)], values[len(self._reductions) :]
-            for i, tensor in enumerate(self._measured):
-                span = (extremes[2 * i].reshape(()), extremes[2 * i + 1].reshape(()))
-                self._histograms[tensor].add(samples[i], tensor, self._per_sample, span)
-        else:
-            for tensor in self._fed:
-                self._histograms[tensor].add(feeds[tensor], tensor, self._per_sample)
-            for tensor, value in zip(self._outputs, values, strict=True):
-                self._histograms[tensor].add(value, tensor, self._per_sample)
+            return
+        extremes, tensors = values[: len(self._reductions)], values[len(self._reductions) :]
+        spans = {
+            tensor: (extremes[2 * i].reshape(()), extremes[2 * i + 1].reshape(()))
+            for i, tensor in enumerate(self._measured)
+        }
+        if self.settings.method == "mse":
+            for tensor, sample in zip(self._measured, tensors, strict=True):
+                self._histograms[tensor].add(sample, tensor, self._per_sample, spans[tensor])
+            return
+        exposed = [t for t in self._measured if t not in self._fed]
+        for tensor, value in [*((t, feeds[t]) for t in self._fed), *zip(exposed, tensors, strict=True)]:
+            self._histograms[tensor].add(value, tensor, 0, spans[tensor])
 
     def _fold_ranges(self, values: Sequence[np.ndarray]) -> None:
         for i, tensor in enumerate(self._measured):

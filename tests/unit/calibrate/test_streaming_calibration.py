@@ -245,6 +245,40 @@ def test_result_is_the_same_in_one_batch_or_many(
         np.testing.assert_array_equal(one[tensor].hist, many[tensor].hist)
 
 
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_extremes_from_the_graph_give_the_numpy_ranges(
+    models: dict[str, tuple[Path, Dataset]], name: str, method: str, tmp_path: Path
+) -> None:
+    """The calibrator takes each tensor's min and max from ReduceMin/ReduceMax in the graph, not
+    from a numpy pass over it: every range and histogram must equal those of RunningHistograms fed
+    the whole tensors (their own numpy min/max), exactly."""
+    model, data = models[name]
+    settings = CalibrationSettings(method=method, op_types=static_op_types(), batch_size=7)
+    ours = calibrate_streaming(model, data, settings)
+
+    calibrator = StreamingCalibrator(model, settings, tmp_path)
+    graph = onnx.load(str(model))
+    inputs = {i.name for i in graph.graph.input}
+    computed = [t for t in calibrator._measured if t not in inputs]
+    exposed = onnx.load(str(model))
+    exposed.graph.output.extend(
+        vi for vi in onnx.shape_inference.infer_shapes(graph).graph.value_info if vi.name in computed
+    )
+    onnx.save(exposed, str(tmp_path / "exposed.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "exposed.onnx"), providers=["CPUExecutionProvider"])
+    for batch in data.batches(7):
+        values = dict(zip(computed, session.run(computed, batch), strict=True))
+        for tensor in calibrator._measured:
+            calibrator._histograms[tensor].add(batch[tensor] if tensor in inputs else values[tensor], tensor)
+    reference = calibrator.result()
+
+    assert set(ours) == set(reference) and len(set(ours)) >= 5
+    for tensor in reference:
+        assert _pair(ours[tensor]) == _pair(reference[tensor]), tensor
+        np.testing.assert_array_equal(ours[tensor].hist, reference[tensor].hist)
+
+
 @pytest.mark.parametrize("absolute", [False, True])
 def test_running_histogram_widens_exactly(absolute: bool) -> None:
     """Batches of growing range force the grid to widen several times; the counts must equal those
