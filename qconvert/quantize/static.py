@@ -12,6 +12,7 @@ import logging
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from qconvert.calibrate.streaming import (
     CalibrationSettings,
     calibrate_streaming,
     ranges_only,
+    replaced_ranges,
 )
 from qconvert.config import QuantizeConfig
 from qconvert.errors import CalibrationError, QConvertError, QuantizationError
@@ -109,6 +111,7 @@ def quantize_static_int8(
     calibration: Dataset | None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Path:
+    import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -126,6 +129,9 @@ def quantize_static_int8(
     log.info("static quantization: %s, %d calibration samples", qc, len(calibration))
     try:
         settings = calibration_settings(qc, extra, static_op_types())
+        graph = onnx.load(str(src), load_external_data=False)
+        replaced = replaced_ranges(graph, static_op_types(), qc.nodes_to_include, qc.nodes_to_exclude)
+        settings = replace(settings, replaced=replaced)
         ranges = calibrated_ranges(src, calibration, settings, on_batch, qc.external_data)
         with tempfile.TemporaryDirectory(prefix="qconvert-static-") as tmp:
             cache = Path(tmp) / "ranges.json"

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 import pytest
 from _models import INPUT_NAME, write_cnn_mlp
@@ -31,6 +32,7 @@ from qconvert.calibrate.streaming import (
     RunningHistogram,
     StreamingCalibrator,
     calibrate_streaming,
+    replaced_ranges,
     same_values_aliases,
 )
 from qconvert.cli import app
@@ -202,6 +204,49 @@ def test_quantized_models_are_the_same_as_onnxruntimes(
         assert {n.op_type for n in onnx.load(str(ours)).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
 
 
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+@pytest.mark.parametrize("exclude_relu", [False, True])
+def test_ranges_the_quantizer_replaces_are_not_measured(
+    models: dict[str, tuple[Path, Dataset]],
+    method: str,
+    exclude_relu: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """onnxruntime's quantizer gives a quantized Relu/Clip's input (its only consumer) the Relu's
+    output range, so the calibrator does not measure that input: the quantized model must be the
+    same, scale for scale, as with every tensor measured; a Relu excluded from quantization keeps
+    its input measured."""
+    from qconvert.quantize import static
+
+    model, data = models["cnn"]  # Conv -> Relu -> ... -> Gemm -> Relu -> MatMul
+    graph = onnx.load(str(model))
+    after_conv = next(
+        n for n in graph.graph.node if n.op_type == "Relu" and n.input[0] == graph.graph.node[0].output[0]
+    )
+    exclude = (after_conv.name,) if exclude_relu else ()
+    replaced = replaced_ranges(graph, static_op_types(), (), exclude)
+    assert len(replaced) == (1 if exclude_relu else 2)
+    assert ((after_conv.input[0], after_conv.output[0]) in replaced) is not exclude_relu
+    settings = CalibrationSettings(method=method, op_types=static_op_types(), replaced=replaced)
+    calibrator = StreamingCalibrator(model, settings, tmp_path)
+    assert not {t for t, _ in replaced} & set(calibrator._measured)
+
+    qc = QuantizeConfig(bits=8, mode="static", calibration_method=method, nodes_to_exclude=exclude)
+    ours = onnx.load(str(quantize_static_int8(model, tmp_path / "ours.onnx", qc, data)))
+    monkeypatch.setattr(static, "replaced_ranges", lambda *_: ())
+    full = onnx.load(str(quantize_static_int8(model, tmp_path / "full.onnx", qc, data)))
+
+    assert [(n.op_type, list(n.input)) for n in ours.graph.node] == [
+        (n.op_type, list(n.input)) for n in full.graph.node
+    ]
+    ours_init = {i.name: onnx.numpy_helper.to_array(i) for i in ours.graph.initializer}
+    full_init = {i.name: onnx.numpy_helper.to_array(i) for i in full.graph.initializer}
+    assert ours_init.keys() == full_init.keys()
+    for name, value in full_init.items():
+        np.testing.assert_array_equal(ours_init[name], value, err_msg=name)
+
+
 def test_implicit_table_has_symmetric_ranges(models: dict[str, tuple[Path, Dataset]], tmp_path: Path) -> None:
     model, data = models["mlp"]
     qc = QuantizeConfig(
@@ -243,6 +288,39 @@ def test_result_is_the_same_in_one_batch_or_many(
     for tensor in one:
         assert _pair(one[tensor]) == _pair(many[tensor]), tensor
         np.testing.assert_array_equal(one[tensor].hist, many[tensor].hist)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_ranges_equal_histograms_fed_whole_tensors(
+    models: dict[str, tuple[Path, Dataset]], name: str, method: str, tmp_path: Path
+) -> None:
+    """The calibrator's ranges and histograms equal those of RunningHistograms fed each batch's
+    whole tensors, run here by a plain session with them as outputs, exactly."""
+    model, data = models[name]
+    settings = CalibrationSettings(method=method, op_types=static_op_types(), batch_size=7)
+    ours = calibrate_streaming(model, data, settings)
+
+    calibrator = StreamingCalibrator(model, settings, tmp_path)
+    graph = onnx.load(str(model))
+    inputs = {i.name for i in graph.graph.input}
+    computed = [t for t in calibrator._measured if t not in inputs]
+    exposed = onnx.load(str(model))
+    exposed.graph.output.extend(
+        vi for vi in onnx.shape_inference.infer_shapes(graph).graph.value_info if vi.name in computed
+    )
+    onnx.save(exposed, str(tmp_path / "exposed.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "exposed.onnx"), providers=["CPUExecutionProvider"])
+    for batch in data.batches(7):
+        values = dict(zip(computed, session.run(computed, batch), strict=True))
+        for tensor in calibrator._measured:
+            calibrator._histograms[tensor].add(batch[tensor] if tensor in inputs else values[tensor], tensor)
+    reference = calibrator.result()
+
+    assert set(ours) == set(reference) and len(set(ours)) >= 5
+    for tensor in reference:
+        assert _pair(ours[tensor]) == _pair(reference[tensor]), tensor
+        np.testing.assert_array_equal(ours[tensor].hist, reference[tensor].hist)
 
 
 @pytest.mark.parametrize("absolute", [False, True])
