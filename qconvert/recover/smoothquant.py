@@ -176,17 +176,21 @@ def _layer_error(
 
 def _sample_rows(
     model: onnx.ModelProto, data: Dataset, tensors: Sequence[str], rows: int
-) -> dict[str, np.ndarray]:
-    """Up to `rows` evenly spread rows (tokens) of each tensor, flattened to [rows, K]."""
+) -> tuple[dict[str, np.ndarray], frozenset[str]]:
+    """Up to `rows` evenly spread rows (tokens) of each tensor, flattened to [rows, K]; and the
+    tensors whose every row is in the sample."""
     total = len(data)
     kept: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    seen = dict.fromkeys(tensors, 0)
     for values in run_graph(model, data, list(tensors)):
         for name, x in values.items():
             flat = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
             per_batch = max(1, rows * len(x) // max(total, 1))
             step = max(1, len(flat) // per_batch)
             kept[name].append(flat[::step][:per_batch])
-    return {t: np.concatenate(v)[:rows] for t, v in kept.items() if v}
+            seen[name] += len(flat)
+    sample = {t: np.concatenate(v)[:rows] for t, v in kept.items() if v}
+    return sample, frozenset(t for t, x in sample.items() if len(x) == seen[t])
 
 
 def _held_out_error(
@@ -219,6 +223,30 @@ def _held_out_error(
     return total / 2
 
 
+def _score(
+    x: np.ndarray,
+    ranges: tuple[np.ndarray, np.ndarray],
+    weights: list[np.ndarray],
+    w_absmax: np.ndarray,
+    alpha: float | None,
+    s: np.ndarray,
+    qc: QuantizeConfig,
+    upstream: bool,
+    gamma: np.ndarray | None,
+    whole: bool = False,
+) -> float:
+    """The error a candidate s (alpha None: no smoothing) is judged by. Static int8 fixes the ranges
+    from calibration data: where the rows are all the tensor has (`whole`: as one pooled row per
+    calibration sample), those rows set the ranges and s, so it is scored on rows that
+    did not set them (`_held_out_error`). Otherwise the rows are a sample of many more that set the
+    ranges, and halving the sample would understate the ranges (on all-MiniLM-L6-v2, static int8 of
+    the MatMuls, worst cosine 0.9985 -> 0.987); dynamic int8 takes each input's own range, for which
+    the calibration range stands in. Both are scored on all the rows against the full ranges."""
+    if qc.mode == "static" and whole:
+        return _held_out_error(x, weights, w_absmax, alpha, qc, upstream, gamma)
+    return _group_error(x, ranges[0], ranges[1], weights, s, qc, upstream)
+
+
 def choose(
     groups: dict[str, list[Layer]],
     arrays: dict[str, np.ndarray],
@@ -228,30 +256,34 @@ def choose(
     alphas: Sequence[float],
     upstream: frozenset[str] = frozenset(),
     gammas: dict[str, np.ndarray] | None = None,
+    whole: frozenset[str] = frozenset(),
 ) -> dict[str, tuple[float | None, np.ndarray, float, float]]:
     """{tensor: (alpha or None, s, error before, error after)} per group, by the layer output error;
     `upstream`: the tensors quantized themselves before an inserted Div would divide them; `gammas`:
-    the LayerNorm gamma that will absorb 1/s where the quantizer rounds it (`snap_to_gamma_grid`)."""
+    the LayerNorm gamma that will absorb 1/s where the quantizer rounds it (`snap_to_gamma_grid`);
+    `whole`: the tensors whose rows are all there is (`_score`)."""
     gammas = gammas or {}
     out: dict[str, tuple[float | None, np.ndarray, float, float]] = {}
     for tensor, layers in groups.items():
-        if tensor not in rows or len(rows[tensor]) < 4:  # too few rows to score on held-out halves
+        if tensor not in rows or (tensor in whole and qc.mode == "static" and len(rows[tensor]) < 4):
             continue
         weights = [_kn(arrays[la.weight], la).astype(np.float64) for la in layers]
         values = stats[tensor].values
-        act = values["channel_absmax"]
+        lo, hi, act = values["channel_min"], values["channel_max"], values["channel_absmax"]
         if len(act) != weights[0].shape[0]:  # not a per-channel match (e.g. a broadcast input)
             continue
         w_absmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
         ones = np.ones_like(act)
+        fixed = (rows[tensor], (lo, hi), weights, w_absmax)
         twice, gamma = tensor in upstream, gammas.get(tensor)
-        before = _held_out_error(rows[tensor], weights, w_absmax, None, qc, twice, gamma)
+        before = _score(*fixed, None, ones, qc, twice, gamma, tensor in whole)
         best: tuple[float | None, np.ndarray, float] = (None, ones, before)
         for alpha in alphas:
-            error = _held_out_error(rows[tensor], weights, w_absmax, alpha, qc, twice, gamma)
+            s = _scale(act, w_absmax, alpha)
+            s = s if gamma is None else snap_to_gamma_grid(s, gamma, qc)
+            error = _score(*fixed, alpha, s, qc, twice, gamma, tensor in whole)
             if error < best[2]:
-                s = _scale(act, w_absmax, alpha)
-                best = (alpha, s if gamma is None else snap_to_gamma_grid(s, gamma, qc), error)
+                best = (alpha, s, error)
         if best[0] is not None and best[2] > before * (1.0 - MIN_GAIN):
             best = (None, ones, before)
         out[tensor] = (best[0], best[1], before, best[2])
@@ -350,6 +382,13 @@ def _quantized_ops() -> frozenset[str]:
     return frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry)
 
 
+def _takes(node: onnx.NodeProto, qc: QuantizeConfig) -> bool:
+    """Whether the static quantizer puts Q/DQ on `node` (its op type, --exclude, an include list)."""
+    if node.name in set(qc.nodes_to_exclude) or node.op_type not in _quantized_ops():
+        return False
+    return not qc.nodes_to_include or node.name in set(qc.nodes_to_include)
+
+
 def _quantized_upstream(graph: onnx.GraphProto, tensor: str, layers: list[Layer], qc: QuantizeConfig) -> bool:
     """Whether static quantization puts a Q/DQ pair on `tensor` itself even once the smoothed layers
     read it through a Div: its producer quantizes its output, or another reader its input. Dynamic
@@ -357,19 +396,14 @@ def _quantized_upstream(graph: onnx.GraphProto, tensor: str, layers: list[Layer]
     onnxruntime quantizes only behind a quantized input, a Reshape, counts as quantizing)."""
     if qc.mode != "static":
         return False
-    ops = _quantized_ops()
-    included, excluded = set(qc.nodes_to_include), set(qc.nodes_to_exclude)
     excluded_outputs: Any = dict(qc.extra_options).get("OpTypesToExcludeOutputQuantization") or ()
     float_outputs = {str(op) for op in excluded_outputs}
     names = {id(la.node) for la in layers}
 
-    def quantizes(node: onnx.NodeProto) -> bool:
-        return node.op_type in ops and node.name not in excluded and (not included or node.name in included)
-
     for node in graph.node:
-        if tensor in node.output and quantizes(node) and node.op_type not in float_outputs:
+        if tensor in node.output and _takes(node, qc) and node.op_type not in float_outputs:
             return True
-        if tensor in node.input and id(node) not in names and quantizes(node):
+        if tensor in node.input and id(node) not in names and _takes(node, qc):
             return True
     return False
 
@@ -420,12 +454,16 @@ def snap_to_gamma_grid(s: np.ndarray, gamma: np.ndarray, qc: QuantizeConfig) -> 
     entries round to a few grid steps: a gain error of several percent on exactly the channels that
     carry most of the layer's output (on a timm Swin-T, gamma 1 / s ~ 0.05 rounds to 6 steps of
     1/127: -5.5%). Any s is function-preserving, so s_j becomes gamma_j / Q(gamma_j / s_j); a channel
-    whose gamma / s rounds to 0 (or a zero gamma) keeps its s."""
+    whose gamma / s rounds to 0 (or a zero gamma), or whose nudged s would fall below 1, keeps its s.
+    Only where the quantizer takes the LayerNorm (`_gammas`): on all-MiniLM-L6-v2 with only the
+    MatMuls quantized, snapping gammas nobody rounds cost worst cosine 0.9985 -> 0.987."""
     g = (gamma / s).astype(np.float32)
     grid = weight_grid(g, qc, None)
     target = on_grid(g, quantize_to_grid(g, grid), grid).astype(np.float64)
     ok = (target != 0) & (gamma != 0) & (np.sign(target) == np.sign(gamma))
-    return np.where(ok, gamma / np.where(ok, target, 1.0), s)
+    snapped = gamma / np.where(ok, target, 1.0)
+    # never amplify a channel (see `_scale`): there gamma is left to round as it would unsmoothed
+    return np.where(ok & (snapped >= 1.0), snapped, s)
 
 
 def _gammas(
@@ -439,7 +477,7 @@ def _gammas(
     for tensor, layers in groups.items():
         k = _kn(arrays[layers[0].weight], layers[0]).shape[0]
         producer = _absorber(graph, arrays, tensor, layers, k)
-        if producer is not None and producer.op_type in LAYERNORMS:
+        if producer is not None and producer.op_type in LAYERNORMS and _takes(producer, qc):
             gamma = arrays[producer.input[LAYERNORMS[producer.op_type][0]]].astype(np.float64)
             if gamma.shape == (k,):
                 out[tensor] = gamma
@@ -496,11 +534,11 @@ class SmoothQuant(Recovery):
             progress=inp.progress,
             channel_last=True,
         )
-        rows = _sample_rows(model, inp.calibration, tensors, self.rows)
+        rows, whole = _sample_rows(model, inp.calibration, tensors, self.rows)
         arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         upstream = _rounded_first(model.graph, groups, arrays, inp.qc)
         gammas = _gammas(model.graph, groups, arrays, inp.qc)
-        chosen = choose(groups, arrays, stats, rows, inp.qc, self.alphas, upstream, gammas)
+        chosen = choose(groups, arrays, stats, rows, inp.qc, self.alphas, upstream, gammas, whole)
         scales = {t: c[1] for t, c in chosen.items() if c[0] is not None}
         where = apply(model, groups, scales) if scales else {}
         choices = [
