@@ -28,6 +28,10 @@ Q2(Q1(X) / s): all of the outlier range's rounding error, plus more. The error c
 that double rounding (`_quantized_upstream`), so such a group is smoothed only where it still
 measures better. On a timm Swin-T on tensorrt, 37 of 52 groups were smoothed through such Divs and
 cost 3.2 points of top-1 agreement against plain onnxruntime (88.0% vs 91.2%, 24.9 vs 26.4 dB).
+Two more places where the static quantizer differs from a plain fold: it rounds a LayerNorm's gamma
+per tensor, so s is nudged until gamma / s lies on that grid (`snap_to_gamma_grid`); and it fixes
+each range from calibration data, so a tensor with few rows (a classifier head's pooled input, one
+row per image) is scored two-fold cross-validated (`_held_out_error`).
 
 Layers that read the same tensor (unfused Q, K and V) are smoothed together with one s (from the max
 over all their weights). alpha is chosen per group of layers on calibration data: the candidate (no
