@@ -106,3 +106,24 @@ def write_matmul_relu(path: Path, weight: np.ndarray) -> Path:
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def export_small(net, shape: tuple[int, ...], path: Path):  # -> onnx.ModelProto
+    """`net` (a torch module) exported with the TorchScript exporter at opset 17 from an example of
+    `shape`, input "x" with a dynamic batch axis, output "y": the tiny graphs the recovery tests build."""
+    import onnx
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (torch.zeros(shape),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}},
+            opset_version=17,
+        )
+    return onnx.load(str(path))

@@ -5,7 +5,6 @@ exactly the learned integers, and the time budget is kept."""
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from _models import export_small
 from onnx import numpy_helper
 
 from qconvert.calibrate import Dataset
@@ -39,19 +39,7 @@ def _net(tmp: Path) -> onnx.ModelProto:
         torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3, padding=1)
     ).eval()
     path = tmp / "net.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (torch.zeros(1, 4, 12, 12),),
-            str(path),
-            dynamo=False,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "n"}},
-            opset_version=17,
-        )
-    return onnx.load(str(path))
+    return export_small(net, (1, 4, 12, 12), path)
 
 
 def _images(n: int, seed: int) -> np.ndarray:

@@ -3,7 +3,6 @@ onnxruntime's quantize_static under the cpu target's config."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from _models import export_small
 from onnx import numpy_helper
 
 from qconvert.calibrate import Dataset
@@ -36,19 +36,7 @@ def _conv_model(tmp: Path, weight: np.ndarray) -> onnx.ModelProto:
         conv.weight.copy_(torch.from_numpy(weight))
         conv.bias.zero_()
     path = tmp / "conv.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            conv,
-            (torch.zeros(1, weight.shape[1], 8, 8),),
-            str(path),
-            dynamo=False,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "n"}},
-            opset_version=17,
-        )
-    return onnx.load(str(path))
+    return export_small(conv, (1, weight.shape[1], 8, 8), path)
 
 
 def _outlier_weight(seed: int = 0) -> np.ndarray:

@@ -7,7 +7,6 @@ replaced, so each pair is at least as good as either step alone."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from _models import export_small
 from onnx import numpy_helper
 
 from qconvert.calibrate import Dataset
@@ -47,19 +47,7 @@ def _net(tmp: Path) -> onnx.ModelProto:
         torch.nn.Linear(8 * 12 * 12, 10),
     ).eval()
     path = tmp / "net.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (torch.zeros(1, 4, 12, 12),),
-            str(path),
-            dynamo=False,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "n"}},
-            opset_version=17,
-        )
-    return onnx.load(str(path))
+    return export_small(net, (1, 4, 12, 12), path)
 
 
 def _images(n: int, seed: int) -> np.ndarray:
