@@ -12,7 +12,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
-from qconvert.report import INCONCLUSIVE, check_line, confidence_text
+from qconvert.report import INCONCLUSIVE, check_line, level_text
 
 if TYPE_CHECKING:
     from qconvert.results import ValidationReport
@@ -30,7 +30,7 @@ def render_junit(run: ValidationReport) -> str:
     suite = ET.SubElement(root, "testsuite", {"name": SUITE, **counts, "time": seconds})
     props = ET.SubElement(suite, "properties")
     confidence = run.figures.confidence
-    level = confidence_text(confidence)
+    level = level_text(run)
     properties = {
         "candidate": run.candidate,
         "reference": run.reference,

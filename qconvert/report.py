@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from qconvert.config import confidence_text as config_confidence_text
 from qconvert.results import Report
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
@@ -67,7 +68,7 @@ def level_text(report: Report | ValidationReport) -> str:
 
 def confidence_text(level: float | None) -> str:
     """A confidence level as text, e.g. 0.95 -> '95%' (None -> '')."""
-    return f"{100 * level:g}%" if level else ""
+    return config_confidence_text(level) if level else ""
 
 
 def figure_text(x: float, digits: int = 4, near_one: int = 1) -> str:
@@ -184,8 +185,8 @@ def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
         rows.append(
             (
                 f"accuracy ({acc['samples']} held-out, labels)",
-                _with_interval(_pct(acc["reference"]), interval_text(ivs.get("reference"), _pct)),
-                _with_interval(_pct(acc["model"]), interval_text(ivs.get("model"), _pct)),
+                _with_interval(pct(acc["reference"]), interval_text(ivs.get("reference"), pct)),
+                _with_interval(pct(acc["model"]), interval_text(ivs.get("model"), pct)),
                 _with_interval(f"{change_pt:+.2f} pt", change),
             )
         )
@@ -199,14 +200,14 @@ def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
             return _with_interval(text, below)
 
         if "top1_agreement" in m:
-            top1 = cell(_pct(m["top1_agreement"]), "top1_agreement", fmt=_pct)
+            top1 = cell(pct(m["top1_agreement"]), "top1_agreement", fmt=pct)
             rows.append((f"top-1 agreement with fp32 ({name})", "", top1, ""))
         if "embedding_cosine" in m:  # text encoders: the mean-pooled sentence embedding
             pooled = f"{m['embedding_cosine']:.5f} / {m['embedding_cosine_min']:.4f}"
             pooled = cell(pooled, "embedding_cosine", "embedding_cosine_min", fmt=_five)
             rows.append((f"embedding cosine, mean / worst ({name})", "", pooled, ""))
         if "next_token_agreement" in m:  # text decoders: argmax at the last real token
-            token = cell(_pct(m["next_token_agreement"]), "next_token_agreement", fmt=_pct)
+            token = cell(pct(m["next_token_agreement"]), "next_token_agreement", fmt=pct)
             rows.append((f"next-token agreement ({name})", "", token, ""))
         cosines = cell(f"{m['cosine']:.5f} / {m['cosine_min']:.4f}", "cosine", "cosine_min", fmt=_five)
         rows.append((f"cosine, mean / worst ({name})", "", cosines, ""))

@@ -21,6 +21,7 @@ from qconvert.report import (
     human_bytes,
     interval_text,
     level_text,
+    pct,
     quantized_label,
     random_data_warning,
     settle_advice,
@@ -124,10 +125,6 @@ def _num(x: Any, digits: int = 4) -> str:
     if isinstance(x, int):
         return str(x)
     return figure_text(x, digits)  # cosine, agreement: the digits that tell it from 1 (0.999978, not 1)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
 
 
 def _is_number(x: Any) -> bool:
@@ -317,7 +314,7 @@ def _accuracy(acc: dict[str, Any] | None, cells: Sequence[tuple[str, str]], samp
     acc_rows = [
         [
             _td(escape(label)),
-            _td((_pct(acc[key]) if _is_number(acc.get(key)) else "–") + _ci(ivs.get(key), _pct)),
+            _td((pct(acc[key]) if _is_number(acc.get(key)) else "–") + _ci(ivs.get(key), pct)),
         ]
         for key, label in cells
     ]
@@ -640,7 +637,7 @@ def _collapse(collapse: dict[str, Any] | None) -> str:
             _td("top-1" if o["rule"] == "top1" else f"distance &gt; {_num(o['threshold'], 3)}"),
             _td(_num(o["pairs"])),
             _td(_num(o["collapsed"])),
-            _td(_pct(o["rate"])),
+            _td(pct(o["rate"])),
         ]
         for name, o in collapse["outputs"].items()
     ]
@@ -656,7 +653,7 @@ def _collapse(collapse: dict[str, Any] | None) -> str:
             f"<h3>{escape(name)}: {escape(fam['pattern'])}; kept up to length {kept}</h3>"
             + _table(
                 ["length", "fp32 separates", "candidate separates"],
-                [[_td(_num(n)), _td(_pct(r)), _td(_pct(c))] for n, r, c in curve],
+                [[_td(_num(n)), _td(pct(r)), _td(pct(c))] for n, r, c in curve],
                 row_attrs=['class="fail"' if n in lost else "" for n in fam["lengths"]],
             )
         )
@@ -824,7 +821,7 @@ def _tradeoff(table: dict[str, Any] | None) -> str:
             _td(str(i)),
             *(_td(_num(c["layers"].get(f, 0))) for f in formats),
             _td(_num(c.get("sqnr_db"), 3)),
-            _td(_pct(top1[0]) if top1 and _is_number(top1[0]) else DASH),
+            _td(pct(top1[0]) if top1 and _is_number(top1[0]) else DASH),
             _td("yes" if c.get("meets_goal") else "no"),
             _td(DASH if c.get("latency_ratio") is None else f"{_num(c['latency_ratio'], 3)}x"),
             _td(f"{_num(c.get('size_ratio'), 3)}x"),
@@ -864,16 +861,15 @@ def _tradeoff(table: dict[str, Any] | None) -> str:
     return (
         '<h2>Mixed precision: what was tried</h2><div id="tradeoff">'
         + text
-        + _tradeoff_svg(table["configurations"])
+        + _tradeoff_svg(table["configurations"], bool(table.get("latency_measured")))
         + _table(head, rows, ' id="tradeoff-table"', attrs)
         + "</div>"
     )
 
 
-def _tradeoff_svg(configs: Sequence[dict[str, Any]]) -> str:
-    """Worst output SQNR against latency vs fp32 (or the predicted cost): one dot per configuration,
-    the Pareto-optimal ones filled, the chosen one ringed."""
-    measured = all(_is_number(c.get("latency_ratio")) for c in configs)
+def _tradeoff_svg(configs: Sequence[dict[str, Any]], measured: bool) -> str:
+    """Worst output SQNR against latency vs fp32 (`measured`: the table's latency_measured), else the
+    predicted cost: one dot per configuration, the Pareto-optimal ones filled, the chosen one ringed."""
     key = "latency_ratio" if measured else "predicted_cost"
     points = [
         (float(c[key]), float(c["sqnr_db"]), bool(c.get("pareto")), bool(c.get("chosen")))

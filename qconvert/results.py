@@ -82,9 +82,7 @@ class _Record:
     def _upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
         """An older file's entries in this version's shape: before version 2 a record with `passed`
         had no `verdict` (two outcomes only), so it is read from `passed`."""
-        if version < 2 and "verdict" not in data and "passed" in data:
-            return {**data, "verdict": "passed" if data["passed"] else "failed"}
-        return data
+        return _verdict_of(data) if version < 2 else data
 
     @classmethod
     def load(cls: type[R], out_dir: Path) -> R:
@@ -164,8 +162,8 @@ class Figures:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Figures:
-        data = _verdict_of(data)
         if isinstance(data, dict):
+            data = _verdict_of(data)
             checks = data.get("checks")
             if not isinstance(checks, list):
                 raise SourceError("validation: no list of checks. Give a file written by `qconvert export`.")

@@ -441,6 +441,7 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
         rows = _rows(trials, by_name, timing)
         recommendation = recommend(rows)
         notes = _sweep_notes(config, ran, workers, timing, rows)
+        verdict = sweep_verdict(rows)
         report = SweepReport(
             source=loaded.origin,
             target=target.name,
@@ -454,8 +455,8 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
             latency=timing.as_json(),
             rows=tuple(r.as_json() for r in rows),
             recommendation=recommendation.as_json(),
-            passed=any(r.quantized and r.holds for r in rows),
-            verdict=sweep_verdict(rows),
+            passed=verdict == PASSED,
+            verdict=verdict,
             notes=tuple(notes),
             seconds=time.perf_counter() - start,
         )

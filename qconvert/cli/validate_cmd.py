@@ -35,7 +35,7 @@ from qconvert.cli.options import (
     data_options,
 )
 from qconvert.config import ValidateConfig
-from qconvert.report import failure_lines, inconclusive_lines, interval_text, level_text
+from qconvert.report import failure_lines, inconclusive_lines, interval_text, level_text, pct
 
 if TYPE_CHECKING:
     from qconvert.results import Figures, ValidationReport
@@ -184,23 +184,17 @@ def print_figures(figures: Figures, level: str) -> None:
         ]
         measured += [shown(k, f"{k} {m[k]:.3g}") for k in ("kl_div",) if k in m]
         measured += [
-            shown(k, f"{k} {_percent(m[k])}", _percent)
-            for k in ("top1_agreement", "top5_agreement")
-            if k in m
+            shown(k, f"{k} {pct(m[k])}", pct) for k in ("top1_agreement", "top5_agreement") if k in m
         ]
         out.print(f"{escape(name)} ({level} intervals): " + ", ".join(measured), soft_wrap=True)
     acc = figures.accuracy
     if acc:
         ivs = acc.get("intervals", {})
         reference, candidate = (
-            f"{which} {_percent(acc[which])} {interval_text(ivs.get(which), _percent)}".rstrip()
+            f"{which} {pct(acc[which])} {interval_text(ivs.get(which), pct)}".rstrip()
             for which in ("reference", "candidate")
         )
         out.print(f"accuracy ({escape(acc['output'])}): {reference}, {candidate}", soft_wrap=True)
-
-
-def _percent(x: float) -> str:
-    return f"{100 * x:.2f}%"
 
 
 def print_validation(report: ValidationReport, tolerance: str | None) -> None:
