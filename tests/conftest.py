@@ -233,6 +233,21 @@ def make_npz(tmp_path: Path) -> Callable[..., Path]:
 _BOX = re.compile(r"[\u2500-\u257f]")  # rich's box-drawing characters (error panels, tables)
 
 
+def cli(*args: object, columns: int = 200) -> tuple[int, str]:
+    """Run `qconvert ARGS` in-process: (exit code, output with whitespace flattened). A traceback in the
+    output, or an exception other than SystemExit, fails the test."""
+    from typer.testing import CliRunner
+
+    from qconvert.cli import app
+
+    runner = CliRunner(env={"COLUMNS": str(columns), "NO_COLOR": "1"})
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"qconvert raised {result.exception!r}\n{result.output}") from result.exception
+    return result.exit_code, flat(result.output)
+
+
 def flat(text: str) -> str:
     """Console output with panel borders removed and all whitespace runs collapsed to one space,
     so that assertions do not depend on the terminal width rich wrapped to."""

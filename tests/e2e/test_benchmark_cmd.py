@@ -18,25 +18,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import QUICKSTART_OUT, flat, save_npz
+from conftest import QUICKSTART_OUT, cli, save_npz
 from onnx import helper
-from typer.testing import CliRunner
 
 from qconvert.artifacts import onnx_size
 from qconvert.benchmark import benchmark_models, slower_flag
-from qconvert.cli import app
 from qconvert.config import BenchmarkConfig
 
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 PADDING = 400  # Neg nodes appended to the padded model (an even number: the outputs are unchanged)
 
 
 def qconvert(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"qconvert raised {result.exception!r}\n{result.output}") from result.exception
-    return result.exit_code, flat(result.output)
+    return cli(*args)
 
 
 @pytest.fixture(scope="module")

@@ -15,22 +15,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import QUICKSTART_OUT, RAISING, TINY_CNN, flat, import_model_file, leftovers, write_model
-from typer.testing import CliRunner
-
-from qconvert.cli import app
-
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+from conftest import QUICKSTART_OUT, RAISING, TINY_CNN, cli, import_model_file, leftovers, write_model
 
 
 def qconvert(*args: str) -> tuple[int, str]:
-    """Run `qconvert ARGS` in-process; (exit code, stdout and stderr with whitespace flattened)."""
-    result = runner.invoke(app, list(args))
-    output = result.output
-    assert "Traceback" not in output, output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"qconvert raised {result.exception!r}\n{output}") from result.exception
-    return result.exit_code, flat(output)
+    return cli(*args)
 
 
 def assert_refused(code: int, text: str, *needles: str) -> None:

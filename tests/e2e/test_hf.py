@@ -16,15 +16,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import flat
-from typer.testing import CliRunner
+from conftest import cli
 
 from qconvert.calibrate.text import position_ids
-from qconvert.cli import app
 from qconvert.huggingface import module_of_name
 from qconvert.validation.metrics import last_real_token, token_metrics
-
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 
 
 def words(text: str) -> tuple[str, ...]:
@@ -40,11 +36,7 @@ HELD = 80  # held-out lines
 
 
 def qconvert(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"qconvert raised {result.exception!r}\n{result.output}") from result.exception
-    return result.exit_code, flat(result.output)
+    return cli(*args)
 
 
 def read_json(path: Path) -> dict[str, Any]:

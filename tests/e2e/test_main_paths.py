@@ -18,13 +18,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import QUICKSTART_OUT, TINY_CNN, flat, leftovers, write_model
-from typer.testing import CliRunner
+from conftest import QUICKSTART_OUT, TINY_CNN, cli, flat, leftovers, write_model
 
-from qconvert.cli import app
 from qconvert.sources import zoo_root
 
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 ZOO = zoo_root()
 ARTIFACTS = {"model.onnx", "reference.onnx", "qconvert.json", "report.json", "report.html"}
 
@@ -55,11 +52,7 @@ def heldout_accuracy(model: Path, optimize: bool = True) -> float:
 
 
 def qconvert(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"qconvert raised {result.exception!r}\n{result.output}") from result.exception
-    return result.exit_code, flat(result.output)
+    return cli(*args)
 
 
 # --- the Quickstart: qconvert export --bits 8 --target tensorrt ---------------------------

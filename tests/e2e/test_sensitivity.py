@@ -19,11 +19,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import flat, write_model
-from typer.testing import CliRunner
+from conftest import cli, write_model
 
 from qconvert.calibrate import Dataset, ModelInput, load_dataset
-from qconvert.cli import app
 from qconvert.fallback import default_budget
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
@@ -32,7 +30,6 @@ from qconvert.targets import TARGETS
 from qconvert.validation import compare
 from qconvert.validation.sensitivity import analyze
 
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 CALIB = zoo_root() / "calibration" / "digits_calib.npz"
 HELDOUT = zoo_root() / "calibration" / "digits_heldout.npz"
 
@@ -86,11 +83,7 @@ def example_inputs():
 
 
 def qconvert(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"qconvert raised {result.exception!r}\n{result.output}") from result.exception
-    return result.exit_code, flat(result.output)
+    return cli(*args)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -23,10 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 from _models import IMAGE_SHAPE, NUM_CLASSES, write_cnn_mlp
-from conftest import TINY_CNN, flat, leftovers, save_npz, write_model
-from typer.testing import CliRunner
+from conftest import TINY_CNN, cli, leftovers, save_npz, write_model
 
-from qconvert.cli import app
 from qconvert.cli.options import image_options, text_options
 from qconvert.config import RunConfig, SweepConfig
 from qconvert.errors import ConfigError
@@ -46,16 +44,9 @@ from qconvert.sweep_report import collapse_text
 from qconvert.targets import Target
 from qconvert.targets.tensorrt import TensorRTTarget
 
-runner = CliRunner(env={"COLUMNS": "240", "NO_COLOR": "1"})
-
 
 def qconvert(*args: str) -> tuple[int, str]:
-    """Run `qconvert ARGS` in-process: (exit code, output with whitespace flattened)."""
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"qconvert raised {result.exception!r}\n{result.output}") from result.exception
-    return result.exit_code, flat(result.output)
+    return cli(*args, columns=240)
 
 
 @pytest.fixture(scope="module")

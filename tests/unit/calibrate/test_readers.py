@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import flat
+from conftest import cli
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -44,11 +44,7 @@ def _load(path: Path | str, inp: ModelInput = RGB, flag: str = "--calibration", 
 
 
 def qconvert(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"qconvert raised {result.exception!r}\n{result.output}") from result.exception
-    return result.exit_code, flat(result.output)
+    return cli(*args)
 
 
 # --- image folders: values, layouts, channels ---------------------------------------------------
