@@ -148,6 +148,11 @@ class Bound:
     def holds(self, measured: float) -> bool:
         return measured >= self.value if self.kind == "min" else measured <= self.value
 
+    def slack(self, measured: float) -> float:
+        """How far `measured` lies inside the bound, relative to the bound (negative: outside)."""
+        gap = measured - self.value if self.kind == "min" else self.value - measured
+        return gap / max(abs(self.value), 1e-6)
+
     def describe(self) -> str:
         op = ">=" if self.kind == "min" else "<="
         where = f"{self.output}:" if self.output else ""
@@ -687,6 +692,12 @@ class QuantizeConfig:
     # int8 (targets.base.LAYER_FORMATS). It describes the graph, for the target's rules and the
     # manifest; the quantizer does not read it.
     layer_formats: tuple[tuple[str, str], ...] = ()
+
+    def selects(self, node: str) -> bool:
+        """Whether --exclude/--include leave node `node` to the quantizer (its op type aside)."""
+        return node not in self.nodes_to_exclude and (
+            not self.nodes_to_include or node in self.nodes_to_include
+        )
 
 
 DEFAULT_BENCHMARK_REPEATS = 100

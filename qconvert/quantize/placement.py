@@ -42,11 +42,7 @@ def placed(qc: QuantizeConfig, model: onnx.ModelProto, placement: str) -> Quanti
     (--include) is narrowed to its compute ops, never widened; excluded nodes stay out."""
     if placement == "all":
         return qc
-    chosen = tuple(n for n in compute_nodes(model) if n not in qc.nodes_to_exclude)
-    if qc.nodes_to_include:
-        wanted = set(qc.nodes_to_include)
-        chosen = tuple(n for n in chosen if n in wanted)
-    qc = replace(qc, nodes_to_include=chosen)
+    qc = replace(qc, nodes_to_include=tuple(n for n in compute_nodes(model) if qc.selects(n)))
     if placement == "inputs":
         extra = dict(qc.extra_options)
         kinds = tuple(dict.fromkeys((*extra.get(_OUTPUTS_FLOAT, ()), *COMPUTE_OPS)))  # type: ignore[misc]

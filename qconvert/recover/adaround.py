@@ -49,6 +49,7 @@ from qconvert.recover.base import (
 )
 from qconvert.recover.weights import (
     max_elements,
+    node_attribute,
     on_grid,
     quantize_to_grid,
     roundable_weights,
@@ -67,13 +68,6 @@ class Layer:
     axis: int | None
     bias: str | None
     activation: tuple[float, float] | None  # the following Relu (0, inf) or Clip (min, max)
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 def _activation(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> Any:
@@ -120,20 +114,20 @@ def _forward(layer: Layer, x: Any, w: Any, b: Any) -> Any:
 
     node = layer.node
     if node.op_type == "Conv":
-        pads = list(_attr(node, "pads", [0, 0, 0, 0]))
-        if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        pads = list(node_attribute(node, "pads", [0, 0, 0, 0]))
+        if node_attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise ValueError("auto_pad convolutions are not supported")
         x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
         return F.conv2d(
             x,
             w,
             b,
-            stride=tuple(_attr(node, "strides", [1, 1])),
-            dilation=tuple(_attr(node, "dilations", [1, 1])),
-            groups=int(_attr(node, "group", 1)),
+            stride=tuple(node_attribute(node, "strides", [1, 1])),
+            dilation=tuple(node_attribute(node, "dilations", [1, 1])),
+            groups=int(node_attribute(node, "group", 1)),
         )
     if node.op_type == "Gemm":
-        y = x @ (w.T if _attr(node, "transB", 0) else w)
+        y = x @ (w.T if node_attribute(node, "transB", 0) else w)
         return y if b is None else y + b
     return torch.matmul(x, w)
 

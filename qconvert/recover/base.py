@@ -90,12 +90,7 @@ def worst_slack(validation: ValidationResult) -> float:
     """The worst check's slack relative to its bound, on the point estimates (>= 0 when every figure
     meets its bound): a search criterion on calibration samples, not a verdict (the verdict reads
     the confidence interval's end, `Check.slack`, on held-out data)."""
-    slacks = []
-    for check in validation.checks:
-        bound, measured = check.bound.value, check.measured
-        gap = measured - bound if check.bound.kind == "min" else bound - measured
-        slacks.append(gap / max(abs(bound), 1e-6))
-    return min(slacks, default=0.0)
+    return min((c.bound.slack(c.measured) for c in validation.checks), default=0.0)
 
 
 def meets(validation: ValidationResult) -> bool:

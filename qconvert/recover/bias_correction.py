@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -37,7 +37,7 @@ from qconvert.recover.base import (
     quantize_candidate,
     reference_weight,
 )
-from qconvert.recover.weights import fake_quantize, weight_axis
+from qconvert.recover.weights import fake_quantize, node_attribute, weight_axis
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +56,11 @@ class Layer:
     scale: float  # bias multiplier (Gemm's beta), 1 elsewhere
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _out_channels(node: onnx.NodeProto, w: np.ndarray) -> int:
     if node.op_type == "Conv":
         return int(w.shape[0])
     if node.op_type == "Gemm":
-        return int(w.shape[0] if _attr(node, "transB", 0) else w.shape[1])
+        return int(w.shape[0] if node_attribute(node, "transB", 0) else w.shape[1])
     return int(w.shape[-1])  # MatMul x @ W
 
 
@@ -76,7 +69,7 @@ def _correctable(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict[str, 
         return False
     if node.input[1] not in inits or node.input[0] in inits:
         return False
-    if node.op_type == "Gemm" and _attr(node, "transA", 0):
+    if node.op_type == "Gemm" and node_attribute(node, "transA", 0):
         return False
     if node.op_type == "MatMul" and len(inits[node.input[1]].dims) != 2:
         return False
@@ -120,7 +113,7 @@ def with_biases(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Layer]]:
             while len(node.input) < 3:
                 node.input.append("")
             node.input[2] = own
-            beta = float(_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
+            beta = float(node_attribute(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
             layers.append(
                 Layer(
                     node.name,
@@ -188,8 +181,8 @@ def _mean_output(layer: Layer, model: onnx.ModelProto, mean_x: np.ndarray, dw: n
             "Gemm",
             ["x", "w"],
             ["y"],
-            transB=int(_attr(node, "transB", 0)),
-            alpha=float(_attr(node, "alpha", 1.0)),
+            transB=int(node_attribute(node, "transB", 0)),
+            alpha=float(node_attribute(node, "alpha", 1.0)),
         )
     else:
         op = helper.make_node("MatMul", ["x", "w"], ["y"])

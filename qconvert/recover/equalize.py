@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from qconvert.recover.base import Recovery, RecoveryInput, StepResult
+from qconvert.recover.weights import node_attribute
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,6 @@ class Pair:
     b: str
     between: str | None  # the activation node between them, None for a direct edge
     channels: int
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 class _Graph:
@@ -96,11 +90,11 @@ class _Graph:
             return None
         w = self.inits[node.input[1]]
         if node.op_type == "Conv":
-            group = int(_attr(node, "group", 1))
+            group = int(node_attribute(node, "group", 1))
             if group == 1:
                 return "conv"
             return "depthwise" if w.dims[1] == 1 and group == w.dims[0] else None
-        if node.op_type == "Gemm" and not _attr(node, "transA", 0) and len(w.dims) == 2:
+        if node.op_type == "Gemm" and not node_attribute(node, "transA", 0) and len(w.dims) == 2:
             return "gemm"
         if node.op_type == "MatMul" and len(w.dims) == 2:
             return "matmul"
@@ -111,7 +105,7 @@ class _Graph:
         if node.op_type == "Conv":
             return int(dims[0])
         if node.op_type == "Gemm":
-            return int(dims[0] if _attr(node, "transB", 0) else dims[1])
+            return int(dims[0] if node_attribute(node, "transB", 0) else dims[1])
         return int(dims[1])
 
     def in_channels(self, node: onnx.NodeProto) -> int:
@@ -122,7 +116,7 @@ class _Graph:
         if node.op_type == "Conv":
             return int(dims[1])
         if node.op_type == "Gemm":
-            return int(dims[1] if _attr(node, "transB", 0) else dims[0])
+            return int(dims[1] if node_attribute(node, "transB", 0) else dims[0])
         return int(dims[0])
 
 
@@ -180,7 +174,7 @@ def _a_range(g: _Graph, node: onnx.NodeProto) -> np.ndarray:
     w = np.abs(g.array(node.input[1]))
     if node.op_type == "Conv":
         return w.reshape(w.shape[0], -1).max(axis=1)
-    if node.op_type == "Gemm" and _attr(node, "transB", 0):
+    if node.op_type == "Gemm" and node_attribute(node, "transB", 0):
         return w.max(axis=1)
     return w.max(axis=0)
 
@@ -191,7 +185,7 @@ def _b_range(g: _Graph, node: onnx.NodeProto) -> np.ndarray:
         if g.layer_kind(node) == "depthwise":
             return w.reshape(w.shape[0], -1).max(axis=1)
         return np.moveaxis(w, 1, 0).reshape(w.shape[1], -1).max(axis=1)
-    if node.op_type == "Gemm" and _attr(node, "transB", 0):
+    if node.op_type == "Gemm" and node_attribute(node, "transB", 0):
         return w.max(axis=0)
     return w.max(axis=1)
 
@@ -201,7 +195,7 @@ def _scale_a(g: _Graph, node: onnx.NodeProto, s: np.ndarray) -> None:
     w = g.array(node.input[1])
     if node.op_type == "Conv":
         w = w / s.reshape(-1, *([1] * (w.ndim - 1)))
-    elif node.op_type == "Gemm" and _attr(node, "transB", 0):
+    elif node.op_type == "Gemm" and node_attribute(node, "transB", 0):
         w = w / s[:, None]
     else:
         w = w / s[None, :]
@@ -221,7 +215,7 @@ def _scale_b(g: _Graph, node: onnx.NodeProto, s: np.ndarray) -> None:
             else (1, -1, *([1] * (w.ndim - 2)))
         )
         w = w * s.reshape(shape)
-    elif node.op_type == "Gemm" and _attr(node, "transB", 0):
+    elif node.op_type == "Gemm" and node_attribute(node, "transB", 0):
         w = w * s[None, :]
     else:
         w = w * s[:, None]
@@ -296,8 +290,8 @@ def absorb_high_bias(
         if b.op_type == "Conv" and (
             g.layer_kind(b) != "conv"
             or any(d != 1 for d in g.inits[b.input[1]].dims[2:])
-            or any(_attr(b, "pads", [0]))
-            or _attr(b, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID")
+            or any(node_attribute(b, "pads", [0]))
+            or node_attribute(b, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID")
         ):
             continue
         if len(a.input) < 3 or not a.input[2]:
@@ -314,12 +308,12 @@ def absorb_high_bias(
         wb = g.array(b.input[1])
         if b.op_type == "Conv":
             shift = np.einsum("oi,i->o", wb.reshape(wb.shape[0], wb.shape[1]), c)
-        elif b.op_type == "Gemm" and _attr(b, "transB", 0):
+        elif b.op_type == "Gemm" and node_attribute(b, "transB", 0):
             shift = wb @ c
         else:
             shift = c @ wb
         if b.op_type == "Gemm":
-            shift = shift * float(_attr(b, "alpha", 1.0)) / float(_attr(b, "beta", 1.0))
+            shift = shift * float(node_attribute(b, "alpha", 1.0)) / float(node_attribute(b, "beta", 1.0))
         g.set(name, g.array(name).reshape(-1) + shift)
         done += 1
     return done

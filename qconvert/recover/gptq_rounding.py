@@ -41,6 +41,7 @@ from qconvert.recover.activations import run_graph
 from qconvert.recover.base import ROUNDING, Recovery, RecoveryInput, StepResult, keep_reference
 from qconvert.recover.weights import (
     RoundableWeight,
+    channel_absmax,
     max_elements,
     node_attribute,
     on_grid,
@@ -212,14 +213,8 @@ class GptqRounding(Recovery):
         assert inp.calibration is not None
         model = onnx.ModelProto()
         model.CopyFrom(fp32)
-        excluded = set(inp.qc.nodes_to_exclude)
-        included = set(inp.qc.nodes_to_include)
         found, notes = roundable_weights(model, inp.qc, self.name)
-        layers = [
-            layer
-            for layer in found
-            if layer.node.name not in excluded and (not included or layer.node.name in included)
-        ]
+        layers = [layer for layer in found if inp.qc.selects(layer.node.name)]
         inits = {t.name: t for t in model.graph.initializer}
         arrays = {layer.weight: numpy_helper.to_array(inits[layer.weight]) for layer in layers}
         shapes = {layer.weight: _shape(layer, arrays[layer.weight]) for layer in layers}
@@ -287,7 +282,7 @@ class GptqRounding(Recovery):
         nearest = quantize_to_grid(w, grid) - grid.zero_point
         fixed = max_elements(w, grid)
         # the integer of each channel's (or the tensor's) max|w|: no other may pass it
-        top = np.abs(nearest).max() if grid.axis is None else _channel_max(np.abs(nearest), grid.axis)
+        top = channel_absmax(nearest, grid.axis)
         scale, bound = (_rows(layer, np.broadcast_to(a, w.shape))[:, :, :1] for a in (grid.scale, top))
         w_rows, near_rows = _rows(layer, w), _rows(layer, nearest)
         q = gptq_integers(w_rows, scale, bound, hessian, _rows(layer, fixed), near_rows)
@@ -303,10 +298,6 @@ class GptqRounding(Recovery):
         keep_reference(inp, layer.weight, w)
         inits[layer.weight].CopyFrom(numpy_helper.from_array(on_grid(w, integers, grid), layer.weight))
         return before, after
-
-
-def _channel_max(a: np.ndarray, axis: int) -> np.ndarray:
-    return a.max(axis=tuple(i for i in range(a.ndim) if i != axis), keepdims=True)
 
 
 STEP = GptqRounding()  # registered (lazily) in qconvert/recover/__init__.py as RECOVERY

@@ -55,6 +55,7 @@ import onnx
 
 from qconvert.calibrate import Dataset
 from qconvert.config import Tolerance
+from qconvert.fallback import DEFAULT_SHARE
 from qconvert.recover import precision
 from qconvert.recover.activations import run_graph
 from qconvert.recover.base import Recovery, RecoveryInput, StepResult, meets, worst_slack
@@ -351,7 +352,7 @@ class MixedPrecision(Recovery):
         samples: int = 32,
         screen_samples: int = 16,
         budget_seconds: float = 300.0,
-        max_share: float = 0.25,
+        max_share: float = DEFAULT_SHARE,
     ) -> None:
         self.samples = samples  # calibration samples every configuration is measured on
         self.screen_samples = screen_samples  # ... the first screening of each layer on

@@ -379,18 +379,11 @@ def _fold_into_producer(edit: _Editor, tensor: str, layers: list[Layer], s: np.n
     return f"Attention {producer.name} (V weight and bias)"
 
 
-def _quantized_ops() -> frozenset[str]:
-    """The op types onnxruntime's static quantizer takes when given none (QDQ and QOperator)."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    return frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry)
-
-
 def _takes(node: onnx.NodeProto, qc: QuantizeConfig) -> bool:
     """Whether the static quantizer puts Q/DQ on `node` (its op type, --exclude, an include list)."""
-    if node.name in set(qc.nodes_to_exclude) or node.op_type not in _quantized_ops():
-        return False
-    return not qc.nodes_to_include or node.name in set(qc.nodes_to_include)
+    from qconvert.quantize.static import static_op_types
+
+    return node.op_type in static_op_types() and qc.selects(node.name)
 
 
 def _quantized_upstream(graph: onnx.GraphProto, tensor: str, layers: list[Layer], qc: QuantizeConfig) -> bool:

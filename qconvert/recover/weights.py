@@ -219,26 +219,24 @@ def roundable_weights(
     return layers, notes
 
 
+def channel_absmax(a: np.ndarray, axis: int | None) -> np.ndarray:
+    """max|a| per channel along `axis` (kept as a broadcastable axis), or over the whole tensor."""
+    mag = np.abs(a)
+    if axis is None:
+        return np.asarray(mag.max())
+    return np.asarray(mag.max(axis=tuple(i for i in range(a.ndim) if i != axis), keepdims=True))
+
+
 def max_elements(w: np.ndarray, grid: WeightGrid) -> np.ndarray:
     """True at each channel's (or the tensor's) max|w| element(s): the values onnxruntime derives
     the scale from, which a rounding step keeps as they are."""
-    mag = np.abs(w)
-    if grid.axis is None:
-        return np.asarray(mag == mag.max())
-    axes = tuple(i for i in range(w.ndim) if i != grid.axis)
-    return np.asarray(mag == mag.max(axis=axes, keepdims=True))
+    return np.asarray(np.abs(w) == channel_absmax(w, grid.axis))
 
 
 def on_grid(w: np.ndarray, integers: np.ndarray, grid: WeightGrid) -> np.ndarray:
     """fp32 weights onnxruntime quantizes to `integers` on `w`'s grid: (q - zp) * s, the max|w|
     elements untouched, and any value past them pinned to +-max|w| so the scale stays the same."""
     values = ((integers - grid.zero_point).astype(np.float32) * grid.scale).astype(np.float32)
-    mag = np.abs(w)
-    top = (
-        mag.max()
-        if grid.axis is None
-        else mag.max(axis=tuple(i for i in range(w.ndim) if i != grid.axis), keepdims=True)
-    )
-    top = np.broadcast_to(top, w.shape)
+    top = np.broadcast_to(channel_absmax(w, grid.axis), w.shape)
     values = np.where(np.abs(values) > top, np.sign(values) * top, values)
     return np.where(max_elements(w, grid), w, values).astype(np.float32)

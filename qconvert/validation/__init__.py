@@ -166,8 +166,7 @@ class Check:
     @property
     def slack(self) -> float:
         """How far `edge` lies inside the bound, relative to the bound (negative: outside)."""
-        gap = self.edge - self.bound.value if self.bound.kind == "min" else self.bound.value - self.edge
-        return gap / max(abs(self.bound.value), 1e-6)
+        return self.bound.slack(self.edge)
 
     @property
     def needed(self) -> str | None:
