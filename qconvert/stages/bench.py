@@ -73,7 +73,7 @@ class TimeAgainstReference(Stage[ValidateContext]):
         ref_bench = make_session(ctx.reference_onnx, ctx.providers)
         fixed = [i.shape[0] for i in cand_bench.inner.get_inputs() if isinstance(i.shape[0], int)]
         size = fixed[0] if fixed else ctx.config.latency_batch
-        batch = next(ctx.heldout.subset(slice(0, size)).batches(size))
+        batch = latency_feed(ctx.heldout, size)  # repeats samples where the fixed batch is larger
         lat = interleaved_latency(
             {
                 "reference": lambda: ref_bench.inner.run(None, batch),

@@ -38,10 +38,9 @@ class ProbeCollapse(Stage[ValidateContext]):
         ctx.collapse = None
         if ctx.probe_kwargs is None:
             return
-        spec = Path(ctx.reference_spec)
-        reference = spec if spec.suffix == ".onnx" else ctx.reference_onnx
+        reference = ctx.reference_onnx  # RunReference's: --reference itself when it is an .onnx
         assert reference is not None  # PlanChecks refused the probe without an ONNX reference
-        if reference != spec:
+        if Path(ctx.reference_spec).suffix != ".onnx":
             ctx.notes.append(f"--probe collapse ran the fp32 export {reference} as the reference")
         ctx.collapse = collapse = probe_collapse(
             reference,

@@ -44,17 +44,14 @@ def _fastest(
     dropped: list[str] = []
     for i, qc in enumerate(candidates):
         dest = art.work / f"candidate-{i}.onnx"
-        if i == 0:
-            paths[qc.format] = QUANTIZERS.get(qc.mode)(prepared, dest, qc, calibration, on_batch)
-            runners[qc.format] = functools.partial(
-                make_session(paths[qc.format], providers).inner.run, None, batch
-            )
-            continue
         try:
             path = QUANTIZERS.get(qc.mode)(prepared, dest, qc, calibration, on_batch)
             run = functools.partial(make_session(path, providers).inner.run, None, batch)
-            run()  # a graph that loads may still fail in its first run
+            if i:
+                run()  # a graph that loads may still fail in its first run
         except Exception as e:  # an alternative format, not the run's default: race without it
+            if i == 0:
+                raise
             reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
             dropped.append(f"format {qc.format} left out of the race: {type(e).__name__}: {reason}")
             continue

@@ -124,13 +124,12 @@ class Recover(Stage[ExportContext]):
 
     name = "recover"
     needs = ("prepared", "qc", "calibration", "art", "recover", "tolerance", "prepared_fp32")
-    gives = ("recovery", "tradeoff")
+    gives = ("recovery",)
 
     def message(self, ctx: ExportContext) -> str:
         return "accuracy recovery before quantization: " + ", ".join(ctx.recover)
 
     def skip(self, ctx: ExportContext) -> bool:
-        ctx.tradeoff = None
         if not _steps(ctx.recover, "pre"):
             ctx.recovery = []
             return True
@@ -145,8 +144,10 @@ class Correct(Stage[ExportContext]):
 
     name = "correct"
     needs = ("prepared", "model_path", "recovery")
+    gives = ("tradeoff",)  # the mixed-precision table, the one post step that makes one
 
     def skip(self, ctx: ExportContext) -> bool:
+        ctx.tradeoff = None
         return not _steps(ctx.recover, "post")
 
     def message(self, ctx: ExportContext) -> str:
