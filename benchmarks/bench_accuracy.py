@@ -282,6 +282,8 @@ def through_cli(
         "verdict": result.verdict,
         "checks": checks,
         "format": result.manifest["quantization"]["format"],
+        "placement": (result.report.get("defaults") or {}).get("placement"),
+        "placement_measured": (result.report.get("defaults") or {}).get("placement_measured"),
     }
     return out / "model.onnx", seconds, verdict
 
