@@ -30,8 +30,9 @@ default below is there because it measured better on real trained networks
   range, where `all` rounds the ReLU's output once), so on cpu/arm64 the placement is raced per
   model (MEASURED_PLACEMENTS; quantize.placement.race): `compute` and `all` quantize the graph with
   ranges from 32 calibration samples and are scored on 32 more (held-out data is never read); the
-  better worst-output SQNR wins unless it is over 10% slower (latency decides on cpu only, where
-  these kernels are the target's). report.json's defaults.placement_measured keeps both figures. EfficientNet-Lite1 (ReLU6, no gate) keeps `all`: on cpu `compute` gave 18.0 dB (each
+  better worst-output SQNR wins unless it is over 10% slower (latency counts on cpu only, where
+  these kernels are the target's); report.json's defaults.placement_measured keeps both figures.
+  EfficientNet-Lite1 (ReLU6, no gate) keeps `all`: on cpu `compute` gave 18.0 dB (each
   ReLU6 output rounded twice) and `inputs` 27.2 dB at 0.82x against 26.8 dB at 0.51x; on tensorrt
   `inputs` gave 25.0 against 24.8 dB.
 - transformers on the `cpu` target at 8 bits: dynamic int8 (activations quantized per batch, so no

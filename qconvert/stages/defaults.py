@@ -86,8 +86,9 @@ class ChooseDefaults(Stage[ExportContext]):
         ctx: ExportContext, graph: onnx.ModelProto, options: tuple[str, ...]
     ) -> tuple[str, dict[str, object]]:
         """The family's placement choices raced on calibration samples (quantize.placement.race):
-        the better SQNR, unless over 10% slower; on cpu only latency decides too (elsewhere this
-        CPU's kernels are not the target's). The figures go into report.json's defaults and a note."""
+        the better SQNR, unless over 10% slower. Latency counts on the cpu target only (for arm64
+        this CPU's kernels are not the target's). The figures go into report.json's defaults and a
+        note."""
         config, qc = ctx.config, ctx.candidates[0]
         assert ctx.calibration is not None
         ctx.progress("defaults", "measuring Q/DQ placements", 0, len(options))
