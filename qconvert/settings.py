@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from qconvert import choices
 from qconvert.errors import ConfigError
@@ -245,7 +245,13 @@ class Composed:
     of a group by its own name (so `dataclasses.replace(settings, bits=4)` works too); `settings.bits`
     reads the group that holds `bits`."""
 
-    def __init__(self, **given: Any) -> None:
+    # flat names that may also be given by position (ValidateConfig("out_dir/"), as it always could)
+    POSITIONAL: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, *args: Any, **given: Any) -> None:
+        if len(args) > len(self.POSITIONAL):
+            raise TypeError(f"{type(self).__name__}() takes {len(self.POSITIONAL)} positional arguments")
+        given = {**dict(zip(self.POSITIONAL, args, strict=False)), **given}
         own = {f.name: f for f in fields(self)}  # type: ignore[arg-type]
         for name, f in own.items():
             object.__setattr__(self, name, given[name] if name in given else default_of(f))
@@ -799,6 +805,8 @@ class ReportSettings:
 @dataclass(frozen=True, init=False)
 class ValidateSettings(Composed):
     """Everything `qconvert validate` does, as one value (public name: ValidateConfig)."""
+
+    POSITIONAL = ("candidate",)
 
     subject: CandidateSettings = group(CandidateSettings)
     heldout: HeldoutSettings = group(HeldoutSettings)

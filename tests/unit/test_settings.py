@@ -239,7 +239,7 @@ def test_settings_survive_pickling() -> None:
     recurse while it is rebuilt)."""
     config = RunConfig(bits=16, exclude=("op:Conv",))
     assert pickle.loads(pickle.dumps(config)) == config
-    check = ValidateConfig(candidate="out", probes=("collapse",))
+    check = ValidateConfig("out", probes=("collapse",))  # the candidate by position, as before
     assert pickle.loads(pickle.dumps(check)) == check
 
 
