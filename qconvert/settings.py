@@ -221,23 +221,32 @@ def _names(settings: Any) -> set[str]:
     return names
 
 
-def routed(settings: Any, changes: dict[str, Any]) -> Any:
-    """`settings` with each flat keyword in `changes` set in the group (or nested options) that holds
-    it; a keyword nothing holds is a TypeError, as for any constructor."""
-    own = {f.name for f in fields(settings)}
-    direct = {k: v for k, v in changes.items() if k in own}
-    rest = {k: v for k, v in changes.items() if k not in own}
+def _into_groups(settings: Any, flat: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `settings` that hold settings (groups, DataOptions), rebuilt with the keywords of
+    `flat` each holds; a keyword none holds is a TypeError, as for any constructor."""
+    rebuilt: dict[str, Any] = {}
+    rest = dict(flat)
     for f in fields(settings):
-        inner = direct.get(f.name, getattr(settings, f.name))
+        inner = getattr(settings, f.name)
         if rest and holds_settings(f) and is_dataclass(inner):
             mine = {k: rest.pop(k) for k in list(rest) if k in _names(inner)}
             if mine:
-                direct[f.name] = routed(inner, mine)
+                rebuilt[f.name] = routed(inner, mine)
     if rest:
         raise TypeError(
             f"{type(settings).__name__}() got an unexpected keyword argument {next(iter(rest))!r}"
         )
-    return replace(settings, **direct) if direct else settings
+    return rebuilt
+
+
+def routed(settings: Any, changes: dict[str, Any]) -> Any:
+    """`settings` with each keyword of `changes` set where it is held: its own field, or (by the flat
+    name) the group or nested options that hold it."""
+    own = {f.name for f in fields(settings)}
+    direct = {k: v for k, v in changes.items() if k in own}
+    settings = replace(settings, **direct) if direct else settings
+    nested = _into_groups(settings, {k: v for k, v in changes.items() if k not in own})
+    return replace(settings, **nested) if nested else settings
 
 
 class Composed:
@@ -255,17 +264,8 @@ class Composed:
         own = {f.name: f for f in fields(self)}  # type: ignore[arg-type]
         for name, f in own.items():
             object.__setattr__(self, name, given[name] if name in given else default_of(f))
-        flat = {k: v for k, v in given.items() if k not in own}
-        for name, f in own.items():
-            value = getattr(self, name)
-            if flat and f.metadata.get(GROUP):
-                mine = {k: flat.pop(k) for k in list(flat) if k in _names(value)}
-                if mine:
-                    object.__setattr__(self, name, routed(value, mine))
-        if flat:
-            raise TypeError(
-                f"{type(self).__name__}() got an unexpected keyword argument {next(iter(flat))!r}"
-            )
+        for name, group_value in _into_groups(self, {k: v for k, v in given.items() if k not in own}).items():
+            object.__setattr__(self, name, group_value)
         self.check()
 
     def check(self) -> None:
