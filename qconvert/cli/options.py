@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -24,14 +24,8 @@ from qconvert.settings import (
     DEFAULT_OPSET,
     DEFAULT_TARGET,
     TEXT_PADDING,
-    DataOptions,
     from_flags,
-    parse_channel_values,
-    parse_image_size,
-    parse_layout,
 )
-from qconvert.settings import parse_recover as parse_recover  # re-exported (older imports)
-from qconvert.settings import parse_target_option as parse_target_option
 
 
 @dataclass(frozen=True)
@@ -229,38 +223,3 @@ TEXT_OPTIONS = (
         ),
     ),
 )
-
-
-def image_options(
-    image_size: str | None = None,
-    mean: str | None = None,
-    std: str | None = None,
-    layout: str = "nchw",
-    base: DataOptions | None = None,
-) -> DataOptions:
-    """`base` (default: DataOptions()) with the image flags' texts parsed into it (a malformed value is
-    a ConfigError that names its flag)."""
-    return replace(
-        base or DataOptions(),
-        image_size=None if image_size is None else parse_image_size(image_size),
-        mean=None if mean is None else parse_channel_values(mean, "--mean"),
-        std=None if std is None else parse_channel_values(std, "--std"),
-        layout=parse_layout(layout),
-    )
-
-
-def text_options(
-    tokenizer: str | None = None,
-    max_length: int | None = None,
-    padding: str = "max_length",
-    truncation: bool = True,
-    base: DataOptions | None = None,
-) -> DataOptions:
-    """`base` (default: DataOptions()) with the text flags set; DataOptions checks them."""
-    return replace(
-        base or DataOptions(),
-        tokenizer=tokenizer,
-        max_length=max_length,
-        padding=padding,
-        truncation=truncation,
-    )
