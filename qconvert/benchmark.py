@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qconvert.config import BenchmarkConfig
+from qconvert.settings import BenchmarkConfig
 
 if TYPE_CHECKING:
     from qconvert.calibrate import ModelInput

@@ -21,12 +21,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qconvert import choices, errors
-from qconvert.config import DEFAULT_OUT_ROOT, RunConfig, SweepConfig, Tolerance
+from qconvert import errors
 from qconvert.errors import ConfigError, QConvertError
 from qconvert.results import (  # the sweep's result types (and its row statuses) live with the others
     BASELINE_STATUS,
@@ -40,6 +39,10 @@ from qconvert.results import (  # the sweep's result types (and its row statuses
     SweepResult,
     SweepRow,
 )
+from qconvert.settings import DEFAULT_OUT_ROOT, OutputSettings, RunConfig, SweepConfig
+from qconvert.settings import bits_from_text as bits_from_text  # re-exported: tests and old callers
+from qconvert.settings import modes_from_text as modes_from_text
+from qconvert.tolerance import Tolerance
 
 if TYPE_CHECKING:
     from qconvert.artifacts import ArtifactDir
@@ -64,30 +67,6 @@ def _no_progress(stage: str, message: str, done: int | None = None, total: int |
 
 
 # --- parsing the CLI's lists -------------------------------------------------------------------
-
-
-def bits_from_text(text: str) -> tuple[int, ...]:
-    """`--bits 16,8,4` -> (16, 8, 4); SweepConfig checks the values themselves."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise ConfigError("--bits: give at least one bit width, e.g. --bits 16,8,4")
-    bad = [t for t in items if not t.isdigit()]
-    if bad:
-        raise ConfigError(
-            f"--bits {text!r}: {bad[0]!r} is not a bit width. Give comma-separated numbers from "
-            f"{', '.join(map(str, choices.bits()))}, e.g. --bits 16,8,4"
-        )
-    return tuple(int(t) for t in items)
-
-
-def modes_from_text(text: str) -> tuple[str, ...]:
-    """`--modes static,dynamic` -> ("static", "dynamic"); SweepConfig checks the names."""
-    items = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not items:
-        raise ConfigError(
-            f"--modes: give at least one mode, e.g. --modes static,dynamic. Valid: {', '.join(choices.modes())}"
-        )
-    return items
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -181,7 +160,14 @@ def plan_trials(config: SweepConfig, target: Target, base: RunConfig) -> list[Tr
             except ConfigError as e:
                 trials.append(Trial(f"{bits}bit-{wanted}", bits, wanted, unsupported=str(e)))
                 continue
-            trials.append(Trial(f"{bits}bit-{mode}", bits, mode, run=replace(base, bits=bits, mode=mode)))
+            trials.append(
+                Trial(
+                    f"{bits}bit-{mode}",
+                    bits,
+                    mode,
+                    run=replace(base, quantization=replace(base.quantization, bits=bits, mode=mode)),
+                )
+            )
     return trials
 
 
@@ -261,7 +247,9 @@ def run_trial_shipped(job: TrialJob) -> TrialOutcome:
     node-local temporary folder and send the folder's files back with the outcome."""
     local = Path(tempfile.mkdtemp(prefix="qconvert-trial-"))
     try:
-        outcome = run_trial(replace(job, run=replace(job.run, out_dir=local / job.name, force=False)))
+        outcome = run_trial(
+            replace(job, run=replace(job.run, output=OutputSettings(out_dir=local / job.name)))
+        )
         if outcome.ran_in is None:
             return outcome
         root = Path(outcome.ran_in)
@@ -478,7 +466,7 @@ def _run_trials(
     jobs = [
         TrialJob(
             t.name,
-            replace(t.run, out_dir=root / t.name),
+            replace(t.run, output=replace(t.run.output, out_dir=root / t.name)),
             heldout,
             threads=_job_threads(config.executor, workers),
             log_level=logging.getLogger().getEffectiveLevel(),
@@ -509,20 +497,10 @@ def _model_and_heldout(base: RunConfig) -> tuple[LoadedModel, Dataset]:
     return loaded, heldout
 
 
-# SweepConfig fields that mean something else there (bits is a tuple; out_dir and force are the
-# sweep folder's) or do not exist on RunConfig
-_NOT_COPIED = frozenset({"bits", "out_dir", "force"})
-
-
 def _base_run_config(config: SweepConfig) -> RunConfig:
     """The RunConfig every trial starts from (each trial is `replace()` of it with its bits and
-    mode). Every export setting the sweep shares by name is taken over, so a new shared field needs
-    no edit here. Building it checks the export settings (--calibration-method, --samples, --opset
-    ...) before any work."""
-    shared = {f.name for f in fields(RunConfig)} & {f.name for f in fields(SweepConfig)}
-    return RunConfig(
-        **{name: getattr(config, name) for name in sorted(shared - _NOT_COPIED)}, bits=config.bits[0]
-    )
+    mode): the sweep's base, without the sweep folder's -o/--force (each trial gets its own folder)."""
+    return config.base.evolve(bits=config.bits[0], out_dir=None, force=False)
 
 
 def _workers(config: SweepConfig, trials: int) -> int:
@@ -556,8 +534,7 @@ def _absolute_paths(run: RunConfig) -> RunConfig:
             return f"{Path(where).resolve()}:{attr}"
         return spec
 
-    return replace(
-        run,
+    return run.evolve(
         source=absolute(run.source),
         calibration=absolute(run.calibration),
         data=absolute(run.data),

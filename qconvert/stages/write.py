@@ -84,7 +84,7 @@ def manifest_json(ctx: ExportContext) -> dict[str, Any]:
             "task": ctx.loaded.task,
             "token_outputs": ctx.loaded.token_outputs,
         },
-        "settings": {**asdict(ctx.config), "out_dir": str(ctx.out_dir), "mode": ctx.mode},
+        "settings": {**ctx.config.flat(), "out_dir": str(ctx.out_dir), "mode": ctx.mode},
         "quantization": {
             **asdict(ctx.qc),
             "forbidden_ops": sorted(ctx.qc.forbidden_ops),

@@ -25,10 +25,10 @@ import pytest
 from _models import IMAGE_SHAPE, NUM_CLASSES, write_cnn_mlp
 from conftest import TINY_CNN, cli, leftovers, save_npz, write_model
 
-from qconvert.cli.options import image_options, text_options
 from qconvert.config import RunConfig, SweepConfig
 from qconvert.errors import ConfigError
 from qconvert.results import SCHEMA_VERSION, SweepReport
+from qconvert.settings import DataOptions, from_flags
 from qconvert.sweep import (
     NOT_SUPPORTED,
     OUT_OF_TOLERANCE,
@@ -304,13 +304,12 @@ def test_ray_tasks_get_an_absolute_tokenizer(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "tok").mkdir()
     (tmp_path / "hook.py").write_text("def fn(lines):\n    return {}\n")
     for given, wanted in (("tok", str(tmp_path / "tok")), ("hook.py:fn", f"{tmp_path / 'hook.py'}:fn")):
-        run = RunConfig(data_options=text_options(given, 16, base=image_options("8", "0.5")))
+        flags = {"tokenizer": given, "max_length": "16", "image_size": "8", "mean": "0.5"}
+        run = RunConfig(data_options=from_flags(DataOptions, flags))
         moved = _absolute_paths(run).data_options
         assert moved.tokenizer == wanted
         assert (moved.max_length, moved.image_size, moved.mean) == (16, (8, 8), (0.5,))
-    assert _absolute_paths(RunConfig(data_options=text_options("org/model"))).data_options.tokenizer == (
-        "org/model"
-    )
+    assert _absolute_paths(RunConfig(tokenizer="org/model")).data_options.tokenizer == ("org/model")
 
 
 def test_table_rows_and_statuses(serial: tuple[int, str, Path]) -> None:
