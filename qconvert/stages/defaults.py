@@ -117,6 +117,23 @@ class ChooseDefaults(Stage[ExportContext]):
         )
         return chosen.placement, {"chosen": chosen.placement, "measured": [m.as_json() for m in measured]}
 
+    def _choose_placement(
+        self, ctx: ExportContext, chosen: Defaults, graph: onnx.ModelProto
+    ) -> dict[str, object]:
+        """The user's --placement, else the family's (raced where MEASURED_PLACEMENTS lists several
+        for the target), applied to the candidates; what a race chose and measured, for the report."""
+        config = ctx.config
+        placement = config.placement or (chosen.placement if config.recover is None else None)
+        options = MEASURED_PLACEMENTS.get(ctx.target.name, ())
+        measured: dict[str, object] = {}
+        raced = config.placement is None and placement in options and ctx.mode == "static"
+        if raced and ctx.calibration is not None:
+            placement, measured["placement_measured"] = self._measure_placement(ctx, graph, options)
+            measured["placement"] = placement
+        if placement:
+            self._place(ctx, graph, placement, config.placement is not None)
+        return measured
+
     def run(self, ctx: ExportContext) -> None:
         config = ctx.config
         graph = onnx.load(str(ctx.prepared), load_external_data=False)
@@ -164,14 +181,7 @@ class ChooseDefaults(Stage[ExportContext]):
                 ctx.notes.append(f"stem kept in float: {', '.join(stem)}")
         if config.recover is None:
             self._ranges_and_outputs(ctx, chosen, graph)
-        placement = config.placement or (chosen.placement if config.recover is None else None)
-        options = MEASURED_PLACEMENTS.get(ctx.target.name, ())
-        measure = config.placement is None and placement in options and ctx.mode == "static"
-        measured: dict[str, object] = {}
-        if measure and ctx.calibration is not None:
-            placement, measured["placement_measured"] = self._measure_placement(ctx, graph, options)
-        if placement:
-            self._place(ctx, graph, placement, config.placement is not None)
+        measured = self._choose_placement(ctx, chosen, graph)
         recover = chosen.recover if config.recover is None else config.recover
         if config.recover is None and ctx.calibration is None:
             needing = [r for r in recover if RECOVERY.get(r).needs_calibration]
@@ -195,8 +205,7 @@ class ChooseDefaults(Stage[ExportContext]):
             )
         ) or mode is not None
         ctx.defaults = {**asdict(chosen), "mode": ctx.mode, "recover": list(recover), "applied": used}
-        if measured:  # the placement raced on calibration samples, and what each measured
-            ctx.defaults.update(placement=placement, **measured)
+        ctx.defaults.update(measured)  # a placement raced on calibration samples, and its figures
         if used and chosen.why:
             ctx.notes.append(
                 f"defaults for {chosen.why}; --mode / --recover choose otherwise (--recover none)"
