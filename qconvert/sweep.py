@@ -243,7 +243,7 @@ def run_trial(job: TrialJob) -> TrialOutcome:
             error_class=type(e).__name__,
             seconds=time.perf_counter() - start,
         )
-    collapse, collapse_error = _probe_collapse(result.out_dir, result.report, result.manifest, job.heldout)
+    collapse, collapse_error = _probe_collapse(result.out_dir, result.manifest, job.heldout)
     return TrialOutcome(
         job.name,
         {"passed": PASSED, "failed": OUT_OF_TOLERANCE}.get(result.verdict, INCONCLUSIVE),
@@ -272,32 +272,31 @@ def run_trial_shipped(job: TrialJob) -> TrialOutcome:
 
 
 def _probe_collapse(
-    out_dir: Path, report: dict[str, Any], manifest: dict[str, Any], heldout: Dataset
+    out_dir: Path, manifest: dict[str, Any], heldout: Dataset
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The collapse probe of model.onnx against reference.onnx on the held-out data, run the way
-    validation ran the model: exact Q/DQ arithmetic where the target's provider is not here, and
-    the same fp16/bf16 rounding stand-in where this machine has no kernels for that type. An
-    implicit-int8 model.onnx is the fp32 graph, so the probe is not run on it."""
-    from qconvert.quantize.bf16 import emulate_bf16
-    from qconvert.quantize.float16 import emulate_fp16
-    from qconvert.runtime import manifest_providers
+    `qconvert validate` of the folder would run the model here (validation/standin.for_folder): exact
+    Q/DQ arithmetic where the target's provider is not here, and the same fp16/bf16 rounding stand-in
+    where this machine has no kernels for that type. An implicit-int8 model.onnx is the fp32 graph,
+    so the probe is not run on it."""
     from qconvert.validation.collapse import probe_collapse
+    from qconvert.validation.standin import emulated, for_folder
 
-    stand_in = report.get("stand_in")
-    if stand_in == "implicit":
+    decision = for_folder(out_dir, manifest)
+    if decision.stand_in == "implicit":
         return None, "implicit int8: model.onnx is the fp32 graph; TensorRT picks precisions on the GPU"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             candidate = out_dir / "model.onnx"
-            if stand_in in ("fp16", "bf16"):
-                emulate = emulate_fp16 if stand_in == "fp16" else emulate_bf16
-                candidate = emulate(candidate, Path(tmp) / f"{stand_in}_emulated.onnx")
+            if decision.emulated is not None:
+                external = manifest.get("quantization", {}).get("external_data", False)
+                candidate, _ = emulated(decision.emulated, candidate, Path(tmp), external)
             result = probe_collapse(
                 out_dir / "reference.onnx",
                 candidate,
                 heldout,
-                optimize=not report.get("validation_exact_qdq", False),
-                providers=manifest_providers(out_dir, manifest),
+                optimize=decision.native,
+                providers=decision.providers,
             )
     except QConvertError as e:
         return None, f"{e.stage}: {e}"

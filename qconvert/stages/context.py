@@ -118,6 +118,7 @@ class ValidateContext:
     token_kinds: dict[str, str]  # a text model's token outputs (from the manifest)
     # plan: everything a flag names, checked before any work
     reference_spec: str  # --reference, or the OUT_DIR's reference.onnx
+    reference_onnx: Path | None  # an fp32 ONNX to time and probe against (None: none here)
     probe_kwargs: dict[str, Any] | None  # the collapse probe's settings (None: no --probe collapse)
     data_path: Path
     calibration_path: Path | None
@@ -128,7 +129,6 @@ class ValidateContext:
     # reference
     reference: str  # what the reference is, as the result names it
     ref_out: list[np.ndarray]  # its outputs on the held-out data, in the candidate's output order
-    reference_onnx: Path | None  # an fp32 ONNX to time and probe against (None: none here)
     # simulate / candidate
     providers: list[Provider]
     not_here: str | None  # why this machine cannot run the graph as the target will

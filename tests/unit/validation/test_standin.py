@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import platform
+from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
-from qconvert.targets import Provider
-from qconvert.validation.standin import emulation, not_here
+from qconvert.targets import TARGETS, Provider
+from qconvert.validation.standin import emulation, for_folder, not_here, runs_native
 
 CPU = Provider("CPUExecutionProvider")
 X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -45,3 +48,56 @@ def test_without_a_known_target_only_the_first_provider_counts() -> None:
 )
 def test_emulation(mode: str | None, table: bool, why: str | None, expected: str | None) -> None:
     assert emulation(mode, table, why) == expected
+
+
+# --- export and validate of one folder decide the same way, for every target ---------------------
+
+
+def _linear(folder: Path) -> tuple[Path, Path]:
+    """A one-MatMul fp32 .onnx and 200 held-out rows for it: small enough to export for every target."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
+        [weight],
+    )
+    source, data = folder / "linear.onnx", folder / "data.npz"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
+    np.savez(data, x=rng.standard_normal((200, 16)).astype(np.float32))
+    return source, data
+
+
+@pytest.mark.parametrize(
+    ("target", "bits", "options"),
+    [(name, 8, ()) for name in TARGETS.names()]
+    + [("cuda", 16, ()), ("tensorrt", 8, (("quantization", "implicit"),))],
+)
+def test_export_validate_and_sweep_decide_the_same_for_one_folder(
+    tmp_path: Path, target: str, bits: int, options: tuple[tuple[str, str], ...]
+) -> None:
+    """The graph validation runs and how (the provider's fused kernels, or the exact Q/DQ arithmetic
+    with graph optimizations off): what export recorded is what `qconvert validate` of its folder
+    and the sweep's collapse probe decide on this machine (validation/standin.py)."""
+    import qconvert
+    from qconvert.config import RunConfig, ValidateConfig
+    from qconvert.pipeline import export
+
+    source, data = _linear(tmp_path)
+    config = RunConfig(
+        source=str(source), target=target, bits=bits, target_options=options, data=str(data),
+        calibration=str(data), out_dir=tmp_path / "out", tolerance="cosine>=-1", latency_repeats=3,
+    )  # fmt: skip
+    exported = export(config).record
+    run = qconvert.validate(ValidateConfig(candidate=tmp_path / "out", settings_dir=None)).report
+    assert (run.provider, run.exact_qdq) == (exported.validated_on, exported.validation_exact_qdq)
+    folder = for_folder(tmp_path / "out", json.loads((tmp_path / "out" / "qconvert.json").read_text()))
+    assert folder.stand_in == exported.stand_in
+    assert folder.native is not exported.validation_exact_qdq or folder.stand_in == "implicit"
+    # the decision itself: exact Q/DQ arithmetic exactly where the target is not here or a stand-in runs
+    assert exported.validation_exact_qdq is not runs_native(folder.not_here, exported.stand_in is not None)
