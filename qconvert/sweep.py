@@ -35,7 +35,12 @@ from qconvert.results import (  # the sweep's result types (and its row statuses
     NOT_SUPPORTED,
     OUT_OF_TOLERANCE,
     PASSED,
+    CheckRecord,
+    Collapse,
+    Figures,
     Recommendation,
+    Report,
+    SweepLatency,
     SweepReport,
     SweepResult,
     SweepRow,
@@ -451,9 +456,9 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
             workers=workers if config.executor == "local" else None,
             held_out_samples=len(heldout),
             labels=heldout.labels is not None,
-            latency=timing.as_json(),
-            rows=tuple(r.as_json() for r in rows),
-            recommendation=recommendation.as_json(),
+            latency=SweepLatency.from_json(timing.as_json(), "sweep.json: latency"),
+            rows=tuple(rows),
+            recommendation=recommendation.record(),
             passed=verdict == PASSED,
             verdict=verdict,
             notes=tuple(notes),
@@ -685,14 +690,14 @@ def _worst(outputs: dict[str, Any], metric: str) -> float | None:
     return min(values) if values else None
 
 
-def _worst_interval(validation: dict[str, Any], metric: str) -> tuple[float, float] | None:
+def _worst_interval(validation: Figures, metric: str) -> tuple[float, float] | None:
     """The interval of `metric` on the output where it is worst (the one `_worst` shows)."""
-    outputs = validation.get("outputs") or {}
+    outputs = validation.outputs
     worst = min(
         (n for n, m in outputs.items() if metric in m), key=lambda n: outputs[n][metric], default=None
     )
-    interval = (validation.get("intervals") or {}).get(worst, {}).get(metric) if worst else None
-    return None if interval is None else (interval["low"], interval["high"])
+    interval = validation.intervals.get(worst, {}).get(metric) if worst else None
+    return None if interval is None else (interval.low, interval.high)
 
 
 def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> SweepRow:
@@ -707,40 +712,42 @@ def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> Sw
             reason=f"({outcome.error_stage}) {outcome.error}",
             seconds=outcome.seconds,
         )
-    report = outcome.report
-    validation = report["validation"]
-    failed = [_unpassed(c) for c in validation["checks"] if not c["passed"]]
-    acc = report.get("accuracy") or {}
+    where = f"{TRIALS_DIR}/{trial.name}/report.json"
+    report = Report.from_json(outcome.report, where)
+    validation = report.validation
+    failed = [_unpassed(c) for c in validation.checks if not c.passed]
     return SweepRow(
         trial.name,
         trial.bits,
-        report.get("mode", trial.mode),
+        report.mode,
         outcome.status,
         reason="; ".join(failed) or None,
-        accuracy=acc.get("model"),
-        agreement=_worst(validation["outputs"], "top1_agreement"),
-        cosine=_worst(validation["outputs"], "cosine"),
+        accuracy=None if report.accuracy is None else report.accuracy.model,
+        agreement=_worst(validation.outputs, "top1_agreement"),
+        cosine=_worst(validation.outputs, "cosine"),
         agreement_interval=_worst_interval(validation, "top1_agreement"),
         cosine_interval=_worst_interval(validation, "cosine"),
-        size_bytes=report["size"]["model_bytes"],
-        size_ratio=report["size"]["ratio"],
+        size_bytes=report.size.model_bytes,
+        size_ratio=report.size.ratio,
         latency_ms=timing.p50_ms.get(trial.name),
         latency_ratio=timing.ratio(trial.name),
-        trial_latency_ratio=report["latency"]["ratio_p50"],
-        collapse=outcome.collapse,
+        trial_latency_ratio=report.latency.ratio_p50,
+        collapse=None
+        if outcome.collapse is None
+        else Collapse.from_json(outcome.collapse, f"{where}: collapse"),
         collapse_error=outcome.collapse_error,
         out_dir=f"{TRIALS_DIR}/{trial.name}",
         seconds=outcome.seconds,
-        notes=tuple(report.get("notes", [])),
+        notes=report.notes,
     )
 
 
-def _unpassed(check: dict[str, Any]) -> str:
+def _unpassed(check: CheckRecord) -> str:
     """A check that did not pass, for a row's reason; an inconclusive one says what would settle it."""
-    text = f"{check['output']}: {check['metric']} = {check['measured']:.4g}, needs {check['bound']}"
-    if check.get("verdict") != INCONCLUSIVE:
+    text = f"{check.output}: {check.metric} = {check.measured:.4g}, needs {check.bound}"
+    if check.verdict != INCONCLUSIVE:
         return text
-    settle = check.get("samples_to_settle")
+    settle = check.samples_to_settle
     return text + (
         f" (inconclusive: about {settle} held-out samples would settle it)" if settle else " (inconclusive)"
     )

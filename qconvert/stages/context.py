@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # only for annotations: importing the context stays cheap
     from qconvert.calibrate import Dataset, ModelInput
     from qconvert.config import Bound, QuantizeConfig, RunConfig, Tolerance, ValidateConfig
     from qconvert.onnx_export import ExportResult
-    from qconvert.results import Report, ValidationRun
+    from qconvert.results import Report, Speed, TaskScore, ValidationRun
     from qconvert.runtime import Session
     from qconvert.sources import LoadedModel
     from qconvert.stages._shared import Progress
@@ -138,9 +138,9 @@ class ValidateContext:
     cand_out: list[np.ndarray]
     # validate / task / probe / benchmark: the checks, each stage adding its own
     validation: ValidationResult
-    task: dict[str, Any] | None  # --metric: both scores and the drop
+    task: TaskScore | None  # --metric: both scores and the drop
     collapse: CollapseResult | None
-    speed: dict[str, Any] | None  # --require-speedup / a speedup bound: both latencies
+    speed: Speed | None  # --require-speedup / a speedup bound: both latencies
     # write
     run: ValidationRun
 

@@ -354,7 +354,7 @@ def test_files_written(serial: tuple[int, str, Path]) -> None:
     # sweep.json is results.SweepReport: versioned, and it reads back as the record it was written from
     report = SweepReport.from_json(summary)
     assert summary["schema_version"] == SCHEMA_VERSION and report.to_json() == summary
-    assert isinstance(report.bits, tuple) and report.rows[0]["name"] == "fp32"
+    assert isinstance(report.bits, tuple) and report.rows[0].name == "fp32"
     for name in ("8bit-static", "8bit-dynamic"):
         trial = out / "trials" / name
         assert {"model.onnx", "reference.onnx", "qconvert.json", "report.json", "report.html"} <= {
