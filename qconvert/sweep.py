@@ -161,7 +161,7 @@ class TrialOutcome:
     error: str | None = None
     error_stage: str | None = None
     error_class: str | None = None
-    collapse: dict[str, Any] | None = None
+    collapse: Collapse | None = None
     collapse_error: str | None = None
     seconds: float = 0.0
     files: dict[str, bytes] | None = None  # relative path -> content, when shipped
@@ -278,7 +278,7 @@ def run_trial_shipped(job: TrialJob) -> TrialOutcome:
 
 def _probe_collapse(
     out_dir: Path, manifest: dict[str, Any], heldout: Dataset
-) -> tuple[dict[str, Any] | None, str | None]:
+) -> tuple[Collapse | None, str | None]:
     """The collapse probe of model.onnx against reference.onnx on the held-out data, run the way
     `qconvert validate` of the folder would run the model here (validation/standin.for_folder): exact
     Q/DQ arithmetic where the target's provider is not here, and the same fp16/bf16 rounding stand-in
@@ -305,7 +305,7 @@ def _probe_collapse(
             )
     except QConvertError as e:
         return None, f"{e.stage}: {e}"
-    return result.as_json(), None
+    return Collapse.from_json(result.as_json(), "collapse probe"), None
 
 
 # --- executors ---------------------------------------------------------------------------------
@@ -657,28 +657,29 @@ def _runner(session: Any, feed: dict[str, Any]) -> Callable[[], object]:
 
 def _rows(trials: list[Trial], outcomes: dict[str, TrialOutcome], timing: Timing) -> list[SweepRow]:
     """The fp32 baseline, then one row per planned trial, in plan order."""
-    rows = [_trial_row(t, outcomes.get(t.name), timing) for t in trials]
-    reference = next(
-        (outcomes[t.name].report for t in trials if t.name in outcomes and outcomes[t.name].report), None
-    )
-    return [_baseline_row(reference, timing), *rows]
+    reports = {  # each trial's report.json, read once (a renamed key is a SourceError naming it)
+        t.name: Report.from_json(outcome.report, f"{TRIALS_DIR}/{t.name}/report.json")
+        for t in trials
+        if (outcome := outcomes.get(t.name)) is not None and outcome.report is not None
+    }
+    rows = [_trial_row(t, outcomes.get(t.name), reports.get(t.name), timing) for t in trials]
+    return [_baseline_row(next(iter(reports.values()), None), timing), *rows]
 
 
-def _baseline_row(report: dict[str, Any] | None, timing: Timing) -> SweepRow:
+def _baseline_row(report: Report | None, timing: Timing) -> SweepRow:
     """fp32 itself: the exported ONNX against the original (export fidelity), size and latency 1.0x."""
     if report is None:
         return SweepRow(BASELINE, None, None, BASELINE_STATUS)
-    fidelity = report.get("export_fidelity") or {}
-    acc = report.get("accuracy") or {}
+    fidelity = report.export_fidelity
     return SweepRow(
         BASELINE,
         None,
         None,
         BASELINE_STATUS,
-        accuracy=acc.get("fp32_onnx"),
+        accuracy=None if report.accuracy is None else report.accuracy.fp32_onnx,
         agreement=_worst(fidelity, "top1_agreement"),
         cosine=_worst(fidelity, "cosine"),
-        size_bytes=report["size"]["fp32_bytes"],
+        size_bytes=report.size.fp32_bytes,
         size_ratio=1.0,
         latency_ms=timing.p50_ms.get(BASELINE),
         latency_ratio=1.0 if BASELINE in timing.p50_ms else None,
@@ -700,10 +701,10 @@ def _worst_interval(validation: Figures, metric: str) -> tuple[float, float] | N
     return None if interval is None else (interval.low, interval.high)
 
 
-def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> SweepRow:
+def _trial_row(trial: Trial, outcome: TrialOutcome | None, report: Report | None, timing: Timing) -> SweepRow:
     if trial.unsupported is not None or outcome is None:
         return SweepRow(trial.name, trial.bits, trial.mode, NOT_SUPPORTED, reason=trial.unsupported)
-    if outcome.status == ERROR or outcome.report is None:
+    if outcome.status == ERROR or report is None:
         return SweepRow(
             trial.name,
             trial.bits,
@@ -712,8 +713,6 @@ def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> Sw
             reason=f"({outcome.error_stage}) {outcome.error}",
             seconds=outcome.seconds,
         )
-    where = f"{TRIALS_DIR}/{trial.name}/report.json"
-    report = Report.from_json(outcome.report, where)
     validation = report.validation
     failed = [_unpassed(c) for c in validation.checks if not c.passed]
     return SweepRow(
@@ -732,9 +731,7 @@ def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> Sw
         latency_ms=timing.p50_ms.get(trial.name),
         latency_ratio=timing.ratio(trial.name),
         trial_latency_ratio=report.latency.ratio_p50,
-        collapse=None
-        if outcome.collapse is None
-        else Collapse.from_json(outcome.collapse, f"{where}: collapse"),
+        collapse=outcome.collapse,
         collapse_error=outcome.collapse_error,
         out_dir=f"{TRIALS_DIR}/{trial.name}",
         seconds=outcome.seconds,
