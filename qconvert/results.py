@@ -29,7 +29,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from qconvert.errors import SourceError
+from qconvert.errors import InternalError, SourceError
 
 if TYPE_CHECKING:
     from qconvert.validation import ValidationResult
@@ -140,6 +140,31 @@ class _Entry:
                 if f.name in data
             }
         )
+
+
+def written(cls: type[E], data: dict[str, Any], what: str) -> E:
+    """For writers: the entry `data` (the JSON a live result writes, e.g. ValidationResult.as_json)
+    is, refusing any key the entry would not write back. A key a writer adds must be added to its
+    entry here, or report.json would silently lose it."""
+    entry = cls.from_json(data, what)
+    if json.dumps(entry.to_json(), sort_keys=True, default=str) != json.dumps(
+        data, sort_keys=True, default=str
+    ):
+        raise InternalError(
+            f"{what}: results.{cls.__name__} does not write back what was measured (a key added to its "
+            f"writer and not to the entry?): {sorted(_keys(data) ^ _keys(entry.to_json()))}"
+        )
+    return entry
+
+
+def _keys(value: Any, prefix: str = "") -> set[str]:
+    if isinstance(value, dict):
+        return {f"{prefix}{k}" for k in value} | {
+            p for k, v in value.items() for p in _keys(v, f"{prefix}{k}.")
+        }
+    if isinstance(value, list):
+        return {p for v in value for p in _keys(v, f"{prefix}[].")}
+    return set()
 
 
 def _verdict_of(data: dict[str, Any]) -> dict[str, Any]:
@@ -484,6 +509,48 @@ class Fallback(_Entry):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RecoveryStep(_Entry):
+    """One --recover step as report.json's `recovery` lists it: skipped (with the reason), or what it
+    did (`details`: the step's own figures, a JSON object whose keys are the step's)."""
+
+    name: str
+    phase: str  # pre | post
+    applied: bool
+    reason: str | None = None  # why it was skipped
+    changed: bool | None = None
+    notes: tuple[str, ...] | None = None
+    details: dict[str, Any] | None = None
+    seconds: float | None = None
+
+    OMIT = frozenset({"reason", "changed", "notes", "details", "seconds"})
+
+    @classmethod
+    def from_json(cls, data: Any, what: str = "recovery") -> RecoveryStep:
+        data = _object(data, what)
+        _require(data, ["applied"], what)
+        _require(data, ["changed", "notes", "details", "seconds"] if data["applied"] else ["reason"], what)
+        return super().from_json(data, what)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoAttempt(_Entry):
+    """One --auto attempt (pipeline/auto.py): the recovery steps and range method tried, its verdict,
+    score (the worst check's slack) and per-output figures, and whether it was kept."""
+
+    recover: tuple[str, ...]
+    calibration_method: str | None
+    passed: bool
+    worst: str | None
+    score: float
+    score_before: float | None = None  # the best score when it was tried (absent for the start)
+    figures: dict[str, dict[str, Any]]
+    seconds: float
+    kept: bool
+
+    OMIT = frozenset({"score_before"})
+
+
+@dataclass(frozen=True, kw_only=True)
 class Configuration(_Entry):
     """One configuration --recover mixed_precision tried (recover/mixed_precision.Point.as_json)."""
 
@@ -636,10 +703,10 @@ class Report(_Validated, _Record):
     fusions: Fusions | None
     ops: Ops
     notes: tuple[str, ...]
-    recovery: tuple[dict[str, Any], ...] = ()  # --recover steps, in run order
+    recovery: tuple[RecoveryStep, ...] = ()  # --recover steps, in run order
     # the model family and what its defaults chose (recover.defaults); None in files written before
     defaults: dict[str, Any] | None = None
-    auto: tuple[dict[str, Any], ...] = ()  # --auto's recovery attempts, in order (pipeline/auto.py)
+    auto: tuple[AutoAttempt, ...] = ()  # --auto's recovery attempts, in order (pipeline/auto.py)
     sensitivity: Sensitivity | None = None  # per-layer blame (failed or --auto runs)
     fallback: Fallback | None = None  # --auto's float fallback
     # --recover mixed_precision: every configuration it tried (per-format layer counts, accuracy,
@@ -652,6 +719,8 @@ class Report(_Validated, _Record):
     READ: ClassVar[Readers] = {
         "validation": Figures,
         "on_cpu_kernels": Figures,
+        "recovery": many(RecoveryStep),
+        "auto": many(AutoAttempt),
         "accuracy": Accuracy,
         "size": Size,
         "latency": Latency,

@@ -44,6 +44,7 @@ from qconvert.results import (  # the sweep's result types (and its row statuses
     SweepReport,
     SweepResult,
     SweepRow,
+    written,
 )
 
 if TYPE_CHECKING:
@@ -305,7 +306,7 @@ def _probe_collapse(
             )
     except QConvertError as e:
         return None, f"{e.stage}: {e}"
-    return Collapse.from_json(result.as_json(), "collapse probe"), None
+    return written(Collapse, result.as_json(), "collapse probe"), None
 
 
 # --- executors ---------------------------------------------------------------------------------
@@ -456,7 +457,7 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
             workers=workers if config.executor == "local" else None,
             held_out_samples=len(heldout),
             labels=heldout.labels is not None,
-            latency=SweepLatency.from_json(timing.as_json(), "sweep.json: latency"),
+            latency=written(SweepLatency, timing.as_json(), "sweep.json: latency"),
             rows=tuple(rows),
             recommendation=recommendation.record(),
             passed=verdict == PASSED,

@@ -13,6 +13,7 @@ from qconvert.artifacts import sha256_file
 from qconvert.results import (
     Accuracy,
     AccuracyIntervals,
+    AutoAttempt,
     DataFlags,
     Fallback,
     Figures,
@@ -20,10 +21,12 @@ from qconvert.results import (
     Latency,
     Manifest,
     Ops,
+    RecoveryStep,
     Report,
     Sensitivity,
     Size,
     Tradeoff,
+    written,
 )
 from qconvert.stages._shared import op_counts
 from qconvert.stages.base import Stage
@@ -54,7 +57,7 @@ def report_record(ctx: ExportContext) -> Report:
     trade-off table) become the record's typed entries through the JSON they write."""
     blame, sizes, lat = ctx.blame, ctx.sizes, ctx.lat
     fallback = None if blame is None else ctx.fallback_json
-    figures = Figures.from_json(ctx.validation.as_json())
+    figures = written(Figures, ctx.validation.as_json(), "validation")
     return Report(
         passed=bool(ctx.validation),
         verdict=ctx.validation.verdict,
@@ -71,7 +74,7 @@ def report_record(ctx: ExportContext) -> Report:
         validation=figures,
         on_cpu_kernels=None
         if ctx.on_cpu_kernels is None
-        else Figures.from_json(ctx.on_cpu_kernels.as_json(), "on_cpu_kernels"),
+        else written(Figures, ctx.on_cpu_kernels.as_json(), "on_cpu_kernels"),
         export_fidelity=ctx.fidelity.outputs,
         accuracy=_accuracy(ctx, figures),
         size=Size(
@@ -94,12 +97,12 @@ def report_record(ctx: ExportContext) -> Report:
             float_between_qdq=tuple(ctx.float_nodes),
         ),
         notes=tuple(ctx.notes),
-        recovery=tuple(ctx.recovery),
+        recovery=tuple(written(RecoveryStep, step, "recovery") for step in ctx.recovery),
         defaults=ctx.defaults,
-        auto=tuple(ctx.auto),
-        sensitivity=None if blame is None else Sensitivity.from_json(blame.sensitivity, "sensitivity"),
-        fallback=None if fallback is None else Fallback.from_json(fallback, "fallback"),
-        tradeoff=None if ctx.tradeoff is None else Tradeoff.from_json(ctx.tradeoff, "tradeoff"),
+        auto=tuple(written(AutoAttempt, attempt, "auto") for attempt in ctx.auto),
+        sensitivity=None if blame is None else written(Sensitivity, blame.sensitivity, "sensitivity"),
+        fallback=None if fallback is None else written(Fallback, fallback, "fallback"),
+        tradeoff=None if ctx.tradeoff is None else written(Tradeoff, ctx.tradeoff, "tradeoff"),
     )
 
 

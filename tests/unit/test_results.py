@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from qconvert.errors import SourceError
+from qconvert.errors import InternalError, SourceError
 from qconvert.report import check_line, level_text
-from qconvert.results import SCHEMA_VERSION, Figures, Manifest, Report, ValidationReport
+from qconvert.results import SCHEMA_VERSION, Figures, Manifest, Report, Size, ValidationReport, written
 
 RECORDS = Path(__file__).resolve().parents[1] / "golden" / "records"
 # a report.json written by `qconvert export` (tests/golden/records/README.md), without its version
@@ -31,13 +31,15 @@ def test_report_round_trips_and_leaves_out_empty_optional_entries() -> None:
 
 
 def test_report_keeps_recovery_sensitivity_and_fallback_when_present() -> None:
-    steps = ({"name": "x", "phase": "pre", "notes": ["n"]},)
+    steps = ({"name": "gptq", "phase": "pre", "applied": False, "reason": "needs calibration data"},)
     unavailable = {"available": False, "reason": "implicit int8 has no Q/DQ nodes"}
     report = Report.from_json({**REPORT, "recovery": list(steps), "sensitivity": unavailable})
     out = report.to_json()
     assert out["recovery"] == list(steps) and out["sensitivity"] == unavailable
     assert report.sensitivity is not None and report.sensitivity.reason == unavailable["reason"]
-    assert Report.from_json(out).recovery == steps
+    assert (
+        Report.from_json(out).recovery == report.recovery and report.recovery[0].reason == steps[0]["reason"]
+    )
 
 
 def test_files_from_before_versioning_read_as_version_0() -> None:
@@ -128,3 +130,11 @@ def test_figures_refuse_a_validation_without_its_checks() -> None:
         Figures.from_json({"passed": True, "samples": 1, "outputs": {}})
     with pytest.raises(SourceError, match="expected a JSON object"):
         Figures.from_json([])  # type: ignore[arg-type]
+
+
+def test_a_key_a_writer_adds_and_its_entry_lacks_is_an_internal_error() -> None:
+    """`written` guards the writers: report.json never silently loses a figure someone added."""
+    size = {"fp32_bytes": 10, "model_bytes": 5, "ratio": 0.5}
+    assert written(Size, size, "size") == Size(fp32_bytes=10, model_bytes=5, ratio=0.5)
+    with pytest.raises(InternalError, match=r"size: results\.Size does not write back.*'new_figure'"):
+        written(Size, {**size, "new_figure": 1}, "size")
