@@ -41,14 +41,17 @@ R = TypeVar("R", bound="_Record")
 Reader = Callable[[Any, str], Any]  # (a JSON value, where it is) -> the typed value
 
 
-def _dump(value: Any) -> Any:
-    """A typed value as JSON: entries by their to_json, tuples as lists, maps value by value."""
+def _dump(value: Any, field: bool = True) -> Any:
+    """A typed value as JSON: entries by their to_json, and maps and lists entry by entry. A field's
+    tuple becomes a list; a tuple inside an open JSON object (a manifest's settings) is left as the
+    writer gave it, as it always was."""
     if isinstance(value, _Entry):
         return value.to_json()
-    if isinstance(value, (tuple, list)):
-        return [_dump(v) for v in value]
     if isinstance(value, dict):
-        return {k: _dump(v) for k, v in value.items()}
+        return {k: _dump(v, False) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        items = [_dump(v, False) for v in value]
+        return items if field or isinstance(value, list) else tuple(items)
     return value
 
 
