@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from _models import write_matmul_relu
 
 from qconvert.targets import TARGETS, Provider
 from qconvert.validation.standin import emulation, for_folder, not_here, runs_native
@@ -54,22 +55,12 @@ def test_emulation(mode: str | None, table: bool, why: str | None, expected: str
 
 
 def _linear(folder: Path) -> tuple[Path, Path]:
-    """A one-MatMul fp32 .onnx and 200 held-out rows for it: small enough to export for every target."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
+    """A MatMul + Relu fp32 .onnx with 128 weights (coreml's weight-only int8 takes no fewer) and 200
+    held-out rows for it: small enough to export for every target."""
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
-        [weight],
-    )
-    source, data = folder / "linear.onnx", folder / "data.npz"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
-    np.savez(data, x=rng.standard_normal((200, 16)).astype(np.float32))
+    source = write_matmul_relu(folder / "linear.onnx", rng.standard_normal((4, 32)))
+    data = folder / "data.npz"
+    np.savez(data, x=rng.standard_normal((200, 4)).astype(np.float32))
     return source, data
 
 
