@@ -41,7 +41,7 @@ R = TypeVar("R", bound="_Record")
 Reader = Callable[[Any, str], Any]  # (a JSON value, where it is) -> the typed value
 
 
-def _dump(value: Any, field: bool = True) -> Any:
+def _dump(value: Any, top: bool = True) -> Any:
     """A typed value as JSON: entries by their to_json, and maps and lists entry by entry. A field's
     tuple becomes a list; a tuple inside an open JSON object (a manifest's settings) is left as the
     writer gave it, as it always was."""
@@ -51,7 +51,7 @@ def _dump(value: Any, field: bool = True) -> Any:
         return {k: _dump(v, False) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
         items = [_dump(v, False) for v in value]
-        return items if field or isinstance(value, list) else tuple(items)
+        return items if top or isinstance(value, list) else tuple(items)
     return value
 
 
@@ -318,7 +318,7 @@ class Figures(_Entry):
 
 @dataclass(frozen=True)
 class Timing(_Entry):
-    """One model's latency (benchmark.Latency.as_json)."""
+    """One model's latency, as benchmark.interleaved_latency measures it."""
 
     p50_ms: float
     p90_ms: float
