@@ -12,7 +12,7 @@ import pytest
 from _models import write_matmul_relu
 
 from qconvert.targets import TARGETS, Provider
-from qconvert.validation.standin import emulation, for_folder, not_here, runs_native
+from qconvert.validation.standin import emulation, for_folder, not_here, reference_onnx, runs_native
 
 CPU = Provider("CPUExecutionProvider")
 X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -92,3 +92,13 @@ def test_export_validate_and_sweep_decide_the_same_for_one_folder(
     assert folder.native is not exported.validation_exact_qdq or folder.stand_in == "implicit"
     # the decision itself: exact Q/DQ arithmetic exactly where the target is not here or a stand-in runs
     assert exported.validation_exact_qdq is not runs_native(folder.not_here, exported.stand_in is not None)
+
+
+def test_the_fp32_onnx_reference_is_the_given_onnx_else_the_out_dirs(tmp_path: Path) -> None:
+    """PlanChecks decides it once (the probe and a speedup bound need it; RunReference reads it)."""
+    assert reference_onnx("ref.onnx", None) == Path("ref.onnx")  # RunReference says if it is missing
+    assert reference_onnx("model.py:build", None) is None  # a bare .onnx candidate, a torch reference
+    assert reference_onnx("model.py:build", tmp_path) is None  # an OUT_DIR without reference.onnx
+    (tmp_path / "reference.onnx").write_bytes(b"")
+    assert reference_onnx("model.py:build", tmp_path) == tmp_path / "reference.onnx"
+    assert reference_onnx(str(tmp_path / "other.onnx"), tmp_path) == tmp_path / "other.onnx"
