@@ -1,6 +1,7 @@
 """The one stand-in decision: can this machine run the graph the way the target will, and if not,
-what validation runs instead. `qconvert export`, `qconvert validate` and `qconvert sweep` (which
-reads export's `stand_in` / `validation_exact_qdq`) all reach their verdicts through it.
+what validation runs instead, and how. `qconvert export`, `qconvert validate` and `qconvert sweep`'s
+collapse probe all decide here (tests/unit/validation/test_standin.py checks that export and validate
+of one folder decide alike for every target).
 
 - `not_here(target, providers)`: why this machine cannot run the graph as the target will (None: it
   can). The target decides (an arm64 graph on x86 runs on the CPU provider, but x86's fused int8
