@@ -178,27 +178,27 @@ def print_sweep(result: SweepResult) -> None:
 
     summary = result.report
     table = Table(title=f"{summary.source} -> {summary.target}: sweep")
-    widest = max((len(row["name"]) for row in summary.rows), default=7)
+    widest = max((len(row.name) for row in summary.rows), default=7)
     for i, name in enumerate(header(summary)):
         table.add_column(name, justify="left" if i < 2 else "right", min_width=widest if i == 0 else None)
     for row in summary.rows:
-        style = _STYLES.get(row["status"], "")
+        style = _STYLES.get(row.status, "")
         texts = cells(summary, row)
-        texts[1] = STATUS_TEXT.get(row["status"], row["status"])  # the reason goes below the table
+        texts[1] = STATUS_TEXT.get(row.status, row.status)  # the reason goes below the table
         table.add_row(*(Text(t, style=style if i == 1 else "") for i, t in enumerate(texts)))
     print_table(table)
     for row in summary.rows:
-        if not row.get("reason"):
+        if not row.reason:
             continue
-        if row["status"] in ("out_of_tolerance", "inconclusive"):
+        if row.status in ("out_of_tolerance", "inconclusive"):
             label = (
                 "[red]out of tolerance:[/]"
-                if row["status"] == "out_of_tolerance"
+                if row.status == "out_of_tolerance"
                 else "[yellow]inconclusive:[/]"
             )
-            err.print(f"{label} {escape(row['name'])}: {escape(row['reason'])}", soft_wrap=True)
-        elif row["status"] in ("not_supported", "error"):
-            what = f"{row['name']} {STATUS_TEXT[row['status']]}: {row['reason']}"
+            err.print(f"{label} {escape(row.name)}: {escape(row.reason)}", soft_wrap=True)
+        elif row.status in ("not_supported", "error"):
+            what = f"{row.name} {STATUS_TEXT[row.status]}: {row.reason}"
             err.print(f"[yellow]note:[/] {escape(what)}", soft_wrap=True)
     for note in result.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)

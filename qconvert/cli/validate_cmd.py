@@ -27,7 +27,7 @@ from qconvert.report import failure_lines, inconclusive_lines, interval_text, le
 from qconvert.settings import ValidateSettings
 
 if TYPE_CHECKING:
-    from qconvert.results import Figures, ValidationReport
+    from qconvert.results import Collapse, CollapseFamily, Figures, Interval, ValidationReport
 
 # In help order; each sets the ValidateSettings field it names (qconvert.settings).
 OPTIONS = (
@@ -189,7 +189,7 @@ def print_figures(figures: Figures, level: str) -> None:
     for name, m in figures.outputs.items():
         ivs = intervals.get(name, {})
 
-        def shown(metric: str, text: str, fmt: Any = None, ivs: dict[str, Any] = ivs) -> str:
+        def shown(metric: str, text: str, fmt: Any = None, ivs: dict[str, Interval] = ivs) -> str:
             return f"{text} {interval_text(ivs.get(metric), fmt)}".rstrip()
 
         measured = [
@@ -206,12 +206,14 @@ def print_figures(figures: Figures, level: str) -> None:
         out.print(f"{escape(name)} ({level} intervals): " + ", ".join(measured), soft_wrap=True)
     acc = figures.accuracy
     if acc:
-        ivs = acc.get("intervals", {})
-        reference, candidate = (
-            f"{which} {pct(acc[which])} {interval_text(ivs.get(which), pct)}".rstrip()
-            for which in ("reference", "candidate")
+        both = acc.intervals
+        ref_iv, cand_iv = (None, None) if both is None else (both.reference, both.candidate)
+        reference = f"reference {pct(acc.reference)} {interval_text(ref_iv, pct)}"
+        candidate = f"candidate {pct(acc.candidate)} {interval_text(cand_iv, pct)}"
+        out.print(
+            f"accuracy ({escape(str(acc.output))}): {reference.rstrip()}, {candidate.rstrip()}",
+            soft_wrap=True,
         )
-        out.print(f"accuracy ({escape(acc['output'])}): {reference}, {candidate}", soft_wrap=True)
 
 
 def print_validation(report: ValidationReport, tolerance: str | None) -> None:
@@ -247,8 +249,8 @@ def print_validation(report: ValidationReport, tolerance: str | None) -> None:
     task = report.task
     if task:
         out.print(
-            f"task metric {escape(task['metric'])}: reference {task['reference']:.6g}, "
-            f"candidate {task['candidate']:.6g}, drop {task['drop']:.6g}"
+            f"task metric {escape(task.metric)}: reference {task.reference:.6g}, "
+            f"candidate {task.candidate:.6g}, drop {task.drop:.6g}"
         )
     for note in report.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
@@ -258,33 +260,33 @@ def print_validation(report: ValidationReport, tolerance: str | None) -> None:
         err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)
 
 
-def print_collapse(collapse: dict[str, Any]) -> None:
+def print_collapse(collapse: Collapse) -> None:
     """The collapse probe: the held-out rate per output, and a table of the sequence families."""
-    for name, o in collapse["outputs"].items():
-        rule = "top-1" if o["rule"] == "top1" else f"distance > {o['threshold']:.3g}"
+    for name, o in collapse.outputs.items():
+        rule = "top-1" if o.rule == "top1" else f"distance > {o.threshold:.3g}"
         out.print(
-            f"collapse ({escape(name)}, separated = {rule}): {o['collapsed']} of {o['pairs']} held-out pairs "
-            f"the reference separates are no longer separated ({100 * o['rate']:.2f}%)"
+            f"collapse ({escape(name)}, separated = {rule}): {o.collapsed} of {o.pairs} held-out pairs "
+            f"the reference separates are no longer separated ({100 * o.rate:.2f}%)"
         )
-    families = collapse["families"]
+    families = collapse.families
     if not families:
-        out.print(f"collapse families: none ({escape(collapse['families_skipped'] or '')})")
+        out.print(f"collapse families: none ({escape(collapse.families_skipped or '')})")
         return
     table = Table(title="collapse probe: pairs separated, fp32 -> candidate (red: length lost)")
     table.add_column("length", justify="right")
     for name in families:
         table.add_column(name, justify="right")
-    for n in sorted({n for fam in families.values() for n in fam["lengths"]}):
+    for n in sorted({n for fam in families.values() for n in fam.lengths}):
         table.add_row(str(n), *(_family_cell(fam, n) for fam in families.values()))
-    kept = [fam["kept_longest"] for fam in families.values()]
+    kept = [fam.kept_longest for fam in families.values()]
     table.add_row(Text("kept up to", style="bold"), *("-" if k is None else str(k) for k in kept))
     print_table(table)
 
 
-def _family_cell(family: dict[str, Any], length: int) -> Text:
-    if length not in family["lengths"]:
+def _family_cell(family: CollapseFamily, length: int) -> Text:
+    if length not in family.lengths:
         return Text("")
-    i = family["lengths"].index(length)
-    ref, cand = family["reference_rate"][i], family["candidate_rate"][i]
-    style = "bold red" if length in family["lost"] else ""
+    i = family.lengths.index(length)
+    ref, cand = family.reference_rate[i], family.candidate_rate[i]
+    style = "bold red" if length in family.lost else ""
     return Text(f"{100 * ref:.0f}% -> {100 * cand:.0f}%", style=style)
