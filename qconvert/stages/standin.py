@@ -73,7 +73,7 @@ class StandInFromManifest(Stage[ValidateContext]):
         ctx.checked_path = ctx.model_path
         if decision.emulated is not None:
             work = Path(ctx.stack.enter_context(tempfile.TemporaryDirectory(prefix="qconvert-validate-")))
-            external = (ctx.manifest or {}).get("quantization", {}).get("external_data", False)
+            external = ctx.manifest is not None and ctx.manifest.quantization.external_data
             ctx.checked_path, note = emulated(decision.emulated, ctx.model_path, work, external)
             ctx.notes.append(note)
         if decision.stand_in == "implicit":

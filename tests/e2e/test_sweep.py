@@ -523,6 +523,6 @@ def test_collapse_probe_runs_the_bf16_stand_in_where_there_are_no_bf16_kernels(t
     )
     result = export(config)
     assert result.report["stand_in"] == "bf16"
-    probed, error = _probe_collapse(result.out_dir, result.manifest, Dataset("x", {"x": x}))
+    probed, error = _probe_collapse(result.out_dir, result.manifest_record, Dataset("x", {"x": x}))
     assert error is None and probed is not None, error
     assert probed.pairs > 0 and probed.rate < 0.05, probed

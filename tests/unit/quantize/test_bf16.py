@@ -204,7 +204,7 @@ def test_cpu_16_bits_defaults_to_fp16(mlp_files: tuple[Path, Path, Path], tmp_pa
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] or inside_but_undecided(report["validation"]), report["validation"]["checks"]
     manifest = json.loads((out / "qconvert.json").read_text())
-    assert manifest["settings"]["mode"] == "fp16"
+    assert manifest["quantization"]["mode"] == "fp16" and manifest["settings"]["mode"] is None  # as given
     assert manifest["validated_on"]["provider"] == "CPUExecutionProvider"
 
 

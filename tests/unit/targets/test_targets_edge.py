@@ -553,7 +553,7 @@ def test_pipeline_manifest_records_providers_and_rules(run: tuple[str, RunResult
     type_names = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8", TensorProto.UINT16: "uint16"}
     assert manifest["quantization"]["activation_type"] == type_names[LAYOUT[name][0]]
     # folders in the options are relative to OUT_DIR; loading the artifact resolves them there
-    resolved = manifest_providers(result.out_dir, manifest)
+    resolved = manifest_providers(result.out_dir, result.manifest_record)
     for given, loaded in zip(expected, resolved, strict=True):
         for key, value in given.options.items():
             want = str(result.out_dir.resolve() / value) if key == "cache_dir" else value
