@@ -19,14 +19,16 @@ if TYPE_CHECKING:  # only for annotations: importing the context stays cheap
 
     from qconvert.artifacts import ArtifactDir
     from qconvert.calibrate import Dataset, ModelInput
-    from qconvert.config import Bound, QuantizeConfig, RunConfig, Tolerance, ValidateConfig
     from qconvert.onnx_export import ExportResult
     from qconvert.results import Manifest, Report, Speed, TaskScore, ValidationRun
     from qconvert.runtime import Session
+    from qconvert.settings import RunConfig, ValidateConfig
     from qconvert.sources import LoadedModel
     from qconvert.stages._shared import Progress
     from qconvert.targets import BoundTarget, Provider
+    from qconvert.tolerance import Bound, Tolerance
     from qconvert.trust import Verified
+    from qconvert.types import QuantizeConfig
     from qconvert.validation import ValidationResult
     from qconvert.validation.collapse import CollapseResult
 

@@ -10,10 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.quantize import QUANTIZERS
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext, ValidateContext
+from qconvert.types import QuantizeConfig
 from qconvert.validation.standin import emulated, emulation, for_folder
 
 

@@ -22,7 +22,6 @@ import qconvert
 from qconvert.cli._common import err, out
 from qconvert.cli.export_cmd import print_export
 from qconvert.cli.validate_cmd import print_validation
-from qconvert.config import ValidateConfig
 from qconvert.errors import SourceError
 from qconvert.junit import render_junit
 from qconvert.pipeline import RunResult, export
@@ -36,6 +35,7 @@ from qconvert.report import (
 )
 from qconvert.report_html import render_html, render_validation_html
 from qconvert.results import Manifest, Report, ValidationReport, ValidationRun
+from qconvert.settings import ValidateConfig
 from qconvert.sources import BUILTIN_MODELS, zoo_root
 
 HELDOUT = zoo_root() / "calibration" / BUILTIN_MODELS["digits_cnn"].heldout

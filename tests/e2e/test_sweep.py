@@ -25,10 +25,9 @@ import pytest
 from _models import IMAGE_SHAPE, NUM_CLASSES, write_cnn_mlp
 from conftest import TINY_CNN, cli, leftovers, save_npz, write_model
 
-from qconvert.config import RunConfig, SweepConfig
 from qconvert.errors import ConfigError
 from qconvert.results import SCHEMA_VERSION, Collapse, CollapseFamily, SweepReport
-from qconvert.settings import DataOptions, from_flags
+from qconvert.settings import DataOptions, RunConfig, SweepConfig, from_flags
 from qconvert.sweep import (
     NOT_SUPPORTED,
     OUT_OF_TOLERANCE,

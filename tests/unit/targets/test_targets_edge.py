@@ -20,13 +20,14 @@ from _models import INPUT_NAME, images, write_cnn_mlp
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.calibrate import Dataset, ModelInput
-from qconvert.config import QuantizeConfig, RunConfig
 from qconvert.errors import ConfigError
 from qconvert.pipeline import RunResult, export
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
 from qconvert.runtime import make_session, manifest_providers
+from qconvert.settings import RunConfig
 from qconvert.targets import TARGETS, Provider, Target, graph_violations
+from qconvert.types import QuantizeConfig
 
 IMAGE_INPUT = ModelInput(INPUT_NAME, (None, 1, 8, 8), "float32")
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}

@@ -76,8 +76,8 @@ def test_export_validate_and_sweep_decide_the_same_for_one_folder(
     with graph optimizations off): what export recorded is what `qconvert validate` of its folder
     and the sweep's collapse probe decide on this machine (validation/standin.py)."""
     import qconvert
-    from qconvert.config import RunConfig, ValidateConfig
     from qconvert.pipeline import export
+    from qconvert.settings import RunConfig, ValidateConfig
 
     source, data = _linear(tmp_path)
     config = RunConfig(
