@@ -11,7 +11,9 @@ versioning read as version 0, and a newer schema than this qconvert knows is ref
 (report.py, report_html.py, junit.py, sweep_report.py, the CLI's tables) read these attributes, never
 the JSON. Entries whose keys are data stay JSON objects by design: per-output metrics (`outputs`,
 `export_fidelity`: output -> metric -> value, the metrics depending on the model), histograms,
-scatter samples, operator counts, the settings and the recovery details.
+scatter samples, operator counts, the recovery details, a target's options and facts. So do the
+manifest's `settings` (the flat settings as written, in the writer's key order), which
+`Manifest.run_config()` reads back into the settings that made the run.
 
 Versions: 1 added `schema_version`. 2: the verdict reads confidence intervals
 (validation/intervals.py). `verdict` (passed | failed | inconclusive) stands beside `passed`, which is
@@ -19,6 +21,11 @@ now true only for PASSED: a file that said `passed: true` under version 1 may sa
 `inconclusive` for the same figures. Each check gains `verdict`, `interval` and `samples_to_settle`,
 the validation `confidence`, `intervals` and `samples_to_settle`, the accuracy `intervals`. A version
 0 or 1 file reads with `verdict` taken from `passed`.
+
+No key changed since, but one value: qconvert.json's `settings.mode` was the mode the run resolved
+and is now `--mode` as given (None where the target's or the model family's default chose it, which
+`quantization.mode` records), so that the settings re-run the export as its `command` does. Older
+files read back with the resolved mode as if it had been given.
 """
 
 from __future__ import annotations
