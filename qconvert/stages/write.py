@@ -116,8 +116,9 @@ def report_record(ctx: ExportContext) -> Report:
     )
 
 
-def manifest_record(ctx: ExportContext, files: dict[str, str] | None = None) -> Manifest:
-    """qconvert.json: everything needed to re-run and re-check (`files`: the hashes, once written).
+def manifest_record(ctx: ExportContext) -> Manifest:
+    """qconvert.json: everything needed to re-run and re-check (`files`, the hashes, are added once
+    the other files are written).
     `settings` are the run's own (`--mode` as given, None for the target's and the family's choice,
     which `quantization.mode` records), so that `Manifest.run_config()` gives back `command`."""
     qc = ctx.qc
@@ -169,7 +170,6 @@ def manifest_record(ctx: ExportContext, files: dict[str, str] | None = None) -> 
             failures=tuple(c.describe() for c in ctx.validation.failures),
         ),
         versions=_versions(),
-        files=files or {},
     )
 
 
