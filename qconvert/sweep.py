@@ -610,22 +610,21 @@ def _time_settings(
     from qconvert.pipeline import latency_feed
     from qconvert.runtime import make_session, manifest_providers
 
-    done = [o for o in outcomes if o.ran_in is not None and o.manifest is not None]
+    done = [(o.name, o.manifest) for o in outcomes if o.ran_in is not None and o.manifest is not None]
     if not done:
         return Timing(None, config.latency_batch, config.latency_repeats)
     feed = latency_feed(heldout, config.latency_batch)
     runners: dict[str, Callable[[], object]] = {}
     provider = None
-    for outcome in done:
-        folder = art.path(f"{TRIALS_DIR}/{outcome.name}")
-        assert outcome.manifest is not None  # `done` holds only trials that wrote one
-        providers = manifest_providers(folder, outcome.manifest)
+    for name, manifest in done:
+        folder = art.path(f"{TRIALS_DIR}/{name}")
+        providers = manifest_providers(folder, manifest)
         if BASELINE not in runners:
             fp32 = make_session(folder / "reference.onnx", providers)
             runners[BASELINE] = _runner(fp32.inner, feed)
         session = make_session(folder / "model.onnx", providers)
         provider = provider or session.used
-        runners[outcome.name] = _runner(session.inner, feed)
+        runners[name] = _runner(session.inner, feed)
     lat = interleaved_latency(runners, repeats=config.latency_repeats)
     return Timing(
         provider, config.latency_batch, config.latency_repeats, {n: t.p50_ms for n, t in lat.items()}
