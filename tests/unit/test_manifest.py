@@ -146,3 +146,15 @@ def test_a_version_1_manifest_without_later_entries_reads_and_a_current_one_must
     assert old.quantization.layer_formats == () and old.validation.verdict == "failed"
     with pytest.raises(SourceError, match=r"qconvert.json: quantization: no 'layer_formats' entry"):
         Manifest.from_json(doc)
+
+
+def test_re_running_the_settings_read_back_rebuilds_the_same_model(
+    exports: dict[str, tuple[RunConfig, RunResult]], tmp_path: Path
+) -> None:
+    """The defaults run, where the target and the model family chose the mode, the range method and
+    the recovery steps: the settings read back from its qconvert.json decide the same again and give
+    model.onnx byte for byte."""
+    first = Manifest.load(exports["defaults"][1].out_dir)
+    again = export(first.run_config().evolve(out_dir=tmp_path / "again")).manifest_record
+    assert again.quantization == first.quantization
+    assert again.files["model.onnx"] == first.files["model.onnx"]
