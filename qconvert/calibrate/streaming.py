@@ -538,6 +538,12 @@ def mse_range(
 # --- the calibrator ---------------------------------------------------------------------------------
 
 
+# Activations onnxruntime's quantizers treat as part of the node before them: quantized only where
+# their input already is, folded into that node where the Q/DQ range can do the clipping
+# (QDQRemovableActivation), and their input given their output's range (adjust_tensor_ranges).
+# Calibration, per-layer sensitivity and the float fallback all follow this one set.
+FOLDED_ACTIVATIONS = frozenset({"Clip", "Relu"})
+
 # Ops whose first output holds exactly the values of their first input, only rearranged: its
 # range and histogram are the input's, so they are measured once.
 SAME_VALUES_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
@@ -572,7 +578,7 @@ def replaced_ranges(
     return tuple(
         (node.input[0], node.output[0])
         for node in model.graph.node
-        if node.op_type in ("Clip", "Relu")
+        if node.op_type in FOLDED_ACTIVATIONS
         and node.op_type in op_types
         and (not include or node.name in include)
         and node.name not in exclude
