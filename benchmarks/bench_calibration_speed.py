@@ -11,17 +11,18 @@ calibrates (`replaced_ranges` left out), so a change in the machine's load hits 
 the ratios are of the medians over rounds (each against minmax measured the same way), the spread
 the lowest and highest per-round ratio. Each method runs in every variant each round:
 
-- "as qconvert runs it": `calibrate_streaming`, each batch folded in on a second thread while the
-  model runs the next one;
-- "folded on one thread": the same calibrator, batch by batch (`StreamingCalibrator.add_batch`),
-  so the difference is what the overlap buys;
+- "as qconvert runs it": `calibrate_streaming`, each batch's histograms counted by one thread per
+  core once the batch has run;
+- "folded on one thread": the same calibrator counting on the calling thread
+  (`StreamingCalibrator.add_batch` without a pool), so the difference is what the threads buy;
 - with --before FILE (a streaming.py of another revision, e.g. `git show
   main:qconvert/calibrate/streaming.py > /tmp/before.py`): that revision's `calibrate_streaming`;
   its ranges are also compared with this tree's.
 
 Wall time and CPU time (user + system of this process, onnxruntime's threads included) are both
 shown. On a machine busy with other work the wall-time ratio tends to the CPU-time ratio (every
-thread waits for a core); on an idle one the overlap hides the counting behind onnxruntime's run.
+thread waits for a core); on an idle one the counting threads use the cores a single thread leaves
+idle.
 The 1-minute load average is printed before and after.
 """
 

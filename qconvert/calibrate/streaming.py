@@ -21,8 +21,8 @@ statistics and dropped:
   bin) is smallest (see `mse_range`).
 
 Counting every value of every calibrated tensor is the histogram methods' cost (~1.7 ns a value
-with numpy, one core): each batch is folded in on a second thread while the model runs the next
-one (`calibrate_streaming`), so it overlaps onnxruntime's work instead of following it.
+with numpy, one core): after each batch has run, its tensors are counted by one thread per core
+(`calibrate_streaming`), not by one thread while the other cores wait.
 
 onnxruntime's fourth method, Distribution, is left out on purpose: it computes the mean and
 standard deviation of each histogram, which only float8 quantization reads
@@ -33,9 +33,10 @@ minmax. qconvert quantizes to integer types only.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -656,12 +657,12 @@ class StreamingCalibrator:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as onnxruntime
         # A memory pattern pre-plans one block per run and keeps adding blocks over the first runs
-        # (~2.5x the activations of a batch on a transformer); without it, peak memory stays at the
-        # batches held (two: one folded while the next runs) and runs are no slower.
+        # (~2.5x the activations of a batch on a transformer); without it, peak memory stays at one
+        # batch and runs are no slower.
         options.enable_mem_pattern = False
-        # onnxruntime's threads wait for work without spinning: while a batch runs, the previous
-        # one is folded in on another thread (`calibrate_streaming`), which spinning threads would
-        # slow down (and on a busy machine they take time from every other process as well)
+        # onnxruntime's threads wait for work without spinning: between runs the histograms are
+        # counted on every core (`calibrate_streaming`), which spinning threads would slow down (and
+        # on a busy machine they take time from every other process as well)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._input_names = [i.name for i in self._session.get_inputs()]
@@ -762,34 +763,35 @@ class StreamingCalibrator:
                 model.graph.output.append(value_infos[tensor])
         return outputs
 
-    def add_batch(self, feeds: Mapping[str, np.ndarray]) -> None:
-        """Run one batch and fold it in; nothing of the batch is kept."""
-        self.fold(feeds, self.run(feeds))
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """The model's outputs on one batch: what `fold` takes in."""
+    def add_batch(self, feeds: Mapping[str, np.ndarray], pool: Executor | None = None) -> None:
+        """Run one batch and fold it in; nothing of the batch is kept. `pool`: the threads that
+        count the histograms, one tensor each at a time (None: this thread)."""
         try:
-            return list(self._session.run(self._outputs, {n: feeds[n] for n in self._input_names}))
+            values = self._session.run(self._outputs, {n: feeds[n] for n in self._input_names})
         except Exception as e:
             raise CalibrationError(
                 f"running the model on a calibration batch failed: {type(e).__name__}: {e}"
             ) from e
-
-    def fold(self, feeds: Mapping[str, np.ndarray], values: Sequence[np.ndarray]) -> None:
-        """Fold one batch's outputs (`run(feeds)`) into the running statistics. Never called for two
-        batches at once; it may run while the next batch runs (`calibrate_streaming`)."""
         if self.settings.method == "minmax":
             self._fold_ranges(values)
-        elif self.settings.method == "mse":
+            return
+        jobs: list[tuple[str, np.ndarray, tuple[Any, Any] | None]] = []
+        if self.settings.method == "mse":
             extremes, samples = values[: len(self._reductions)], values[len(self._reductions) :]
             for i, tensor in enumerate(self._measured):
                 span = (extremes[2 * i].reshape(()), extremes[2 * i + 1].reshape(()))
-                self._histograms[tensor].add(samples[i], tensor, self._per_sample, span)
+                jobs.append((tensor, samples[i], span))
         else:
-            for tensor in self._fed:
-                self._histograms[tensor].add(feeds[tensor], tensor, self._per_sample)
-            for tensor, value in zip(self._outputs, values, strict=True):
-                self._histograms[tensor].add(value, tensor, self._per_sample)
+            jobs += [(tensor, feeds[tensor], None) for tensor in self._fed]
+            jobs += [(tensor, value, None) for tensor, value in zip(self._outputs, values, strict=True)]
+        jobs.sort(key=lambda job: -job[1].size)  # the largest first, so the threads finish together
+
+        def count(job: tuple[str, np.ndarray, tuple[Any, Any] | None]) -> None:
+            tensor, value, span = job
+            self._histograms[tensor].add(value, tensor, self._per_sample, span)
+
+        for _ in map(count, jobs) if pool is None else pool.map(count, jobs):
+            pass  # (raises the first job's error)
 
     def _fold_ranges(self, values: Sequence[np.ndarray]) -> None:
         for i, tensor in enumerate(self._measured):
@@ -873,23 +875,21 @@ def calibrate_streaming(
         used = _usable_samples(len(data), calibrator.fixed_batch)
         usable = data if used == len(data) else data.subset(slice(0, used))
         done = 0
-        # Each batch is folded in on a second thread while the model runs the next one: onnxruntime
-        # releases the GIL while it runs, and so do numpy's loops, so on a CNN the histograms are
-        # counted on the cores onnxruntime leaves idle between and within its ops. At most two
-        # batches' outputs are held at once (the one being folded, the one being made).
-        with ThreadPoolExecutor(1, thread_name_prefix="qconvert-calibration") as folder:
-            folding: Future[None] | None = None
+        # the histograms are counted by one thread per core (numpy's loops release the GIL), each
+        # tensor by one of them; onnxruntime's threads are idle meanwhile
+        with ThreadPoolExecutor(_cores(), thread_name_prefix="qconvert-calibration") as pool:
             for batch in usable.batches(size):
-                values = calibrator.run(batch)
-                if folding is not None:
-                    folding.result()  # (raises what folding the previous batch raised)
-                folding = folder.submit(calibrator.fold, batch, values)
+                calibrator.add_batch(batch, pool)
                 done += len(next(iter(batch.values())))
                 if on_batch is not None:
                     on_batch(done, used)
-            if folding is not None:
-                folding.result()
         return calibrator.result()
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def _usable_samples(count: int, fixed_batch: int | None) -> int:
