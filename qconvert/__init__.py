@@ -22,6 +22,7 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "SourceError",
+    "SweepConfig",
     "TargetError",
     "ValidateConfig",
     "ValidationFailed",
@@ -33,7 +34,6 @@ __all__ = [
     "validate",
 ]
 
-from qconvert.config import BenchmarkConfig, InputSpec, RunConfig, ValidateConfig
 from qconvert.errors import (
     CalibrationError,
     ConfigError,
@@ -45,6 +45,8 @@ from qconvert.errors import (
     TargetError,
     ValidationFailed,
 )
+from qconvert.settings import BenchmarkConfig, RunConfig, SweepConfig, ValidateConfig
+from qconvert.types import InputSpec
 
 if TYPE_CHECKING:
     from qconvert.benchmark import BenchmarkResult, benchmark_models

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qconvert.config import BenchmarkConfig
+from qconvert.results import Timing
+from qconvert.settings import BenchmarkConfig
 
 if TYPE_CHECKING:
     from qconvert.calibrate import ModelInput
@@ -22,20 +23,9 @@ if TYPE_CHECKING:
     from qconvert.targets import Provider
 
 
-@dataclass(frozen=True)
-class Latency:
-    p50_ms: float
-    p90_ms: float
-    mean_ms: float
-    runs: int
-
-    def as_json(self) -> dict[str, float]:
-        return {"p50_ms": self.p50_ms, "p90_ms": self.p90_ms, "mean_ms": self.mean_ms, "runs": self.runs}
-
-
 def interleaved_latency(
     runners: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 5
-) -> dict[str, Latency]:
+) -> dict[str, Timing]:
     """Time each runner `repeats` times, interleaving them (order rotated every round) so that
     drift in machine load hits all of them alike."""
     names = list(runners)
@@ -50,7 +40,7 @@ def interleaved_latency(
             runners[name]()
             times[name].append((time.perf_counter() - start) * 1000)
     return {
-        n: Latency(
+        n: Timing(
             p50_ms=float(np.percentile(t, 50)),
             p90_ms=float(np.percentile(t, 90)),
             mean_ms=float(np.mean(t)),
@@ -102,7 +92,7 @@ class ModelBenchmark:
     wanted_provider: str
     provider: str
     batch: int
-    latency: Latency
+    latency: Timing
     peak_rss_bytes: int | None
     peak_memory_bytes: int | None
 
@@ -120,7 +110,7 @@ class ModelBenchmark:
             "wanted_provider": self.wanted_provider,
             "provider": self.provider,
             "batch": self.batch,
-            "latency": self.latency.as_json(),
+            "latency": self.latency.to_json(),
             "throughput_samples_per_s": self.throughput,
             "peak_rss_bytes": self.peak_rss_bytes,
             "peak_memory_bytes": self.peak_memory_bytes,

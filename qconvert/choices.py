@@ -3,8 +3,8 @@
 for the settings' checks alike. A plugin target, quantizer or recovery step (entry points, see
 registry.py) becomes a valid value and shows up in `--help` with no edit here.
 
-Each function imports its registry when it is called: config.py calls them from `__post_init__`,
-and the registries' modules import config.
+Each function imports its registry when it is called: settings.py calls them from the groups'
+`__post_init__`, and the registries' modules import the settings' types (types.py, tolerance.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ def targets() -> tuple[str, ...]:
 def bits() -> tuple[int, ...]:
     """`--bits`: the bit widths some target quantizes to, widest first (only those with default
     tolerances: a verdict needs them)."""
-    from qconvert.config import DEFAULT_TOLERANCES
     from qconvert.targets import TARGETS
+    from qconvert.tolerance import DEFAULT_TOLERANCES
 
     offered = {b for _, target in TARGETS for b in target.modes}
     return tuple(sorted(offered & set(DEFAULT_TOLERANCES), reverse=True))

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from qconvert.config import InputSpec
 from qconvert.errors import ConfigError, ExportError, SourceError, brief
 from qconvert.prepare import TransformerFusion
 from qconvert.sources import LoadedModel
+from qconvert.types import InputSpec
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qconvert.config import confidence_text as config_confidence_text
 from qconvert.results import Report
 
 if TYPE_CHECKING:
-    from qconvert.results import CheckRecord, ValidationReport
+    from qconvert.results import CheckRecord, Interval, ValidationReport
 
 PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"  # validation.intervals' verdicts
 BEYOND = "share-beyond"  # an interval on the share of inputs beyond a limit (validation.intervals)
@@ -51,11 +51,11 @@ def bits_label(bits: int, mode: str | None) -> str:
 def random_data_warning(report: Report) -> str | None:
     """The line to show in bold when `--calibration random` was used (report.json: data), else None."""
     data = report.data
-    if not data.get("calibration_random"):
+    if not data.calibration_random:
         return None
     how = (
         "calibrated and validated on random inputs"
-        if data.get("validation_random")
+        if data.validation_random
         else "calibrated on random inputs"
     )
     return f"Accuracy figures are not meaningful: this model was {how} (--calibration random), not real data."
@@ -95,17 +95,17 @@ def _interval_end(x: float) -> str:
 
 
 def interval_text(
-    interval: dict[str, Any] | None, fmt: Callable[[float], str] | None = None, beyond: str = "worse"
+    interval: Interval | None, fmt: Callable[[float], str] | None = None, beyond: str = "worse"
 ) -> str:
     """`[low, high]`, each end by `fmt` (default: one digit past what tells a figure near 1 from 1);
     for an interval on the share of inputs beyond a limit, that share's upper end: `<=4.1% worse`
     under a worst figure, `<=4.1% beyond` (`beyond`) for a check's bound; '' without an interval."""
     if not interval:
         return ""
-    if interval["method"] == BEYOND:
-        return f"<={_share(interval['high'])} {beyond}"
+    if interval.method == BEYOND:
+        return f"<={_share(interval.high)} {beyond}"
     fmt = fmt or _interval_end
-    return f"[{fmt(interval['low'])}, {fmt(interval['high'])}]"
+    return f"[{fmt(interval.low)}, {fmt(interval.high)}]"
 
 
 def _with_interval(value: str, interval: str) -> str:
@@ -121,24 +121,24 @@ def check_line(check: CheckRecord, level: str = "") -> str:
     verdict = check.verdict
     head = f"{check.output}: {check.metric} = {check.measured:.6g}"
     if verdict == INCONCLUSIVE and iv:
-        if iv["method"] == BEYOND:
+        if iv.method == BEYOND:
             text = (
-                f"{head} holds on all {iv['samples']} samples, but at {level} confidence up to "
-                f"{_share(iv['high'])} of inputs could break {check.bound}"
+                f"{head} holds on all {iv.samples} samples, but at {level} confidence up to "
+                f"{_share(iv.high)} of inputs could break {check.bound}"
             )
         else:
-            text = f"{head}, {level} interval {interval_text(iv)} on {iv['samples']} samples, straddles {check.bound}"
+            text = f"{head}, {level} interval {interval_text(iv)} on {iv.samples} samples, straddles {check.bound}"
         settle = check.samples_to_settle
         if settle:
             return f"{text}; about {settle} held-out samples in all would settle it"
         return f"{text}; no number of samples settles it: the measured value sits on the bound"
-    if iv and iv["method"] == BEYOND:
+    if iv and iv.method == BEYOND:
         head += (
-            f" (beyond the bound on {_share(iv['low'])} to {_share(iv['high'])} of inputs, {level} interval "
-            f"from {iv['samples']} samples)"
+            f" (beyond the bound on {_share(iv.low)} to {_share(iv.high)} of inputs, {level} interval "
+            f"from {iv.samples} samples)"
         )
     elif iv:
-        head += f" ({level} interval {interval_text(iv)}, {iv['samples']} samples)"
+        head += f" ({level} interval {interval_text(iv)}, {iv.samples} samples)"
     text = f"{head}, needs {check.bound}"
     # never for speedup: a gate is not told to accept a slowdown
     if verdict == FAILED and check.needed:
@@ -178,15 +178,19 @@ def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     acc = report.accuracy
     if acc:
-        change_pt = -100 * acc["drop"] + 0.0  # + 0.0 turns -0.0 into 0.0
-        ivs = acc.get("intervals") or {}
-        drop = ivs.get("drop")  # the change is minus the drop: its interval turned round
-        change = f"[{-100 * drop['high'] + 0.0:+.2f}, {-100 * drop['low'] + 0.0:+.2f}]" if drop else ""
+        change_pt = -100 * acc.drop + 0.0  # + 0.0 turns -0.0 into 0.0
+        acc_ivs = acc.intervals
+        drop = None if acc_ivs is None else acc_ivs.drop  # the change is minus the drop, turned round
+        change = f"[{-100 * drop.high + 0.0:+.2f}, {-100 * drop.low + 0.0:+.2f}]" if drop else ""
         rows.append(
             (
-                f"accuracy ({acc['samples']} held-out, labels)",
-                _with_interval(pct(acc["reference"]), interval_text(ivs.get("reference"), pct)),
-                _with_interval(pct(acc["model"]), interval_text(ivs.get("model"), pct)),
+                f"accuracy ({acc.samples} held-out, labels)",
+                _with_interval(
+                    pct(acc.reference), interval_text(None if acc_ivs is None else acc_ivs.reference, pct)
+                ),
+                _with_interval(
+                    pct(acc.model), interval_text(None if acc_ivs is None else acc_ivs.model, pct)
+                ),
                 _with_interval(f"{change_pt:+.2f} pt", change),
             )
         )
@@ -194,7 +198,9 @@ def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
     for name, m in report.figures.outputs.items():
         ivs = intervals.get(name, {})
 
-        def cell(text: str, *metrics: str, fmt: Callable[[float], str], ivs: dict[str, Any] = ivs) -> str:
+        def cell(
+            text: str, *metrics: str, fmt: Callable[[float], str], ivs: dict[str, Interval] = ivs
+        ) -> str:
             """The figures, and their intervals on the line below (`a / b` for two figures)."""
             below = " / ".join(interval_text(ivs.get(k), fmt) or "-" for k in metrics) if ivs else ""
             return _with_interval(text, below)
@@ -214,16 +220,14 @@ def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
         errors = cell(f"{m['sqnr_db']:.1f} dB / {m['max_abs']:.3g}", "sqnr_db", "max_abs", fmt=_one)
         rows.append((f"SQNR / max abs error ({name})", "", errors, ""))
     size = report.size
-    rows.append(
-        ("size", human_bytes(size["fp32_bytes"]), human_bytes(size["model_bytes"]), f"{size['ratio']:.2f}x")
-    )
+    rows.append(("size", human_bytes(size.fp32_bytes), human_bytes(size.model_bytes), f"{size.ratio:.2f}x"))
     lat = report.latency
     rows.append(
         (
-            f"latency p50 (batch {lat['batch']}, {lat['provider'].replace('ExecutionProvider', '')})",
-            f"{lat['fp32']['p50_ms']:.3f} ms",
-            f"{lat['model']['p50_ms']:.3f} ms",
-            f"{lat['ratio_p50']:.2f}x",
+            f"latency p50 (batch {lat.batch}, {lat.provider.replace('ExecutionProvider', '')})",
+            f"{lat.fp32.p50_ms:.3f} ms",
+            f"{lat.model.p50_ms:.3f} ms",
+            f"{lat.ratio_p50:.2f}x",
         )
     )
     return rows
@@ -246,17 +250,17 @@ def _db(x: float | str | None) -> str:
 def sensitivity_rows(report: Report, limit: int = 8) -> list[tuple[str, ...]]:
     """The per-layer ranking, worst first: (rank, node, op, cumulative, isolated, isolated at the
     model's outputs). Empty when sensitivity did not run or is not available."""
-    sens = report.sensitivity or {}
+    layers = () if report.sensitivity is None else report.sensitivity.layers
     return [
         (
             str(i),
-            layer["node"],
-            layer["op_type"],
-            _db(layer["cumulative_sqnr_db"]),
-            _db(layer["isolated_sqnr_db"]),
-            _db(layer["isolated_model_output_sqnr_db"]),
+            layer.node,
+            layer.op_type,
+            _db(layer.cumulative_sqnr_db),
+            _db(layer.isolated_sqnr_db),
+            _db(layer.isolated_model_output_sqnr_db),
         )
-        for i, layer in enumerate(sens.get("ranking", [])[:limit], start=1)
+        for i, layer in enumerate(layers[:limit], start=1)
     ]
 
 
@@ -268,16 +272,14 @@ def blame_lines(report: Report) -> list[str]:
     sens = report.sensitivity
     if not sens:
         return []
-    if not sens.get("available"):
-        return [] if report.fallback else [sens["reason"]]  # with --auto, a note says it
-    worst = sens["ranking"][:3]
+    if not sens.available:
+        return [] if report.fallback else [str(sens.reason)]  # with --auto, a note says it
+    worst = sens.layers[:3]
     lines = []
     if worst:
         lines.append(
             "worst layers (only that node quantized, SQNR at the model's outputs): "
-            + ", ".join(
-                f"{w['node']} ({w['op_type']}, {_db(w['isolated_model_output_sqnr_db'])})" for w in worst
-            )
+            + ", ".join(f"{w.node} ({w.op_type}, {_db(w.isolated_model_output_sqnr_db)})" for w in worst)
             + "; full ranking in report.json: sensitivity"
         )
     fallback = report.fallback
@@ -286,12 +288,10 @@ def blame_lines(report: Report) -> list[str]:
             "rerun with --auto to keep the most sensitive nodes in float until the tolerance holds "
             "(--auto-budget N caps how many)"
         )
-    elif (
-        fallback.get("needed", True) and not fallback.get("passed", False) and fallback.get("available", True)
-    ):
-        kept = fallback.get("kept_float", [])
+    elif fallback.failed_search:
+        kept = fallback.kept_float or ()
         lines.append(
-            f"--auto failed: {fallback['reason']}"
+            f"--auto failed: {fallback.reason}"
             + (f" (tried keeping in float: {', '.join(kept)})" if kept else "")
         )
     return lines

@@ -26,9 +26,22 @@ from qconvert.report import (
     random_data_warning,
     settle_advice,
 )
+from qconvert.results import LabelAccuracy
 
 if TYPE_CHECKING:
-    from qconvert.results import Figures, Report, ValidationReport
+    from qconvert.results import (
+        Accuracy,
+        Collapse,
+        Configuration,
+        Fallback,
+        Figures,
+        Interval,
+        LayerRecord,
+        Report,
+        Sensitivity,
+        Tradeoff,
+        ValidationReport,
+    )
 
 # preferred column order for per-output metrics; any other numeric metric follows
 METRIC_ORDER = (
@@ -148,7 +161,7 @@ def _td(text: str, attrs: str = "") -> str:
     return f"<td{(' ' + attrs) if attrs else ''}>{text}</td>"
 
 
-def _ci(interval: dict[str, Any] | None, fmt: Any = None) -> str:
+def _ci(interval: Interval | None, fmt: Any = None) -> str:
     """A figure's confidence interval, as a small line under it ('' without one)."""
     text = interval_text(interval, fmt)
     return f'<span class="ci" data-field="interval">{escape(text)}</span>' if text else ""
@@ -304,27 +317,44 @@ def _ran_on(target: str, label: str, mode: str, validated_on: str, exact_qdq: bo
     ]
 
 
-def _accuracy(acc: dict[str, Any] | None, cells: Sequence[tuple[str, str]], samples: int | None) -> str:
-    """Task accuracy on the labelled held-out samples: one row per (key, label) of `cells`, then the
-    drop; `acc` is the record's accuracy entry (a JSON object: its keys differ between export and
-    validate)."""
+# (data-key, label, accuracy, its interval)
+AccuracyCell = tuple[str, str, float | None, "Interval | None"]
+
+
+def _accuracy_cells(acc: Accuracy | LabelAccuracy, label: str) -> list[AccuracyCell]:
+    """The rows of the accuracy table: export's (the original, the fp32 export and model.onnx) or
+    validate's (the reference and the candidate)."""
+    if isinstance(acc, LabelAccuracy):
+        ivs = acc.intervals
+        return [
+            ("reference", "reference", acc.reference, None if ivs is None else ivs.reference),
+            ("candidate", label, acc.candidate, None if ivs is None else ivs.candidate),
+        ]
+    both = acc.intervals
+    return [
+        ("reference", "reference (PyTorch)", acc.reference, None if both is None else both.reference),
+        ("fp32_onnx", "fp32 ONNX", acc.fp32_onnx, None),
+        ("model", label, acc.model, None if both is None else both.model),
+    ]
+
+
+def _accuracy(acc: Accuracy | LabelAccuracy | None, label: str, samples: int | None) -> str:
+    """Task accuracy on the labelled held-out samples: one row per model, then the drop."""
     if not acc:
         return '<p class="muted">No labels in the validation data: no task accuracy.</p>'
-    ivs = acc.get("intervals") or {}
+    cells = _accuracy_cells(acc, label)
     acc_rows = [
-        [
-            _td(escape(label)),
-            _td((pct(acc[key]) if _is_number(acc.get(key)) else "–") + _ci(ivs.get(key), pct)),
-        ]
-        for key, label in cells
+        [_td(escape(text)), _td((pct(value) if value is not None else "–") + _ci(iv, pct))]
+        for _, text, value, iv in cells
     ]
-    drop = f"{-100 * acc['drop'] + 0.0:+.2f} pt" + _ci(ivs.get("drop"), lambda x: f"{100 * x + 0.0:.2f} pt")
+    drop_iv = None if acc.intervals is None else acc.intervals.drop
+    drop = f"{-100 * acc.drop + 0.0:+.2f} pt" + _ci(drop_iv, lambda x: f"{100 * x + 0.0:.2f} pt")
     acc_rows.append([_td("drop (reference - quantized)"), _td(drop)])
     return f"<h2>Accuracy ({_num(samples)} held-out samples with labels)</h2>" + _table(
         ["", "accuracy"],
         acc_rows,
         ' id="accuracy"',
-        [f'data-key="{k}"' for k, _ in cells] + ['data-key="drop"'],
+        [f'data-key="{k}"' for k, _, _, _ in cells] + ['data-key="drop"'],
     )
 
 
@@ -334,7 +364,7 @@ def _metric_columns(blocks: Sequence[dict[str, Any]]) -> list[str]:
 
 
 # (data-compare key, label, output -> metric -> figure, output -> metric -> interval)
-Comparison = tuple[str, str, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]
+Comparison = tuple[str, str, dict[str, dict[str, Any]], "dict[str, dict[str, Interval]]"]
 
 
 def _comparisons(report: Report) -> list[Comparison]:
@@ -347,9 +377,7 @@ def _comparisons(report: Report) -> list[Comparison]:
         blocks.append(("export_fidelity", FIDELITY_LABEL, report.export_fidelity, {}))
     cpu = report.on_cpu_kernels
     if cpu:
-        blocks.append(
-            ("on_cpu_kernels", CPU_KERNELS_LABEL, cpu.get("outputs", {}), cpu.get("intervals") or {})
-        )
+        blocks.append(("on_cpu_kernels", CPU_KERNELS_LABEL, cpu.outputs, cpu.intervals))
     return blocks
 
 
@@ -470,11 +498,8 @@ def _performance(report: Report) -> str:
         parts.append(
             _bars_svg(
                 [
-                    (
-                        "fp32 (reference.onnx)",
-                        [(size["fp32_bytes"], "fp32", human_bytes(size["fp32_bytes"]))],
-                    ),
-                    (f"{q} (model.onnx)", [(size["model_bytes"], "model", human_bytes(size["model_bytes"]))]),
+                    ("fp32 (reference.onnx)", [(size.fp32_bytes, "fp32", human_bytes(size.fp32_bytes))]),
+                    (f"{q} (model.onnx)", [(size.model_bytes, "model", human_bytes(size.model_bytes))]),
                 ],
                 "size-chart",
                 "file size",
@@ -482,13 +507,13 @@ def _performance(report: Report) -> str:
         )
     if lat:
         rows = []
-        for key, label, cls in (("fp32", "fp32", "fp32"), ("model", q, "model")):
+        for timing, label, cls in ((lat.fp32, "fp32", "fp32"), (lat.model, q, "model")):
             rows.append(
                 (
                     label,
                     [
-                        (lat[key]["p50_ms"], cls, f"p50 {lat[key]['p50_ms']:.3f} ms"),
-                        (lat[key]["p90_ms"], f"{cls} p90", f"p90 {lat[key]['p90_ms']:.3f} ms"),
+                        (timing.p50_ms, cls, f"p50 {timing.p50_ms:.3f} ms"),
+                        (timing.p90_ms, f"{cls} p90", f"p90 {timing.p90_ms:.3f} ms"),
                     ],
                 )
             )
@@ -498,37 +523,52 @@ def _performance(report: Report) -> str:
         rows_html.append(
             [
                 _td("size (bytes)"),
-                _td(_num(size["fp32_bytes"])),
-                _td(_num(size["model_bytes"])),
-                _td(f"{size['ratio']:.4g}x"),
+                _td(_num(size.fp32_bytes)),
+                _td(_num(size.model_bytes)),
+                _td(f"{size.ratio:.4g}x"),
             ]
         )
         attrs.append('data-key="size"')
     if lat:
-        for p in ("p50_ms", "p90_ms"):
-            ratio = lat["model"][p] / lat["fp32"][p] if lat["fp32"][p] else float("nan")
+        for p, fp32, model in (
+            ("p50_ms", lat.fp32.p50_ms, lat.model.p50_ms),
+            ("p90_ms", lat.fp32.p90_ms, lat.model.p90_ms),
+        ):
+            ratio = model / fp32 if fp32 else float("nan")
             rows_html.append(
                 [
                     _td(f"latency {p[:3]} (ms)"),
-                    _td(_num(lat["fp32"][p])),
-                    _td(_num(lat["model"][p])),
-                    _td(f"{ratio:.4g}x" if p == "p90_ms" else f"{lat['ratio_p50']:.4g}x"),
+                    _td(_num(fp32)),
+                    _td(_num(model)),
+                    _td(f"{ratio:.4g}x" if p == "p90_ms" else f"{lat.ratio_p50:.4g}x"),
                 ]
             )
             attrs.append(f'data-key="{p}"')
     parts.append(_table(["", "fp32", escape(q), "ratio"], rows_html, ' id="performance"', attrs))
     if lat:
         parts.append(
-            f'<p class="muted">Latency at batch {_num(lat.get("batch"))} on {escape(str(lat.get("provider")))}, '
-            f"{_num(lat['model'].get('runs'))} runs per model, fp32 and quantized interleaved in one process.</p>"
+            f'<p class="muted">Latency at batch {_num(lat.batch)} on {escape(str(lat.provider))}, '
+            f"{_num(lat.model.runs)} runs per model, fp32 and quantized interleaved in one process.</p>"
         )
     return "".join(parts)
 
 
-SENSITIVITY_SERIES = (
-    ("isolated_model_output_sqnr_db", "isolated", "only this layer quantized, at the model output"),
-    ("isolated_sqnr_db", "isolated-node", "only this layer quantized, at its own output"),
-    ("cumulative_sqnr_db", "cumulative", "the whole quantized model, at this layer's output"),
+def _isolated_at_output(layer: LayerRecord) -> Any:
+    return layer.isolated_model_output_sqnr_db
+
+
+def _isolated(layer: LayerRecord) -> Any:
+    return layer.isolated_sqnr_db
+
+
+def _cumulative(layer: LayerRecord) -> Any:
+    return layer.cumulative_sqnr_db
+
+
+SENSITIVITY_SERIES = (  # (the figure, its class, what it measures)
+    (_isolated_at_output, "isolated", "only this layer quantized, at the model output"),
+    (_isolated, "isolated-node", "only this layer quantized, at its own output"),
+    (_cumulative, "cumulative", "the whole quantized model, at this layer's output"),
 )
 
 
@@ -541,31 +581,31 @@ def _db(value: Any) -> float | None:
     return None
 
 
-def _sensitivity(sens: dict[str, Any] | None) -> str:
+def _sensitivity(sens: Sensitivity | None) -> str:
     head = "<h2>Per-layer sensitivity</h2>"
     if not sens:
         return head + '<p class="muted" id="no-sensitivity">Not measured in this run.</p>'
-    if isinstance(sens, dict) and sens.get("available") is False:
-        reason = escape(str(sens.get("reason", "not available")))
+    if not sens.available:
+        reason = escape(str(sens.reason or "not available"))
         return head + f'<p class="muted" id="no-sensitivity">Not available: {reason}</p>'
-    rows = sens.get("ranking") if isinstance(sens, dict) else sens
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        return head + _generic(sens)
+    rows = sens.layers
     if not rows:
         return head + '<p class="muted" id="no-sensitivity">No layers were ranked.</p>'
-    series = [(k, cls, what) for k, cls, what in SENSITIVITY_SERIES if any(k in r for r in rows)]
     chart_rows = []
     for r in rows[:SENSITIVITY_ROWS]:
         bars = []
-        for key, cls, _ in series:
-            value = _db(r.get(key))
+        for figure, cls, _ in SENSITIVITY_SERIES:
+            value = _db(figure(r))
             if value is not None:
                 bars.append((value, cls, f"{_num(value, 4)} dB"))
-        layer = r.get("module") or r.get("node", "?")  # the PyTorch module path where the export gave it
-        chart_rows.append((f"{layer} ({r.get('op_type', r.get('op', '?'))})", bars))
-    legend = "; ".join(f'<span class="{cls}-key">{cls}</span>: {escape(what)}' for _, cls, what in series)
+        layer = r.module or r.node  # the PyTorch module path where the export gave it
+        chart_rows.append((f"{layer} ({r.op_type})", bars))
+    legend = "; ".join(
+        f'<span class="{cls}-key">{cls}</span>: {escape(what)}' for _, cls, what in SENSITIVITY_SERIES
+    )
     chart = _bars_svg(chart_rows, "sensitivity-chart", "per-layer SQNR (dB), worst first; lower is worse")
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+    records = [r.to_json() for r in rows]  # every field, as report.json holds it
+    keys = list(dict.fromkeys(k for r in records for k in r))
     table = _table(
         [escape(header(k)) for k in keys],
         [
@@ -577,17 +617,17 @@ def _sensitivity(sens: dict[str, Any] | None) -> str:
                 )
                 for k in keys
             ]
-            for r in rows
+            for r in records
         ],
         ' id="sensitivity"',
-        [f'data-node="{escape(str(r.get("node", "")))}"' for r in rows],
+        [f'data-node="{escape(r.node)}"' for r in rows],
     )
     shown = (
         f" The {SENSITIVITY_ROWS} worst are drawn; the table lists all {len(rows)}."
         if len(rows) > SENSITIVITY_ROWS
         else ""
     )
-    method = escape(str(sens.get("method", ""))) if isinstance(sens, dict) else ""
+    method = escape(sens.method or "")
     return (
         head
         + _depth_svg(rows)
@@ -619,46 +659,45 @@ def _generic(value: Any) -> str:
     return escape(str(value))
 
 
-def _fallback(fallback: dict[str, Any] | None) -> str:
+def _fallback(fallback: Fallback | None) -> str:
     if not fallback:
         return ""
-    return '<h2>Fallback to float</h2><div id="fallback">' + _generic(fallback) + "</div>"
+    return '<h2>Fallback to float</h2><div id="fallback">' + _generic(fallback.to_json()) + "</div>"
 
 
-def _collapse(collapse: dict[str, Any] | None) -> str:
-    """`--probe collapse` (CollapseResult.as_json): held-out pairs per output, and per sequence family
-    the share of pairs each model separates at each length (rows where the candidate falls behind are
-    marked)."""
+def _collapse(collapse: Collapse | None) -> str:
+    """`--probe collapse`: held-out pairs per output, and per sequence family the share of pairs each
+    model separates at each length (rows where the candidate falls behind are marked)."""
     if not collapse:
         return ""
     rows = [
         [
             _td(escape(name)),
-            _td("top-1" if o["rule"] == "top1" else f"distance &gt; {_num(o['threshold'], 3)}"),
-            _td(_num(o["pairs"])),
-            _td(_num(o["collapsed"])),
-            _td(pct(o["rate"])),
+            _td("top-1" if o.rule == "top1" else f"distance &gt; {_num(o.threshold, 3)}"),
+            _td(_num(o.pairs)),
+            _td(_num(o.collapsed)),
+            _td(pct(o.rate)),
         ]
-        for name, o in collapse["outputs"].items()
+        for name, o in collapse.outputs.items()
     ]
     parts = [
         '<h2>Collapse probe</h2><div id="collapse">',
         _table(["output", "separated when", "pairs fp32 separates", "collapsed", "rate"], rows),
     ]
-    for name, fam in collapse["families"].items():
-        lost = set(fam["lost"])
-        curve = zip(fam["lengths"], fam["reference_rate"], fam["candidate_rate"], strict=True)
-        kept = "none" if fam["kept_longest"] is None else _num(fam["kept_longest"])
+    for name, fam in collapse.families.items():
+        lost = set(fam.lost)
+        curve = zip(fam.lengths, fam.reference_rate, fam.candidate_rate, strict=True)
+        kept = "none" if fam.kept_longest is None else _num(fam.kept_longest)
         parts.append(
-            f"<h3>{escape(name)}: {escape(fam['pattern'])}; kept up to length {kept}</h3>"
+            f"<h3>{escape(name)}: {escape(fam.pattern)}; kept up to length {kept}</h3>"
             + _table(
                 ["length", "fp32 separates", "candidate separates"],
                 [[_td(_num(n)), _td(pct(r)), _td(pct(c))] for n, r, c in curve],
-                row_attrs=['class="fail"' if n in lost else "" for n in fam["lengths"]],
+                row_attrs=['class="fail"' if n in lost else "" for n in fam.lengths],
             )
         )
-    if collapse.get("families_skipped"):
-        parts.append(f'<p class="muted">No copy/count families: {escape(collapse["families_skipped"])}</p>')
+    if collapse.families_skipped:
+        parts.append(f'<p class="muted">No copy/count families: {escape(collapse.families_skipped)}</p>')
     return "".join(parts) + "</div>"
 
 
@@ -666,14 +705,14 @@ def _ops(report: Report) -> str:
     ops = report.ops
     if not ops:
         return ""
-    fp32, model = ops.get("fp32", {}), ops.get("model", {})
+    fp32, model = ops.fp32, ops.model
     names = sorted(set(fp32) | set(model), key=lambda n: (-(model.get(n, 0) + fp32.get(n, 0)), n))
     rows = [[_td(escape(n)), _td(_num(fp32.get(n, 0))), _td(_num(model.get(n, 0)))] for n in names]
     parts = ["<h2>Operators</h2>", _table(["op", "fp32", escape(quantized_label(report))], rows, ' id="ops"')]
-    if ops.get("float_between_qdq"):
+    if ops.float_between_qdq:
         parts.append(
             '<p class="muted">Run in float between Q/DQ pairs: '
-            + escape(", ".join(map(str, ops["float_between_qdq"])))
+            + escape(", ".join(map(str, ops.float_between_qdq)))
             + "</p>"
         )
     return "".join(parts)
@@ -759,19 +798,13 @@ def _scatter(figures: Figures) -> str:
     )
 
 
-def _depth_svg(rows: Sequence[dict[str, Any]]) -> str:
+def _depth_svg(rows: Sequence[LayerRecord]) -> str:
     """Per-layer SQNR in the whole quantized model, along the network's depth (input on the left):
     where the error enters and whether it grows."""
     points = sorted(
-        (
-            int(r["depth"]),
-            float(_db(r.get("cumulative_sqnr_db")) or 0.0),
-            str(r.get("module") or r.get("node")),
-        )
+        (int(r.depth), float(sqnr), str(r.module or r.node))
         for r in rows
-        if _is_number(r.get("depth"))
-        and _db(r.get("cumulative_sqnr_db")) is not None
-        and math.isfinite(_db(r.get("cumulative_sqnr_db")) or 0.0)
+        if r.depth is not None and (sqnr := _db(r.cumulative_sqnr_db)) is not None and math.isfinite(sqnr)
     )
     if len(points) < 2:
         return ""
@@ -807,31 +840,31 @@ def _depth_svg(rows: Sequence[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def _tradeoff(table: dict[str, Any] | None) -> str:
+def _tradeoff(table: Tradeoff | None) -> str:
     """--recover mixed_precision: every configuration tried, its per-format layer counts, accuracy on
     the calibration samples, latency and size against fp32; Pareto-optimal rows marked, the chosen one
     in bold; and accuracy against latency (or the predicted cost where latency was not measured)."""
-    if not table or not table.get("configurations"):
+    if not table or not table.configurations:
         return ""
-    formats = list(table.get("formats") or [])
+    formats = table.formats
     rows, attrs = [], []
-    for i, c in enumerate(table["configurations"]):
-        top1 = [m.get("top1_agreement") for m in (c.get("outputs") or {}).values()]
+    for i, c in enumerate(table.configurations):
+        top1: list[Any] = [m.get("top1_agreement") for m in c.outputs.values()]
         cells = [
             _td(str(i)),
-            *(_td(_num(c["layers"].get(f, 0))) for f in formats),
-            _td(_num(c.get("sqnr_db"), 3)),
+            *(_td(_num(c.layers.get(f, 0))) for f in formats),
+            _td(_num(c.sqnr_db, 3)),
             _td(pct(top1[0]) if top1 and _is_number(top1[0]) else DASH),
-            _td("yes" if c.get("meets_goal") else "no"),
-            _td(DASH if c.get("latency_ratio") is None else f"{_num(c['latency_ratio'], 3)}x"),
-            _td(f"{_num(c.get('size_ratio'), 3)}x"),
-            _td(_num(c.get("predicted_cost"), 3)),
-            _td(_num(c.get("seconds"), 3)),
-            _td("yes" if c.get("pareto") else ""),
-            _td("chosen" if c.get("chosen") else ""),
+            _td("yes" if c.meets_goal else "no"),
+            _td(DASH if c.latency_ratio is None else f"{_num(c.latency_ratio, 3)}x"),
+            _td(f"{_num(c.size_ratio, 3)}x"),
+            _td(_num(c.predicted_cost, 3)),
+            _td(_num(c.seconds, 3)),
+            _td("yes" if c.pareto else ""),
+            _td("chosen" if c.chosen else ""),
         ]
         rows.append(cells)
-        attrs.append('class="chosen" style="font-weight:700"' if c.get("chosen") else "")
+        attrs.append('class="chosen" style="font-weight:700"' if c.chosen else "")
     head = [
         "#",
         *(f"{escape(f)} layers" for f in formats),
@@ -845,37 +878,33 @@ def _tradeoff(table: dict[str, Any] | None) -> str:
         "Pareto",
         "",
     ]
-    goal = ", ".join(map(str, table.get("goal") or [])) or "none"
-    shipped = "" if table.get("shipped", True) else " This attempt was not kept; model.onnx does not use it."
+    goal = ", ".join(table.goal) or "none"
+    shipped = "" if table.shipped is not False else " This attempt was not kept; model.onnx does not use it."
     text = (
-        f'<p class="muted">Measured on {_num(table.get("samples"))} calibration samples against fp32 '
+        f'<p class="muted">Measured on {_num(table.samples)} calibration samples against fp32 '
         f"(tolerance there: {escape(goal)}); latency "
-        + (
-            "measured here, p50"
-            if table.get("latency_measured")
-            else "not measured here (predicted cost only)"
-        )
-        + f". Stopped: {escape(str(table.get('stopped', '')))}. {_num(table.get('evaluations'))} measurements, "
-        f"{_num(table.get('seconds'), 3)} s.{escape(shipped)}</p>"
+        + ("measured here, p50" if table.latency_measured else "not measured here (predicted cost only)")
+        + f". Stopped: {escape(table.stopped)}. {_num(table.evaluations)} measurements, "
+        f"{_num(table.seconds, 3)} s.{escape(shipped)}</p>"
     )
     return (
         '<h2>Mixed precision: what was tried</h2><div id="tradeoff">'
         + text
-        + _tradeoff_svg(table["configurations"], bool(table.get("latency_measured")))
+        + _tradeoff_svg(table.configurations, table.latency_measured)
         + _table(head, rows, ' id="tradeoff-table"', attrs)
         + "</div>"
     )
 
 
-def _tradeoff_svg(configs: Sequence[dict[str, Any]], measured: bool) -> str:
+def _tradeoff_svg(configs: Sequence[Configuration], measured: bool) -> str:
     """Worst output SQNR against latency vs fp32 (`measured`: the table's latency_measured), else the
     predicted cost: one dot per configuration, the Pareto-optimal ones filled, the chosen one ringed."""
     key = "latency_ratio" if measured else "predicted_cost"
-    points = [
-        (float(c[key]), float(c["sqnr_db"]), bool(c.get("pareto")), bool(c.get("chosen")))
-        for c in configs
-        if _is_number(c.get(key)) and _is_number(c.get("sqnr_db")) and math.isfinite(c["sqnr_db"])
-    ]
+    points = []
+    for c in configs:
+        x, y = (c.latency_ratio if measured else c.predicted_cost), c.sqnr_db
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isfinite(y):
+            points.append((float(x), float(y), c.pareto, c.chosen))
     if len(points) < 2:
         return ""
     width, height, left, bottom, top = 420.0, 200.0, 48.0, 30.0, 10.0
@@ -920,11 +949,7 @@ def render_html(report: Report, about: dict[str, Any] | None = None) -> str:
     """The whole page for `report` (what report.json holds). `about`: the manifest's `source` (its
     origin), `qconvert`, `created` and `command`, shown at the top."""
     label = quantized_label(report)
-    accuracy = _accuracy(
-        report.accuracy,
-        (("reference", "reference (PyTorch)"), ("fp32_onnx", "fp32 ONNX"), ("model", label)),
-        None if report.accuracy is None else report.accuracy.get("samples"),
-    )
+    accuracy = _accuracy(report.accuracy, label, None if report.accuracy is None else report.accuracy.samples)
     ran_on = _ran_on(report.target, label, report.mode, report.validated_on, report.validation_exact_qdq)
     body = (
         _summary(report, ran_on, accuracy, _identity(about), random_data_warning(report)),
@@ -950,9 +975,7 @@ def render_validation_html(report: ValidationReport) -> str:
     """`qconvert validate --html`: the page for the --json document `report`, with the sections an
     export's page has that validate measures (no size, latency, sensitivity or operators)."""
     label = bits_label(report.bits, "validate")
-    accuracy = _accuracy(
-        report.figures.accuracy, (("reference", "reference"), ("candidate", label)), report.samples
-    )
+    accuracy = _accuracy(report.figures.accuracy, label, report.samples)
     ran_on = _ran_on(report.candidate, label, "validate", report.provider, report.exact_qdq)
     body = (
         _summary(report, ran_on, accuracy, _identity(None)),

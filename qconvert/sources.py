@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from qconvert.config import InputSpec
 from qconvert.errors import ConfigError, QConvertError, SourceError, brief
 from qconvert.prepare import TransformerFusion
+from qconvert.types import InputSpec
 
 log = logging.getLogger(__name__)
 

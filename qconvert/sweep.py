@@ -21,12 +21,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qconvert import choices, errors
-from qconvert.config import DEFAULT_OUT_ROOT, RunConfig, SweepConfig, Tolerance
+from qconvert import errors
 from qconvert.errors import ConfigError, QConvertError
 from qconvert.results import (  # the sweep's result types (and its row statuses) live with the others
     BASELINE_STATUS,
@@ -35,11 +34,21 @@ from qconvert.results import (  # the sweep's result types (and its row statuses
     NOT_SUPPORTED,
     OUT_OF_TOLERANCE,
     PASSED,
+    CheckRecord,
+    Collapse,
+    Figures,
     Recommendation,
+    Report,
+    SweepLatency,
     SweepReport,
     SweepResult,
     SweepRow,
+    written,
 )
+from qconvert.settings import DEFAULT_OUT_ROOT, OutputSettings, RunConfig, SweepConfig
+from qconvert.settings import bits_from_text as bits_from_text  # re-exported: tests and old callers
+from qconvert.settings import modes_from_text as modes_from_text
+from qconvert.tolerance import Tolerance
 
 if TYPE_CHECKING:
     from qconvert.artifacts import ArtifactDir
@@ -64,30 +73,6 @@ def _no_progress(stage: str, message: str, done: int | None = None, total: int |
 
 
 # --- parsing the CLI's lists -------------------------------------------------------------------
-
-
-def bits_from_text(text: str) -> tuple[int, ...]:
-    """`--bits 16,8,4` -> (16, 8, 4); SweepConfig checks the values themselves."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise ConfigError("--bits: give at least one bit width, e.g. --bits 16,8,4")
-    bad = [t for t in items if not t.isdigit()]
-    if bad:
-        raise ConfigError(
-            f"--bits {text!r}: {bad[0]!r} is not a bit width. Give comma-separated numbers from "
-            f"{', '.join(map(str, choices.bits()))}, e.g. --bits 16,8,4"
-        )
-    return tuple(int(t) for t in items)
-
-
-def modes_from_text(text: str) -> tuple[str, ...]:
-    """`--modes static,dynamic` -> ("static", "dynamic"); SweepConfig checks the names."""
-    items = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not items:
-        raise ConfigError(
-            f"--modes: give at least one mode, e.g. --modes static,dynamic. Valid: {', '.join(choices.modes())}"
-        )
-    return items
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -156,7 +141,7 @@ class TrialOutcome:
     error: str | None = None
     error_stage: str | None = None
     error_class: str | None = None
-    collapse: dict[str, Any] | None = None
+    collapse: Collapse | None = None
     collapse_error: str | None = None
     seconds: float = 0.0
     files: dict[str, bytes] | None = None  # relative path -> content, when shipped
@@ -181,7 +166,14 @@ def plan_trials(config: SweepConfig, target: Target, base: RunConfig) -> list[Tr
             except ConfigError as e:
                 trials.append(Trial(f"{bits}bit-{wanted}", bits, wanted, unsupported=str(e)))
                 continue
-            trials.append(Trial(f"{bits}bit-{mode}", bits, mode, run=replace(base, bits=bits, mode=mode)))
+            trials.append(
+                Trial(
+                    f"{bits}bit-{mode}",
+                    bits,
+                    mode,
+                    run=replace(base, quantization=replace(base.quantization, bits=bits, mode=mode)),
+                )
+            )
     return trials
 
 
@@ -243,7 +235,7 @@ def run_trial(job: TrialJob) -> TrialOutcome:
             error_class=type(e).__name__,
             seconds=time.perf_counter() - start,
         )
-    collapse, collapse_error = _probe_collapse(result.out_dir, result.report, result.manifest, job.heldout)
+    collapse, collapse_error = _probe_collapse(result.out_dir, result.manifest, job.heldout)
     return TrialOutcome(
         job.name,
         {"passed": PASSED, "failed": OUT_OF_TOLERANCE}.get(result.verdict, INCONCLUSIVE),
@@ -261,7 +253,9 @@ def run_trial_shipped(job: TrialJob) -> TrialOutcome:
     node-local temporary folder and send the folder's files back with the outcome."""
     local = Path(tempfile.mkdtemp(prefix="qconvert-trial-"))
     try:
-        outcome = run_trial(replace(job, run=replace(job.run, out_dir=local / job.name, force=False)))
+        outcome = run_trial(
+            replace(job, run=replace(job.run, output=OutputSettings(out_dir=local / job.name)))
+        )
         if outcome.ran_in is None:
             return outcome
         root = Path(outcome.ran_in)
@@ -272,36 +266,35 @@ def run_trial_shipped(job: TrialJob) -> TrialOutcome:
 
 
 def _probe_collapse(
-    out_dir: Path, report: dict[str, Any], manifest: dict[str, Any], heldout: Dataset
-) -> tuple[dict[str, Any] | None, str | None]:
+    out_dir: Path, manifest: dict[str, Any], heldout: Dataset
+) -> tuple[Collapse | None, str | None]:
     """The collapse probe of model.onnx against reference.onnx on the held-out data, run the way
-    validation ran the model: exact Q/DQ arithmetic where the target's provider is not here, and
-    the same fp16/bf16 rounding stand-in where this machine has no kernels for that type. An
-    implicit-int8 model.onnx is the fp32 graph, so the probe is not run on it."""
-    from qconvert.quantize.bf16 import emulate_bf16
-    from qconvert.quantize.float16 import emulate_fp16
-    from qconvert.runtime import manifest_providers
+    `qconvert validate` of the folder would run the model here (validation/standin.for_folder): exact
+    Q/DQ arithmetic where the target's provider is not here, and the same fp16/bf16 rounding stand-in
+    where this machine has no kernels for that type. An implicit-int8 model.onnx is the fp32 graph,
+    so the probe is not run on it."""
     from qconvert.validation.collapse import probe_collapse
+    from qconvert.validation.standin import emulated, for_folder
 
-    stand_in = report.get("stand_in")
-    if stand_in == "implicit":
+    decision = for_folder(out_dir, manifest)
+    if decision.stand_in == "implicit":
         return None, "implicit int8: model.onnx is the fp32 graph; TensorRT picks precisions on the GPU"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             candidate = out_dir / "model.onnx"
-            if stand_in in ("fp16", "bf16"):
-                emulate = emulate_fp16 if stand_in == "fp16" else emulate_bf16
-                candidate = emulate(candidate, Path(tmp) / f"{stand_in}_emulated.onnx")
+            if decision.emulated is not None:
+                external = manifest.get("quantization", {}).get("external_data", False)
+                candidate, _ = emulated(decision.emulated, candidate, Path(tmp), external)
             result = probe_collapse(
                 out_dir / "reference.onnx",
                 candidate,
                 heldout,
-                optimize=not report.get("validation_exact_qdq", False),
-                providers=manifest_providers(out_dir, manifest),
+                optimize=decision.native,
+                providers=decision.providers,
             )
     except QConvertError as e:
         return None, f"{e.stage}: {e}"
-    return result.as_json(), None
+    return written(Collapse, result.as_json(), "collapse probe"), None
 
 
 # --- executors ---------------------------------------------------------------------------------
@@ -452,9 +445,9 @@ def sweep(config: SweepConfig, progress: Progress | None = None) -> SweepResult:
             workers=workers if config.executor == "local" else None,
             held_out_samples=len(heldout),
             labels=heldout.labels is not None,
-            latency=timing.as_json(),
-            rows=tuple(r.as_json() for r in rows),
-            recommendation=recommendation.as_json(),
+            latency=written(SweepLatency, timing.as_json(), "sweep.json: latency"),
+            rows=tuple(rows),
+            recommendation=recommendation.record(),
             passed=verdict == PASSED,
             verdict=verdict,
             notes=tuple(notes),
@@ -478,7 +471,7 @@ def _run_trials(
     jobs = [
         TrialJob(
             t.name,
-            replace(t.run, out_dir=root / t.name),
+            replace(t.run, output=replace(t.run.output, out_dir=root / t.name)),
             heldout,
             threads=_job_threads(config.executor, workers),
             log_level=logging.getLogger().getEffectiveLevel(),
@@ -509,20 +502,10 @@ def _model_and_heldout(base: RunConfig) -> tuple[LoadedModel, Dataset]:
     return loaded, heldout
 
 
-# SweepConfig fields that mean something else there (bits is a tuple; out_dir and force are the
-# sweep folder's) or do not exist on RunConfig
-_NOT_COPIED = frozenset({"bits", "out_dir", "force"})
-
-
 def _base_run_config(config: SweepConfig) -> RunConfig:
     """The RunConfig every trial starts from (each trial is `replace()` of it with its bits and
-    mode). Every export setting the sweep shares by name is taken over, so a new shared field needs
-    no edit here. Building it checks the export settings (--calibration-method, --samples, --opset
-    ...) before any work."""
-    shared = {f.name for f in fields(RunConfig)} & {f.name for f in fields(SweepConfig)}
-    return RunConfig(
-        **{name: getattr(config, name) for name in sorted(shared - _NOT_COPIED)}, bits=config.bits[0]
-    )
+    mode): the sweep's base, without the sweep folder's -o/--force (each trial gets its own folder)."""
+    return config.base.evolve(bits=config.bits[0], out_dir=None, force=False)
 
 
 def _workers(config: SweepConfig, trials: int) -> int:
@@ -556,8 +539,7 @@ def _absolute_paths(run: RunConfig) -> RunConfig:
             return f"{Path(where).resolve()}:{attr}"
         return spec
 
-    return replace(
-        run,
+    return run.evolve(
         source=absolute(run.source),
         calibration=absolute(run.calibration),
         data=absolute(run.data),
@@ -653,28 +635,29 @@ def _runner(session: Any, feed: dict[str, Any]) -> Callable[[], object]:
 
 def _rows(trials: list[Trial], outcomes: dict[str, TrialOutcome], timing: Timing) -> list[SweepRow]:
     """The fp32 baseline, then one row per planned trial, in plan order."""
-    rows = [_trial_row(t, outcomes.get(t.name), timing) for t in trials]
-    reference = next(
-        (outcomes[t.name].report for t in trials if t.name in outcomes and outcomes[t.name].report), None
-    )
-    return [_baseline_row(reference, timing), *rows]
+    reports = {  # each trial's report.json, read once (a renamed key is a SourceError naming it)
+        t.name: Report.from_json(outcome.report, f"{TRIALS_DIR}/{t.name}/report.json")
+        for t in trials
+        if (outcome := outcomes.get(t.name)) is not None and outcome.report is not None
+    }
+    rows = [_trial_row(t, outcomes.get(t.name), reports.get(t.name), timing) for t in trials]
+    return [_baseline_row(next(iter(reports.values()), None), timing), *rows]
 
 
-def _baseline_row(report: dict[str, Any] | None, timing: Timing) -> SweepRow:
+def _baseline_row(report: Report | None, timing: Timing) -> SweepRow:
     """fp32 itself: the exported ONNX against the original (export fidelity), size and latency 1.0x."""
     if report is None:
         return SweepRow(BASELINE, None, None, BASELINE_STATUS)
-    fidelity = report.get("export_fidelity") or {}
-    acc = report.get("accuracy") or {}
+    fidelity = report.export_fidelity
     return SweepRow(
         BASELINE,
         None,
         None,
         BASELINE_STATUS,
-        accuracy=acc.get("fp32_onnx"),
+        accuracy=None if report.accuracy is None else report.accuracy.fp32_onnx,
         agreement=_worst(fidelity, "top1_agreement"),
         cosine=_worst(fidelity, "cosine"),
-        size_bytes=report["size"]["fp32_bytes"],
+        size_bytes=report.size.fp32_bytes,
         size_ratio=1.0,
         latency_ms=timing.p50_ms.get(BASELINE),
         latency_ratio=1.0 if BASELINE in timing.p50_ms else None,
@@ -686,20 +669,20 @@ def _worst(outputs: dict[str, Any], metric: str) -> float | None:
     return min(values) if values else None
 
 
-def _worst_interval(validation: dict[str, Any], metric: str) -> tuple[float, float] | None:
+def _worst_interval(validation: Figures, metric: str) -> tuple[float, float] | None:
     """The interval of `metric` on the output where it is worst (the one `_worst` shows)."""
-    outputs = validation.get("outputs") or {}
+    outputs = validation.outputs
     worst = min(
         (n for n, m in outputs.items() if metric in m), key=lambda n: outputs[n][metric], default=None
     )
-    interval = (validation.get("intervals") or {}).get(worst, {}).get(metric) if worst else None
-    return None if interval is None else (interval["low"], interval["high"])
+    interval = validation.intervals.get(worst, {}).get(metric) if worst else None
+    return None if interval is None else (interval.low, interval.high)
 
 
-def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> SweepRow:
+def _trial_row(trial: Trial, outcome: TrialOutcome | None, report: Report | None, timing: Timing) -> SweepRow:
     if trial.unsupported is not None or outcome is None:
         return SweepRow(trial.name, trial.bits, trial.mode, NOT_SUPPORTED, reason=trial.unsupported)
-    if outcome.status == ERROR or outcome.report is None:
+    if outcome.status == ERROR or report is None:
         return SweepRow(
             trial.name,
             trial.bits,
@@ -708,40 +691,38 @@ def _trial_row(trial: Trial, outcome: TrialOutcome | None, timing: Timing) -> Sw
             reason=f"({outcome.error_stage}) {outcome.error}",
             seconds=outcome.seconds,
         )
-    report = outcome.report
-    validation = report["validation"]
-    failed = [_unpassed(c) for c in validation["checks"] if not c["passed"]]
-    acc = report.get("accuracy") or {}
+    validation = report.validation
+    failed = [_unpassed(c) for c in validation.checks if not c.passed]
     return SweepRow(
         trial.name,
         trial.bits,
-        report.get("mode", trial.mode),
+        report.mode,
         outcome.status,
         reason="; ".join(failed) or None,
-        accuracy=acc.get("model"),
-        agreement=_worst(validation["outputs"], "top1_agreement"),
-        cosine=_worst(validation["outputs"], "cosine"),
+        accuracy=None if report.accuracy is None else report.accuracy.model,
+        agreement=_worst(validation.outputs, "top1_agreement"),
+        cosine=_worst(validation.outputs, "cosine"),
         agreement_interval=_worst_interval(validation, "top1_agreement"),
         cosine_interval=_worst_interval(validation, "cosine"),
-        size_bytes=report["size"]["model_bytes"],
-        size_ratio=report["size"]["ratio"],
+        size_bytes=report.size.model_bytes,
+        size_ratio=report.size.ratio,
         latency_ms=timing.p50_ms.get(trial.name),
         latency_ratio=timing.ratio(trial.name),
-        trial_latency_ratio=report["latency"]["ratio_p50"],
+        trial_latency_ratio=report.latency.ratio_p50,
         collapse=outcome.collapse,
         collapse_error=outcome.collapse_error,
         out_dir=f"{TRIALS_DIR}/{trial.name}",
         seconds=outcome.seconds,
-        notes=tuple(report.get("notes", [])),
+        notes=report.notes,
     )
 
 
-def _unpassed(check: dict[str, Any]) -> str:
+def _unpassed(check: CheckRecord) -> str:
     """A check that did not pass, for a row's reason; an inconclusive one says what would settle it."""
-    text = f"{check['output']}: {check['metric']} = {check['measured']:.4g}, needs {check['bound']}"
-    if check.get("verdict") != INCONCLUSIVE:
+    text = f"{check.output}: {check.metric} = {check.measured:.4g}, needs {check.bound}"
+    if check.verdict != INCONCLUSIVE:
         return text
-    settle = check.get("samples_to_settle")
+    settle = check.samples_to_settle
     return text + (
         f" (inconclusive: about {settle} held-out samples would settle it)" if settle else " (inconclusive)"
     )

@@ -1,4 +1,4 @@
-"""Renders a sweep (the dict written to sweep.json): table cells, sweep.png and sweep.html.
+"""Renders a sweep (results.SweepReport, what sweep.json holds): table cells, sweep.png and sweep.html.
 
 Computes nothing new: every figure shown is in sweep.json. The HTML reuses report_html's page
 style and SVG bar chart, and embeds sweep.png as a data URI, so the page is one file that opens
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ from qconvert.report import human_bytes
 from qconvert.report_html import CSS, _bars_svg, _table, _td
 
 if TYPE_CHECKING:
-    from qconvert.results import SweepReport
+    from qconvert.results import CollapseFamily, SweepReport, SweepRow
 
 STATUS_TEXT = {
     "baseline": "baseline",
@@ -27,13 +27,28 @@ STATUS_TEXT = {
     "not_supported": "not supported",
     "error": "error",
 }
+
+
+def _size(row: SweepRow) -> float | None:
+    """The size ratio to fp32, one of the two the plot and the bars show."""
+    return row.size_ratio
+
+
+def _latency(row: SweepRow) -> float | None:
+    return row.latency_ratio
+
+
 QUALITY_LABELS = {"top1_agreement": "top-1 agreement with the original", "cosine": "cosine with the original"}
 
 
 def quality_metric(summary: SweepReport) -> str:
     """What the y axis shows: top-1 agreement where the model has class-score outputs, else cosine."""
-    rows = summary.rows
-    return "top1_agreement" if any(r.get("top1_agreement") is not None for r in rows) else "cosine"
+    return "top1_agreement" if any(r.agreement is not None for r in summary.rows) else "cosine"
+
+
+def quality(row: SweepRow, metric: str) -> float | None:
+    """The row's figure for `quality_metric`: the top-1 agreement or the cosine with the original."""
+    return row.agreement if metric == "top1_agreement" else row.cosine
 
 
 def header(summary: SweepReport) -> list[str]:
@@ -53,32 +68,30 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
 
-def status_text(row: dict[str, Any]) -> str:
-    text = STATUS_TEXT.get(row["status"], row["status"])
-    if row["status"] in ("not_supported", "error") and row.get("reason"):
-        return f"{text}: {row['reason']}"
+def status_text(row: SweepRow) -> str:
+    text = STATUS_TEXT.get(row.status, row.status)
+    if row.status in ("not_supported", "error") and row.reason:
+        return f"{text}: {row.reason}"
     return text
 
 
-def collapse_text(row: dict[str, Any]) -> str:
+def collapse_text(row: SweepRow) -> str:
     """The collapse rate, and for sequence models, per probe family, "kept/fp32": the longest length
     up to which the quantized model keeps up with fp32, out of the longest fp32 itself separates
     (so "count 4/16" means counting holds up to 4 repeats where fp32 counts up to 16)."""
-    if row.get("collapse_rate") is None:
-        return "error" if row.get("collapse_error") else "—"
-    text = f"{100 * row['collapse_rate']:.1f}%"
-    families = (row.get("collapse") or {}).get("families") or {}
+    if row.collapse is None:
+        return "error" if row.collapse_error else "—"
+    text = f"{100 * row.collapse.rate:.1f}%"
+    families = row.collapse.families
     parts = [
-        f"{name} {_length(_kept(fam))}/{_length(fam.get('reference_longest'))}"
-        for name, fam in families.items()
-        if isinstance(fam, dict)
+        f"{name} {_length(_kept(fam))}/{_length(fam.reference_longest)}" for name, fam in families.items()
     ]
     return f"{text}; {', '.join(parts)}" if parts else text
 
 
-def _kept(family: dict[str, Any]) -> int | None:
+def _kept(family: CollapseFamily) -> int | None:
     """Keeping up with fp32 beyond the longest length fp32 itself handles says nothing more."""
-    kept, reference = family.get("kept_longest"), family.get("reference_longest")
+    kept, reference = family.kept_longest, family.reference_longest
     if kept is None or reference is None:
         return kept
     return int(min(kept, reference))
@@ -88,31 +101,31 @@ def _length(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def cells(summary: SweepReport, row: dict[str, Any]) -> list[str]:
+def cells(summary: SweepReport, row: SweepRow) -> list[str]:
     """One table row as plain text, in `header(summary)` order; the quality figure with its confidence
     interval on the line below."""
-    quality = quality_metric(summary)
-    value = row.get(quality)
+    metric = quality_metric(summary)
+    agreement = metric == "top1_agreement"
 
     def fmt(x: float | None) -> str:
-        return _pct(x) if quality == "top1_agreement" else ("—" if x is None else f"{x:.5f}")
+        return _pct(x) if agreement else ("—" if x is None else f"{x:.5f}")
 
-    shown = fmt(value)
-    interval = row.get(f"{quality}_interval")
+    shown = fmt(quality(row, metric))
+    interval = row.agreement_interval if agreement else row.cosine_interval
     if interval:
         shown += f"\n[{fmt(interval[0])}, {fmt(interval[1])}]"
     size = "—"
-    if row.get("size_bytes") is not None:
-        size = f"{human_bytes(row['size_bytes'])} ({row['size_ratio']:.2f}x)"
+    if row.size_bytes is not None:
+        size = f"{human_bytes(row.size_bytes)} ({row.size_ratio:.2f}x)"
     latency = "—"
-    if row.get("latency_p50_ms") is not None:
-        latency = f"{row['latency_p50_ms']:.3f} ms ({row['latency_ratio']:.2f}x)"
-        if row.get("slower_than_fp32"):
+    if row.latency_ms is not None:
+        latency = f"{row.latency_ms:.3f} ms ({row.latency_ratio:.2f}x)"
+        if row.slower_than_fp32:
             latency += " slower"
     return [
-        row["name"],
+        row.name,
         status_text(row),
-        *([_pct(row.get("accuracy"))] if summary.labels else []),
+        *([_pct(row.accuracy)] if summary.labels else []),
         shown,
         collapse_text(row),
         size,
@@ -138,37 +151,39 @@ def render_png(summary: SweepReport) -> bytes:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    quality = quality_metric(summary)
-    scale = 100.0 if quality == "top1_agreement" else 1.0
+    metric = quality_metric(summary)
+    scale = 100.0 if metric == "top1_agreement" else 1.0
     fig = Figure(figsize=(11, 4.8), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharey=True)
-    plotted = [r for r in summary.rows if r["status"] in _STYLE and r.get(quality) is not None]
+    plotted = [
+        (r, y * scale) for r in summary.rows if r.status in _STYLE and (y := quality(r, metric)) is not None
+    ]
     label_sets: list[list[Any]] = []
-    for ax, key, label in (
-        (axes[0], "size_ratio", "size (x fp32)"),
-        (axes[1], "latency_ratio", "latency p50 (x fp32)"),
+    for ax, ratio, label in (
+        (axes[0], _size, "size (x fp32)"),
+        (axes[1], _latency, "latency p50 (x fp32)"),
     ):
         ax.axvline(1.0, color="#8a94a6", linestyle="--", linewidth=0.8)
-        points = [(r, r[key], r[quality] * scale) for r in plotted if r.get(key) is not None]
+        points = [(r, x, y) for r, y in plotted if (x := ratio(r)) is not None]
         labels = []
         for (row, x, y), dy in zip(points, _label_offsets([(x, y) for _, x, y in points]), strict=True):
-            marker, colour, _ = _STYLE[row["status"]]
+            marker, colour, _ = _STYLE[row.status]
             ax.scatter([x], [y], marker=marker, s=110 if marker == "*" else 60, color=colour, zorder=3)
             labels.append(
-                ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(7, dy), fontsize=8)
+                ax.annotate(row.name, (x, y), textcoords="offset points", xytext=(7, dy), fontsize=8)
             )
         label_sets.append(labels)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
         ax.margins(x=0.25)
-    values = [r[quality] * scale for r in plotted]
+    values = [y for _, y in plotted]
     if values:
         top = 100.0 if scale == 100.0 else 1.0  # agreement and cosine cannot exceed these
         pad = max(top - min(values), top * 0.01) * 0.2
         axes[0].set_ylim(min(values) - pad, top + pad)
         axes[0].set_yticks([t for t in axes[0].get_yticks() if min(values) - pad <= t <= top])
-    axes[0].set_ylabel(QUALITY_LABELS[quality] + (" (%)" if scale == 100.0 else ""))
+    axes[0].set_ylabel(QUALITY_LABELS[metric] + (" (%)" if scale == 100.0 else ""))
     handles = [
         Line2D([], [], marker=m, color=c, linestyle="", markersize=9 if m == "*" else 7, label=text)
         for m, c, text in _STYLE.values()
@@ -231,20 +246,22 @@ def _label_offsets(points: list[tuple[float, float]]) -> list[float]:
 # --- sweep.html --------------------------------------------------------------------------------
 
 
-def _row_class(row: dict[str, Any]) -> str:
-    if row["status"] in ("out_of_tolerance", "error"):
+def _row_class(row: SweepRow) -> str:
+    if row.status in ("out_of_tolerance", "error"):
         return 'class="fail"'
-    if row["status"] == "inconclusive":
+    if row.status == "inconclusive":
         return 'class="undecided"'
-    return 'class="pass"' if row["status"] == "passed" else ""
+    return 'class="pass"' if row.status == "passed" else ""
 
 
-def _ratio_bars(rows: Sequence[dict[str, Any]], key: str, chart_id: str, title: str) -> str:
-    """One bar per row that has `key` (a ratio to fp32); the fp32 row drawn as the baseline."""
+def _ratio_bars(
+    rows: Sequence[SweepRow], ratio: Callable[[SweepRow], float | None], chart_id: str, title: str
+) -> str:
+    """One bar per row that has a `ratio` to fp32; the fp32 row drawn as the baseline."""
     bars = [
-        (r["name"], [(r[key], "fp32" if r["status"] == "baseline" else "model", f"{r[key]:.2f}x")])
+        (r.name, [(x, "fp32" if r.status == "baseline" else "model", f"{x:.2f}x")])
         for r in rows
-        if r.get(key) is not None
+        if (x := ratio(r)) is not None
     ]
     return _bars_svg(bars, chart_id, title)
 
@@ -259,8 +276,8 @@ def render_html(summary: SweepReport, png: bytes) -> str:
     for row in rows:
         text = cells(summary, row)
         name = escape(text[0])
-        if row.get("out_dir"):
-            name = f'<a href="{escape(row["out_dir"])}/report.html">{name}</a>'
+        if row.out_dir:
+            name = f'<a href="{escape(row.out_dir)}/report.html">{name}</a>'
         body_rows.append(
             [_td(name), _td(escape(text[1]), 'class="status text"'), *(_td(escape(t)) for t in text[2:])]
         )
@@ -268,10 +285,10 @@ def render_html(summary: SweepReport, png: bytes) -> str:
         [escape(h) for h in header(summary)],
         body_rows,
         ' id="sweep-table"',
-        [" ".join(filter(None, (_row_class(r), f'data-name="{escape(r["name"])}"'))) for r in rows],
+        [" ".join(filter(None, (_row_class(r), f'data-name="{escape(r.name)}"'))) for r in rows],
     )
-    size_bars = _ratio_bars(rows, "size_ratio", "size-chart", "size, x fp32")
-    latency_bars = _ratio_bars(rows, "latency_ratio", "latency-chart", "latency p50, x fp32")
+    size_bars = _ratio_bars(rows, _size, "size-chart", "size, x fp32")
+    latency_bars = _ratio_bars(rows, _latency, "latency-chart", "latency p50, x fp32")
     image = base64.b64encode(png).decode("ascii")
     notes = "".join(f"<li>{escape(str(n))}</li>" for n in summary.notes)
     title = f"qconvert sweep: {summary.source} -> {summary.target}"
@@ -281,7 +298,7 @@ def render_html(summary: SweepReport, png: bytes) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{escape(title)} {verdict}</h1>"
-        f'<p id="recommendation"><strong>{escape(summary.recommendation["text"])}</strong></p>'
+        f'<p id="recommendation"><strong>{escape(summary.recommendation.text)}</strong></p>'
         f"<h2>Settings</h2>{table}"
         f'<h2>Where quantization stops paying</h2><img id="sweep-plot" alt="{escape(QUALITY_LABELS[quality_metric(summary)])} '
         f'against size and latency, per setting" src="data:image/png;base64,{image}" style="max-width:100%">'

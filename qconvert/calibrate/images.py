@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from qconvert.calibrate.readers import ModelInput
-from qconvert.config import IMAGE_LAYOUTS, DataOptions
 from qconvert.errors import CalibrationError
+from qconvert.settings import IMAGE_LAYOUTS, DataOptions
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from qconvert.config import RANDOM_CALIBRATION_SAMPLES, RANDOM_CALIBRATION_SEED, RANDOM_DATA, DataOptions
 from qconvert.errors import CalibrationError
+from qconvert.settings import RANDOM_CALIBRATION_SAMPLES, RANDOM_CALIBRATION_SEED, RANDOM_DATA, DataOptions
 
 LABEL_KEYS = ("labels", "label")
 

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from qconvert.calibrate.readers import ModelInput
-from qconvert.config import DataOptions
 from qconvert.errors import CalibrationError, brief
+from qconvert.settings import DataOptions
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -12,61 +12,79 @@ from rich.table import Table
 from rich.text import Text
 
 from qconvert.cli._common import err, json_on_stdout, out, print_table, write_json_stdout
-from qconvert.config import DEFAULT_BENCHMARK_BATCH, DEFAULT_BENCHMARK_REPEATS, BenchmarkConfig
+from qconvert.cli.options import Opt, command
 from qconvert.report import human_bytes
+from qconvert.settings import DEFAULT_BENCHMARK_BATCH, DEFAULT_BENCHMARK_REPEATS, BenchmarkSettings
 
 if TYPE_CHECKING:
     from qconvert.benchmark import BenchmarkResult
 
-MODEL_ARGUMENT = typer.Argument(
-    ...,
-    help="An .onnx file, or a folder written by `qconvert export` (alone: its model.onnx against its "
-    "reference.onnx).",
+# In help order; each sets the BenchmarkSettings field it names, --json and --force set none.
+OPTIONS = (
+    Opt(
+        "model",
+        Path,
+        typer.Argument(
+            ...,
+            help="An .onnx file, or a folder written by `qconvert export` (alone: its model.onnx against its "
+            "reference.onnx).",
+        ),
+    ),
+    Opt(
+        "vs",
+        Path,
+        typer.Option(None, "--vs", help="Compare against this .onnx file or OUT_DIR (its model.onnx)."),
+    ),
+    Opt(
+        "data",
+        str,
+        typer.Option(
+            None,
+            "--data",
+            help="Inputs (.npz keyed by input name, .npy, or a folder). Default: seeded random.",
+        ),
+    ),
+    Opt("batch", int, typer.Option(DEFAULT_BENCHMARK_BATCH, "--batch", min=1, help="Samples per run.")),
+    Opt(
+        "repeats",
+        int,
+        typer.Option(
+            DEFAULT_BENCHMARK_REPEATS, "--repeats", min=1, help="Timed runs per model (after 5 warm-up runs)."
+        ),
+    ),
+    Opt(
+        "threads",
+        int,
+        typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads. Default: onnxruntime's."),
+    ),
+    Opt(
+        None,
+        Path,
+        typer.Option(
+            None,
+            "--json",
+            help="Also write the figures to this JSON file; '-' for stdout (then only the JSON).",
+        ),
+        param="json_path",
+    ),
+    Opt(None, bool, typer.Option(False, "--force", help="Replace an existing --json file."), param="force"),
 )
-VS_OPTION = typer.Option(None, "--vs", help="Compare against this .onnx file or OUT_DIR (its model.onnx).")
-DATA_OPTION = typer.Option(
-    None, "--data", help="Inputs (.npz keyed by input name, .npy, or a folder). Default: seeded random."
-)
-BATCH_OPTION = typer.Option(DEFAULT_BENCHMARK_BATCH, "--batch", min=1, help="Samples per run.")
-REPEATS_OPTION = typer.Option(
-    DEFAULT_BENCHMARK_REPEATS, "--repeats", min=1, help="Timed runs per model (after 5 warm-up runs)."
-)
-THREADS_OPTION = typer.Option(
-    None, "--threads", min=1, help="onnxruntime intra-op threads. Default: onnxruntime's."
-)
-JSON_PATH_OPTION = typer.Option(
-    None, "--json", help="Also write the figures to this JSON file; '-' for stdout (then only the JSON)."
-)
-FORCE_OPTION = typer.Option(False, "--force", help="Replace an existing --json file.")
 
 
-def benchmark(
-    model: Path = MODEL_ARGUMENT,
-    vs: Path = VS_OPTION,
-    data: str = DATA_OPTION,
-    batch: int = BATCH_OPTION,
-    repeats: int = REPEATS_OPTION,
-    threads: int = THREADS_OPTION,
-    json_path: Path | None = JSON_PATH_OPTION,
-    force: bool = FORCE_OPTION,
-) -> int:
-    """Latency p50/p90, throughput, peak memory and file size of MODEL (and the model it is compared with)."""
+def run_benchmark(settings: BenchmarkSettings, extras: dict[str, Any]) -> int:
+    """Measure the settings the options built; draw the table, and write --json."""
     from qconvert.artifacts import check_output_file, write_text_atomic
     from qconvert.benchmark import benchmark_models
 
-    config = BenchmarkConfig(
-        model=model, vs=vs, data=data, batch=batch, repeats=repeats, threads=threads, memory=True
-    )
-    inputs = [p for p in (model, vs, Path(data) if data else None) if p is not None]
-    if json_on_stdout(json_path):
+    json_path, force = extras["json_path"], extras["force"]
+    inputs = [p for p in (settings.model, settings.vs, Path(settings.data) if settings.data else None) if p]
+    to_stdout = json_on_stdout(json_path)
+    if to_stdout:
         json_path = None
-        to_stdout = True
-    else:
-        to_stdout = False
     if json_path is not None:  # refuse before measuring
         check_output_file(json_path, force, inputs, flag="--json")
     with err.status("benchmarking") as status:
-        result = benchmark_models(config, progress=lambda message: status.update(escape(message)))
+        result = benchmark_models(settings, progress=lambda message: status.update(escape(message)))
     print_benchmark(result)
     if json_path is not None:
         write_text_atomic(
@@ -76,6 +94,14 @@ def benchmark(
     if to_stdout:
         write_json_stdout(result.as_json())
     return 0
+
+
+benchmark = command(
+    BenchmarkSettings,
+    OPTIONS,
+    run_benchmark,
+    "Latency p50/p90, throughput, peak memory and file size of MODEL (and the model it is compared with).",
+)
 
 
 def print_benchmark(result: BenchmarkResult) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,143 +22,151 @@ from qconvert.cli._common import (
     summary_line,
     write_json_stdout,
 )
-from qconvert.cli.options import (
-    CONFIDENCE_OPTION,
-    IMAGE_SIZE_OPTION,
-    LAYOUT_OPTION,
-    MAX_LENGTH_OPTION,
-    MEAN_OPTION,
-    PADDING_OPTION,
-    STD_OPTION,
-    TOKENIZER_OPTION,
-    TRUNCATION_OPTION,
-    TextPadding,
-    data_options,
-)
-from qconvert.config import ValidateConfig
+from qconvert.cli.options import CONFIDENCE, IMAGE_OPTIONS, TEXT_OPTIONS, Opt, command
 from qconvert.report import failure_lines, inconclusive_lines, interval_text, level_text, pct
+from qconvert.settings import ValidateSettings
 
 if TYPE_CHECKING:
-    from qconvert.results import Figures, ValidationReport
+    from qconvert.results import Collapse, CollapseFamily, Figures, Interval, ValidationReport
 
-CANDIDATE_ARGUMENT = typer.Argument(..., help="An .onnx file, or an OUT_DIR written by `qconvert export`.")
-REFERENCE_OPTION = typer.Option(
-    None,
-    "--reference",
-    help="The fp32 .onnx or the torch SOURCE (file.py:factory) the candidate was made from. "
-    "Default with an OUT_DIR: its reference.onnx.",
-)
-DATA_OPTION = typer.Option(
-    None,
-    "--data",
-    help="Held-out inputs: .npz keyed by input name ('labels' adds accuracy), .npy, a folder of them, "
-    "a folder of images (class subfolders give labels), a text file (.txt, one sample per line; see "
-    "--tokenizer), or file.py:callable yielding feed dicts. Default with an OUT_DIR: the data its "
-    "export validated on.",
-)
-TOLERANCE_OPTION = typer.Option(
-    None,
-    "--tolerance",
-    help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Overrides qconvert.toml [tolerance] or "
-    "pyproject.toml [tool.qconvert.tolerance], which override the defaults for --bits.",
-)
-JSON_OUT_OPTION = typer.Option(
-    None,
-    "--json",
-    help="Write the full result as JSON here; '-' for stdout (then nothing else goes there).",
-)
-JUNIT_OUT_OPTION = typer.Option(
-    None, "--junit", help="Write JUnit XML here: one test case per output and metric."
-)
-HTML_OUT_OPTION = typer.Option(None, "--html", help="Write a self-contained HTML report here.")
-CALIBRATION_DATA_OPTION = typer.Option(
-    None,
-    "--calibration-data",
-    help="The candidate's calibration data, to warn if --data overlaps it. "
-    "Default with an OUT_DIR: the calibration file in its manifest.",
-)
-METRIC_OPTION = typer.Option(
-    None,
-    "--metric",
-    help="file.py:fn, fn(outputs: dict[str, ndarray], labels: ndarray | None) -> float, higher is "
-    "better; bound its drop with --tolerance 'task_drop<=X'.",
-)
-REQUIRE_SPEEDUP_OPTION = typer.Option(
-    False,
-    "--require-speedup",
-    help="Fail unless the candidate is faster than the reference ONNX (timed interleaved).",
-)
-BITS_OPTION = typer.Option(
-    None, "--bits", help="Bit width whose default tolerances apply. Default: the manifest's, else 8."
-)
-FORCE_OPTION = typer.Option(False, "--force", help="Replace existing --json / --junit / --html files.")
-PROBE_OPTION = typer.Option(
-    [],
-    "--probe",
-    help="Extra measurement: 'collapse' counts held-out pairs the reference tells apart and the "
-    "candidate no longer does, and for token models the longest copy/count sequences it still "
-    "separates; bound it with --tolerance 'collapse_rate<=X'.",
-)
-PROBE_OPTION_OPTION = typer.Option(
-    [],
-    "--probe-option",
-    help="KEY=VALUE for the probe: vocab, token, pad, lengths (e.g. 4,8,16), max_pairs, family_pairs, "
-    "seed. Default: read from the model (vocab), pad 0.",
+# In help order; each sets the ValidateSettings field it names (qconvert.settings).
+OPTIONS = (
+    Opt(
+        "candidate",
+        str,
+        typer.Argument(..., help="An .onnx file, or an OUT_DIR written by `qconvert export`."),
+    ),
+    Opt(
+        "reference",
+        str,
+        typer.Option(
+            None,
+            "--reference",
+            help="The fp32 .onnx or the torch SOURCE (file.py:factory) the candidate was made from. "
+            "Default with an OUT_DIR: its reference.onnx.",
+        ),
+    ),
+    Opt(
+        "data",
+        str,
+        typer.Option(
+            None,
+            "--data",
+            help="Held-out inputs: .npz keyed by input name ('labels' adds accuracy), .npy, a folder of them, "
+            "a folder of images (class subfolders give labels), a text file (.txt, one sample per line; see "
+            "--tokenizer), or file.py:callable yielding feed dicts. Default with an OUT_DIR: the data its "
+            "export validated on.",
+        ),
+    ),
+    *IMAGE_OPTIONS,
+    *TEXT_OPTIONS,
+    Opt(
+        "tolerance",
+        str,
+        typer.Option(
+            None,
+            "--tolerance",
+            help="e.g. 'top1_agreement>=0.99,logits:max_abs<=0.5'. Overrides qconvert.toml [tolerance] or "
+            "pyproject.toml [tool.qconvert.tolerance], which override the defaults for --bits.",
+        ),
+    ),
+    CONFIDENCE,
+    Opt(
+        "json_out",
+        Path,
+        typer.Option(
+            None,
+            "--json",
+            help="Write the full result as JSON here; '-' for stdout (then nothing else goes there).",
+        ),
+    ),
+    Opt(
+        "junit_out",
+        Path,
+        typer.Option(None, "--junit", help="Write JUnit XML here: one test case per output and metric."),
+    ),
+    Opt("html_out", Path, typer.Option(None, "--html", help="Write a self-contained HTML report here.")),
+    Opt(
+        "calibration_data",
+        str,
+        typer.Option(
+            None,
+            "--calibration-data",
+            help="The candidate's calibration data, to warn if --data overlaps it. "
+            "Default with an OUT_DIR: the calibration file in its manifest.",
+        ),
+    ),
+    Opt(
+        "metric",
+        str,
+        typer.Option(
+            None,
+            "--metric",
+            help="file.py:fn, fn(outputs: dict[str, ndarray], labels: ndarray | None) -> float, higher is "
+            "better; bound its drop with --tolerance 'task_drop<=X'.",
+        ),
+    ),
+    Opt(
+        "require_speedup",
+        bool,
+        typer.Option(
+            False,
+            "--require-speedup",
+            help="Fail unless the candidate is faster than the reference ONNX (timed interleaved).",
+        ),
+    ),
+    Opt(
+        "bits",
+        int,
+        typer.Option(
+            None, "--bits", help="Bit width whose default tolerances apply. Default: the manifest's, else 8."
+        ),
+    ),
+    Opt(
+        "force",
+        bool,
+        typer.Option(False, "--force", help="Replace existing --json / --junit / --html files."),
+    ),
+    Opt(
+        "probes",
+        list[str],
+        typer.Option(
+            [],
+            "--probe",
+            help="Extra measurement: 'collapse' counts held-out pairs the reference tells apart and the "
+            "candidate no longer does, and for token models the longest copy/count sequences it still "
+            "separates; bound it with --tolerance 'collapse_rate<=X'.",
+        ),
+    ),
+    Opt(
+        "probe_options",
+        list[str],
+        typer.Option(
+            [],
+            "--probe-option",
+            help="KEY=VALUE for the probe: vocab, token, pad, lengths (e.g. 4,8,16), max_pairs, family_pairs, "
+            "seed. Default: read from the model (vocab), pad 0.",
+        ),
+    ),
 )
 
 
-def validate(
-    candidate: str = CANDIDATE_ARGUMENT,
-    reference: str = REFERENCE_OPTION,
-    data: str = DATA_OPTION,
-    image_size: str = IMAGE_SIZE_OPTION,
-    mean: str = MEAN_OPTION,
-    std: str = STD_OPTION,
-    layout: str = LAYOUT_OPTION,
-    tokenizer: str = TOKENIZER_OPTION,
-    max_length: int = MAX_LENGTH_OPTION,
-    padding: TextPadding = PADDING_OPTION,
-    truncation: bool = TRUNCATION_OPTION,
-    tolerance: str = TOLERANCE_OPTION,
-    confidence: float = CONFIDENCE_OPTION,
-    json_out: Path = JSON_OUT_OPTION,
-    junit_out: Path = JUNIT_OUT_OPTION,
-    html_out: Path = HTML_OUT_OPTION,
-    calibration_data: str = CALIBRATION_DATA_OPTION,
-    metric: str = METRIC_OPTION,
-    require_speedup: bool = REQUIRE_SPEEDUP_OPTION,
-    bits: int = BITS_OPTION,
-    force: bool = FORCE_OPTION,
-    probe: list[str] = PROBE_OPTION,
-    probe_option: list[str] = PROBE_OPTION_OPTION,
-) -> int:
-    """Validate CANDIDATE against a reference on the same inputs; exit 1 when out of tolerance."""
-    from qconvert.pipeline import validate as run_validate
+def run_validate(settings: ValidateSettings, extras: dict[str, Any]) -> int:
+    """Validate on the settings the options built (`--json -`: the JSON goes to stdout), and draw it."""
+    from qconvert.pipeline import validate as validate_pipeline
 
     started = time.perf_counter()
-    to_stdout = json_on_stdout(json_out)
-    config = ValidateConfig(
-        candidate=candidate,
-        reference=reference,
-        data=data,
-        data_options=data_options(image_size, mean, std, layout, tokenizer, max_length, padding, truncation),
-        tolerance=tolerance,
-        confidence=confidence,
-        json_out=None if to_stdout else json_out,
-        junit_out=junit_out,
-        html_out=html_out,
-        calibration_data=calibration_data,
-        metric=metric,
-        require_speedup=require_speedup,
-        bits=bits,
-        force=force,
-        probes=tuple(probe),
-        probe_options=tuple(parse_probe_option(o) for o in probe_option),
-    )
+    to_stdout = json_on_stdout(settings.json_out)
+    if to_stdout:
+        settings = replace(settings, reports=replace(settings.reports, json_out=None))
     with ProgressView() as progress:
-        result = run_validate(config, progress=progress)
-    print_validation(result.report, tolerance)
-    for flag, path in (("json", None if to_stdout else json_out), ("junit", junit_out), ("html", html_out)):
+        result = validate_pipeline(settings, progress=progress)
+    print_validation(result.report, settings.tolerance)
+    for flag, path in (
+        ("json", settings.json_out),
+        ("junit", settings.junit_out),
+        ("html", settings.html_out),
+    ):
         if path is not None:
             out.print(f"{flag}: {escape(str(path))}")
     summary_line(result.verdict, started)
@@ -166,13 +175,21 @@ def validate(
     return 0 if result.passed else 1
 
 
+validate = command(
+    ValidateSettings,
+    OPTIONS,
+    run_validate,
+    "Validate CANDIDATE against a reference on the same inputs; exit 1 when out of tolerance.",
+)
+
+
 def print_figures(figures: Figures, level: str) -> None:
     """Each output's figures and the accuracy, every one with its interval."""
     intervals = figures.intervals
     for name, m in figures.outputs.items():
         ivs = intervals.get(name, {})
 
-        def shown(metric: str, text: str, fmt: Any = None, ivs: dict[str, Any] = ivs) -> str:
+        def shown(metric: str, text: str, fmt: Any = None, ivs: dict[str, Interval] = ivs) -> str:
             return f"{text} {interval_text(ivs.get(metric), fmt)}".rstrip()
 
         measured = [
@@ -189,12 +206,14 @@ def print_figures(figures: Figures, level: str) -> None:
         out.print(f"{escape(name)} ({level} intervals): " + ", ".join(measured), soft_wrap=True)
     acc = figures.accuracy
     if acc:
-        ivs = acc.get("intervals", {})
-        reference, candidate = (
-            f"{which} {pct(acc[which])} {interval_text(ivs.get(which), pct)}".rstrip()
-            for which in ("reference", "candidate")
+        both = acc.intervals
+        ref_iv, cand_iv = (None, None) if both is None else (both.reference, both.candidate)
+        reference = f"reference {pct(acc.reference)} {interval_text(ref_iv, pct)}"
+        candidate = f"candidate {pct(acc.candidate)} {interval_text(cand_iv, pct)}"
+        out.print(
+            f"accuracy ({escape(str(acc.output))}): {reference.rstrip()}, {candidate.rstrip()}",
+            soft_wrap=True,
         )
-        out.print(f"accuracy ({escape(acc['output'])}): {reference}, {candidate}", soft_wrap=True)
 
 
 def print_validation(report: ValidationReport, tolerance: str | None) -> None:
@@ -230,8 +249,8 @@ def print_validation(report: ValidationReport, tolerance: str | None) -> None:
     task = report.task
     if task:
         out.print(
-            f"task metric {escape(task['metric'])}: reference {task['reference']:.6g}, "
-            f"candidate {task['candidate']:.6g}, drop {task['drop']:.6g}"
+            f"task metric {escape(task.metric)}: reference {task.reference:.6g}, "
+            f"candidate {task.candidate:.6g}, drop {task.drop:.6g}"
         )
     for note in report.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
@@ -241,43 +260,33 @@ def print_validation(report: ValidationReport, tolerance: str | None) -> None:
         err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)
 
 
-def parse_probe_option(text: str) -> tuple[str, str]:
-    """`--probe-option KEY=VALUE`; the probe checks the key and the value."""
-    from qconvert.errors import ConfigError
-
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--probe-option {text!r} is not KEY=VALUE. Example: --probe-option token=5")
-    return key.strip(), value.strip()
-
-
-def print_collapse(collapse: dict[str, Any]) -> None:
+def print_collapse(collapse: Collapse) -> None:
     """The collapse probe: the held-out rate per output, and a table of the sequence families."""
-    for name, o in collapse["outputs"].items():
-        rule = "top-1" if o["rule"] == "top1" else f"distance > {o['threshold']:.3g}"
+    for name, o in collapse.outputs.items():
+        rule = "top-1" if o.rule == "top1" else f"distance > {o.threshold:.3g}"
         out.print(
-            f"collapse ({escape(name)}, separated = {rule}): {o['collapsed']} of {o['pairs']} held-out pairs "
-            f"the reference separates are no longer separated ({100 * o['rate']:.2f}%)"
+            f"collapse ({escape(name)}, separated = {rule}): {o.collapsed} of {o.pairs} held-out pairs "
+            f"the reference separates are no longer separated ({100 * o.rate:.2f}%)"
         )
-    families = collapse["families"]
+    families = collapse.families
     if not families:
-        out.print(f"collapse families: none ({escape(collapse['families_skipped'] or '')})")
+        out.print(f"collapse families: none ({escape(collapse.families_skipped or '')})")
         return
     table = Table(title="collapse probe: pairs separated, fp32 -> candidate (red: length lost)")
     table.add_column("length", justify="right")
     for name in families:
         table.add_column(name, justify="right")
-    for n in sorted({n for fam in families.values() for n in fam["lengths"]}):
+    for n in sorted({n for fam in families.values() for n in fam.lengths}):
         table.add_row(str(n), *(_family_cell(fam, n) for fam in families.values()))
-    kept = [fam["kept_longest"] for fam in families.values()]
+    kept = [fam.kept_longest for fam in families.values()]
     table.add_row(Text("kept up to", style="bold"), *("-" if k is None else str(k) for k in kept))
     print_table(table)
 
 
-def _family_cell(family: dict[str, Any], length: int) -> Text:
-    if length not in family["lengths"]:
+def _family_cell(family: CollapseFamily, length: int) -> Text:
+    if length not in family.lengths:
         return Text("")
-    i = family["lengths"].index(length)
-    ref, cand = family["reference_rate"][i], family["candidate_rate"][i]
-    style = "bold red" if length in family["lost"] else ""
+    i = family.lengths.index(length)
+    ref, cand = family.reference_rate[i], family.candidate_rate[i]
+    style = "bold red" if length in family.lost else ""
     return Text(f"{100 * ref:.0f}% -> {100 * cand:.0f}%", style=style)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import time
 
-from qconvert.config import RunConfig
 from qconvert.pipeline.auto import AutoRecover
 from qconvert.results import RunResult
+from qconvert.settings import RunConfig
 from qconvert.stages._shared import Progress, no_progress
 from qconvert.stages.base import Stage, run_stages
 from qconvert.stages.bench import TimeAgainstFp32

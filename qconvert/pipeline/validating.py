@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 
-from qconvert.config import ValidateConfig
 from qconvert.results import ValidationRun
+from qconvert.settings import ValidateConfig
 from qconvert.stages._shared import Progress, no_progress
 from qconvert.stages.base import Stage, run_stages
 from qconvert.stages.bench import TimeAgainstReference

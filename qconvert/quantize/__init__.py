@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Protocol
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.quantize.bf16 import quantize_bf16
 from qconvert.quantize.dynamic import quantize_dynamic_int8
 from qconvert.quantize.float16 import quantize_fp16
@@ -20,6 +19,7 @@ from qconvert.quantize.int4 import WEIGHT_ALGORITHMS, quantize_int4
 from qconvert.quantize.static import quantize_static_int8
 from qconvert.quantize.weight_only import quantize_weight_only
 from qconvert.registry import Registry
+from qconvert.types import QuantizeConfig
 
 
 class Quantizer(Protocol):

@@ -33,9 +33,9 @@ import numpy as np
 
 from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError, QuantizationError
 from qconvert.quantize.float16 import check_types, emulate_narrow_float, fp16_graph
+from qconvert.types import QuantizeConfig
 
 if TYPE_CHECKING:
     import onnx

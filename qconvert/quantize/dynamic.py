@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.errors import QuantizationError
 from qconvert.quantize._common import check_output, quant_type
+from qconvert.types import QuantizeConfig
 
 
 def gemm_aliases(names: tuple[str, ...]) -> list[str]:

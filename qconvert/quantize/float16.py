@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError, QuantizationError
 from qconvert.quantize._common import check_output
+from qconvert.types import QuantizeConfig
 
 # fp16: op types kept in fp32 unless a target says otherwise. It is onnxruntime's
 # float16.DEFAULT_OP_BLOCK_LIST (ops with no fp16 kernels: classical-ML ops, TopK, NonMaxSuppression,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from qconvert.calibrate import Dataset
 from qconvert.calibrate.streaming import CalibrationSettings, calibrate_streaming, ranges_only
-from qconvert.config import QuantizeConfig
 from qconvert.errors import CalibrationError, QConvertError, QuantizationError
 from qconvert.quantize._common import check_output
+from qconvert.types import QuantizeConfig
 
 
 def quantize_implicit_int8(

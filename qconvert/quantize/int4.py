@@ -40,9 +40,9 @@ import numpy as np
 
 from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
-from qconvert.config import MIN_BLOCK_SIZE, QuantizeConfig
 from qconvert.errors import CalibrationError, ConfigError, QuantizationError
 from qconvert.quantize._common import check_output, unique_name
+from qconvert.types import MIN_BLOCK_SIZE, QuantizeConfig
 
 if TYPE_CHECKING:
     import onnx

@@ -24,9 +24,9 @@ from qconvert.calibrate.streaming import (
     ranges_only,
     replaced_ranges,
 )
-from qconvert.config import QuantizeConfig
 from qconvert.errors import CalibrationError, QConvertError, QuantizationError
 from qconvert.quantize._common import check_output, quant_type
+from qconvert.types import QuantizeConfig
 
 log = logging.getLogger(__name__)
 

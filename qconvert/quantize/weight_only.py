@@ -28,9 +28,9 @@ import numpy as np
 
 from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError, QuantizationError
 from qconvert.quantize._common import check_output, unique_name
+from qconvert.types import QuantizeConfig
 
 if TYPE_CHECKING:
     import onnx

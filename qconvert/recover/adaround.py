@@ -36,7 +36,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qconvert.config import QuantizeConfig
 from qconvert.recover.activations import run_graph
 from qconvert.recover.base import (
     ROUNDING,
@@ -55,6 +54,7 @@ from qconvert.recover.weights import (
     roundable_weights,
     weight_grid,
 )
+from qconvert.types import QuantizeConfig
 
 log = logging.getLogger(__name__)
 

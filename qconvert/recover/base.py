@@ -35,8 +35,9 @@ import numpy as np
 import onnx
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig, Tolerance
 from qconvert.errors import CalibrationError, QConvertError, QuantizationError
+from qconvert.tolerance import Tolerance
+from qconvert.types import QuantizeConfig
 
 if TYPE_CHECKING:
     from qconvert.validation import ValidationResult

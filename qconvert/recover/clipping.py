@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qconvert.config import QuantizeConfig
 from qconvert.recover.base import ROUNDING, Recovery, RecoveryInput, StepResult, keep_reference
 from qconvert.recover.weights import fake_quantize, weight_axis, weight_input
+from qconvert.types import QuantizeConfig
 
 log = logging.getLogger(__name__)
 

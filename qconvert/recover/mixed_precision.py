@@ -54,12 +54,12 @@ import numpy as np
 import onnx
 
 from qconvert.calibrate import Dataset
-from qconvert.config import Tolerance
 from qconvert.fallback import DEFAULT_SHARE
 from qconvert.recover import precision
 from qconvert.recover.activations import run_graph
 from qconvert.recover.base import Recovery, RecoveryInput, StepResult, meets, worst_slack
 from qconvert.targets.base import LAYER_FORMATS
+from qconvert.tolerance import Tolerance
 from qconvert.validation import ValidationResult, evaluate
 from qconvert.validation.sensitivity import finite_or_none
 

@@ -53,10 +53,10 @@ import onnx
 from onnx import numpy_helper
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.recover.activations import collect, run_graph
 from qconvert.recover.base import Recovery, RecoveryInput, StepResult
 from qconvert.recover.weights import fake_quantize, on_grid, quantize_to_grid, weight_grid
+from qconvert.types import QuantizeConfig
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qconvert.config import QuantizeConfig
+from qconvert.types import QuantizeConfig
 
 # (full range, symmetric range, reduced range) of each integer weight type
 _RANGES: dict[str, tuple[tuple[int, int], tuple[int, int] | None, tuple[int, int]]] = {

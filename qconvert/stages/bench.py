@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from qconvert.artifacts import onnx_size
 from qconvert.benchmark import interleaved_latency
+from qconvert.results import Speed
 from qconvert.runtime import make_session
 from qconvert.stages._shared import MODEL_CHECKS, add_checks, latency_feed
 from qconvert.stages.base import Stage
@@ -82,13 +83,13 @@ class TimeAgainstReference(Stage[ValidateContext]):
             repeats=ctx.config.latency_repeats,
         )
         ratio = lat["reference"].p50_ms / lat["candidate"].p50_ms
-        ctx.speed = {
-            "provider": cand_bench.used,
-            "batch": size,
-            "reference": lat["reference"].as_json(),
-            "candidate": lat["candidate"].as_json(),
-            "speedup": ratio,
-        }
+        ctx.speed = Speed(
+            provider=cand_bench.used,
+            batch=size,
+            reference=lat["reference"],
+            candidate=lat["candidate"],
+            speedup=ratio,
+        )
         ctx.validation = add_checks(ctx.validation, *(Check(MODEL_CHECKS, b, ratio) for b in bounds))
         ctx.notes.append(
             f"latency p50 at batch {size} on {cand_bench.used}: candidate {lat['candidate'].p50_ms:.3f} ms, "

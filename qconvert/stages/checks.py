@@ -11,6 +11,7 @@ from qconvert.config import DEFAULT_BITS, MODEL_METRICS, Bound, Tolerance, Valid
 from qconvert.errors import CalibrationError, ConfigError
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ValidateContext
+from qconvert.validation.standin import reference_onnx
 
 
 class ChooseTolerance(Stage[ValidateContext]):
@@ -55,11 +56,6 @@ def manifest_data(manifest: dict[str, Any] | None, key: str) -> Path | None:
         if not settings.get("calibration"):  # export validated on the built-in held-out set
             return zoo_root() / "calibration" / model.heldout
     return None
-
-
-def _has_reference_onnx(spec: str, out_dir: Path | None) -> bool:
-    """An fp32 ONNX to probe and time against: --reference REF.onnx, or the OUT_DIR's reference.onnx."""
-    return Path(spec).suffix == ".onnx" or (out_dir is not None and (out_dir / "reference.onnx").is_file())
 
 
 def _model_checks(config: ValidateConfig, bounds: list[Bound], ref_spec: str, has_onnx: bool) -> None:
@@ -124,7 +120,14 @@ def _check_report_files(config: ValidateConfig, user_files: list[Path]) -> None:
 class PlanChecks(Stage[ValidateContext]):
     name = "plan"
     needs = ("model_path", "out_dir", "manifest", "model_bounds")
-    gives = ("reference_spec", "probe_kwargs", "data_path", "calibration_path", "user_files")
+    gives = (
+        "reference_spec",
+        "reference_onnx",
+        "probe_kwargs",
+        "data_path",
+        "calibration_path",
+        "user_files",
+    )
 
     def run(self, ctx: ValidateContext) -> None:
         from qconvert.validation.collapse import collapse_options
@@ -137,7 +140,8 @@ class PlanChecks(Stage[ValidateContext]):
                 "or the torch SOURCE (file.py:factory) it was made from."
             )
         ctx.reference_spec = ref_spec
-        _model_checks(config, ctx.model_bounds, ref_spec, _has_reference_onnx(ref_spec, out_dir))
+        ctx.reference_onnx = reference_onnx(ref_spec, out_dir)  # decided once, here
+        _model_checks(config, ctx.model_bounds, ref_spec, ctx.reference_onnx is not None)
         ctx.probe_kwargs = collapse_options(config.probe_options) if "collapse" in config.probes else None
         ctx.data_path = _data_path(config, ctx.manifest, ctx.notes)
         ctx.calibration_path = (

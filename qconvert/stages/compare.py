@@ -15,6 +15,7 @@ from qconvert.stages._shared import reference_outputs
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 from qconvert.validation import TokenOutputs, ValidationResult, evaluate
+from qconvert.validation.standin import runs_native
 
 
 def _token_outputs(loaded: LoadedModel, data: Dataset) -> TokenOutputs | None:
@@ -43,7 +44,7 @@ def _cpu_kernel_gap(exact: ValidationResult, cpu: ValidationResult) -> list[str]
 
 class CompareToReference(Stage[ExportContext]):
     name = "validate"
-    needs = ("checked_path", "model_path", "reference_path", "providers", "heldout", "tolerance")
+    needs = ("checked_path", "model_path", "reference_path", "providers", "not_here", "heldout", "tolerance")
     gives = ("native", "candidate", "validation", "fidelity", "evaluate_run", "validate_graph")
 
     def message(self, ctx: ExportContext) -> str:
@@ -53,7 +54,7 @@ class CompareToReference(Stage[ExportContext]):
         heldout, tolerance = ctx.heldout, ctx.tolerance
         # Where this machine cannot run the graph the way the target will, the graph's quantized
         # arithmetic is run exactly (Q/DQ as written), not through this CPU's integer kernels.
-        ctx.native = native = ctx.not_here is None and ctx.checked_path == ctx.model_path
+        ctx.native = native = runs_native(ctx.not_here, stand_in=ctx.checked_path != ctx.model_path)
         ctx.candidate = make_session(ctx.checked_path, ctx.providers, optimize=native)
         fp32_out = make_session(ctx.reference_path).run(heldout)
         ref_out = reference_outputs(ctx.loaded, heldout, fp32_out)

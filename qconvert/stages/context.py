@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # only for annotations: importing the context stays cheap
     from qconvert.calibrate import Dataset, ModelInput
     from qconvert.config import Bound, QuantizeConfig, RunConfig, Tolerance, ValidateConfig
     from qconvert.onnx_export import ExportResult
-    from qconvert.results import Report, ValidationRun
+    from qconvert.results import Report, Speed, TaskScore, ValidationRun
     from qconvert.runtime import Session
     from qconvert.sources import LoadedModel
     from qconvert.stages._shared import Progress
@@ -118,6 +118,7 @@ class ValidateContext:
     token_kinds: dict[str, str]  # a text model's token outputs (from the manifest)
     # plan: everything a flag names, checked before any work
     reference_spec: str  # --reference, or the OUT_DIR's reference.onnx
+    reference_onnx: Path | None  # an fp32 ONNX to time and probe against (None: none here)
     probe_kwargs: dict[str, Any] | None  # the collapse probe's settings (None: no --probe collapse)
     data_path: Path
     calibration_path: Path | None
@@ -128,7 +129,6 @@ class ValidateContext:
     # reference
     reference: str  # what the reference is, as the result names it
     ref_out: list[np.ndarray]  # its outputs on the held-out data, in the candidate's output order
-    reference_onnx: Path | None  # an fp32 ONNX to time and probe against (None: none here)
     # simulate / candidate
     providers: list[Provider]
     not_here: str | None  # why this machine cannot run the graph as the target will
@@ -138,9 +138,9 @@ class ValidateContext:
     cand_out: list[np.ndarray]
     # validate / task / probe / benchmark: the checks, each stage adding its own
     validation: ValidationResult
-    task: dict[str, Any] | None  # --metric: both scores and the drop
+    task: TaskScore | None  # --metric: both scores and the drop
     collapse: CollapseResult | None
-    speed: dict[str, Any] | None  # --require-speedup / a speedup bound: both latencies
+    speed: Speed | None  # --require-speedup / a speedup bound: both latencies
     # write
     run: ValidationRun
 

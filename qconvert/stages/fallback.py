@@ -41,8 +41,8 @@ def _fallback_json(
         "ratio": model_bytes / int8_bytes,
     }
     out["latency"] = {
-        "all_int8": lat["all_int8"].as_json(),
-        "model": lat["model"].as_json(),
+        "all_int8": lat["all_int8"].to_json(),
+        "model": lat["model"].to_json(),
         "ratio_p50": model_ms / int8_ms,
     }
     kept = result.kept_float

@@ -12,16 +12,15 @@ from qconvert.validation import TokenOutputs, evaluate
 
 class RunCandidate(Stage[ValidateContext]):
     name = "candidate"
-    needs = ("checked_path", "model_path", "providers", "not_here", "native", "heldout")
+    needs = ("checked_path", "providers", "not_here", "native", "heldout")
     gives = ("candidate", "cand_out")
 
     def message(self, ctx: ValidateContext) -> str:
         return f"running the candidate on {len(ctx.heldout)} samples"
 
     def run(self, ctx: ValidateContext) -> None:
-        # graph optimizations only where this machine runs model.onnx itself as the target will
-        optimize = ctx.native and ctx.checked_path == ctx.model_path
-        ctx.candidate = make_session(ctx.checked_path, ctx.providers, optimize=optimize)
+        # StandInFromManifest decided (validation/standin.py), as export did
+        ctx.candidate = make_session(ctx.checked_path, ctx.providers, optimize=ctx.native)
         ctx.cand_out = ctx.candidate.run(ctx.heldout)
         if not ctx.native:
             ctx.notes.append(

@@ -38,9 +38,9 @@ class ProbeCollapse(Stage[ValidateContext]):
         ctx.collapse = None
         if ctx.probe_kwargs is None:
             return
-        reference = ctx.reference_onnx  # RunReference's: --reference itself when it is an .onnx
+        reference = ctx.reference_onnx  # PlanChecks': --reference itself when it is an .onnx
         assert reference is not None  # PlanChecks refused the probe without an ONNX reference
-        if Path(ctx.reference_spec).suffix != ".onnx":
+        if reference != Path(ctx.reference_spec):
             ctx.notes.append(f"--probe collapse ran the fp32 export {reference} as the reference")
         ctx.collapse = collapse = probe_collapse(
             reference,

@@ -90,8 +90,8 @@ def match_outputs(
 
 class RunReference(Stage[ValidateContext]):
     name = "reference"
-    needs = ("reference_spec", "inputs", "names", "heldout", "out_dir")
-    gives = ("reference", "ref_out", "reference_onnx")
+    needs = ("reference_spec", "inputs", "names", "heldout")
+    gives = ("reference", "ref_out")
 
     def message(self, ctx: ValidateContext) -> str:
         return f"running the reference on {len(ctx.heldout)} samples"
@@ -103,6 +103,3 @@ class RunReference(Stage[ValidateContext]):
             ctx.names, ref_names, ref_out, spec, by_position=onnx_file is None
         )
         ctx.notes.extend(matched)
-        if onnx_file is None and ctx.out_dir is not None and (ctx.out_dir / "reference.onnx").is_file():
-            onnx_file = ctx.out_dir / "reference.onnx"  # to probe and time against
-        ctx.reference_onnx = onnx_file

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from qconvert.results import ValidationReport, ValidationRun
+from qconvert.results import Collapse, Figures, ValidationReport, ValidationRun, written
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ValidateContext
 
@@ -30,12 +30,12 @@ def validation_report(ctx: ValidateContext) -> ValidationReport:
         tolerance_source=ctx.tolerance_source,
         task=ctx.task,
         speed=ctx.speed,
-        collapse=None if ctx.collapse is None else ctx.collapse.as_json(),
+        collapse=None if ctx.collapse is None else written(Collapse, ctx.collapse.as_json(), "collapse"),
         notes=tuple(ctx.notes),
         manifest_sha256=None if verified is None else verified.manifest_sha256,
         verified_files=None if verified is None else verified.files,
         seconds=time.perf_counter() - ctx.started,
-        validation=ctx.validation.as_json(),
+        validation=written(Figures, ctx.validation.as_json(), "validation"),
     )
 
 

@@ -12,30 +12,9 @@ from pathlib import Path
 from qconvert.calibrate import Dataset
 from qconvert.config import QuantizeConfig
 from qconvert.quantize import QUANTIZERS
-from qconvert.quantize.bf16 import emulate_bf16
-from qconvert.quantize.float16 import emulate_fp16
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext, ValidateContext
-from qconvert.validation.standin import emulation, not_here
-
-
-def emulated(kind: str, model_path: Path, work: Path, external_data: bool) -> tuple[Path, str]:
-    """An fp32 graph in `work` that rounds each tensor to `kind` (fp16 or bf16) where model.onnx
-    produces it, and the note that says the figures are for it."""
-    if kind == "fp16":
-        # onnxruntime's CPU provider runs most fp16 nodes in fp32 and drops the casts between
-        # them: it would neither round to fp16 nor overflow. Validate a stand-in that does both.
-        return emulate_fp16(model_path, work / "fp16_emulated.onnx", external_data), (
-            "fp16: no fp16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor "
-            "to fp16 where the fp16 graph produces it (overflow included); onnxruntime's CPU provider "
-            "would run most of model.onnx in fp32 instead."
-        )
-    # the CPU provider has no bf16 MatMul/Gemm/Conv: the bf16 graph would not even load here
-    return emulate_bf16(model_path, work / "bf16_emulated.onnx", external_data), (
-        "bf16: no bf16 kernels here, so the figures are for an fp32 stand-in that rounds each tensor to "
-        "bfloat16 (round to nearest even) where the bf16 graph produces it; the CPU provider cannot run "
-        "model.onnx itself."
-    )
+from qconvert.validation.standin import emulated, emulation, for_folder
 
 
 def _stand_in(
@@ -89,27 +68,15 @@ class StandInFromManifest(Stage[ValidateContext]):
     gives = ("providers", "not_here", "native", "checked_path")
 
     def run(self, ctx: ValidateContext) -> None:
-        from qconvert.runtime import CPU, manifest_providers
-
-        manifest = ctx.manifest or {}
-        recorded = manifest_providers(ctx.out_dir, manifest) if ctx.out_dir is not None and manifest else []
-        ctx.providers = recorded or [CPU]
-        quantization = manifest.get("quantization", {})
-        ctx.not_here = not_here(manifest.get("target", {}).get("name"), ctx.providers)
-        ctx.native = ctx.not_here is None
-        kind = emulation(
-            quantization.get("mode"),
-            bool(quantization.get("calibration_table")),
-            ctx.not_here,
-            quantization.get("layer_formats") or (),
-        )
+        decision = for_folder(ctx.out_dir, ctx.manifest)
+        ctx.providers, ctx.not_here, ctx.native = decision.providers, decision.not_here, decision.native
         ctx.checked_path = ctx.model_path
-        if kind in ("fp16", "bf16"):
+        if decision.emulated is not None:
             work = Path(ctx.stack.enter_context(tempfile.TemporaryDirectory(prefix="qconvert-validate-")))
-            external = quantization.get("external_data", False)
-            ctx.checked_path, note = emulated(kind, ctx.model_path, work, external)
+            external = (ctx.manifest or {}).get("quantization", {}).get("external_data", False)
+            ctx.checked_path, note = emulated(decision.emulated, ctx.model_path, work, external)
             ctx.notes.append(note)
-        if kind == "implicit":
+        if decision.stand_in == "implicit":
             ctx.notes.append(
                 "implicit int8: model.onnx is the fp32 graph plus a calibration table, and that is what was "
                 "checked here; TensorRT quantizes it on the GPU. `qconvert export` measures an explicit Q/DQ "

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 from qconvert.errors import ConfigError
+from qconvert.results import Interval as IntervalRecord
+from qconvert.results import TaskScore
 from qconvert.stages._shared import MODEL_CHECKS, add_checks
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ValidateContext
@@ -90,22 +92,23 @@ class ScoreTask(Stage[ValidateContext]):
             task_score(fn, spec, dict(zip(ctx.names, outs, strict=True)), labels, which)
             for which, outs in (("reference", ctx.ref_out), ("candidate", ctx.cand_out))
         ]
-        task: dict[str, Any] = {
-            "metric": spec,
-            "reference": scores[0],
-            "candidate": scores[1],
-            "drop": scores[0] - scores[1],
-        }
+        drop = scores[0] - scores[1]
         bounds = [b for b in ctx.model_bounds if b.metric == "task_drop"]
         if bounds:  # one interval (seeded, so the same for every bound): the metric runs 2 x its resamples
             level = ctx.config.confidence
             interval = task_drop_interval(fn, spec, ctx.names, ctx.ref_out, ctx.cand_out, labels, level)
-            task["interval"] = interval.as_json()
-            checks = (Check(MODEL_CHECKS, bound, task["drop"], interval) for bound in bounds)
+            checks = (Check(MODEL_CHECKS, bound, drop, interval) for bound in bounds)
             ctx.validation = add_checks(ctx.validation, *checks)
         else:
+            interval = None
             ctx.notes.append(
                 f"--metric {spec}: reported, not checked; add a bound with --tolerance 'task_drop<=X' to "
                 "gate on it"
             )
-        ctx.task = task
+        ctx.task = TaskScore(
+            metric=spec,
+            reference=scores[0],
+            candidate=scores[1],
+            drop=drop,
+            interval=None if interval is None else IntervalRecord.from_json(interval.as_json(), "task"),
+        )

@@ -10,63 +10,100 @@ from importlib import metadata
 from typing import Any
 
 from qconvert.artifacts import sha256_file
-from qconvert.results import Manifest, Report
+from qconvert.results import (
+    Accuracy,
+    AccuracyIntervals,
+    AutoAttempt,
+    DataFlags,
+    Fallback,
+    Figures,
+    Fusions,
+    Latency,
+    Manifest,
+    Ops,
+    RecoveryStep,
+    Report,
+    Sensitivity,
+    Size,
+    Tradeoff,
+    written,
+)
 from qconvert.stages._shared import op_counts
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 from qconvert.validation.standin import emulation
 
 
-def report_json(ctx: ExportContext) -> dict[str, Any]:
-    """report.json: what was measured."""
-    return {
-        "passed": bool(ctx.validation),
-        "verdict": ctx.validation.verdict,
-        "target": ctx.target.name,
-        "bits": ctx.config.bits,
-        "mode": ctx.qc.mode,
-        "validated_on": ctx.candidate.used,
-        "validation_exact_qdq": not ctx.candidate.optimized,
+def _accuracy(ctx: ExportContext, figures: Figures) -> Accuracy | None:
+    """Task accuracy on the held-out labels of the original, the fp32 export and model.onnx."""
+    acc = figures.accuracy
+    if acc is None:
+        return None
+    intervals = acc.intervals  # fp32_onnx has none: it is the export's fidelity
+    return Accuracy(
+        reference=acc.reference,
+        fp32_onnx=ctx.fidelity.accuracy["candidate"] if ctx.fidelity.accuracy else None,
+        model=acc.candidate,
+        drop=acc.drop,
+        samples=len(ctx.heldout),
+        intervals=None
+        if intervals is None
+        else AccuracyIntervals(reference=intervals.reference, model=intervals.candidate, drop=intervals.drop),
+    )
+
+
+def report_record(ctx: ExportContext) -> Report:
+    """report.json: what was measured. The live results (validation, sensitivity, fallback, the
+    trade-off table) become the record's typed entries through the JSON they write."""
+    blame, sizes, lat = ctx.blame, ctx.sizes, ctx.lat
+    fallback = None if blame is None else ctx.fallback_json
+    figures = written(Figures, ctx.validation.as_json(), "validation")
+    return Report(
+        passed=bool(ctx.validation),
+        verdict=ctx.validation.verdict,
+        target=ctx.target.name,
+        bits=ctx.config.bits,
+        mode=ctx.qc.mode,
+        validated_on=ctx.candidate.used,
+        validation_exact_qdq=not ctx.candidate.optimized,
         # the graph validation ran when it was not model.onnx: implicit (an explicit Q/DQ graph with
         # the table's ranges), fp16 or bf16 (an fp32 graph rounding to that type)
-        "stand_in": None
+        stand_in=None
         if ctx.checked_path == ctx.model_path
         else emulation(ctx.qc.mode, bool(ctx.qc.calibration_table), ctx.not_here, ctx.qc.layer_formats),
-        "validation": ctx.validation.as_json(),
-        "on_cpu_kernels": None if ctx.on_cpu_kernels is None else ctx.on_cpu_kernels.as_json(),
-        "export_fidelity": ctx.fidelity.as_json()["outputs"],
-        "accuracy": None
-        if ctx.validation.accuracy is None
-        else {
-            "reference": ctx.validation.accuracy["reference"],
-            "fp32_onnx": ctx.fidelity.accuracy["candidate"] if ctx.fidelity.accuracy else None,
-            "model": ctx.validation.accuracy["candidate"],
-            "drop": ctx.validation.accuracy["drop"],
-            "samples": len(ctx.heldout),
-            # model, reference and drop; fp32_onnx has no interval: it is the export's fidelity
-            "intervals": {
-                "reference": ctx.validation.accuracy["intervals"]["reference"],
-                "model": ctx.validation.accuracy["intervals"]["candidate"],
-                "drop": ctx.validation.accuracy["intervals"]["drop"],
-            },
-        },
-        "size": {**ctx.sizes, "ratio": ctx.sizes["model_bytes"] / ctx.sizes["fp32_bytes"]},
-        "latency": {
-            "provider": ctx.bench_provider,
-            "batch": ctx.config.latency_batch,
-            "fp32": ctx.lat["fp32"].as_json(),
-            "model": ctx.lat["model"].as_json(),
-            "ratio_p50": ctx.lat["model"].p50_ms / ctx.lat["fp32"].p50_ms,
-        },
-        "data": ctx.data_flags,
-        "fusions": ctx.fusions,
-        "ops": {
-            "fp32": op_counts(ctx.reference_path),
-            "model": op_counts(ctx.model_path),
-            "float_between_qdq": ctx.float_nodes,
-        },
-        "notes": tuple(ctx.notes),
-    }
+        validation=figures,
+        on_cpu_kernels=None
+        if ctx.on_cpu_kernels is None
+        else written(Figures, ctx.on_cpu_kernels.as_json(), "on_cpu_kernels"),
+        export_fidelity=ctx.fidelity.outputs,
+        accuracy=_accuracy(ctx, figures),
+        size=Size(
+            fp32_bytes=sizes["fp32_bytes"],
+            model_bytes=sizes["model_bytes"],
+            ratio=sizes["model_bytes"] / sizes["fp32_bytes"],
+        ),
+        latency=Latency(
+            provider=ctx.bench_provider,
+            batch=ctx.config.latency_batch,
+            fp32=lat["fp32"],
+            model=lat["model"],
+            ratio_p50=lat["model"].p50_ms / lat["fp32"].p50_ms,
+        ),
+        data=DataFlags(**ctx.data_flags),
+        fusions=None if ctx.fusions is None else Fusions(**ctx.fusions),
+        ops=Ops(
+            fp32=op_counts(ctx.reference_path),
+            model=op_counts(ctx.model_path),
+            float_between_qdq=tuple(ctx.float_nodes),
+        ),
+        notes=tuple(ctx.notes),
+        recovery=tuple(written(RecoveryStep, step, "recovery") for step in ctx.recovery),
+        defaults=ctx.defaults,
+        auto=tuple(written(AutoAttempt, attempt, "auto") for attempt in ctx.auto),
+        sensitivity=None if blame is None else written(Sensitivity, blame.sensitivity, "sensitivity"),
+        fallback=None if fallback is None else written(Fallback, fallback, "fallback"),
+        tradeoff=None if ctx.tradeoff is None else written(Tradeoff, ctx.tradeoff, "tradeoff"),
+    )
 
 
 def manifest_json(ctx: ExportContext) -> dict[str, Any]:
@@ -84,7 +121,7 @@ def manifest_json(ctx: ExportContext) -> dict[str, Any]:
             "task": ctx.loaded.task,
             "token_outputs": ctx.loaded.token_outputs,
         },
-        "settings": {**asdict(ctx.config), "out_dir": str(ctx.out_dir), "mode": ctx.mode},
+        "settings": {**ctx.config.flat(), "out_dir": str(ctx.out_dir), "mode": ctx.mode},
         "quantization": {
             **asdict(ctx.qc),
             "forbidden_ops": sorted(ctx.qc.forbidden_ops),
@@ -132,16 +169,7 @@ class WriteArtifacts(Stage[ExportContext]):
     gives = ("report", "manifest")
 
     def run(self, ctx: ExportContext) -> None:
-        blame = ctx.blame
-        report = Report(
-            **report_json(ctx),
-            recovery=tuple(ctx.recovery),
-            defaults=ctx.defaults,
-            auto=tuple(ctx.auto),
-            sensitivity=None if blame is None else blame.sensitivity,
-            fallback=None if blame is None else ctx.fallback_json,
-            tradeoff=ctx.tradeoff,
-        )
+        report = report_record(ctx)
         art = ctx.art
         for companion in ctx.loaded.companion_files:  # config and tokenizer: OUT_DIR loads on its own
             art.copy_file(companion, companion.name)

@@ -40,10 +40,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
 from qconvert.targets import presets
 from qconvert.targets.base import ORT_CPU_INT8_OPS, Options, Provider, Target, TargetOption, Violation
+from qconvert.types import QuantizeConfig
 
 if TYPE_CHECKING:
     import onnx

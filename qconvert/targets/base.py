@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
+from qconvert.types import QuantizeConfig
 
 if TYPE_CHECKING:
     from pathlib import Path

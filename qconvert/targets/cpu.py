@@ -31,10 +31,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
 from qconvert.targets import presets
 from qconvert.targets.base import ORT_CPU_INT8_OPS, Options, Provider, Target, TargetOption
+from qconvert.types import QuantizeConfig
 
 if TYPE_CHECKING:
     from qconvert.calibrate import ModelInput

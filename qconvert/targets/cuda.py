@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
 from qconvert.targets import presets
 from qconvert.targets.base import (
@@ -41,6 +40,7 @@ from qconvert.targets.base import (
     Violation,
     missing_provider,
 )
+from qconvert.types import QuantizeConfig
 
 if TYPE_CHECKING:
     import onnx

@@ -38,7 +38,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from qconvert.config import QuantizeConfig
 from qconvert.targets import presets
 from qconvert.targets.base import (
     COMMON_INT8_OPS,
@@ -49,6 +48,7 @@ from qconvert.targets.base import (
     Violation,
     missing_provider,
 )
+from qconvert.types import QuantizeConfig
 
 if TYPE_CHECKING:
     import onnx

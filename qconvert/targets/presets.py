@@ -7,8 +7,8 @@ layout reads whole and does not change when a default does.
 
 from __future__ import annotations
 
-from qconvert.config import QuantizeConfig
 from qconvert.targets.base import INTEGER_ONLY_OPS
+from qconvert.types import QuantizeConfig
 
 
 def u8s8(

@@ -48,7 +48,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from qconvert.artifacts import save_onnx
-from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
 from qconvert.targets.base import (
     COMMON_INT8_OPS,
@@ -60,6 +59,7 @@ from qconvert.targets.base import (
     graph_violations,
     missing_provider,
 )
+from qconvert.types import QuantizeConfig
 
 if TYPE_CHECKING:
     from pathlib import Path

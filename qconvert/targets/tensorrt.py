@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
 from qconvert.targets import presets
 from qconvert.targets.base import (
@@ -48,6 +47,7 @@ from qconvert.targets.base import (
     has_qdq,
     missing_provider,
 )
+from qconvert.types import QuantizeConfig
 
 if TYPE_CHECKING:
     import onnx

@@ -130,7 +130,7 @@ def test_the_validate_page_shows_what_its_record_holds(validated: tuple[Validati
     how = "Q/DQ arithmetic executed exactly" if run.report.exact_qdq else "the provider's own kernels"
     assert how in page
     assert 'id="accuracy"' in page and "No labels" not in page
-    reference = run.report.figures.accuracy["reference"] if run.report.figures.accuracy else None
+    reference = run.report.figures.accuracy.reference if run.report.figures.accuracy else None
     assert reference is not None and f"{100 * reference:.2f}%" in page
 
 
@@ -144,8 +144,26 @@ def test_a_renamed_validation_key_is_an_error_not_a_missing_row(
     doc = copy.deepcopy(failed_export.report)
     entry = doc["validation"]["checks"][0] if where == "checks" else doc["validation"]
     entry[key + "_renamed"] = entry.pop(key)
-    report = Report.from_json(doc)  # the top level is as written
-    with pytest.raises(SourceError, match=key):
-        render_html(report)
-    with pytest.raises(SourceError, match=key):
-        summary_rows(report)
+    with pytest.raises(SourceError, match=rf"report\.json: validation.*no '{key}' entry"):
+        Report.from_json(doc)
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ("size", "ratio"),
+        ("latency", "ratio_p50"),
+        ("accuracy", "drop"),
+        ("ops", "fp32"),
+        ("sensitivity", "ranking"),
+    ],
+)
+def test_a_renamed_report_key_is_an_error_naming_file_and_key(
+    failed_export: RunResult, entry: str, key: str
+) -> None:
+    """Every typed entry, not only the validation: a renamed key names the file, the entry and the key
+    (the optional ranking of an available sensitivity included: its table would be empty)."""
+    doc = copy.deepcopy(failed_export.report)
+    doc[entry][key + "_renamed"] = doc[entry].pop(key)
+    with pytest.raises(SourceError, match=rf"report\.json: {entry}.*no '{key}' entry"):
+        Report.from_json(doc)

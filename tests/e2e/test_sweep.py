@@ -25,10 +25,10 @@ import pytest
 from _models import IMAGE_SHAPE, NUM_CLASSES, write_cnn_mlp
 from conftest import TINY_CNN, cli, leftovers, save_npz, write_model
 
-from qconvert.cli.options import image_options, text_options
 from qconvert.config import RunConfig, SweepConfig
 from qconvert.errors import ConfigError
-from qconvert.results import SCHEMA_VERSION, SweepReport
+from qconvert.results import SCHEMA_VERSION, Collapse, CollapseFamily, SweepReport
+from qconvert.settings import DataOptions, from_flags
 from qconvert.sweep import (
     NOT_SUPPORTED,
     OUT_OF_TOLERANCE,
@@ -147,21 +147,30 @@ def test_recommend_breaks_ties_by_the_other_figure() -> None:
     assert row("s", latency=1.0).slower_than_fp32 and not row("f", latency=0.99).slower_than_fp32
 
 
-def test_collapse_column_shows_the_lengths_kept_out_of_fp32s() -> None:
-    def fam(reference: int | None, kept: int | None) -> dict[str, Any]:
-        return {"reference_longest": reference, "kept_longest": kept}
+def _probed(rate: float, **families: tuple[int | None, int | None]) -> SweepRow:
+    """A row whose collapse probe found `rate`, and per family (longest fp32 keeps, longest kept)."""
+    kept = {
+        name: CollapseFamily(
+            pattern="", lengths=(), pairs=(), reference_rate=(), candidate_rate=(),
+            reference_longest=reference, candidate_longest=None, kept_longest=longest, lost=(),
+        )
+        for name, (reference, longest) in families.items()
+    }  # fmt: skip
+    collapse = Collapse(
+        rate=rate, worst_output="logits", sampled=100, samples=50, effective_pairs=50.0, pairs=90,
+        collapsed=1, outputs={}, distance_fraction=0.1, families=kept, families_skipped=None,
+        separates=0.5, keep_margin=0.1, notes=(),
+    )  # fmt: skip
+    return SweepRow("8bit-static", 8, "static", "passed", collapse=collapse)
 
-    collapse = {"rate": 0.009, "families": {"copy": fam(32, 32), "count": fam(16, 4), "odd": fam(None, 8)}}
-    assert (
-        collapse_text({"collapse_rate": 0.009, "collapse": collapse})
-        == "0.9%; copy 32/32, count 4/16, odd 8/-"
+
+def test_collapse_column_shows_the_lengths_kept_out_of_fp32s() -> None:
+    assert collapse_text(_probed(0.009, copy=(32, 32), count=(16, 4), odd=(None, 8))) == (
+        "0.9%; copy 32/32, count 4/16, odd 8/-"
     )
     # keeping up with fp32 past the longest length fp32 itself handles is shown as fp32's length
-    assert (
-        collapse_text({"collapse_rate": 0.0, "collapse": {"families": {"count": fam(16, 31)}}})
-        == "0.0%; count 16/16"
-    )
-    assert collapse_text({"collapse_rate": None, "collapse_error": "x"}) == "error"
+    assert collapse_text(_probed(0.0, count=(16, 31))) == "0.0%; count 16/16"
+    assert collapse_text(SweepRow("8bit-static", 8, "static", "error", collapse_error="x")) == "error"
 
 
 # --- planning: not-supported settings are rows in the target's own words ---------------------------
@@ -304,13 +313,12 @@ def test_ray_tasks_get_an_absolute_tokenizer(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "tok").mkdir()
     (tmp_path / "hook.py").write_text("def fn(lines):\n    return {}\n")
     for given, wanted in (("tok", str(tmp_path / "tok")), ("hook.py:fn", f"{tmp_path / 'hook.py'}:fn")):
-        run = RunConfig(data_options=text_options(given, 16, base=image_options("8", "0.5")))
+        flags = {"tokenizer": given, "max_length": "16", "image_size": "8", "mean": "0.5"}
+        run = RunConfig(data_options=from_flags(DataOptions, flags))
         moved = _absolute_paths(run).data_options
         assert moved.tokenizer == wanted
         assert (moved.max_length, moved.image_size, moved.mean) == (16, (8, 8), (0.5,))
-    assert _absolute_paths(RunConfig(data_options=text_options("org/model"))).data_options.tokenizer == (
-        "org/model"
-    )
+    assert _absolute_paths(RunConfig(tokenizer="org/model")).data_options.tokenizer == ("org/model")
 
 
 def test_table_rows_and_statuses(serial: tuple[int, str, Path]) -> None:
@@ -354,7 +362,7 @@ def test_files_written(serial: tuple[int, str, Path]) -> None:
     # sweep.json is results.SweepReport: versioned, and it reads back as the record it was written from
     report = SweepReport.from_json(summary)
     assert summary["schema_version"] == SCHEMA_VERSION and report.to_json() == summary
-    assert isinstance(report.bits, tuple) and report.rows[0]["name"] == "fp32"
+    assert isinstance(report.bits, tuple) and report.rows[0].name == "fp32"
     for name in ("8bit-static", "8bit-dynamic"):
         trial = out / "trials" / name
         assert {"model.onnx", "reference.onnx", "qconvert.json", "report.json", "report.html"} <= {
@@ -515,6 +523,6 @@ def test_collapse_probe_runs_the_bf16_stand_in_where_there_are_no_bf16_kernels(t
     )
     result = export(config)
     assert result.report["stand_in"] == "bf16"
-    probed, error = _probe_collapse(result.out_dir, result.report, result.manifest, Dataset("x", {"x": x}))
+    probed, error = _probe_collapse(result.out_dir, result.manifest, Dataset("x", {"x": x}))
     assert error is None and probed is not None, error
-    assert probed["pairs"] > 0 and probed["rate"] < 0.05, probed
+    assert probed.pairs > 0 and probed.rate < 0.05, probed

@@ -10,7 +10,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from qconvert.results import SweepReport
+from qconvert.results import RecommendationRecord, SweepLatency, SweepReport, SweepRow
 from qconvert.sweep_report import render_png, separate_labels
 
 
@@ -40,9 +40,9 @@ def test_sweep_png_is_returned_as_bytes_and_no_file_is_written(
     """The renderer draws; the sweep writes sweep.png through its ArtifactDir (artifacts.py)."""
     monkeypatch.chdir(tmp_path)
     rows = [
-        {"name": "fp32", "status": "baseline", "size_ratio": 1.0, "latency_ratio": 1.0, "cosine": 1.0},
-        {"name": "8bit-static", "status": "passed", "size_ratio": 0.3, "latency_ratio": 0.6, "cosine": 0.999},
-        {"name": "4bit-weight-only", "status": "out_of_tolerance", "size_ratio": 0.2, "cosine": 0.95},
+        SweepRow("fp32", None, None, "baseline", size_ratio=1.0, latency_ratio=1.0, cosine=1.0),
+        SweepRow("8bit-static", 8, "static", "passed", size_ratio=0.3, latency_ratio=0.6, cosine=0.999),
+        SweepRow("4bit-weight-only", 4, "weight-only", "out_of_tolerance", size_ratio=0.2, cosine=0.95),
     ]
     report = SweepReport(
         source="tiny",
@@ -54,9 +54,11 @@ def test_sweep_png_is_returned_as_bytes_and_no_file_is_written(
         workers=1,
         held_out_samples=64,
         labels=False,
-        latency={},
+        latency=SweepLatency(how="interleaved", provider=None, batch=1, repeats=1, p50_ms={}),
         rows=tuple(rows),
-        recommendation={"smallest": "8bit-static", "fastest": "8bit-static", "text": "8bit-static"},
+        recommendation=RecommendationRecord(
+            smallest="8bit-static", fastest="8bit-static", text="8bit-static"
+        ),
         passed=True,
         verdict="passed",
         notes=(),

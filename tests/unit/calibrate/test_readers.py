@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from qconvert.calibrate import Dataset, ModelInput, load_dataset
 from qconvert.cli import app
-from qconvert.cli.options import image_options
 from qconvert.config import DataOptions
 from qconvert.errors import CalibrationError
+from qconvert.settings import from_flags
 
 RGB = ModelInput("image", (None, 3, 8, 8), "float32")
 RGB_NHWC = ModelInput("image", (None, 8, 8, 3), "float32")
@@ -126,7 +126,7 @@ def test_images_are_resized_to_the_model_input(tmp_path: Path) -> None:
 
 def test_image_size_flag_for_a_model_of_any_size(tmp_path: Path) -> None:
     _write_images(tmp_path / "imgs", _pixels(2, (9, 9, 3)))
-    data = _load(tmp_path / "imgs", ANY_SIZE, options=image_options("6x10"))
+    data = _load(tmp_path / "imgs", ANY_SIZE, options=from_flags(DataOptions, {"image_size": "6x10"}))
     assert data.feeds["image"].shape == (2, 3, 6, 10)
 
     with pytest.raises(CalibrationError, match=r"does not fix its height and width .* Pass --image-size HxW"):
@@ -134,7 +134,7 @@ def test_image_size_flag_for_a_model_of_any_size(tmp_path: Path) -> None:
     with pytest.raises(
         CalibrationError, match=r"--image-size 6x6 does not fit input 'image', which takes 8x8"
     ):
-        _load(tmp_path / "imgs", RGB, options=image_options("6"))
+        _load(tmp_path / "imgs", RGB, options=from_flags(DataOptions, {"image_size": "6"}))
 
 
 def test_samples_decodes_only_the_first_images(tmp_path: Path) -> None:

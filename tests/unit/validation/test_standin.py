@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import platform
+from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
+from _models import write_matmul_relu
 
-from qconvert.targets import Provider
-from qconvert.validation.standin import emulation, not_here
+from qconvert.targets import TARGETS, Provider
+from qconvert.validation.standin import emulation, for_folder, not_here, reference_onnx, runs_native
 
 CPU = Provider("CPUExecutionProvider")
 X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -45,3 +49,56 @@ def test_without_a_known_target_only_the_first_provider_counts() -> None:
 )
 def test_emulation(mode: str | None, table: bool, why: str | None, expected: str | None) -> None:
     assert emulation(mode, table, why) == expected
+
+
+# --- export and validate of one folder decide the same way, for every target ---------------------
+
+
+def _linear(folder: Path) -> tuple[Path, Path]:
+    """A MatMul + Relu fp32 .onnx with 128 weights (coreml's weight-only int8 takes no fewer) and 200
+    held-out rows for it: small enough to export for every target."""
+    rng = np.random.default_rng(0)
+    source = write_matmul_relu(folder / "linear.onnx", rng.standard_normal((4, 32)))
+    data = folder / "data.npz"
+    np.savez(data, x=rng.standard_normal((200, 4)).astype(np.float32))
+    return source, data
+
+
+@pytest.mark.parametrize(
+    ("target", "bits", "options"),
+    [(name, 8, ()) for name in TARGETS.names()]
+    + [("cuda", 16, ()), ("tensorrt", 8, (("quantization", "implicit"),))],
+)
+def test_export_validate_and_sweep_decide_the_same_for_one_folder(
+    tmp_path: Path, target: str, bits: int, options: tuple[tuple[str, str], ...]
+) -> None:
+    """The graph validation runs and how (the provider's fused kernels, or the exact Q/DQ arithmetic
+    with graph optimizations off): what export recorded is what `qconvert validate` of its folder
+    and the sweep's collapse probe decide on this machine (validation/standin.py)."""
+    import qconvert
+    from qconvert.config import RunConfig, ValidateConfig
+    from qconvert.pipeline import export
+
+    source, data = _linear(tmp_path)
+    config = RunConfig(
+        source=str(source), target=target, bits=bits, target_options=options, data=str(data),
+        calibration=str(data), out_dir=tmp_path / "out", tolerance="cosine>=-1", latency_repeats=3,
+    )  # fmt: skip
+    exported = export(config).record
+    run = qconvert.validate(ValidateConfig(candidate=tmp_path / "out", settings_dir=None)).report
+    assert (run.provider, run.exact_qdq) == (exported.validated_on, exported.validation_exact_qdq)
+    folder = for_folder(tmp_path / "out", json.loads((tmp_path / "out" / "qconvert.json").read_text()))
+    assert folder.stand_in == exported.stand_in
+    assert folder.native is not exported.validation_exact_qdq or folder.stand_in == "implicit"
+    # the decision itself: exact Q/DQ arithmetic exactly where the target is not here or a stand-in runs
+    assert exported.validation_exact_qdq is not runs_native(folder.not_here, exported.stand_in is not None)
+
+
+def test_the_fp32_onnx_reference_is_the_given_onnx_else_the_out_dirs(tmp_path: Path) -> None:
+    """PlanChecks decides it once (the probe and a speedup bound need it; RunReference reads it)."""
+    assert reference_onnx("ref.onnx", None) == Path("ref.onnx")  # RunReference says if it is missing
+    assert reference_onnx("model.py:build", None) is None  # a bare .onnx candidate, a torch reference
+    assert reference_onnx("model.py:build", tmp_path) is None  # an OUT_DIR without reference.onnx
+    (tmp_path / "reference.onnx").write_bytes(b"")
+    assert reference_onnx("model.py:build", tmp_path) == tmp_path / "reference.onnx"
+    assert reference_onnx(str(tmp_path / "other.onnx"), tmp_path) == tmp_path / "other.onnx"

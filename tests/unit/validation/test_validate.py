@@ -303,7 +303,7 @@ def test_interleaved_latency_with_two_real_sessions(models: dict[str, Path]) -> 
         assert stats.runs == 12
         assert 0 < stats.p50_ms <= stats.p90_ms
         assert stats.mean_ms > 0
-        assert set(stats.as_json()) == {"p50_ms", "p90_ms", "mean_ms", "runs"}
+        assert set(stats.to_json()) == {"p50_ms", "p90_ms", "mean_ms", "runs"}
     assert calls.count("dynamic") == calls.count("batch4") == 12 + 2
     timed = calls[4:]  # after the warm-up rounds, the order is rotated every round
     rounds = [tuple(timed[i : i + 2]) for i in range(0, len(timed), 2)]
