@@ -7,8 +7,8 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from qconvert.config import confidence_text as config_confidence_text
 from qconvert.results import Report
+from qconvert.tolerance import confidence_text as config_confidence_text
 
 if TYPE_CHECKING:
     from qconvert.results import CheckRecord, Interval, ValidationReport

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         Figures,
         Interval,
         LayerRecord,
+        Manifest,
         Report,
         Sensitivity,
         Tradeoff,
@@ -729,17 +730,16 @@ def _notes(report: Report | ValidationReport) -> str:
     )
 
 
-def _identity(about: dict[str, Any] | None) -> str:
+def _identity(about: Manifest | None) -> str:
     """What was converted, by which qconvert, when, with which command: the page stands on its own
     when pasted into a pull request."""
     from qconvert import __version__
 
-    about = about or {}
     items = [
-        ("model", about.get("source")),
-        ("qconvert", about.get("qconvert") or __version__),
-        ("date", about.get("created")),
-        ("command", about.get("command")),
+        ("model", None if about is None else about.source.origin),
+        ("qconvert", __version__ if about is None else about.qconvert),
+        ("date", None if about is None else about.created),
+        ("command", None if about is None else about.command),
     ]
     shown = [
         f'<span data-key="{k}"><strong>{k}</strong> '
@@ -945,9 +945,9 @@ def _tradeoff_svg(configs: Sequence[Configuration], measured: bool) -> str:
     return "".join(parts)
 
 
-def render_html(report: Report, about: dict[str, Any] | None = None) -> str:
-    """The whole page for `report` (what report.json holds). `about`: the manifest's `source` (its
-    origin), `qconvert`, `created` and `command`, shown at the top."""
+def render_html(report: Report, about: Manifest | None = None) -> str:
+    """The whole page for `report` (what report.json holds). `about`: the manifest (its source's
+    origin, `qconvert`, `created` and `command` are shown at the top)."""
     label = quantized_label(report)
     accuracy = _accuracy(report.accuracy, label, None if report.accuracy is None else report.accuracy.samples)
     ran_on = _ran_on(report.target, label, report.mode, report.validated_on, report.validation_exact_qdq)

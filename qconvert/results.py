@@ -11,7 +11,9 @@ versioning read as version 0, and a newer schema than this qconvert knows is ref
 (report.py, report_html.py, junit.py, sweep_report.py, the CLI's tables) read these attributes, never
 the JSON. Entries whose keys are data stay JSON objects by design: per-output metrics (`outputs`,
 `export_fidelity`: output -> metric -> value, the metrics depending on the model), histograms,
-scatter samples, operator counts, the settings and the recovery details.
+scatter samples, operator counts, the recovery details, a target's options and facts. So do the
+manifest's `settings` (the flat settings as written, in the writer's key order), which
+`Manifest.run_config()` reads back into the settings that made the run.
 
 Versions: 1 added `schema_version`. 2: the verdict reads confidence intervals
 (validation/intervals.py). `verdict` (passed | failed | inconclusive) stands beside `passed`, which is
@@ -19,6 +21,11 @@ now true only for PASSED: a file that said `passed: true` under version 1 may sa
 `inconclusive` for the same figures. Each check gains `verdict`, `interval` and `samples_to_settle`,
 the validation `confidence`, `intervals` and `samples_to_settle`, the accuracy `intervals`. A version
 0 or 1 file reads with `verdict` taken from `passed`.
+
+No key changed since, but one value: qconvert.json's `settings.mode` was the mode the run resolved
+and is now `--mode` as given (None where the target's or the model family's default chose it, which
+`quantization.mode` records), so that the settings re-run the export as its `command` does. Older
+files read back with the resolved mode as if it had been given.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from qconvert.errors import InternalError, SourceError
 
 if TYPE_CHECKING:
+    from qconvert.settings import ExportSettings
     from qconvert.validation import ValidationResult
 
 SCHEMA_VERSION = 2  # bump on any change a reader must know about; additions keep the version
@@ -736,29 +744,194 @@ class Report(_Validated, _Record):
     }
 
 
+@dataclass(frozen=True, kw_only=True)
+class SourceFile(_Entry):
+    """A file the source was read from, and its SHA-256."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInputRecord(_Entry):
+    """One input of the exported graph (calibrate.readers.ModelInput): dims with the batch axis
+    (None: any), and the dtype."""
+
+    name: str
+    dims: tuple[int | None, ...]
+    dtype: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceRecord(_Entry):
+    """qconvert.json `source`: what SOURCE was, its files' hashes, its inputs and outputs."""
+
+    origin: str
+    kind: str
+    files: tuple[SourceFile, ...]
+    inputs: tuple[ModelInputRecord, ...]
+    outputs: tuple[str, ...]
+    task: str | None
+    token_outputs: dict[str, str]  # a text model's token outputs: output -> kind
+
+    READ: ClassVar[Readers] = {"files": many(SourceFile), "inputs": many(ModelInputRecord)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizationRecord(_Entry):
+    """qconvert.json `quantization`: the QuantizeConfig the run used (types.QuantizeConfig, field for
+    field; its two sets as sorted lists), what the target and the defaults decided."""
+
+    bits: int
+    mode: str
+    format: str
+    activation_type: str
+    weight_type: str
+    per_channel: bool
+    activation_symmetric: bool
+    weight_symmetric: bool
+    reduce_range: bool
+    quantize_bias: bool
+    calibration_method: str
+    forbidden_ops: tuple[str, ...]
+    nodes_to_exclude: tuple[str, ...]
+    nodes_to_include: tuple[str, ...]
+    external_data: bool
+    keep_fp32_ops: tuple[str, ...]
+    keep_io_types: bool
+    calibration_table: str | None
+    extra_options: tuple[Any, ...]  # onnxruntime's (key, value) pairs, as JSON lists
+    block_size: int
+    weight_algorithm: str
+    accuracy_level: int
+    layer_formats: tuple[Any, ...]  # (node, format) pairs, as JSON lists
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportRecord(_Entry):
+    """qconvert.json `export`: which exporter made the fp32 ONNX, and why it fell back if it did."""
+
+    exporter: str
+    fallback_reason: str | None
+    opset: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetRecord(_Entry):
+    """qconvert.json `target`: the target, its options (as bound) and what it found out about this
+    machine (both keyed by the target's own names)."""
+
+    name: str
+    options: dict[str, Any]
+    facts: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderRecord(_Entry):
+    """An execution provider and its options (targets.base.Provider.as_json); path options relative
+    to the artifact folder."""
+
+    name: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidatedOn(_Entry):
+    """qconvert.json `validated_on`: the provider validation ran on, and whether graph optimizations
+    were off (the Q/DQ arithmetic as written)."""
+
+    provider: str
+    exact_qdq: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSource(_Entry):
+    """Where a data set came from (the flag and its path, or what stood in) and how many samples."""
+
+    origin: str
+    samples: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataRecord(_Entry):
+    """qconvert.json `data`: the calibration set (None: the run read none) and the held-out set."""
+
+    calibration: DataSource | None
+    validation: DataSource
+
+    READ: ClassVar[Readers] = {"calibration": DataSource, "validation": DataSource}
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerdictRecord(_Entry):
+    """qconvert.json `validation`: the verdict, its confidence level, and the checks that did not pass."""
+
+    passed: bool
+    verdict: str
+    confidence: float | None = None  # since version 2
+    failures: tuple[str, ...]
+
+    OMIT = frozenset({"confidence"})
+
+    @classmethod
+    def from_json(cls, data: Any, what: str = "qconvert.json: validation") -> VerdictRecord:
+        return super().from_json(_verdict_of(data), what)
+
+
 @dataclass(frozen=True)
 class Manifest(_Record):
-    """qconvert.json: everything needed to re-run and re-check the export."""
+    """qconvert.json: everything needed to re-run and re-check the export: the command and every
+    setting (`run_config()` gives them back as the settings that made the run), the source and data
+    with their hashes and origins, what the target decided, the providers, the verdict."""
 
     qconvert: str
     created: str
     command: str
-    source: dict[str, Any]
+    source: SourceRecord
+    # the settings by their flat names (settings.Composed.flat), an open JSON object kept as written:
+    # its key order is that of the qconvert that wrote it; `run_config()` reads it
     settings: dict[str, Any]
-    quantization: dict[str, Any]
-    export: dict[str, Any]
-    target: dict[str, Any]
-    providers: tuple[dict[str, Any], ...]
+    quantization: QuantizationRecord
+    export: ExportRecord
+    target: TargetRecord
+    providers: tuple[ProviderRecord, ...]
     provider_paths_relative_to: str
-    validated_on: dict[str, Any]
-    data: dict[str, Any]
+    validated_on: ValidatedOn
+    data: DataRecord
     tolerance: tuple[str, ...]
-    validation: dict[str, Any]
+    validation: VerdictRecord
     versions: dict[str, str]
-    files: dict[str, Any] = field(default_factory=dict)  # name -> sha256 (added when written)
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256 (added when written)
     schema_version: int = SCHEMA_VERSION
 
     FILE = "qconvert.json"
+    READ: ClassVar[Readers] = {
+        "source": SourceRecord,
+        "quantization": QuantizationRecord,
+        "export": ExportRecord,
+        "target": TargetRecord,
+        "providers": many(ProviderRecord),
+        "validated_on": ValidatedOn,
+        "data": DataRecord,
+        "validation": VerdictRecord,
+    }
+
+    @classmethod
+    def _upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Before version 2 the quantization could lack `layer_formats` (mixed precision came later):
+        none were raised. The verdict is read from `passed` by VerdictRecord."""
+        quantization = data.get("quantization")
+        if version < 2 and isinstance(quantization, dict) and "layer_formats" not in quantization:
+            data = {**data, "quantization": {**quantization, "layer_formats": []}}
+        return data
+
+    def run_config(self) -> ExportSettings:
+        """The settings that made this run (settings.ExportSettings), read back from `settings`:
+        `to_argv(out_dir)` of them is `command`. A setting an older qconvert did not have reads as its
+        default; a bad value is a SourceError naming qconvert.json and the setting."""
+        from qconvert.settings import ExportSettings, from_flat
+
+        return from_flat(ExportSettings, self.settings, f"{self.FILE}: settings")
 
 
 @dataclass(frozen=True)
@@ -815,8 +988,8 @@ class _Judged:
 @dataclass(frozen=True)
 class RunResult(_Judged):
     """What `qconvert.export` returns: where, its verdict, and everything measured (report.json and
-    qconvert.json as written; `record`: report.json as the typed `Report`, what the CLI draws).
-    Truthy only when the verdict is PASSED."""
+    qconvert.json as written; `record` and `manifest_record`: the same as the typed `Report` and
+    `Manifest`, what the CLI and the sweep read). Truthy only when the verdict is PASSED."""
 
     out_dir: Path
     validation: ValidationResult
@@ -824,6 +997,7 @@ class RunResult(_Judged):
     report: dict[str, Any]
     seconds: float
     record: Report
+    manifest_record: Manifest
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,15 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qconvert.calibrate import Dataset
 from qconvert.targets import Provider
+
+if TYPE_CHECKING:
+    from qconvert.results import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -120,43 +123,46 @@ def batch_coupled(path: str, mtime_ns: int, size: int) -> bool:
 MANIFEST = "qconvert.json"
 
 
-def read_manifest(out_dir: Path) -> dict[str, Any]:
-    """The manifest of an artifact folder written by `qconvert export`."""
+def read_manifest(out_dir: Path) -> Manifest:
+    """The manifest of an artifact folder written by `qconvert export`: refused, naming the file, when
+    it is not one (trust.check_manifest), and then read into the typed record (a missing or renamed
+    entry is a SourceError naming qconvert.json, the entry and the key)."""
     import json
 
     from qconvert.errors import SourceError
+    from qconvert.results import Manifest
 
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise SourceError(f"{out_dir}: no {MANIFEST} here. Give a folder written by `qconvert export`.")
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except ValueError as e:
         raise SourceError(f"{path}: not valid JSON ({e}).") from e
     from qconvert.trust import check_manifest
 
-    check_manifest(path, manifest)
-    return manifest
+    check_manifest(path, data)
+    return Manifest.from_json(data)
 
 
-def manifest_providers(out_dir: Path, manifest: dict[str, Any]) -> list[Provider]:
+def manifest_providers(out_dir: Path, manifest: Manifest) -> list[Provider]:
     """The manifest's providers, in priority order, with path options made absolute (they are
     stored relative to the artifact folder): `*_path` (TensorRT's caches) and `*_dir` (OpenVINO's
     `cache_dir`)."""
     from qconvert.trust import check_provider_options
 
     base = Path(out_dir).resolve()
-    for p in manifest.get("providers", []):  # never an option that loads a library
-        check_provider_options(Path(out_dir) / MANIFEST, str(p.get("name")), p.get("options", {}))
+    for p in manifest.providers:  # never an option that loads a library
+        check_provider_options(Path(out_dir) / MANIFEST, p.name, p.options)
     return [
         Provider(
-            p["name"],
+            p.name,
             {
                 k: str(base / v) if k.endswith(("_path", "_dir")) and v else str(v)
-                for k, v in p.get("options", {}).items()
+                for k, v in p.options.items()
             },
         )
-        for p in manifest.get("providers", [])
+        for p in manifest.providers
     ]
 
 

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import os
 import re
+import types
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from qconvert import choices
-from qconvert.errors import ConfigError
+from qconvert.errors import ConfigError, SourceError
 from qconvert.tolerance import DEFAULT_CONFIDENCE, MODEL_METRICS, Tolerance, check_confidence, parse_tolerance
 from qconvert.types import DEFAULT_BLOCK_SIZE, MIN_BLOCK_SIZE, InputSpec
 
@@ -299,6 +301,55 @@ class Composed:
             else:
                 result[f.name] = value
         return result
+
+
+# --- reading settings back from JSON (the manifest's `settings`) -----------------------------------
+
+
+def _flat_types(cls: type) -> dict[str, Any]:
+    """Every flat name a settings class takes (its groups' fields by their own names), and its type."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.metadata.get(GROUP):
+            out.update(_flat_types(hints[f.name]))
+        else:
+            out[f.name] = hints[f.name]
+    return out
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    """A JSON value as a field typed `hint` holds it: a dataclass (DataOptions, InputSpec) from its
+    object, a tuple from a list (item by item), a Path from its text; others as they are."""
+    if value is None:
+        return None
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        return _from_json(kinds[0], value) if len(kinds) == 1 else value
+    if origin is tuple and isinstance(value, list):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(args[0], v) for v in value)
+        return tuple(_from_json(a, v) for a, v in zip(args, value, strict=False))
+    if isinstance(hint, type) and is_dataclass(hint) and isinstance(value, dict):
+        inner = typing.get_type_hints(hint)
+        return hint(**{k: _from_json(inner[k], v) for k, v in value.items() if k in inner})
+    if hint is Path:
+        return Path(value)
+    return value
+
+
+def from_flat(cls: type, flat: dict[str, Any], where: str) -> Any:
+    """`cls` from the flat JSON `Composed.flat()` wrote (the manifest's `settings`), each value turned
+    back into its field's type. A name `cls` does not take (from a newer qconvert) is left; one it
+    takes and `flat` lacks (a setting added since) is its default; a value the settings refuse is a
+    SourceError naming `where` (e.g. `qconvert.json: settings`)."""
+    known = _flat_types(cls)
+    try:
+        return cls(**{k: _from_json(known[k], v) for k, v in flat.items() if k in known})
+    except (ConfigError, TypeError, ValueError) as e:
+        raise SourceError(f"{where}: {e} Give a file written by qconvert, or re-export.") from e
 
 
 # --- parsers: a flag's text -> the field's value (each error names its flag and the fix) -------------

@@ -37,6 +37,7 @@ from qconvert.results import (  # the sweep's result types (and its row statuses
     CheckRecord,
     Collapse,
     Figures,
+    Manifest,
     Recommendation,
     Report,
     SweepLatency,
@@ -137,7 +138,7 @@ class TrialOutcome:
     status: str  # passed | out_of_tolerance | inconclusive | error
     ran_in: str | None = None  # the OUT_DIR the export wrote (node-local for Ray)
     report: dict[str, Any] | None = None
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
     error: str | None = None
     error_stage: str | None = None
     error_class: str | None = None
@@ -235,13 +236,13 @@ def run_trial(job: TrialJob) -> TrialOutcome:
             error_class=type(e).__name__,
             seconds=time.perf_counter() - start,
         )
-    collapse, collapse_error = _probe_collapse(result.out_dir, result.manifest, job.heldout)
+    collapse, collapse_error = _probe_collapse(result.out_dir, result.manifest_record, job.heldout)
     return TrialOutcome(
         job.name,
         {"passed": PASSED, "failed": OUT_OF_TOLERANCE}.get(result.verdict, INCONCLUSIVE),
         ran_in=str(result.out_dir),
         report=result.report,
-        manifest=result.manifest,
+        manifest=result.manifest_record,
         collapse=collapse,
         collapse_error=collapse_error,
         seconds=time.perf_counter() - start,
@@ -266,7 +267,7 @@ def run_trial_shipped(job: TrialJob) -> TrialOutcome:
 
 
 def _probe_collapse(
-    out_dir: Path, manifest: dict[str, Any], heldout: Dataset
+    out_dir: Path, manifest: Manifest, heldout: Dataset
 ) -> tuple[Collapse | None, str | None]:
     """The collapse probe of model.onnx against reference.onnx on the held-out data, run the way
     `qconvert validate` of the folder would run the model here (validation/standin.for_folder): exact
@@ -283,7 +284,7 @@ def _probe_collapse(
         with tempfile.TemporaryDirectory() as tmp:
             candidate = out_dir / "model.onnx"
             if decision.emulated is not None:
-                external = manifest.get("quantization", {}).get("external_data", False)
+                external = manifest.quantization.external_data
                 candidate, _ = emulated(decision.emulated, candidate, Path(tmp), external)
             result = probe_collapse(
                 out_dir / "reference.onnx",
@@ -567,11 +568,12 @@ def _settle_trial(art: ArtifactDir, outcome: TrialOutcome, final: Path) -> None:
     if outcome.files is not None:
         for name, content in outcome.files.items():
             art.write_bytes(f"{rel}/{name}", content)
-    manifest = dict(outcome.manifest)
-    ran_in = outcome.ran_in
-    manifest["command"] = str(manifest.get("command", "")).replace(ran_in, str(final))
-    manifest["settings"] = {**manifest.get("settings", {}), "out_dir": str(final)}
-    art.write_json(f"{rel}/qconvert.json", manifest)
+    manifest = replace(
+        outcome.manifest,
+        command=outcome.manifest.command.replace(outcome.ran_in, str(final)),
+        settings={**outcome.manifest.settings, "out_dir": str(final)},
+    )
+    art.write_json(f"{rel}/qconvert.json", manifest.to_json())
 
 
 @dataclass(frozen=True)
@@ -608,21 +610,21 @@ def _time_settings(
     from qconvert.pipeline import latency_feed
     from qconvert.runtime import make_session, manifest_providers
 
-    done = [o for o in outcomes if o.ran_in is not None and o.manifest is not None]
+    done = [(o.name, o.manifest) for o in outcomes if o.ran_in is not None and o.manifest is not None]
     if not done:
         return Timing(None, config.latency_batch, config.latency_repeats)
     feed = latency_feed(heldout, config.latency_batch)
     runners: dict[str, Callable[[], object]] = {}
     provider = None
-    for outcome in done:
-        folder = art.path(f"{TRIALS_DIR}/{outcome.name}")
-        providers = manifest_providers(folder, outcome.manifest or {})
+    for name, manifest in done:
+        folder = art.path(f"{TRIALS_DIR}/{name}")
+        providers = manifest_providers(folder, manifest)
         if BASELINE not in runners:
             fp32 = make_session(folder / "reference.onnx", providers)
             runners[BASELINE] = _runner(fp32.inner, feed)
         session = make_session(folder / "model.onnx", providers)
         provider = provider or session.used
-        runners[outcome.name] = _runner(session.inner, feed)
+        runners[name] = _runner(session.inner, feed)
     lat = interleaved_latency(runners, repeats=config.latency_repeats)
     return Timing(
         provider, config.latency_batch, config.latency_repeats, {n: t.p50_ms for n, t in lat.items()}
@@ -738,9 +740,7 @@ def _sweep_notes(
             "after the trials with fp32 and every setting interleaved in one process; the figure each trial "
             "took for itself (trial_latency_ratio in sweep.json) ran alongside other trials and is noisier"
         )
-    wanted = {
-        o.manifest["providers"][0]["name"] for o in outcomes if o.manifest and o.manifest.get("providers")
-    }
+    wanted = {o.manifest.providers[0].name for o in outcomes if o.manifest and o.manifest.providers}
     if timing.provider is not None and wanted and timing.provider not in wanted:
         notes.append(
             f"{', '.join(sorted(wanted))} is not installed here: latency comes from {timing.provider} and says "

@@ -22,9 +22,12 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from qconvert.errors import CalibrationError, ConfigError, SourceError
+
+if TYPE_CHECKING:
+    from qconvert.results import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -253,15 +256,15 @@ def _recorded_file(out_dir: Path, rel: object, manifest_path: Path) -> Path:
     return path
 
 
-def verify_artifact(out_dir: Path, manifest: dict[str, Any]) -> Verified:
+def verify_artifact(out_dir: Path, manifest: Manifest) -> Verified:
     """Check every SHA-256 the manifest records (model.onnx among them) before anything is measured;
     a missing, swapped or edited file is SourceError (exit 2) naming it."""
     from qconvert.artifacts import sha256_file
 
     out_dir = Path(out_dir)
     manifest_path = out_dir / "qconvert.json"
-    files = manifest.get("files")
-    if not isinstance(files, dict) or "model.onnx" not in files:
+    files = manifest.files
+    if "model.onnx" not in files:
         raise SourceError(
             f"{manifest_path}: records no SHA-256 for model.onnx, so the artifact cannot be verified. "
             "Give a folder written by `qconvert export`, or validate the .onnx file with --reference."

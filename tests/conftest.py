@@ -258,7 +258,7 @@ def inside_but_undecided(validation: dict[str, Any]) -> bool:
     """A report's `validation` (or `qconvert validate --json`'s) says INCONCLUSIVE with every measured
     figure inside its bound: the truth for a good model on a held-out set too small to show the
     bounds at 95% (at 16 bits top1_agreement>=0.995 takes 765 samples even if every one agrees)."""
-    from qconvert.config import parse_tolerance
+    from qconvert.tolerance import parse_tolerance
 
     return validation["verdict"] == "inconclusive" and all(
         parse_tolerance(c["bound"])[0].holds(c["measured"]) for c in validation["checks"]

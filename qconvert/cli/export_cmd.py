@@ -278,7 +278,7 @@ def print_export(result: RunResult, bounds: str) -> None:
 
     report = result.record
     table = Table(
-        title=f"{result.manifest['source']['origin']} -> {report.target} ({report.mode})",
+        title=f"{result.manifest_record.source.origin} -> {report.target} ({report.mode})",
         caption=f"bounds: {bounds}; below each figure its {level_text(report)} confidence interval, which "
         "the verdict reads (<=X% worse: the share of inputs that may be worse than the worst seen)",
     )

@@ -25,7 +25,7 @@ def run(
 
     manifest = read_manifest(out_dir)
     verify_artifact(out_dir, manifest)  # run only the files the manifest records
-    inputs = [ModelInput(i["name"], tuple(i["dims"]), i["dtype"]) for i in manifest["source"]["inputs"]]
+    inputs = [ModelInput(i.name, i.dims, i.dtype) for i in manifest.source.inputs]
     dataset = load_dataset(data, inputs, flag="--data")
     session = make_session(out_dir / "model.onnx", manifest_providers(out_dir, manifest))
     if session.fell_back:

@@ -75,4 +75,12 @@ def export(config: RunConfig, progress: Progress | None = None) -> RunResult:
         ctx = ExportContext(config, progress or no_progress, stack)
         run_stages(EXPORT, ctx, ctx.progress)
     seconds = time.perf_counter() - start
-    return RunResult(ctx.out_dir, ctx.validation, ctx.manifest, ctx.report.to_json(), seconds, ctx.report)
+    return RunResult(
+        ctx.out_dir,
+        ctx.validation,
+        ctx.manifest.to_json(),
+        ctx.report.to_json(),
+        seconds,
+        ctx.report,
+        ctx.manifest,
+    )

@@ -14,9 +14,9 @@ from qconvert.calibrate import Dataset, ModelInput
 from qconvert.errors import TargetError
 
 if TYPE_CHECKING:
-    from qconvert.config import QuantizeConfig
     from qconvert.sources import LoadedModel
     from qconvert.targets import BoundTarget, Provider
+    from qconvert.types import QuantizeConfig
     from qconvert.validation import Check, ValidationResult
 
 

@@ -5,15 +5,18 @@ graph's inputs and outputs)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qconvert.errors import SourceError
 from qconvert.stages._shared import onnx_io
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ValidateContext
 
+if TYPE_CHECKING:
+    from qconvert.results import Manifest
 
-def resolve_candidate(spec: str | Path) -> tuple[Path, Path | None, dict[str, Any] | None]:
+
+def resolve_candidate(spec: str | Path) -> tuple[Path, Path | None, Manifest | None]:
     """CANDIDATE as (model file, OUT_DIR or None, manifest or None)."""
     from qconvert.runtime import read_manifest
 

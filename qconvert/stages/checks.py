@@ -5,13 +5,17 @@ data, the probe and the report files, each refused here when it cannot work)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from qconvert.config import DEFAULT_BITS, MODEL_METRICS, Bound, Tolerance, ValidateConfig
 from qconvert.errors import CalibrationError, ConfigError
+from qconvert.settings import DEFAULT_BITS, ValidateConfig
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ValidateContext
+from qconvert.tolerance import MODEL_METRICS, Bound, Tolerance
 from qconvert.validation.standin import reference_onnx
+
+if TYPE_CHECKING:
+    from qconvert.results import Manifest
 
 
 class ChooseTolerance(Stage[ValidateContext]):
@@ -20,10 +24,12 @@ class ChooseTolerance(Stage[ValidateContext]):
     gives = ("bits", "tolerance", "tolerance_source", "model_bounds", "per_output", "token_kinds")
 
     def run(self, ctx: ValidateContext) -> None:
-        from qconvert.config import parse_tolerance, tolerance_from_files
+        from qconvert.tolerance import parse_tolerance, tolerance_from_files
 
-        config, manifest = ctx.config, ctx.manifest or {}
-        ctx.bits = config.bits or manifest.get("settings", {}).get("bits") or DEFAULT_BITS
+        config, manifest = ctx.config, ctx.manifest
+        ctx.bits = config.bits or (
+            DEFAULT_BITS if manifest is None else manifest.run_config().quantization.bits
+        )
         file_bounds, ctx.tolerance_source = (
             tolerance_from_files(config.settings_dir) if config.settings_dir is not None else ((), None)
         )
@@ -31,29 +37,30 @@ class ChooseTolerance(Stage[ValidateContext]):
         if config.require_speedup and not any(b.metric == "speedup" for b in (*file_bounds, *given)):
             given = (*given, Bound("speedup", 1.0, explicit=True))
         # a text model's token outputs (export records them): embedding_cosine / next_token_agreement too
-        ctx.token_kinds = manifest.get("source", {}).get("token_outputs") or {}
+        ctx.token_kinds = {} if manifest is None else dict(manifest.source.token_outputs)
         ctx.tolerance = Tolerance.layered(ctx.bits, file_bounds, given, text=bool(ctx.token_kinds))
         ctx.model_bounds = [b for b in ctx.tolerance.bounds if b.metric in MODEL_METRICS]
         ctx.per_output = Tolerance(tuple(b for b in ctx.tolerance.bounds if b.metric not in MODEL_METRICS))
 
 
-def manifest_data(manifest: dict[str, Any] | None, key: str) -> Path | None:
-    """The data file an export used: its --data / --calibration, or the built-in model's own set."""
+def manifest_data(manifest: Manifest | None, key: str) -> Path | None:
+    """The data file an export used: its --data / --calibration (`key`), or the built-in model's own set."""
     from qconvert.sources import BUILTIN_MODELS, DEFAULT_MODEL, zoo_root
     from qconvert.trust import data_named_by_manifest
 
     if manifest is None:
         return None
-    settings = manifest.get("settings", {})
-    if settings.get(key):
-        return data_named_by_manifest(settings[key], key)  # never code the manifest names
-    if manifest.get("source", {}).get("kind") == "builtin":
-        model = BUILTIN_MODELS.get(settings.get("source") or DEFAULT_MODEL)
+    run = manifest.run_config()
+    named = run.datasets.data if key == "data" else run.datasets.calibration
+    if named:
+        return data_named_by_manifest(named, key)  # never code the manifest names
+    if manifest.source.kind == "builtin":
+        model = BUILTIN_MODELS.get(run.model.source or DEFAULT_MODEL)
         if model is None:
             return None
         if key == "calibration":
             return zoo_root() / "calibration" / model.calibration
-        if not settings.get("calibration"):  # export validated on the built-in held-out set
+        if not run.datasets.calibration:  # export validated on the built-in held-out set
             return zoo_root() / "calibration" / model.heldout
     return None
 
@@ -83,7 +90,7 @@ def _model_checks(config: ValidateConfig, bounds: list[Bound], ref_spec: str, ha
         )
 
 
-def _data_path(config: ValidateConfig, manifest: dict[str, Any] | None, notes: list[str]) -> Path:
+def _data_path(config: ValidateConfig, manifest: Manifest | None, notes: list[str]) -> Path:
     """--data, else the data the export validated on (with a note saying so)."""
     if config.data:
         return Path(config.data)

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from qconvert.calibrate import Dataset
-from qconvert.config import Tolerance
 from qconvert.runtime import make_session
 from qconvert.sources import LoadedModel
 from qconvert.stages._shared import reference_outputs
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
+from qconvert.tolerance import Tolerance
 from qconvert.validation import TokenOutputs, ValidationResult, evaluate
 from qconvert.validation.standin import runs_native
 

@@ -19,14 +19,16 @@ if TYPE_CHECKING:  # only for annotations: importing the context stays cheap
 
     from qconvert.artifacts import ArtifactDir
     from qconvert.calibrate import Dataset, ModelInput
-    from qconvert.config import Bound, QuantizeConfig, RunConfig, Tolerance, ValidateConfig
     from qconvert.onnx_export import ExportResult
-    from qconvert.results import Report, Speed, TaskScore, ValidationRun
+    from qconvert.results import Manifest, Report, Speed, TaskScore, ValidationRun
     from qconvert.runtime import Session
+    from qconvert.settings import RunConfig, ValidateConfig
     from qconvert.sources import LoadedModel
     from qconvert.stages._shared import Progress
     from qconvert.targets import BoundTarget, Provider
+    from qconvert.tolerance import Bound, Tolerance
     from qconvert.trust import Verified
+    from qconvert.types import QuantizeConfig
     from qconvert.validation import ValidationResult
     from qconvert.validation.collapse import CollapseResult
 
@@ -90,7 +92,7 @@ class ExportContext:
     sizes: dict[str, int]
     # written
     report: Report
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     def __init__(self, config: RunConfig, progress: Progress, stack: contextlib.ExitStack) -> None:
         self.config = config
@@ -105,7 +107,7 @@ class ValidateContext:
     # find / verify / open: the candidate
     model_path: Path  # the candidate's .onnx
     out_dir: Path | None  # the OUT_DIR it came in, if it did
-    manifest: dict[str, Any] | None  # that OUT_DIR's qconvert.json
+    manifest: Manifest | None  # that OUT_DIR's qconvert.json
     verified: Verified | None  # the manifest's hashes held (None: no manifest to check)
     inputs: list[ModelInput]
     names: list[str]  # the candidate's output names, in graph order

@@ -8,22 +8,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from qconvert.calibrate import Dataset, ModelInput, load_dataset, random_dataset
-from qconvert.config import (
+from qconvert.errors import CalibrationError
+from qconvert.settings import (
     HOLDOUT_FRACTION,
     MIN_CALIBRATION_SAMPLES,
     RANDOM_DATA,
     RANDOM_HELDOUT_SAMPLES,
     RANDOM_HELDOUT_SEED,
-    Bound,
     DataOptions,
     RunConfig,
-    Tolerance,
-    confidence_text,
 )
-from qconvert.errors import CalibrationError
 from qconvert.sources import LoadedModel
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
+from qconvert.tolerance import Bound, Tolerance, confidence_text
 from qconvert.validation import samples_to_pass
 
 log = logging.getLogger(__name__)

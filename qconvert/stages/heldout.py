@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from qconvert.calibrate import Dataset, ModelInput, load_dataset
-from qconvert.config import DataOptions, ValidateConfig
 from qconvert.errors import CalibrationError, ConfigError
+from qconvert.settings import DataOptions, ValidateConfig
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ValidateContext
 

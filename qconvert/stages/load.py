@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qconvert.config import DEFAULT_OUT_ROOT, Tolerance
+from qconvert.settings import DEFAULT_OUT_ROOT
 from qconvert.sources import LoadedModel, load_source
 from qconvert.stages._shared import model_inputs
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
+from qconvert.tolerance import Tolerance
 
 
 def default_out_dir(loaded: LoadedModel, target: str, bits: int, mode: str) -> Path:

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 from qconvert import choices
 from qconvert.artifacts import check_output_dir
-from qconvert.config import Tolerance
 from qconvert.errors import ConfigError
 from qconvert.quantize import QUANTIZERS
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 from qconvert.targets import TARGETS
+from qconvert.tolerance import Tolerance
 
 
 class PlanQuantization(Stage[ExportContext]):

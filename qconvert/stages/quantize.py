@@ -9,7 +9,6 @@ from pathlib import Path
 from qconvert.artifacts import ArtifactDir
 from qconvert.benchmark import interleaved_latency
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig, RunConfig
 from qconvert.errors import QuantizationError
 from qconvert.prepare import lost_dynamic_axes
 from qconvert.quantize import QUANTIZERS
@@ -17,10 +16,12 @@ from qconvert.quantize.bf16 import bf16_notes
 from qconvert.quantize.int4 import int4_notes
 from qconvert.recover import RECOVERY
 from qconvert.runtime import make_session
+from qconvert.settings import RunConfig
 from qconvert.stages._shared import latency_feed
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 from qconvert.targets import Provider
+from qconvert.types import QuantizeConfig
 
 FORMAT_MARGIN = 0.95  # a candidate format must be 5% faster than the default one to be kept
 

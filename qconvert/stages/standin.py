@@ -10,10 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.quantize import QUANTIZERS
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext, ValidateContext
+from qconvert.types import QuantizeConfig
 from qconvert.validation.standin import emulated, emulation, for_folder
 
 
@@ -73,7 +73,7 @@ class StandInFromManifest(Stage[ValidateContext]):
         ctx.checked_path = ctx.model_path
         if decision.emulated is not None:
             work = Path(ctx.stack.enter_context(tempfile.TemporaryDirectory(prefix="qconvert-validate-")))
-            external = (ctx.manifest or {}).get("quantization", {}).get("external_data", False)
+            external = ctx.manifest is not None and ctx.manifest.quantization.external_data
             ctx.checked_path, note = emulated(decision.emulated, ctx.model_path, work, external)
             ctx.notes.append(note)
         if decision.stand_in == "implicit":

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import platform
 import shlex
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any
 
 from qconvert.artifacts import sha256_file
 from qconvert.results import (
@@ -15,17 +14,28 @@ from qconvert.results import (
     AccuracyIntervals,
     AutoAttempt,
     DataFlags,
+    DataRecord,
+    DataSource,
+    ExportRecord,
     Fallback,
     Figures,
     Fusions,
     Latency,
     Manifest,
+    ModelInputRecord,
     Ops,
+    ProviderRecord,
+    QuantizationRecord,
     RecoveryStep,
     Report,
     Sensitivity,
     Size,
+    SourceFile,
+    SourceRecord,
+    TargetRecord,
     Tradeoff,
+    ValidatedOn,
+    VerdictRecord,
     written,
 )
 from qconvert.stages._shared import op_counts
@@ -106,51 +116,61 @@ def report_record(ctx: ExportContext) -> Report:
     )
 
 
-def manifest_json(ctx: ExportContext) -> dict[str, Any]:
-    """qconvert.json: everything needed to re-run and re-check (`files` is added when written)."""
-    return {
-        "qconvert": _versions()["qconvert"],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(ctx.config.to_argv(ctx.out_dir)),
-        "source": {
-            "origin": ctx.loaded.origin,
-            "kind": ctx.loaded.kind,
-            "files": [{"path": str(p), "sha256": sha256_file(p)} for p in ctx.loaded.files],
-            "inputs": [asdict(i) for i in ctx.inputs],
-            "outputs": list(ctx.loaded.output_names),
-            "task": ctx.loaded.task,
-            "token_outputs": ctx.loaded.token_outputs,
-        },
-        "settings": {**ctx.config.flat(), "out_dir": str(ctx.out_dir), "mode": ctx.mode},
-        "quantization": {
-            **asdict(ctx.qc),
-            "forbidden_ops": sorted(ctx.qc.forbidden_ops),
-            "keep_fp32_ops": sorted(ctx.qc.keep_fp32_ops),
-        },
-        "export": {
-            "exporter": ctx.exported.exporter,
-            "fallback_reason": ctx.exported.fallback_reason,
-            "opset": ctx.exported.opset,
-        },
-        "target": {"name": ctx.target.name, "options": dict(ctx.target.options), "facts": ctx.target.facts()},
-        "providers": [p.as_json() for p in ctx.providers],
-        "provider_paths_relative_to": "this folder",
-        "validated_on": {"provider": ctx.candidate.used, "exact_qdq": not ctx.candidate.optimized},
-        "data": {
-            "calibration": None
+def manifest_record(ctx: ExportContext) -> Manifest:
+    """qconvert.json: everything needed to re-run and re-check (`files`, the hashes, are added once
+    the other files are written).
+    `settings` are the run's own (`--mode` as given, None for the target's and the family's choice,
+    which `quantization.mode` records), so that `Manifest.run_config()` gives back `command`."""
+    qc = ctx.qc
+    return Manifest(
+        qconvert=_versions()["qconvert"],
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        command=shlex.join(ctx.config.to_argv(ctx.out_dir)),
+        source=SourceRecord(
+            origin=ctx.loaded.origin,
+            kind=ctx.loaded.kind,
+            files=tuple(SourceFile(path=str(p), sha256=sha256_file(p)) for p in ctx.loaded.files),
+            inputs=tuple(
+                ModelInputRecord(name=i.name, dims=tuple(i.dims), dtype=i.dtype) for i in ctx.inputs
+            ),
+            outputs=tuple(ctx.loaded.output_names),
+            task=ctx.loaded.task,
+            token_outputs=ctx.loaded.token_outputs,
+        ),
+        settings={**ctx.config.flat(), "out_dir": str(ctx.out_dir)},
+        quantization=written(
+            QuantizationRecord,
+            {
+                **asdict(qc),
+                "forbidden_ops": sorted(qc.forbidden_ops),
+                "keep_fp32_ops": sorted(qc.keep_fp32_ops),
+            },
+            "qconvert.json: quantization",
+        ),
+        export=ExportRecord(
+            exporter=ctx.exported.exporter,
+            fallback_reason=ctx.exported.fallback_reason,
+            opset=ctx.exported.opset,
+        ),
+        target=TargetRecord(name=ctx.target.name, options=dict(ctx.target.options), facts=ctx.target.facts()),
+        providers=tuple(ProviderRecord(name=p.name, options=dict(p.options)) for p in ctx.providers),
+        provider_paths_relative_to="this folder",
+        validated_on=ValidatedOn(provider=ctx.candidate.used, exact_qdq=not ctx.candidate.optimized),
+        data=DataRecord(
+            calibration=None
             if ctx.calibration is None
-            else {"origin": ctx.calibration.origin, "samples": len(ctx.calibration)},
-            "validation": {"origin": ctx.heldout.origin, "samples": len(ctx.heldout)},
-        },
-        "tolerance": [b.describe() for b in ctx.tolerance.bounds],
-        "validation": {
-            "passed": bool(ctx.validation),
-            "verdict": ctx.validation.verdict,
-            "confidence": ctx.validation.confidence,
-            "failures": [c.describe() for c in ctx.validation.failures],
-        },
-        "versions": _versions(),
-    }
+            else DataSource(origin=ctx.calibration.origin, samples=len(ctx.calibration)),
+            validation=DataSource(origin=ctx.heldout.origin, samples=len(ctx.heldout)),
+        ),
+        tolerance=tuple(b.describe() for b in ctx.tolerance.bounds),
+        validation=VerdictRecord(
+            passed=bool(ctx.validation),
+            verdict=ctx.validation.verdict,
+            confidence=ctx.validation.confidence,
+            failures=tuple(c.describe() for c in ctx.validation.failures),
+        ),
+        versions=_versions(),
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -177,10 +197,8 @@ class WriteArtifacts(Stage[ExportContext]):
         art.write_json("report.json", report.to_json())
         from qconvert.report_html import render_html
 
-        about = manifest_json(ctx)  # the page names the model, qconvert, the date and the command
-        page_about = {**about, "source": about["source"]["origin"]}
-        art.write_text("report.html", render_html(report, page_about))
-        manifest = Manifest(**about, files=art.hashes())
-        ctx.manifest = manifest.to_json()
-        art.write_json("qconvert.json", ctx.manifest)
+        about = manifest_record(ctx)  # the page names the model, qconvert, the date and the command
+        art.write_text("report.html", render_html(report, about))
+        ctx.manifest = replace(about, files=art.hashes())
+        art.write_json("qconvert.json", ctx.manifest.to_json())
         art.commit()

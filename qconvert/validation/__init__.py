@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from qconvert.config import DEFAULT_CONFIDENCE, MODEL_METRICS, Bound, Tolerance
 from qconvert.errors import ConfigError
+from qconvert.tolerance import DEFAULT_CONFIDENCE, MODEL_METRICS, Bound, Tolerance
 from qconvert.validation.intervals import (
     BEYOND,
     BOOTSTRAP,

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from qconvert.calibrate import Dataset
 
 from qconvert.calibrate.streaming import FOLDED_ACTIVATIONS
-from qconvert.config import DEFAULT_SENSITIVITY_ISOLATED as DEFAULT_ISOLATED
-from qconvert.config import DEFAULT_SENSITIVITY_SAMPLES as DEFAULT_SAMPLES
+from qconvert.settings import DEFAULT_SENSITIVITY_ISOLATED as DEFAULT_ISOLATED
+from qconvert.settings import DEFAULT_SENSITIVITY_SAMPLES as DEFAULT_SAMPLES
 
 GRAPH_OUTPUT_SUFFIX = "_QuantizeLinear_Input"
 # Ops that only move or select values: quantizing their output loses nothing their input's Q/DQ had

@@ -24,9 +24,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from qconvert.results import Manifest
     from qconvert.targets import Provider
 
 
@@ -88,23 +89,18 @@ class FolderDecision:
         return runs_native(self.not_here, self.emulated is not None)
 
 
-def for_folder(out_dir: Path | None, manifest: dict[str, Any] | None) -> FolderDecision:
+def for_folder(out_dir: Path | None, manifest: Manifest | None) -> FolderDecision:
     """The decision for a folder `qconvert export` wrote, from its manifest (the CPU provider and no
     stand-in for a bare .onnx without one)."""
     from qconvert.runtime import CPU, manifest_providers
 
-    manifest = manifest or {}
-    recorded = manifest_providers(out_dir, manifest) if out_dir is not None and manifest else []
+    recorded = manifest_providers(out_dir, manifest) if out_dir is not None and manifest is not None else []
     providers = recorded or [CPU]
-    quantization = manifest.get("quantization", {})
-    why = not_here(manifest.get("target", {}).get("name"), providers)
-    kind = emulation(
-        quantization.get("mode"),
-        bool(quantization.get("calibration_table")),
-        why,
-        quantization.get("layer_formats") or (),
-    )
-    return FolderDecision(providers, why, kind)
+    if manifest is None:
+        return FolderDecision(providers, not_here(None, providers), None)
+    q = manifest.quantization
+    why = not_here(manifest.target.name, providers)
+    return FolderDecision(providers, why, emulation(q.mode, bool(q.calibration_table), why, q.layer_formats))
 
 
 def emulated(kind: str, model_path: Path, work: Path, external_data: bool) -> tuple[Path, str]:

@@ -23,7 +23,7 @@ from onnx import helper
 
 from qconvert.artifacts import onnx_size
 from qconvert.benchmark import benchmark_models, slower_flag
-from qconvert.config import BenchmarkConfig
+from qconvert.settings import BenchmarkConfig
 
 PADDING = 400  # Neg nodes appended to the padded model (an even number: the outputs are unchanged)
 

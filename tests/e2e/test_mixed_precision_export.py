@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from qconvert.config import RunConfig
 from qconvert.pipeline import export
+from qconvert.settings import RunConfig
 
 PLANTED = """
 import torch

@@ -42,14 +42,15 @@ from typer.testing import CliRunner
 
 from qconvert import choices
 from qconvert.cli import app
-from qconvert.config import DEFAULT_TOLERANCES, Bound, RunConfig, Tolerance
 from qconvert.errors import ConfigError, QConvertError
 from qconvert.pipeline import RunResult, export
 from qconvert.quantize.weight_only import MIN_ELEMENTS
 from qconvert.runtime import RUN_BATCH
+from qconvert.settings import RunConfig
 from qconvert.targets import TARGETS
 from qconvert.targets.base import INTEGER_ONLY_OPS
 from qconvert.targets.cpu import has_vnni
+from qconvert.tolerance import DEFAULT_TOLERANCES, Bound, Tolerance
 from qconvert.validation import samples_to_pass
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})

@@ -20,9 +20,9 @@ import onnxruntime as ort
 import pytest
 
 from qconvert.calibrate import Dataset
-from qconvert.config import RunConfig
 from qconvert.pipeline import RunResult, export
 from qconvert.quantize import QUANTIZERS
+from qconvert.settings import RunConfig
 from qconvert.sources import zoo_root
 from qconvert.targets import TARGETS
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from qconvert.config import RunConfig
 from qconvert.errors import ConfigError
 from qconvert.pipeline import export
+from qconvert.settings import RunConfig
 
 HARDSWISH_NET = """
 import torch

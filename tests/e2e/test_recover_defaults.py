@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from qconvert.config import RunConfig
 from qconvert.pipeline import export
+from qconvert.settings import RunConfig
 
 BASE = RunConfig(target="cpu", target_options=(("format", "qdq"),), latency_repeats=3)
 

@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from qconvert.cli import app
-from qconvert.config import RunConfig
 from qconvert.errors import ConfigError
 from qconvert.pipeline import export
 from qconvert.recover import RECOVERY, Recovery, RecoveryInput, StepResult
+from qconvert.settings import RunConfig
 
 
 class ScaleNothing(Recovery):

@@ -22,7 +22,6 @@ import qconvert
 from qconvert.cli._common import err, out
 from qconvert.cli.export_cmd import print_export
 from qconvert.cli.validate_cmd import print_validation
-from qconvert.config import ValidateConfig
 from qconvert.errors import SourceError
 from qconvert.junit import render_junit
 from qconvert.pipeline import RunResult, export
@@ -35,7 +34,8 @@ from qconvert.report import (
     summary_rows,
 )
 from qconvert.report_html import render_html, render_validation_html
-from qconvert.results import Report, ValidationReport, ValidationRun
+from qconvert.results import Manifest, Report, ValidationReport, ValidationRun
+from qconvert.settings import ValidateConfig
 from qconvert.sources import BUILTIN_MODELS, zoo_root
 
 HELDOUT = zoo_root() / "calibration" / BUILTIN_MODELS["digits_cnn"].heldout
@@ -96,8 +96,7 @@ def test_export_draws_the_same_from_report_json(failed_export: RunResult) -> Non
     ):
         assert draw(read) == draw(live), draw.__name__
     # the page, and the page the export wrote is that page
-    manifest = json.loads((failed_export.out_dir / "qconvert.json").read_text())
-    about = {**manifest, "source": manifest["source"]["origin"]}
+    about = Manifest.load(failed_export.out_dir)
     page = render_html(live, about)
     assert render_html(read, about) == page
     assert (failed_export.out_dir / "report.html").read_text(encoding="utf-8") == page

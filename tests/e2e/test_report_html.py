@@ -22,7 +22,7 @@ from conftest import QUICKSTART_OUT, TINY_CNN, write_model
 
 import qconvert
 from qconvert.report_html import render_html
-from qconvert.results import Report
+from qconvert.results import Manifest, Report
 
 # --- a small HTML reader -------------------------------------------------------------------------
 
@@ -156,11 +156,10 @@ Rendered = tuple[dict[str, Any], str, Page]
 
 @pytest.mark.slow
 def test_the_export_writes_report_html_and_hashes_it(passed_dir: Path) -> None:
-    manifest = json.loads((passed_dir / "qconvert.json").read_text())
-    assert "report.html" in manifest["files"]
+    about = Manifest.load(passed_dir)
+    assert "report.html" in about.files
     report = json.loads((passed_dir / "report.json").read_text())
     # the page is a pure function of report.json and the manifest's identity of the run
-    about = {**manifest, "source": manifest["source"]["origin"]}
     page = render_html(Report.from_json(report), about)
     assert (passed_dir / "report.html").read_text(encoding="utf-8") == page
 

@@ -25,10 +25,9 @@ import pytest
 from _models import IMAGE_SHAPE, NUM_CLASSES, write_cnn_mlp
 from conftest import TINY_CNN, cli, leftovers, save_npz, write_model
 
-from qconvert.config import RunConfig, SweepConfig
 from qconvert.errors import ConfigError
 from qconvert.results import SCHEMA_VERSION, Collapse, CollapseFamily, SweepReport
-from qconvert.settings import DataOptions, from_flags
+from qconvert.settings import DataOptions, RunConfig, SweepConfig, from_flags
 from qconvert.sweep import (
     NOT_SUPPORTED,
     OUT_OF_TOLERANCE,
@@ -523,6 +522,6 @@ def test_collapse_probe_runs_the_bf16_stand_in_where_there_are_no_bf16_kernels(t
     )
     result = export(config)
     assert result.report["stand_in"] == "bf16"
-    probed, error = _probe_collapse(result.out_dir, result.manifest, Dataset("x", {"x": x}))
+    probed, error = _probe_collapse(result.out_dir, result.manifest_record, Dataset("x", {"x": x}))
     assert error is None and probed is not None, error
     assert probed.pairs > 0 and probed.rate < 0.05, probed

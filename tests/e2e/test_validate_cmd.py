@@ -16,18 +16,12 @@ from typer.testing import CliRunner
 
 import qconvert
 from qconvert.cli import app
-from qconvert.config import (
-    METRIC_BOUNDS,
-    Bound,
-    Tolerance,
-    ValidateConfig,
-    parse_tolerance,
-    tolerance_from_files,
-)
 from qconvert.errors import ConfigError
 from qconvert.pipeline import export
 from qconvert.runtime import make_session
+from qconvert.settings import ValidateConfig
 from qconvert.sources import BUILTIN_MODELS, zoo_root
+from qconvert.tolerance import METRIC_BOUNDS, Bound, Tolerance, parse_tolerance, tolerance_from_files
 from qconvert.validation import evaluate
 from qconvert.validation.metrics import compare
 

@@ -10,8 +10,8 @@ from types import ModuleType
 
 import pytest
 
-from qconvert.config import RunConfig
 from qconvert.pipeline import export
+from qconvert.settings import RunConfig
 
 
 def _test_hf() -> ModuleType:

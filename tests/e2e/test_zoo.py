@@ -348,7 +348,7 @@ def heldout_size(entry: _zoo.Entry, bits: int) -> int:
     `bits` (validation.samples_to_pass at 95%), so a verdict is decided, not INCONCLUSIVE for want of
     data: 125 for a classifier at 8 bits (top-1 agreement >= 97%), 765 at 16 bits (>= 99.5%), 72
     otherwise (no NaN/Inf). Class-score checks apply to [N, C] outputs, the classifiers here."""
-    from qconvert.config import Tolerance
+    from qconvert.tolerance import Tolerance
     from qconvert.validation import samples_to_pass
 
     need = samples_to_pass(Tolerance.layered(bits), 0.95, labels=False, class_scores=entry.compare == "top1")

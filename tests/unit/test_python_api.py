@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import qconvert
-from qconvert.config import BenchmarkConfig, RunConfig, SweepConfig, ValidateConfig
+from qconvert.settings import BenchmarkConfig, RunConfig, SweepConfig, ValidateConfig
 
 
 class Where(os.PathLike[str]):

@@ -115,7 +115,7 @@ def test_plugin_mode_and_recovery_step_are_valid_choices(tmp_path: Path) -> None
     code = (
         "import contextlib, json\n"
         "from qconvert import choices\n"
-        "from qconvert.config import RunConfig, SweepConfig\n"
+        "from qconvert.settings import RunConfig, SweepConfig\n"
         "from qconvert.errors import ConfigError\n"
         "from qconvert.stages._shared import no_progress\n"
         "from qconvert.stages.context import ExportContext\n"

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 import qconvert
 from qconvert.cli import app
-from qconvert.config import RunConfig
 from qconvert.pipeline import export
 from qconvert.runtime import manifest_providers, read_manifest
+from qconvert.settings import RunConfig
 from qconvert.targets import TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,11 +19,11 @@ from qconvert.cli.export_cmd import export
 from qconvert.cli.options import settings_from
 from qconvert.cli.sweep_cmd import sweep
 from qconvert.cli.validate_cmd import validate
-from qconvert.config import SweepConfig
 from qconvert.errors import ConfigError
 from qconvert.settings import (
     BenchmarkSettings,
     ExportSettings,
+    SweepConfig,
     SweepSettings,
     ValidateSettings,
     api_fields,

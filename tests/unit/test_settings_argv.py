@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qconvert.config import DataOptions, InputSpec, RunConfig
+from qconvert.settings import DataOptions, RunConfig
+from qconvert.types import InputSpec
 
 CASES = {
     "default": (RunConfig(), "qconvert export --bits 8 --target cpu --opset 18 -o out/dir"),

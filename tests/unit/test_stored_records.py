@@ -46,6 +46,27 @@ def test_a_stored_file_reads_back_and_is_written_byte_identically(path: Path) ->
         ("validate-collapse.json", ("collapse", "families", "count"), "lost", "collapse.families.count"),
         ("sweep.json", ("rows", 1), "top1_agreement", "sweep.json: rows[1]"),
         ("sweep.json", ("recommendation",), "text", "sweep.json: recommendation"),
+        ("qconvert-cpu-int8-images.json", ("source", "inputs", 0), "dims", "qconvert.json: source.inputs[0]"),
+        ("qconvert-cpu-int8-images.json", ("source", "files", 1), "sha256", "qconvert.json: source.files[1]"),
+        (
+            "qconvert-cpu-int8-images.json",
+            ("data", "calibration"),
+            "origin",
+            "qconvert.json: data.calibration",
+        ),
+        (
+            "qconvert-cpu-int4-weight-only.json",
+            ("quantization",),
+            "block_size",
+            "qconvert.json: quantization",
+        ),
+        ("qconvert-cpu-int4-weight-only.json", ("data",), "calibration", "qconvert.json: data"),
+        ("qconvert-cpu-int8-failed.json", ("providers", 0), "options", "qconvert.json: providers[0]"),
+        ("qconvert-cpu-int8-failed.json", ("validated_on",), "exact_qdq", "qconvert.json: validated_on"),
+        ("qconvert-cpu-int8-failed.json", ("validation",), "failures", "qconvert.json: validation"),
+        ("qconvert-cpu-int8-failed.json", ("target",), "facts", "qconvert.json: target"),
+        ("qconvert-cpu-int8-failed.json", ("export",), "opset", "qconvert.json: export"),
+        ("qconvert-cpu-int8-failed.json", (), "settings", "qconvert.json"),
     ],
 )
 def test_a_renamed_key_in_a_stored_file_is_an_error_naming_the_file_and_key(

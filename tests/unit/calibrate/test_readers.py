@@ -16,9 +16,8 @@ from typer.testing import CliRunner
 
 from qconvert.calibrate import Dataset, ModelInput, load_dataset
 from qconvert.cli import app
-from qconvert.config import DataOptions
 from qconvert.errors import CalibrationError
-from qconvert.settings import from_flags
+from qconvert.settings import DataOptions, from_flags
 
 RGB = ModelInput("image", (None, 3, 8, 8), "float32")
 RGB_NHWC = ModelInput("image", (None, 8, 8, 3), "float32")

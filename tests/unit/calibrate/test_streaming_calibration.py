@@ -36,11 +36,11 @@ from qconvert.calibrate.streaming import (
     same_values_aliases,
 )
 from qconvert.cli import app
-from qconvert.config import QuantizeConfig
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize._common import quant_type
 from qconvert.quantize.implicit import quantize_implicit_int8
 from qconvert.quantize.static import quantize_static_int8, static_op_types
+from qconvert.types import QuantizeConfig
 
 MLP_FEATURES = 12
 

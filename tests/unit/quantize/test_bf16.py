@@ -22,12 +22,12 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from qconvert.cli import app
-from qconvert.config import Tolerance
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
 from qconvert.quantize.bf16 import bf16_nodes_without_kernel, emulate_bf16, ops_without_bf16_kernel
 from qconvert.quantize.float16 import emulate_fp16
 from qconvert.targets import TARGETS
+from qconvert.tolerance import Tolerance
 from qconvert.validation import evaluate
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
@@ -204,7 +204,7 @@ def test_cpu_16_bits_defaults_to_fp16(mlp_files: tuple[Path, Path, Path], tmp_pa
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] or inside_but_undecided(report["validation"]), report["validation"]["checks"]
     manifest = json.loads((out / "qconvert.json").read_text())
-    assert manifest["settings"]["mode"] == "fp16"
+    assert manifest["quantization"]["mode"] == "fp16" and manifest["settings"]["mode"] is None  # as given
     assert manifest["validated_on"]["provider"] == "CPUExecutionProvider"
 
 

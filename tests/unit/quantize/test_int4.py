@@ -23,12 +23,13 @@ from typer.testing import CliRunner
 
 from qconvert.calibrate import Dataset
 from qconvert.cli import app
-from qconvert.config import QuantizeConfig, Tolerance
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
 from qconvert.quantize.gptq import gptq_codes, pack_matmul_nbits
 from qconvert.quantize.int4 import embedding_gathers, int4_record, matmuls_from_gemms, weight_matmuls
 from qconvert.targets import TARGETS
+from qconvert.tolerance import Tolerance
+from qconvert.types import QuantizeConfig
 from qconvert.validation import evaluate
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})

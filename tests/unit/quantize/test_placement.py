@@ -14,10 +14,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.quantize.placement import compute_nodes, gated, placed, takes
 from qconvert.quantize.static import quantize_static_int8
 from qconvert.recover.defaults import choose
+from qconvert.types import QuantizeConfig
 
 # pinned so the graph does not depend on this CPU (the test runs Q/DQ as written, not CPU kernels)
 QC = QuantizeConfig(bits=8, mode="static", format="qdq", activation_type="uint8", reduce_range=False)

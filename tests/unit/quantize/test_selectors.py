@@ -10,10 +10,10 @@ from conftest import flat
 from typer.testing import CliRunner
 
 from qconvert.cli import app
-from qconvert.config import RunConfig
 from qconvert.errors import ConfigError
 from qconvert.pipeline import export
 from qconvert.quantize.selectors import NodeInfo, matches, node_infos, select
+from qconvert.settings import RunConfig
 
 runner = CliRunner()
 # the cpu target picks Q/DQ or QOperator by timing; these tests read Q/DQ graphs, so pin it

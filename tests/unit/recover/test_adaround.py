@@ -16,11 +16,11 @@ from _models import export_small
 from onnx import numpy_helper
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.quantize.static import quantize_static_int8
 from qconvert.recover import RECOVERY, RecoveryInput
 from qconvert.recover.adaround import AdaRound
 from qconvert.recover.weights import quantize_to_grid, weight_axis, weight_grid
+from qconvert.types import QuantizeConfig
 
 
 def _qc(reduce_range: bool = False, per_channel: bool = True) -> QuantizeConfig:

@@ -14,12 +14,12 @@ from _models import export_small
 from onnx import numpy_helper
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.quantize.static import quantize_static_int8
 from qconvert.recover import RECOVERY, RecoveryInput
 from qconvert.recover.clipping import clip_weight
 from qconvert.recover.weights import fake_quantize
 from qconvert.targets import TARGETS
+from qconvert.types import QuantizeConfig
 
 
 def _qc(reduce_range: bool = False) -> QuantizeConfig:

@@ -15,13 +15,13 @@ from _graphs import conv_net, images, run
 
 from qconvert.artifacts import save_onnx
 from qconvert.calibrate import Dataset
-from qconvert.config import Bound, Tolerance
 from qconvert.errors import CalibrationError
 from qconvert.quantize.float16 import emulate_fp16
 from qconvert.recover import RECOVERY
 from qconvert.recover.base import RecoveryInput, StepResult, quantize_candidate
 from qconvert.recover.mixed_precision import MixedPrecision
 from qconvert.targets import TARGETS
+from qconvert.tolerance import Bound, Tolerance
 from qconvert.validation import compare
 
 GOAL = Tolerance((Bound("sqnr_db", 25.0), Bound("top1_agreement", 0.9)))

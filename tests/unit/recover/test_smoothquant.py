@@ -19,12 +19,12 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.errors import CalibrationError
 from qconvert.recover import RECOVERY, RecoveryInput
 from qconvert.recover.base import quantize_candidate
 from qconvert.recover.smoothquant import SmoothQuant
 from qconvert.targets import TARGETS
+from qconvert.types import QuantizeConfig
 
 FEATURES, HIDDEN, TOKENS = 32, 64, 8
 

@@ -19,12 +19,12 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.recover import RecoveryInput
 from qconvert.recover.base import quantize_candidate
 from qconvert.recover.smoothquant import SmoothQuant
 from qconvert.recover.weights import fake_quantize
 from qconvert.targets import TARGETS
+from qconvert.types import QuantizeConfig
 
 K, N = 32, 16
 

@@ -16,10 +16,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig
 from qconvert.quantize.static import quantize_static_int8
 from qconvert.recover.weights import fake_quantize, weight_axis, weight_grid, weight_input
 from qconvert.targets import TARGETS
+from qconvert.types import QuantizeConfig
 
 
 def _config(target: str, **changes: object) -> QuantizeConfig:

@@ -21,10 +21,11 @@ import torch
 from conftest import TINY_CNN, import_model_file, write_model
 
 from qconvert import pipeline
-from qconvert.config import InputSpec, RunConfig
 from qconvert.errors import SourceError
 from qconvert.onnx_export import ExportResult, onnx_from_torch
+from qconvert.settings import RunConfig
 from qconvert.sources import LoadedModel, load_source
+from qconvert.types import InputSpec
 
 OPSET = 18
 

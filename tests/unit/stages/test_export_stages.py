@@ -8,9 +8,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from qconvert.config import RunConfig
 from qconvert.errors import ConfigError
 from qconvert.pipeline.exporting import EXPORT
+from qconvert.settings import RunConfig
 from qconvert.stages._shared import no_progress
 from qconvert.stages.base import run_stages
 from qconvert.stages.context import ExportContext

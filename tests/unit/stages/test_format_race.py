@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.artifacts import ArtifactDir
 from qconvert.calibrate import Dataset
-from qconvert.config import RunConfig
 from qconvert.errors import QuantizationError
+from qconvert.settings import RunConfig
 from qconvert.stages.quantize import _fastest
 from qconvert.targets import TARGETS, Provider
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qconvert.config import HOLDOUT_FRACTION, MIN_CALIBRATION_SAMPLES, Tolerance
 from qconvert.fallback import search
+from qconvert.settings import HOLDOUT_FRACTION, MIN_CALIBRATION_SAMPLES
 from qconvert.stages.data import holdout_size
+from qconvert.tolerance import Tolerance
 from qconvert.validation import ValidationResult, evaluate
 
 

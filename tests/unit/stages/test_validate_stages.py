@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from _models import write_matmul_relu
 
-from qconvert.config import ValidateConfig
 from qconvert.errors import ConfigError, QConvertError
 from qconvert.pipeline.validating import VALIDATE, validate
 from qconvert.results import SCHEMA_VERSION, ValidationReport, ValidationRun
+from qconvert.settings import ValidateConfig
 from qconvert.validation.intervals import PASSED
 
 SAMPLES = 160  # enough for the default bounds to settle (top1_agreement needs 125 identical samples)

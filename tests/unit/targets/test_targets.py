@@ -17,12 +17,12 @@ from _models import INPUT_NAME, cnn_mlp_onnx_bytes, images, write_cnn_mlp
 from onnx import TensorProto, numpy_helper
 
 from qconvert.calibrate import Dataset, ModelInput
-from qconvert.config import QuantizeConfig
 from qconvert.errors import ConfigError
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
 from qconvert.targets import TARGETS, Provider, Violation, graph_violations
 from qconvert.targets.cpu import has_vnni
+from qconvert.types import QuantizeConfig
 
 TRT = "TensorrtExecutionProvider"
 INTEGER_ONLY = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QGemm"}

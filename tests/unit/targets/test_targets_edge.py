@@ -20,13 +20,14 @@ from _models import INPUT_NAME, images, write_cnn_mlp
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.calibrate import Dataset, ModelInput
-from qconvert.config import QuantizeConfig, RunConfig
 from qconvert.errors import ConfigError
 from qconvert.pipeline import RunResult, export
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
 from qconvert.runtime import make_session, manifest_providers
+from qconvert.settings import RunConfig
 from qconvert.targets import TARGETS, Provider, Target, graph_violations
+from qconvert.types import QuantizeConfig
 
 IMAGE_INPUT = ModelInput(INPUT_NAME, (None, 1, 8, 8), "float32")
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
@@ -553,7 +554,7 @@ def test_pipeline_manifest_records_providers_and_rules(run: tuple[str, RunResult
     type_names = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8", TensorProto.UINT16: "uint16"}
     assert manifest["quantization"]["activation_type"] == type_names[LAYOUT[name][0]]
     # folders in the options are relative to OUT_DIR; loading the artifact resolves them there
-    resolved = manifest_providers(result.out_dir, manifest)
+    resolved = manifest_providers(result.out_dir, result.manifest_record)
     for given, loaded in zip(expected, resolved, strict=True):
         for key, value in given.options.items():
             want = str(result.out_dir.resolve() / value) if key == "cache_dir" else value

@@ -23,7 +23,6 @@ from conftest import inside_but_undecided, write_model
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.calibrate import Dataset, ModelInput
-from qconvert.config import QuantizeConfig, RunConfig
 from qconvert.errors import ConfigError
 from qconvert.pipeline import RunResult, export
 from qconvert.prepare import prepared_from_onnx
@@ -32,7 +31,9 @@ from qconvert.quantize.float16 import FP16_KEEP_FP32_OPS, emulate_fp16
 from qconvert.quantize.weight_only import MIN_ELEMENTS, weight_axis, weight_only_record
 from qconvert.report import failure_lines
 from qconvert.runtime import make_session
+from qconvert.settings import RunConfig
 from qconvert.targets import TARGETS, Provider
+from qconvert.types import QuantizeConfig
 from qconvert.validation import compare
 
 INPUT = "image"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from qconvert.config import Bound, parse_tolerance
 from qconvert.report import check_line, failure_lines
 from qconvert.results import CheckRecord, ValidationReport
+from qconvert.tolerance import Bound, parse_tolerance
 from qconvert.validation import Check, passing_round
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from _models import write_matmul_relu
 
+from qconvert.results import Manifest
 from qconvert.targets import TARGETS, Provider
 from qconvert.validation.standin import emulation, for_folder, not_here, reference_onnx, runs_native
 
@@ -76,8 +76,8 @@ def test_export_validate_and_sweep_decide_the_same_for_one_folder(
     with graph optimizations off): what export recorded is what `qconvert validate` of its folder
     and the sweep's collapse probe decide on this machine (validation/standin.py)."""
     import qconvert
-    from qconvert.config import RunConfig, ValidateConfig
     from qconvert.pipeline import export
+    from qconvert.settings import RunConfig, ValidateConfig
 
     source, data = _linear(tmp_path)
     config = RunConfig(
@@ -87,7 +87,7 @@ def test_export_validate_and_sweep_decide_the_same_for_one_folder(
     exported = export(config).record
     run = qconvert.validate(ValidateConfig(candidate=tmp_path / "out", settings_dir=None)).report
     assert (run.provider, run.exact_qdq) == (exported.validated_on, exported.validation_exact_qdq)
-    folder = for_folder(tmp_path / "out", json.loads((tmp_path / "out" / "qconvert.json").read_text()))
+    folder = for_folder(tmp_path / "out", Manifest.load(tmp_path / "out"))
     assert folder.stand_in == exported.stand_in
     assert folder.native is not exported.validation_exact_qdq or folder.stand_in == "implicit"
     # the decision itself: exact Q/DQ arithmetic exactly where the target is not here or a stand-in runs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qconvert.config import Tolerance
+from qconvert.tolerance import Tolerance
 from qconvert.validation import FAILED, TokenOutputs, evaluate
 
 

@@ -15,10 +15,10 @@ from _models import INPUT_NAME, OUTPUT_NAME, images, torch_logits, write_cnn_mlp
 
 from qconvert.benchmark import interleaved_latency
 from qconvert.calibrate import Dataset, ModelInput
-from qconvert.config import Bound, Tolerance, parse_tolerance
 from qconvert.errors import ConfigError
 from qconvert.runtime import make_session
 from qconvert.targets import TARGETS
+from qconvert.tolerance import Bound, Tolerance, parse_tolerance
 from qconvert.validation import Check, ValidationResult, compare, evaluate
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qconvert.config import Bound, Tolerance
+from qconvert.tolerance import Bound, Tolerance
 from qconvert.validation import (
     CHECK_METHODS,
     FAILED,
