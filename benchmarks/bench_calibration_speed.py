@@ -54,9 +54,9 @@ def _cpu_seconds() -> float:
 
 
 def _export(work: Path) -> Path:
-    from qconvert.config import DEFAULT_OPSET
     from qconvert.onnx_export import onnx_from_torch
     from qconvert.prepare import prepared_from_onnx
+    from qconvert.settings import DEFAULT_OPSET
     from qconvert.sources import load_source
 
     exported = onnx_from_torch(load_source(SOURCE), DEFAULT_OPSET, work)

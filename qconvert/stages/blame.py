@@ -10,12 +10,13 @@ from typing import Any
 
 from qconvert import artifacts
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig, RunConfig
 from qconvert.quantize import QUANTIZERS
 from qconvert.quantize.static import quantize_static_int8
+from qconvert.settings import RunConfig
 from qconvert.stages._shared import Progress, check_target_rules, float_nodes_note
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
+from qconvert.types import QuantizeConfig
 from qconvert.validation import ValidationResult
 
 
