@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from qconvert.benchmark import interleaved_latency  # noqa: E402
 from qconvert.calibrate import Dataset  # noqa: E402
-from qconvert.config import QuantizeConfig  # noqa: E402
+from qconvert.types import QuantizeConfig  # noqa: E402
 from qconvert.validation.metrics import mean_pooled, row_cosine  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
@@ -70,9 +70,9 @@ def model_folder() -> Path:
 def build(folder: Path, work: Path) -> tuple[Any, Path, Path, Dataset, Dataset]:
     """(loaded, fp32 export, fused prepared graph, calibration, held-out) as qconvert export makes them."""
     from qconvert.calibrate.readers import load_dataset
-    from qconvert.config import DataOptions
     from qconvert.onnx_export import onnx_from_torch
     from qconvert.prepare import prepared_transformer
+    from qconvert.settings import DataOptions
     from qconvert.sources import load_source
     from qconvert.stages._shared import model_inputs
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qconvert.calibrate.streaming import FOLDED_ACTIVATIONS
 from qconvert.validation.intervals import PASSED
 from qconvert.validation.sensitivity import DATA_MOVEMENT_OPS
 
@@ -36,11 +37,7 @@ STEPS_WANTED = 10  # above this many nodes of budget, several nodes are added pe
 
 # ops through which a kept-float node's input is followed back to its float source (plus the
 # activations the quantizer folds into the op before them)
-PASS_THROUGH_OPS = DATA_MOVEMENT_OPS | {"Relu", "Clip"}
-
-
-# activations onnxruntime folds into the node before them when the Q/DQ range can do the clipping
-FOLDED_ACTIVATIONS = frozenset({"Relu", "Clip"})
+PASS_THROUGH_OPS = DATA_MOVEMENT_OPS | FOLDED_ACTIVATIONS
 
 
 def default_budget(quantized_nodes: int) -> int:

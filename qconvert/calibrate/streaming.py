@@ -20,6 +20,10 @@ statistics and dropped:
   quantization error over the histogram (clipping and rounding, values spread evenly within each
   bin) is smallest (see `mse_range`).
 
+Counting every value of every calibrated tensor is the histogram methods' cost (~1.7 ns a value
+with numpy, one core): after each batch has run, its tensors are counted by one thread per core
+(`calibrate_streaming`), not by one thread while the other cores wait.
+
 onnxruntime's fourth method, Distribution, is left out on purpose: it computes the mean and
 standard deviation of each histogram, which only float8 quantization reads
 (`compute_scale_zp_float8`); for int8 its range is the symmetric histogram range, i.e. symmetric
@@ -29,8 +33,10 @@ minmax. qconvert quantizes to integer types only.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,14 +196,21 @@ class RunningHistogram:
         flat = np.asarray(x, dtype=np.float32).ravel()
         if flat.size == 0:
             return
-        if extremes is None:
-            lo, hi = np.fmin.reduce(flat), np.fmax.reduce(flat)
-        else:
-            lo, hi = np.float32(extremes[0]), np.float32(extremes[1])
         if per_sample > 0 and x.ndim > 1 and flat.size > per_sample * len(x):
             rows = flat.reshape(len(x), -1)
             stride = -(-rows.shape[1] // per_sample)
             flat = np.ascontiguousarray(rows[:, ::stride]).ravel()
+        if extremes is not None:
+            self._extend(np.float32(extremes[0]), np.float32(extremes[1]), name)
+        try:
+            self._count(flat, name, own_extremes=extremes is None)
+        except IndexError as e:  # NaN becomes an index far out of the grid
+            raise CalibrationError(
+                f"tensor '{name}' has NaN values on the calibration data; its range cannot be calibrated."
+            ) from e
+
+    def _extend(self, lo: np.float32, hi: np.float32, name: str) -> None:
+        """Take in values spanning [lo, hi]: the extremes, and a wider grid where they need one."""
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise CalibrationError(
                 f"tensor '{name}' has infinite or only NaN values on the calibration data; its range cannot "
@@ -209,21 +222,22 @@ class RunningHistogram:
             self.exponent = exponent
         elif exponent > self.exponent:
             self._widen(exponent)
-        scale = np.float32(np.ldexp(1.0, self._log2_fine - self.exponent))
-        try:
-            self._count(flat, scale)
-        except ValueError as e:  # NaN becomes a negative index
-            raise CalibrationError(
-                f"tensor '{name}' has NaN values on the calibration data; its range cannot be calibrated."
-            ) from e
 
-    def _count(self, flat: np.ndarray, scale: np.float32) -> None:
+    def _count(self, flat: np.ndarray, name: str, own_extremes: bool) -> None:
         """Add the bin counts of `flat`, a chunk at a time so the temporaries stay in cache (several
-        times faster than whole-array passes on large activations)."""
+        times faster than whole-array passes on large activations). own_extremes: each chunk's
+        minimum and maximum are taken here, from the chunk while it is in cache, and the grid widened
+        before the chunk is counted; widening is exact, so the counts are those of one grid for all."""
         size = min(CHUNK, flat.size)
         scaled, index = np.empty(size, dtype=np.float32), np.empty(size, dtype=np.intp)
         for start in range(0, flat.size, CHUNK):
             chunk = flat[start : start + CHUNK]
+            if own_extremes:
+                lo, hi = np.fmin.reduce(chunk), np.fmax.reduce(chunk)
+                if not (self.lowest <= lo and hi <= self.highest):  # (NaN: not within either)
+                    self._extend(lo, hi, name)
+            assert self.exponent is not None
+            scale = np.float32(np.ldexp(1.0, self._log2_fine - self.exponent))
             t, i = scaled[: chunk.size], index[: chunk.size]
             if self.absolute:
                 np.abs(chunk, out=t)
@@ -235,7 +249,9 @@ class RunningHistogram:
                 np.floor(t, out=t)
                 np.copyto(i, t, casting="unsafe")
                 i += self.fine_bins
-            self.counts += np.bincount(i, minlength=len(self.counts))
+            # in place: bincount would take another pass for the indices' extremes, and a fresh
+            # array to add (~20% of the time here)
+            np.add.at(self.counts, i, 1)
 
     def _widen(self, exponent: int) -> None:
         assert self.exponent is not None
@@ -538,6 +554,12 @@ def mse_range(
 # --- the calibrator ---------------------------------------------------------------------------------
 
 
+# Activations onnxruntime's quantizers treat as part of the node before them: quantized only where
+# their input already is, folded into that node where the Q/DQ range can do the clipping
+# (QDQRemovableActivation), and their input given their output's range (adjust_tensor_ranges).
+# Calibration, per-layer sensitivity and the float fallback all follow this one set.
+FOLDED_ACTIVATIONS = frozenset({"Clip", "Relu"})
+
 # Ops whose first output holds exactly the values of their first input, only rearranged: its
 # range and histogram are the input's, so they are measured once.
 SAME_VALUES_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
@@ -572,7 +594,7 @@ def replaced_ranges(
     return tuple(
         (node.input[0], node.output[0])
         for node in model.graph.node
-        if node.op_type in ("Clip", "Relu")
+        if node.op_type in FOLDED_ACTIVATIONS
         and node.op_type in op_types
         and (not include or node.name in include)
         and node.name not in exclude
@@ -638,6 +660,10 @@ class StreamingCalibrator:
         # (~2.5x the activations of a batch on a transformer); without it, peak memory stays at one
         # batch and runs are no slower.
         options.enable_mem_pattern = False
+        # onnxruntime's threads wait for work without spinning: between runs the histograms are
+        # counted on every core (`calibrate_streaming`), which spinning threads would slow down (and
+        # on a busy machine they take time from every other process as well)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._input_names = [i.name for i in self._session.get_inputs()]
         fixed = [i.shape[0] for i in self._session.get_inputs() if i.shape and isinstance(i.shape[0], int)]
@@ -737,8 +763,9 @@ class StreamingCalibrator:
                 model.graph.output.append(value_infos[tensor])
         return outputs
 
-    def add_batch(self, feeds: Mapping[str, np.ndarray]) -> None:
-        """Run one batch and fold it in; nothing of the batch is kept."""
+    def add_batch(self, feeds: Mapping[str, np.ndarray], pool: Executor | None = None) -> None:
+        """Run one batch and fold it in; nothing of the batch is kept. `pool`: the threads that
+        count the histograms, one tensor each at a time (None: this thread)."""
         try:
             values = self._session.run(self._outputs, {n: feeds[n] for n in self._input_names})
         except Exception as e:
@@ -747,16 +774,24 @@ class StreamingCalibrator:
             ) from e
         if self.settings.method == "minmax":
             self._fold_ranges(values)
-        elif self.settings.method == "mse":
+            return
+        jobs: list[tuple[str, np.ndarray, tuple[Any, Any] | None]] = []
+        if self.settings.method == "mse":
             extremes, samples = values[: len(self._reductions)], values[len(self._reductions) :]
             for i, tensor in enumerate(self._measured):
                 span = (extremes[2 * i].reshape(()), extremes[2 * i + 1].reshape(()))
-                self._histograms[tensor].add(samples[i], tensor, self._per_sample, span)
+                jobs.append((tensor, samples[i], span))
         else:
-            for tensor in self._fed:
-                self._histograms[tensor].add(feeds[tensor], tensor, self._per_sample)
-            for tensor, value in zip(self._outputs, values, strict=True):
-                self._histograms[tensor].add(value, tensor, self._per_sample)
+            jobs += [(tensor, feeds[tensor], None) for tensor in self._fed]
+            jobs += [(tensor, value, None) for tensor, value in zip(self._outputs, values, strict=True)]
+        jobs.sort(key=lambda job: -job[1].size)  # the largest first, so the threads finish together
+
+        def count(job: tuple[str, np.ndarray, tuple[Any, Any] | None]) -> None:
+            tensor, value, span = job
+            self._histograms[tensor].add(value, tensor, self._per_sample, span)
+
+        for _ in map(count, jobs) if pool is None else pool.map(count, jobs):
+            pass  # (raises the first job's error)
 
     def _fold_ranges(self, values: Sequence[np.ndarray]) -> None:
         for i, tensor in enumerate(self._measured):
@@ -840,12 +875,21 @@ def calibrate_streaming(
         used = _usable_samples(len(data), calibrator.fixed_batch)
         usable = data if used == len(data) else data.subset(slice(0, used))
         done = 0
-        for batch in usable.batches(size):
-            calibrator.add_batch(batch)
-            done += len(next(iter(batch.values())))
-            if on_batch is not None:
-                on_batch(done, used)
+        # the histograms are counted by one thread per core (numpy's loops release the GIL), each
+        # tensor by one of them; onnxruntime's threads are idle meanwhile
+        with ThreadPoolExecutor(_cores(), thread_name_prefix="qconvert-calibration") as pool:
+            for batch in usable.batches(size):
+                calibrator.add_batch(batch, pool)
+                done += len(next(iter(batch.values())))
+                if on_batch is not None:
+                    on_batch(done, used)
         return calibrator.result()
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def _usable_samples(count: int, fixed_batch: int | None) -> int:

@@ -110,7 +110,14 @@ def quantize_static_int8(
     qc: QuantizeConfig,
     calibration: Dataset | None,
     on_batch: Callable[[int, int], None] | None = None,
+    *,
+    ranges_of: QuantizeConfig | None = None,
 ) -> Path:
+    """`src` quantized with `qc`. `ranges_of`: the quantization whose activation ranges to use
+    (default `qc`). Per-layer sensitivity and the float fallback quantize the model's graph again
+    with more nodes excluded; given the model's QuantizeConfig they reuse its calibration, and every
+    tensor still quantized gets the range it has in the model (the input of a Clip/Relu they leave
+    float keeps its Clip's range, `replaced_ranges`, instead of being measured afresh)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -130,7 +137,8 @@ def quantize_static_int8(
     try:
         settings = calibration_settings(qc, extra, static_op_types())
         graph = onnx.load(str(src), load_external_data=False)
-        replaced = replaced_ranges(graph, static_op_types(), qc.nodes_to_include, qc.nodes_to_exclude)
+        ranged = ranges_of or qc
+        replaced = replaced_ranges(graph, static_op_types(), ranged.nodes_to_include, ranged.nodes_to_exclude)
         settings = replace(settings, replaced=replaced)
         ranges = calibrated_ranges(src, calibration, settings, on_batch, qc.external_data)
         with tempfile.TemporaryDirectory(prefix="qconvert-static-") as tmp:

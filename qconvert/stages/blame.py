@@ -10,11 +10,13 @@ from typing import Any
 
 from qconvert import artifacts
 from qconvert.calibrate import Dataset
-from qconvert.config import QuantizeConfig, RunConfig
 from qconvert.quantize import QUANTIZERS
+from qconvert.quantize.static import quantize_static_int8
+from qconvert.settings import RunConfig
 from qconvert.stages._shared import Progress, check_target_rules, float_nodes_note
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
+from qconvert.types import QuantizeConfig
 from qconvert.validation import ValidationResult
 
 
@@ -76,8 +78,10 @@ def _blame(
     qdq = replace(qc, format="qdq", layer_formats=())
 
     def quantize(exclude: tuple[str, ...], dest: Path, source: Path = prepared) -> Path:
+        """`source` with `exclude` float, each quantized tensor at its range in the model: the
+        export's calibration is reused, not run again per exclusion set."""
         excluded = replace(qdq, nodes_to_exclude=(*qdq.nodes_to_exclude, *exclude))
-        return QUANTIZERS.get("static")(source, dest, excluded, calibration)
+        return quantize_static_int8(source, dest, excluded, calibration, ranges_of=qdq)
 
     def on_node(done: int, total: int) -> None:
         report_progress("sensitivity", "per-layer sensitivity (isolated quantizations)", done, total)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from qconvert.artifacts import onnx_size
-from qconvert.config import RunConfig
+from qconvert.settings import RunConfig
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from qconvert.calibrate import Dataset
 
+from qconvert.calibrate.streaming import FOLDED_ACTIVATIONS
 from qconvert.settings import DEFAULT_SENSITIVITY_ISOLATED as DEFAULT_ISOLATED
 from qconvert.settings import DEFAULT_SENSITIVITY_SAMPLES as DEFAULT_SAMPLES
 
@@ -63,8 +64,6 @@ _QDQ = ("QuantizeLinear", "DequantizeLinear")
 # output, which for a CNN at 240x240 is ~40 MB per sample (a batch of 32 peaked at 13 GB RSS)
 EXPOSED_BYTES = 256 << 20
 MAX_BATCH = 32
-# ops onnxruntime quantizes only where their input is already quantized (never on their own)
-FOLLOWS_INPUT_OPS = frozenset({"Relu", "Clip"})
 
 # quantize(nodes_to_exclude, dest) -> path of the quantized Q/DQ graph
 Quantize = Callable[[tuple[str, ...], Path], Path]
@@ -340,7 +339,7 @@ def analyze(
         fp32, quantized, {n.tensor: handed_on(q_model, n.tensor) for n in nodes}, subset, work, "cumulative"
     )
     # onnxruntime quantizes a Relu/Clip only where its input already is: alone it stays float
-    alone_capable = [n for n in nodes if n.op_type not in FOLLOWS_INPUT_OPS]
+    alone_capable = [n for n in nodes if n.op_type not in FOLDED_ACTIVATIONS]
     worst = sorted(alone_capable, key=lambda n: cumulative[n.tensor])[: max(0, isolated)]
     all_names = tuple(n.name for n in ref_model.graph.node if n.name)
     # a Relu/Clip folded into the node before it in the quantized graph stays with that node

@@ -24,7 +24,7 @@ from conftest import flat, write_model
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, create_calibrator, quantize_static
 from typer.testing import CliRunner
 
-from qconvert.calibrate import Dataset, ort_reader
+from qconvert.calibrate import Dataset, ort_reader, streaming
 from qconvert.calibrate.streaming import (
     ONNXRUNTIME_METHODS,
     ORT_METHODS,
@@ -349,6 +349,26 @@ def test_running_histogram_widens_exactly(absolute: bool) -> None:
     assert hist.sum() == pytest.approx(len(everything))
     # each bin's count within a few values of numpy's: only counts in boundary fine bins move
     assert np.abs(hist - expected).max() <= 0.01 * expected.max() + 3
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_one_tensor_widening_chunk_by_chunk_counts_exactly(absolute: bool) -> None:
+    """Each chunk's extremes are taken as it is counted, so one tensor larger than a chunk whose
+    later chunks reach further widens the grid midway; the counts must be those of the final grid
+    for every value, computed here directly."""
+    rng = np.random.default_rng(7)
+    parts = [rng.standard_normal(streaming.CHUNK).astype(np.float32) * s for s in (0.02, 1.0, 30.0)]
+    values = np.concatenate([*parts, rng.standard_normal(1000).astype(np.float32)])
+    hist = RunningHistogram(2048, absolute)
+    hist.add(values.reshape(8, -1), "t")
+
+    assert hist.exponent is not None
+    scaled = (np.abs(values) if absolute else values).astype(np.float64) * 2048 / 2.0**hist.exponent
+    index = np.floor(scaled).astype(np.int64) + (0 if absolute else 2048)
+    np.testing.assert_array_equal(hist.counts, np.bincount(index, minlength=len(hist.counts)))
+    assert (hist.lowest, hist.highest) == (values.min(), values.max())
+    if absolute:
+        assert hist.abs_lowest == np.abs(values).min()
 
 
 # --- memory and progress --------------------------------------------------------------------------
