@@ -5,17 +5,25 @@
 Sources (whatever of these is installed is used; every image names its file and package):
 - pip: scikit-learn (china.jpg, flower.jpg), matplotlib (grace_hopper.jpg), scikit-image's bundled
   data (`pip install --no-deps scikit-image` is enough: only its image files are read)
-- Debian: the photographs among lomiri-wallpapers-16.04 / -20.04, mate-backgrounds (nature/) and
-  plasma-workspace-wallpapers (`apt-get install lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
-  mate-backgrounds plasma-workspace-wallpapers`). Illustrations, renders and logos in those
-  packages are left out by name (the lists below), so only photographs count.
+- Debian: the photographs among lomiri-wallpapers-16.04 / -20.04, mate-backgrounds (nature/),
+  plasma-workspace-wallpapers, lxqt-themes (wallpapers/), palapeli-data (the puzzle collection) and
+  opencv-doc (the sample photographs of examples/data, hfs/, reg/ and text/):
+      apt-get install --no-install-recommends lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 \
+          mate-backgrounds plasma-workspace-wallpapers lxqt-themes palapeli-data opencv-doc
+  Illustrations, renders, logos, paintings, drawings, synthetic test patterns, blurred copies and
+  second views of one scene (aero3, aloeR, graf3, leuvenB, the chessboard series past left01, ...) in
+  those packages are left out by name (the lists below), so only distinct photographs count.
+  Looked at and holding no photograph: gnome-backgrounds 43, ukui-wallpapers, desktop-base,
+  sway-backgrounds, mypaint-data-extras (paper textures), lomiri-wallpapers (one render).
 
 The split is by source photo, never by crop: a photo goes to the held-out side when the first byte
 of sha1(name) is below HELDOUT_SHARE * 256, else to calibration, so a crop of one photo can never
 be on both sides, and the assignment does not depend on which other packages are installed.
 Each photo gives several square crops (the standard centre crop, then seeded crops of 40-80% of
 the shorter side at seeded positions), resized with bicubic antialiasing to the model's
-resolution. EfficientNet-Lite's preprocessing is (pixel - 127) / 128 per channel (the Lite
+resolution. Crops of one photo are correlated: a figure over the held-out crops must resample
+photos, not crops, for its interval (`photo_ids`; bench_accuracy.py's clustered bootstrap), since
+qconvert's own intervals treat every sample as independent. EfficientNet-Lite's preprocessing is (pixel - 127) / 128 per channel (the Lite
 builder's MEAN_RGB/STDDEV_RGB), NCHW float32.
 """
 
@@ -114,6 +122,67 @@ _DEBIAN = {
             "summer_1am",
         ),
     ),
+    "lxqt-themes": (
+        "/usr/share/lxqt/wallpapers",
+        (
+            "Butterfly-Kenneth-Wimer.jpg",
+            "Valendas.png",
+            "after-the-rain.jpg",
+            "appleflower.png",
+            "beam.png",
+            "butterfly.png",
+            "cloud.png",
+            "drop.png",
+            "flowers.png",
+            "fog.jpg",
+            "this-is-not-windows.jpg",
+        ),
+    ),
+    "palapeli-data": (
+        "/usr/share/palapeli/collection",
+        (
+            "castle-maintenon.jpg",
+            "cincinnati-bridge.jpg",
+            "citrus-fruits.jpg",
+            "european-honey-bee.jpg",
+            "panther-chameleon-female.jpg",
+        ),
+    ),
+    "opencv-doc": (
+        "/usr/share/doc/opencv-doc/examples",
+        (
+            "data/aero1.jpg",
+            "data/aloeL.jpg",
+            "data/apple.jpg",
+            "data/baboon.jpg",
+            "data/basketball1.png",
+            "data/board.jpg",
+            "data/box_in_scene.png",
+            "data/building.jpg",
+            "data/butterfly.jpg",
+            "data/chicky_512.png",
+            "data/fruits.jpg",
+            "data/graf1.png",
+            "data/home.jpg",
+            "data/leuvenA.jpg",
+            "data/left01.jpg",
+            "data/messi5.jpg",
+            "data/orange.jpg",
+            "data/rubberwhale1.png",
+            "data/squirrel_cls.jpg",
+            "data/stuff.jpg",
+            "hfs/data/000.jpg",
+            "hfs/data/001.jpg",
+            "hfs/data/002.jpg",
+            "reg/home.png",
+            "text/scenetext01.jpg",
+            "text/scenetext02.jpg",
+            "text/scenetext03.jpg",
+            "text/scenetext04.jpg",
+            "text/scenetext05.jpg",
+            "text/scenetext06.jpg",
+        ),
+    ),
 }
 
 
@@ -134,10 +203,15 @@ class PhotoSets:
     heldout_from: tuple[str, ...]
     resolution: int
 
+    def photo_ids(self) -> np.ndarray:
+        """Per held-out image, the index of the photo it was cut from (for a clustered interval)."""
+        index = {name: k for k, name in enumerate(dict.fromkeys(self.heldout_from))}
+        return np.array([index[name] for name in self.heldout_from])
+
     def manifest(self) -> dict[str, object]:
         def side(names: tuple[str, ...]) -> dict[str, object]:
             photos = sorted(set(names))
-            return {"images": len(names), "photos": len(photos), "sources": photos}
+            return {"images": len(names), "photos": len(photos), "sources": photos, "per_image": list(names)}
 
         return {
             "resolution": self.resolution,
@@ -216,7 +290,7 @@ def preprocess(images: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(((x - MEAN) / STD).transpose(0, 3, 1, 2))
 
 
-def build(resolution: int = 240, calibration_images: int = 100, heldout_crops: int = 2) -> PhotoSets:
+def build(resolution: int = 240, calibration_images: int = 100, heldout_crops: int = 5) -> PhotoSets:
     """Calibration (about `calibration_images`, crops spread evenly over its photos) and held-out
     (`heldout_crops` per photo) sets."""
     photos = find_photos()
@@ -255,7 +329,7 @@ def main() -> None:
     )
     parser.add_argument("--resolution", type=int, default=240)
     parser.add_argument("--calibration-images", type=int, default=100)
-    parser.add_argument("--heldout-crops", type=int, default=2)
+    parser.add_argument("--heldout-crops", type=int, default=5)
     parser.add_argument("--out", type=Path, help="write calibration.npz / heldout.npz (key 'input') here")
     args = parser.parse_args()
     sets = build(args.resolution, args.calibration_images, args.heldout_crops)

@@ -25,7 +25,14 @@ default below is there because it measured better on real trained networks
   0.94-0.98x fp32 in one run under load, 0.89x against 0.65x in another); `inputs` reaches 17.8 dB /
   0.968, ahead of NNCF (16.7 dB / 0.962), but at 1.4x fp32 on onnxruntime's CPU provider (a Conv whose
   output is float runs in fp32 there), so it is the user's choice on cpu; tensorrt 10.3 -> 13.1 dB
-  (inputs). EfficientNet-Lite1 (ReLU6, no gate) keeps `all`: on cpu `compute` gave 18.0 dB (each
+  (inputs). `compute` costs other gated nets, though (SSDLite-MobileNetV3 cpu cosine 0.861 -> 0.827,
+  LR-ASPP 10.9 -> 8.0 dB: `compute` rounds each conv output before its ReLU, over the conv's own
+  range, where `all` rounds the ReLU's output once), so on cpu/arm64 the placement is raced per
+  model (MEASURED_PLACEMENTS; quantize.placement.race): `compute` and `all` quantize the graph with
+  ranges from 32 calibration samples and are scored on 32 more (held-out data is never read); the
+  better worst-output SQNR wins unless it is over 10% slower (latency counts on cpu only, where
+  these kernels are the target's); report.json's defaults.placement_measured keeps both figures.
+  EfficientNet-Lite1 (ReLU6, no gate) keeps `all`: on cpu `compute` gave 18.0 dB (each
   ReLU6 output rounded twice) and `inputs` 27.2 dB at 0.82x against 26.8 dB at 0.51x; on tensorrt
   `inputs` gave 25.0 against 24.8 dB.
 - transformers on the `cpu` target at 8 bits: dynamic int8 (activations quantized per batch, so no
@@ -108,6 +115,10 @@ class Defaults:
 
 # a gated conv net (hard-swish, swish, squeeze-excite): Q/DQ only on the compute ops, per target
 GATED_PLACEMENT = {"cpu": "compute", "arm64": "compute", "tensorrt": "inputs", "openvino": "inputs"}
+# ... where the placement is measured per model instead (quantize.placement.race on calibration
+# samples): `compute` helps PP-OCRv4's detector and costs SSDLite/LR-ASPP (MobileNetV3), so neither
+# is right for every gated net on the CPU provider; the first is the default when they measure alike
+MEASURED_PLACEMENTS = {"cpu": ("compute", "all"), "arm64": ("compute", "all")}
 
 
 def choose(

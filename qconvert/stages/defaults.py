@@ -4,15 +4,25 @@ SmoothQuant). Runs on the prepared graph, after the selectors, before the recove
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 
 import onnx
 
+from qconvert.benchmark import interleaved_latency
 from qconvert.errors import ConfigError
 from qconvert.quantize import QUANTIZERS
-from qconvert.quantize.placement import gated, placed, takes
+from qconvert.quantize.placement import choose_measured, gated, placed, race, takes
 from qconvert.recover import RECOVERY
-from qconvert.recover.defaults import Defaults, choose, float_stem, has_depthwise, model_family, output_layers
+from qconvert.recover.defaults import (
+    MEASURED_PLACEMENTS,
+    Defaults,
+    choose,
+    float_stem,
+    has_depthwise,
+    model_family,
+    output_layers,
+)
 from qconvert.stages.base import Stage
 from qconvert.stages.context import ExportContext
 
@@ -71,6 +81,59 @@ class ChooseDefaults(Stage[ExportContext]):
                 + "; elementwise ops float"
             )
 
+    @staticmethod
+    def _measure_placement(
+        ctx: ExportContext, graph: onnx.ModelProto, options: tuple[str, ...]
+    ) -> tuple[str, dict[str, object]]:
+        """The family's placement choices raced on calibration samples (quantize.placement.race):
+        the better SQNR, unless over 10% slower. Latency counts on the cpu target only (for arm64
+        this CPU's kernels are not the target's). The figures go into report.json's defaults and a
+        note."""
+        config, qc = ctx.config, ctx.candidates[0]
+        assert ctx.calibration is not None
+        ctx.progress("defaults", "measuring Q/DQ placements", 0, len(options))
+
+        def time(runners: Mapping[str, Callable[[], object]]) -> dict[str, float]:
+            timed = interleaved_latency(runners, repeats=max(10, config.latency_repeats // 2))
+            return {name: t.p50_ms for name, t in timed.items()}
+
+        measured = race(
+            ctx.prepared,
+            {p: placed(qc, graph, p) for p in options if takes(qc, p)},
+            ctx.calibration,
+            ctx.art.work,
+            ctx.target.providers(ctx.inputs),
+            time if ctx.target.name == "cpu" else None,
+            config.latency_batch,
+        )
+        chosen = choose_measured(measured)
+        figures = ", ".join(
+            f"{m.placement} {m.sqnr_db:.2f} dB" + (f" {m.p50_ms:.3f} ms" if m.p50_ms is not None else "")
+            for m in measured
+        )
+        ctx.notes.append(
+            f"Q/DQ placement chosen by measurement on calibration samples (worst output SQNR against "
+            f"fp32{', p50 latency' if ctx.target.name == 'cpu' else ''}): {figures}; kept {chosen.placement}"
+        )
+        return chosen.placement, {"chosen": chosen.placement, "measured": [m.as_json() for m in measured]}
+
+    def _choose_placement(
+        self, ctx: ExportContext, chosen: Defaults, graph: onnx.ModelProto
+    ) -> dict[str, object]:
+        """The user's --placement, else the family's (raced where MEASURED_PLACEMENTS lists several
+        for the target), applied to the candidates; what a race chose and measured, for the report."""
+        config = ctx.config
+        placement = config.placement or (chosen.placement if config.recover is None else None)
+        options = MEASURED_PLACEMENTS.get(ctx.target.name, ())
+        measured: dict[str, object] = {}
+        raced = config.placement is None and placement in options and ctx.mode == "static"
+        if raced and ctx.calibration is not None:
+            placement, measured["placement_measured"] = self._measure_placement(ctx, graph, options)
+            measured["placement"] = placement
+        if placement:
+            self._place(ctx, graph, placement, config.placement is not None)
+        return measured
+
     def run(self, ctx: ExportContext) -> None:
         config = ctx.config
         graph = onnx.load(str(ctx.prepared), load_external_data=False)
@@ -118,9 +181,7 @@ class ChooseDefaults(Stage[ExportContext]):
                 ctx.notes.append(f"stem kept in float: {', '.join(stem)}")
         if config.recover is None:
             self._ranges_and_outputs(ctx, chosen, graph)
-        placement = config.placement or (chosen.placement if config.recover is None else None)
-        if placement:
-            self._place(ctx, graph, placement, config.placement is not None)
+        measured = self._choose_placement(ctx, chosen, graph)
         recover = chosen.recover if config.recover is None else config.recover
         if config.recover is None and ctx.calibration is None:
             needing = [r for r in recover if RECOVERY.get(r).needs_calibration]
@@ -144,6 +205,7 @@ class ChooseDefaults(Stage[ExportContext]):
             )
         ) or mode is not None
         ctx.defaults = {**asdict(chosen), "mode": ctx.mode, "recover": list(recover), "applied": used}
+        ctx.defaults.update(measured)  # a placement raced on calibration samples, and its figures
         if used and chosen.why:
             ctx.notes.append(
                 f"defaults for {chosen.why}; --mode / --recover choose otherwise (--recover none)"

@@ -14,9 +14,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.calibrate import Dataset
-from qconvert.quantize.placement import compute_nodes, gated, placed, takes
+from qconvert.quantize.placement import Measured, choose_measured, compute_nodes, gated, placed, race, takes
 from qconvert.quantize.static import quantize_static_int8
 from qconvert.recover.defaults import choose
+from qconvert.runtime import CPU
 from qconvert.types import QuantizeConfig
 
 # pinned so the graph does not depend on this CPU (the test runs Q/DQ as written, not CPU kernels)
@@ -154,3 +155,82 @@ def test_placement_narrows_a_selection_and_needs_qdq_for_inputs() -> None:
 def test_defaults_choose_a_placement_for_gated_conv_nets_only(target: str, expected: str | None) -> None:
     assert choose("conv", target, 8, "static", gated=True).placement == expected
     assert choose("conv", target, 8, "static", gated=False).placement is None  # EfficientNet-Lite: ReLU6
+
+
+def _raced_net(wins: str) -> onnx.ModelProto:
+    """conv -> depthwise conv -> ReLU6 -> (gate) -> conv, built so that one placement clearly wins:
+    - "compute": an offset that cancels (c + 100 - 100) before the depthwise conv: `all` rounds
+      c + 100 to 8 bits (steps of 0.4 on a signal of std ~1), `compute` keeps the Add/Sub float;
+    - "all": a dead channel (bias -100) in the depthwise conv: `compute` rounds the conv's output,
+      whose per-tensor range that channel stretches to [-100, 8], before the ReLU6; `all` fuses the
+      ReLU6 and rounds only its output, [0, 6]."""
+    rng = np.random.default_rng(0)
+    inits = {
+        "w1": rng.normal(0, 0.5, (8, 8, 1, 1)),
+        "b1": rng.normal(0, 0.1, 8),
+        "w2": rng.normal(0, 0.5, (8, 1, 3, 3)),
+        "b2": np.r_[-100.0, np.zeros(7)] if wins == "all" else rng.normal(0, 0.1, 8),
+        "wg": rng.normal(0, 0.5, (8, 8, 1, 1)),
+        "bg": rng.normal(0, 0.1, 8),
+        "w3": rng.normal(0, 0.4, (8, 8, 1, 1)),
+        "b3": rng.normal(0, 0.1, 8),
+        "off": np.array(100.0),
+        "zero": np.array(0.0),
+        "six": np.array(6.0),
+    }
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1")]
+    if wins == "compute":
+        nodes += [
+            helper.make_node("Add", ["c1", "off"], ["h"], name="add"),
+            helper.make_node("Sub", ["h", "off"], ["k"], name="sub"),
+        ]
+    nodes += [
+        helper.make_node(
+            "Conv", ["k" if wins == "compute" else "c1", "w2", "b2"], ["c2"], name="dw", group=8
+        ),
+        helper.make_node("Clip", ["c2", "zero", "six"], ["r2"], name="relu6"),
+    ]
+    if wins == "compute":  # a squeeze-excite-like gate
+        nodes += [
+            helper.make_node("Conv", ["r2", "wg", "bg"], ["g0"], name="gate_conv"),
+            helper.make_node("Sigmoid", ["g0"], ["g"], name="sigmoid"),
+            helper.make_node("Mul", ["r2", "g"], ["m"], name="gate"),
+        ]
+    nodes.append(
+        helper.make_node("Conv", ["m" if wins == "compute" else "r2", "w3", "b3"], ["y"], name="conv3")
+    )
+    used = {i for n in nodes for i in n.input}
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 6, 6])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items() if k in used],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("wins", ["compute", "all"])
+def test_the_placement_race_picks_the_one_that_measures_better(wins: str, tmp_path: Path) -> None:
+    model = _raced_net(wins)
+    src = tmp_path / "fp32.onnx"
+    onnx.save_model(model, str(src))
+    calibration = Dataset(
+        "noise", {"x": np.random.default_rng(1).normal(0, 1, (64, 8, 8, 8)).astype(np.float32)}
+    )
+    candidates = {p: placed(QC, model, p) for p in ("compute", "all")}
+    measured = race(src, candidates, calibration, tmp_path, [CPU], None)
+    by = {m.placement: m.sqnr_db for m in measured}
+    # measured here (this CPU's fused kernels): compute 31.3 vs all 19.6 dB; all 33.0 vs compute 22.5
+    other = "all" if wins == "compute" else "compute"
+    assert by[wins] > by[other] + 5.0, by
+    assert choose_measured(measured).placement == wins
+    assert all(m.p50_ms is None for m in measured)  # nothing timed where `time` is None
+
+
+def test_a_better_placement_is_kept_unless_it_is_much_slower() -> None:
+    compute, faster = Measured("compute", 20.0, 10.0), Measured("all", 18.0, 9.5)
+    assert choose_measured([compute, faster]).placement == "compute"  # 5% slower: SQNR decides
+    assert choose_measured([compute, Measured("all", 18.0, 8.0)]).placement == "all"  # 25% slower
+    assert choose_measured([compute, Measured("all", 20.0, 10.0)]).placement == "compute"  # a tie: first
+    assert choose_measured([Measured("compute", 20.0, None), Measured("all", 21.0, None)]).placement == "all"
