@@ -71,7 +71,6 @@ import photos  # noqa: E402
 
 from qconvert.benchmark import interleaved_latency  # noqa: E402
 from qconvert.calibrate import Dataset  # noqa: E402
-from qconvert.config import DEFAULT_OPSET, QuantizeConfig, RunConfig  # noqa: E402
 from qconvert.onnx_export import onnx_from_torch  # noqa: E402
 from qconvert.prepare import prepared_from_onnx  # noqa: E402
 from qconvert.quantize.placement import gated, placed  # noqa: E402
@@ -80,8 +79,10 @@ from qconvert.recover import RECOVERY  # noqa: E402
 from qconvert.recover.adaround import AdaRound  # noqa: E402
 from qconvert.recover.base import RecoveryInput, in_run_order  # noqa: E402
 from qconvert.recover.defaults import choose, float_stem, output_layers  # noqa: E402
+from qconvert.settings import DEFAULT_OPSET, RunConfig  # noqa: E402
 from qconvert.sources import load_source  # noqa: E402
 from qconvert.targets import TARGETS  # noqa: E402
+from qconvert.types import QuantizeConfig  # noqa: E402
 from qconvert.validation.metrics import compare  # noqa: E402
 
 # the python of a venv with nncf (its pins clash with the test extra)
@@ -523,8 +524,8 @@ def mixed_variants(
     aiming at --mixed-tolerance; with --fallback, --auto's float fallback from the same graph against
     the same tolerance on held-out."""
     from qconvert.artifacts import save_onnx
-    from qconvert.config import Tolerance
     from qconvert.quantize.float16 import emulate_fp16
+    from qconvert.tolerance import Tolerance
 
     steps, run_qc = variant(combo.replace("@float-stem", "@stem"), qc, fp32_model)
     tolerance = Tolerance.for_bits(8, args.mixed_tolerance)

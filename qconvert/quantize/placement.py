@@ -31,8 +31,8 @@ if TYPE_CHECKING:  # the CLI's choices read PLACEMENTS: no onnx import for --hel
     import onnx
 
     from qconvert.calibrate import Dataset
-    from qconvert.config import QuantizeConfig
     from qconvert.targets import Provider
+    from qconvert.types import QuantizeConfig
 
 PLACEMENTS = ("all", "compute", "inputs")
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
