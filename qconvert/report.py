@@ -241,6 +241,15 @@ def failure_lines(report: Report | ValidationReport) -> list[str]:
     return lines + (blame_lines(report) if isinstance(report, Report) else [])
 
 
+def failure_tag(report: Report | ValidationReport) -> tuple[str, str]:
+    """What the CLI puts before `failure_lines`, and its colour: "out of tolerance" only where a check
+    FAILED. An INCONCLUSIVE run whose measured figures miss the tolerance still gets the worst layers
+    and the --auto hint, but it is not out of tolerance (its intervals straddle the bounds)."""
+    if report.verdict == FAILED:
+        return "out of tolerance", "red"
+    return "below the tolerance as measured", "yellow"
+
+
 def _db(x: float | str | None) -> str:
     if x is None:
         return "-"

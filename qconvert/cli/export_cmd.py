@@ -32,6 +32,7 @@ from qconvert.cli.options import (
 )
 from qconvert.report import (
     failure_lines,
+    failure_tag,
     inconclusive_lines,
     level_text,
     quantized_label,
@@ -302,8 +303,9 @@ def print_export(result: RunResult, bounds: str) -> None:
         print_table(sens)
     for note in report.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    tag, colour = failure_tag(report)
     for line in failure_lines(report):
-        err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)
+        err.print(f"[{colour}]{tag}:[/] {escape(line)}", soft_wrap=True)
     for line in inconclusive_lines(report):
         err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)
     out.print(f"artifacts: {escape(str(result.out_dir))}")

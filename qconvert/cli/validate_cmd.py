@@ -23,7 +23,7 @@ from qconvert.cli._common import (
     write_json_stdout,
 )
 from qconvert.cli.options import CONFIDENCE, IMAGE_OPTIONS, TEXT_OPTIONS, Opt, command
-from qconvert.report import failure_lines, inconclusive_lines, interval_text, level_text, pct
+from qconvert.report import failure_lines, failure_tag, inconclusive_lines, interval_text, level_text, pct
 from qconvert.settings import ValidateSettings
 
 if TYPE_CHECKING:
@@ -254,8 +254,9 @@ def print_validation(report: ValidationReport, tolerance: str | None) -> None:
         )
     for note in report.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    tag, colour = failure_tag(report)
     for line in failure_lines(report):
-        err.print(f"[red]out of tolerance:[/] {escape(line)}", soft_wrap=True)
+        err.print(f"[{colour}]{tag}:[/] {escape(line)}", soft_wrap=True)
     for line in inconclusive_lines(report):
         err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)
 
