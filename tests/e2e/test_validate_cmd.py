@@ -11,11 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CNN, flat, write_model
-from typer.testing import CliRunner
+from conftest import TINY_CNN, cli, write_model
 
 import qconvert
-from qconvert.cli import app
 from qconvert.errors import ConfigError
 from qconvert.pipeline import export
 from qconvert.runtime import make_session
@@ -25,18 +23,9 @@ from qconvert.tolerance import METRIC_BOUNDS, Bound, Tolerance, parse_tolerance,
 from qconvert.validation import evaluate
 from qconvert.validation.metrics import compare
 
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 HELDOUT = zoo_root() / "calibration" / BUILTIN_MODELS["digits_cnn"].heldout
 CALIB = zoo_root() / "calibration" / BUILTIN_MODELS["digits_cnn"].calibration
 TORCH_SOURCE = str(zoo_root() / "models" / BUILTIN_MODELS["digits_cnn"].factory)
-
-
-def qconvert_cli(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"qconvert raised {result.exception!r}\n{result.output}") from result.exception
-    return result.exit_code, flat(result.output)
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +52,7 @@ def _outputs(path: Path) -> np.ndarray:
 
 
 def test_pass_writes_json_and_junit(out_dir: Path, tmp_path: Path) -> None:
-    code, text = qconvert_cli(
-        "validate", str(out_dir), "--json", "r.json", "--junit", "r.xml", "--data", str(HELDOUT)
-    )
+    code, text = cli("validate", str(out_dir), "--json", "r.json", "--junit", "r.xml", "--data", str(HELDOUT))
     assert code == 0, text
     assert "PASSED" in text
     report = json.loads((tmp_path / "r.json").read_text())
@@ -89,7 +76,7 @@ def test_pass_writes_json_and_junit(out_dir: Path, tmp_path: Path) -> None:
 def test_html_report_of_a_failed_gate(out_dir: Path, tmp_path: Path) -> None:
     from html.parser import HTMLParser
 
-    code, text = qconvert_cli(
+    code, text = cli(
         "validate", str(out_dir), "--data", str(HELDOUT), "--tolerance", "cosine>=1.0", "--html", "gate.html"
     )
     assert code == 1, text
@@ -104,7 +91,7 @@ def test_html_report_of_a_failed_gate(out_dir: Path, tmp_path: Path) -> None:
 def test_too_tight_tolerance_exits_1_naming_metric_and_needed_tolerance(
     out_dir: Path, tmp_path: Path
 ) -> None:
-    code, text = qconvert_cli(
+    code, text = cli(
         "validate", str(out_dir), "--tolerance", "cosine>=0.9999999,kl_div<=1e-12", "--junit", "r.xml"
     )
     assert code == 1, text
@@ -129,16 +116,14 @@ def test_reports_are_written_on_failure_too_and_never_over_an_input(out_dir: Pat
     data = tmp_path / "heldout.npz"
     data.write_bytes(HELDOUT.read_bytes())
     before = data.read_bytes()
-    code, text = qconvert_cli("validate", str(out_dir), "--data", str(data), "--json", str(data))
+    code, text = cli("validate", str(out_dir), "--data", str(data), "--json", str(data))
     assert code == 2 and "--json" in text and "input file" in text
     assert data.read_bytes() == before
     (tmp_path / "r.xml").write_text("keep")
-    code, text = qconvert_cli("validate", str(out_dir), "--junit", "r.xml")
+    code, text = cli("validate", str(out_dir), "--junit", "r.xml")
     assert code == 2 and "--force" in text
     assert (tmp_path / "r.xml").read_text() == "keep"
-    code, _ = qconvert_cli(
-        "validate", str(out_dir), "--junit", "r.xml", "--force", "--tolerance", "cosine>=1"
-    )
+    code, _ = cli("validate", str(out_dir), "--junit", "r.xml", "--force", "--tolerance", "cosine>=1")
     assert code == 1
     assert ET.parse(tmp_path / "r.xml").getroot().find("testsuite").get("failures") == "1"  # type: ignore[union-attr]
 
@@ -148,12 +133,12 @@ def test_reports_are_written_on_failure_too_and_never_over_an_input(out_dir: Pat
 
 def test_qconvert_toml_tightens_and_cli_overrides_it(out_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "qconvert.toml").write_text('[tolerance]\ncosine = 0.9999999\n"logits:max_abs" = 100\n')
-    code, text = qconvert_cli("validate", str(out_dir), "--json", "a.json")
+    code, text = cli("validate", str(out_dir), "--json", "a.json")
     assert code == 1 and "logits: cosine" in text
     report = json.loads((tmp_path / "a.json").read_text())
     assert report["tolerance_source"].endswith("qconvert.toml")
     assert "cosine>=1e+00" not in report["tolerance"] and "logits:max_abs<=100" in report["tolerance"]
-    code, text = qconvert_cli("validate", str(out_dir), "--tolerance", "cosine>=0.99")
+    code, text = cli("validate", str(out_dir), "--tolerance", "cosine>=0.99")
     assert code == 0, text
 
 
@@ -161,10 +146,10 @@ def test_pyproject_table_is_read_and_qconvert_toml_wins(out_dir: Path, tmp_path:
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "x"\n[tool.qconvert.tolerance]\nkl_div = 1e-12\n'
     )
-    code, text = qconvert_cli("validate", str(out_dir))
+    code, text = cli("validate", str(out_dir))
     assert code == 1 and "logits: kl_div" in text
     (tmp_path / "qconvert.toml").write_text("[tolerance]\nkl_div = 0.5\n")
-    code, text = qconvert_cli("validate", str(out_dir))
+    code, text = cli("validate", str(out_dir))
     assert code == 0, text
 
 
@@ -185,7 +170,7 @@ def test_malformed_tolerance_file_exits_2(
     out_dir: Path, tmp_path: Path, name: str, text: str, needles: list[str]
 ) -> None:
     (tmp_path / name).write_text(text)
-    code, output = qconvert_cli("validate", str(out_dir))
+    code, output = cli("validate", str(out_dir))
     assert code == 2, output
     for needle in needles:
         assert needle in output, output
@@ -244,7 +229,7 @@ def distinct(outputs, labels):  # fine on the held-out set, refuses the repeats 
 
 def test_metric_callable_is_reported_for_both_and_bounded(out_dir: Path, tmp_path: Path) -> None:
     metric = write_model(tmp_path / "m", METRIC, "metric.py")
-    code, text = qconvert_cli(
+    code, text = cli(
         "validate",
         str(out_dir),
         "--metric",
@@ -261,7 +246,7 @@ def test_metric_callable_is_reported_for_both_and_bounded(out_dir: Path, tmp_pat
     cand_acc = float((_outputs(out_dir / "model.onnx").argmax(1) == labels).mean())
     assert task["reference"] == ref_acc and task["candidate"] == cand_acc
     assert task["drop"] == pytest.approx(ref_acc - cand_acc)
-    code, text = qconvert_cli(
+    code, text = cli(
         "validate", str(out_dir), "--metric", f"{metric}:accuracy", "--tolerance", "task_drop<=0.01",
         "--json", "ok.json",
     )  # fmt: skip
@@ -270,18 +255,18 @@ def test_metric_callable_is_reported_for_both_and_bounded(out_dir: Path, tmp_pat
     task = json.loads((tmp_path / "ok.json").read_text())["task"]
     assert task["interval"]["method"] == "bootstrap" and task["interval"]["samples"] == len(labels)
     assert task["interval"]["low"] <= task["drop"] <= task["interval"]["high"] <= 0.01
-    code, text = qconvert_cli(
+    code, text = cli(
         "validate", str(out_dir), "--metric", f"{metric}:distinct", "--tolerance", "task_drop<=0.01"
     )
     assert code == 2 and "on a bootstrap resample of the held-out samples" in text, text
-    code, text = qconvert_cli("validate", str(out_dir), "--metric", f"{metric}:broken")
+    code, text = cli("validate", str(out_dir), "--metric", f"{metric}:broken")
     assert code == 2 and "--metric" in text and "RuntimeError: no" in text
-    code, text = qconvert_cli("validate", str(out_dir), "--tolerance", "task_drop<=0.01")
+    code, text = cli("validate", str(out_dir), "--tolerance", "task_drop<=0.01")
     assert code == 2 and "--metric file.py:fn" in text
 
 
 def test_require_speedup_reports_the_measured_ratio(out_dir: Path, tmp_path: Path) -> None:
-    code, text = qconvert_cli("validate", str(out_dir), "--require-speedup", "--json", "r.json")
+    code, text = cli("validate", str(out_dir), "--require-speedup", "--json", "r.json")
     report = json.loads((tmp_path / "r.json").read_text())
     speed = report["speed"]
     ratio = speed["reference"]["p50_ms"] / speed["candidate"]["p50_ms"]
@@ -291,12 +276,12 @@ def test_require_speedup_reports_the_measured_ratio(out_dir: Path, tmp_path: Pat
     assert code == (0 if ratio >= 1 else 1), text
     assert f"speedup {ratio:.2f}x" in text
     # a bound no candidate can meet fails, with the ratio that was measured
-    code, text = qconvert_cli("validate", str(out_dir), "--tolerance", "speedup>=1000")
+    code, text = cli("validate", str(out_dir), "--tolerance", "speedup>=1000")
     assert code == 1 and "model: speedup = " in text and "needs speedup>=1000" in text
 
 
 def test_torch_source_as_reference(out_dir: Path, tmp_path: Path) -> None:
-    code, text = qconvert_cli("validate", str(out_dir), "--reference", TORCH_SOURCE, "--json", "r.json")
+    code, text = cli("validate", str(out_dir), "--reference", TORCH_SOURCE, "--json", "r.json")
     assert code == 0, text
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["reference"] == TORCH_SOURCE
@@ -316,11 +301,11 @@ def test_library_api_matches_the_cli(out_dir: Path, tmp_path: Path) -> None:
 
 
 def test_calibration_data_as_validation_data_is_flagged(out_dir: Path, tmp_path: Path) -> None:
-    code, text = qconvert_cli("validate", str(out_dir), "--data", str(CALIB), "--json", "r.json")
+    code, text = cli("validate", str(out_dir), "--data", str(CALIB), "--json", "r.json")
     assert code == 0, text
     notes = json.loads((tmp_path / "r.json").read_text())["notes"]
     assert any("the validation data is the calibration data" in n for n in notes)
-    code, text = qconvert_cli("validate", str(out_dir), "--data", str(HELDOUT), "--json", "h.json")
+    code, text = cli("validate", str(out_dir), "--data", str(HELDOUT), "--json", "h.json")
     assert not any("calibration" in n for n in json.loads((tmp_path / "h.json").read_text())["notes"])
 
 
@@ -328,22 +313,22 @@ def test_calibration_data_as_validation_data_is_flagged(out_dir: Path, tmp_path:
 
 
 def test_bad_inputs_exit_2(out_dir: Path, tmp_path: Path) -> None:
-    code, text = qconvert_cli("validate", "missing-dir")
+    code, text = cli("validate", "missing-dir")
     assert code == 2 and "CANDIDATE missing-dir: no such file or folder" in text
-    code, text = qconvert_cli("validate", str(out_dir / "model.onnx"))
+    code, text = cli("validate", str(out_dir / "model.onnx"))
     assert code == 2 and "--reference is needed" in text
     cnn = write_model(tmp_path / "cnn", TINY_CNN)
-    code, text = qconvert_cli("validate", str(out_dir), "--reference", f"{cnn}:build")
+    code, text = cli("validate", str(out_dir), "--reference", f"{cnn}:build")
     assert code == 2 and "--reference" in text and "inputs" in text, text
     bad = tmp_path / "bad.npz"
     np.savez(bad, input=np.zeros((4, 3, 8, 8), np.float32))
-    code, text = qconvert_cli("validate", str(out_dir), "--data", str(bad))
+    code, text = cli("validate", str(out_dir), "--data", str(bad))
     assert code == 2 and "expects samples of shape [1, 8, 8]" in text
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model")
-    code, text = qconvert_cli("validate", str(garbage), "--reference", str(out_dir / "reference.onnx"))
+    code, text = cli("validate", str(garbage), "--reference", str(out_dir / "reference.onnx"))
     assert code == 2 and "not a valid ONNX model" in text
-    code, text = qconvert_cli("validate", str(out_dir), "--tolerance", "logits:speedup>=1")
+    code, text = cli("validate", str(out_dir), "--tolerance", "logits:speedup>=1")
     assert code == 2 and "whole model" in text
 
 
@@ -380,6 +365,6 @@ def test_relative_error_top5_and_kl_against_direct_formulas() -> None:
 )
 def test_bad_metric_names_the_flag(out_dir: Path, tmp_path: Path, spec: str, fragment: str) -> None:
     (tmp_path / "metrics.py").write_text("def g(outputs, labels):\n    return 1.0\n")
-    code, text = qconvert_cli("validate", str(out_dir), "--metric", spec.format(tmp=tmp_path))
+    code, text = cli("validate", str(out_dir), "--metric", spec.format(tmp=tmp_path))
     assert code == 2 and "--metric" in text and fragment in text, text
     assert "Traceback" not in text

@@ -17,11 +17,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from _lowbit_models import block, mlp
-from conftest import flat, inside_but_undecided
+from conftest import cli, inside_but_undecided
 from onnx import TensorProto, helper, numpy_helper
-from typer.testing import CliRunner
 
-from qconvert.cli import app
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
 from qconvert.quantize.bf16 import bf16_nodes_without_kernel, emulate_bf16, ops_without_bf16_kernel
@@ -29,16 +27,6 @@ from qconvert.quantize.float16 import emulate_fp16
 from qconvert.targets import TARGETS
 from qconvert.tolerance import Tolerance
 from qconvert.validation import evaluate
-
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
-
-
-def cli(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"qconvert raised {result.exception!r}\n{result.output}") from result.exception
-    return result.exit_code, flat(result.output)
 
 
 def exact_session(path: Path) -> ort.InferenceSession:

@@ -17,12 +17,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from _lowbit_models import CONVNET, Exported, block, mlp
-from conftest import flat, write_model
+from conftest import cli, write_model
 from onnx import numpy_helper
-from typer.testing import CliRunner
 
 from qconvert.calibrate import Dataset
-from qconvert.cli import app
 from qconvert.prepare import prepared_from_onnx
 from qconvert.quantize import QUANTIZERS
 from qconvert.quantize.gptq import gptq_codes, pack_matmul_nbits
@@ -31,16 +29,6 @@ from qconvert.targets import TARGETS
 from qconvert.tolerance import Tolerance
 from qconvert.types import QuantizeConfig
 from qconvert.validation import evaluate
-
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
-
-
-def cli(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"qconvert raised {result.exception!r}\n{result.output}") from result.exception
-    return result.exit_code, flat(result.output)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,31 +14,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import QUICKSTART_OUT, flat
+from conftest import QUICKSTART_OUT, cli
 from onnx import helper, numpy_helper
-from typer.testing import CliRunner
 
 from qconvert.calibrate import ModelInput, load_dataset
-from qconvert.cli import app
 from qconvert.errors import ConfigError
 from qconvert.sources import BUILTIN_MODELS, zoo_root
 from qconvert.validation.collapse import collapse_options, probe_collapse, sample_pairs, vocab_from_graph
 
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 CALIBRATION = zoo_root() / "calibration"
 COPYCOUNT_HELDOUT = CALIBRATION / BUILTIN_MODELS["copycount"].heldout
 DIGITS_HELDOUT = CALIBRATION / BUILTIN_MODELS["digits_cnn"].heldout
 # everything but the collapse probe lenient, so an exit code says what the probe decided
 LENIENT = "cosine>=-1,top1_agreement>=0,accuracy_drop<=1"
 HELDOUT_SAMPLES = 300
-
-
-def cli(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"qconvert raised {result.exception!r}\n{result.output}") from result.exception
-    return result.exit_code, flat(result.output)
 
 
 @pytest.fixture(scope="module")
