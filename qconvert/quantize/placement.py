@@ -134,15 +134,11 @@ def race(
     n = len(calibration)
     fit = calibration.subset(slice(0, min(PROBE_SAMPLES, n if n < 4 else n // 2)))
     score = calibration.subset(slice(len(fit), len(fit) + PROBE_SAMPLES)) if n >= 4 else fit
-    feeds = list(score.batches(8))
+    one_batch = next(iter(score.batches(batch)))
 
     def outputs(path: Path) -> tuple[list[np.ndarray], Callable[[], object]]:
-        import numpy as np
-
-        sess = make_session(path, providers).inner
-        parts = [sess.run(None, feed) for feed in feeds]
-        timed = {k: v[:batch] for k, v in feeds[0].items()}
-        return [np.concatenate(p) for p in zip(*parts, strict=True)], lambda: sess.run(None, timed)
+        session = make_session(path, providers)  # Session.run keeps a fixed batch axis
+        return session.run(score), lambda: session.inner.run(None, one_batch)
 
     reference, _ = outputs(prepared)
     scored: dict[str, float] = {}
