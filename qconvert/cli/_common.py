@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -28,6 +28,9 @@ from rich.progress import (
 from rich.table import Table
 
 from qconvert.errors import QConvertError
+
+if TYPE_CHECKING:
+    from qconvert.results import Report, ValidationReport
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -226,3 +229,17 @@ def summary_line(verdict: str, started: float) -> None:
     command = shlex.join(["qconvert", *sys.argv[1:]])
     seconds = max(time.perf_counter() - min(started, STARTED), process_seconds() or 0.0)
     out.print(f"{shown} | {seconds:.1f} s | {escape(command)}")
+
+
+def print_verdict_lines(report: Report | ValidationReport) -> None:
+    """On stderr: the run's notes, its failed checks (for an INCONCLUSIVE run whose figures miss the
+    bounds, its worst layers, under report.failure_tag's milder tag), and what would settle it."""
+    from qconvert.report import failure_lines, failure_tag, inconclusive_lines
+
+    for note in report.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    tag, colour = failure_tag(report)
+    for line in failure_lines(report):
+        err.print(f"[{colour}]{tag}:[/] {escape(line)}", soft_wrap=True)
+    for line in inconclusive_lines(report):
+        err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)

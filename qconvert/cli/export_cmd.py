@@ -13,7 +13,7 @@ from rich.text import Text
 
 from qconvert import choices
 from qconvert.cli import _help, _settings_file
-from qconvert.cli._common import ProgressView, err, out, print_table, summary_line
+from qconvert.cli._common import ProgressView, out, print_table, print_verdict_lines, summary_line
 from qconvert.cli.options import (
     CONFIDENCE,
     FORCE_OUT_DIR,
@@ -31,9 +31,6 @@ from qconvert.cli.options import (
     command,
 )
 from qconvert.report import (
-    failure_lines,
-    failure_tag,
-    inconclusive_lines,
     level_text,
     quantized_label,
     random_data_warning,
@@ -301,13 +298,7 @@ def print_export(result: RunResult, bounds: str) -> None:
         for layer in ranking:
             sens.add_row(*(Text(cell) for cell in layer))
         print_table(sens)
-    for note in report.notes:
-        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
-    tag, colour = failure_tag(report)
-    for line in failure_lines(report):
-        err.print(f"[{colour}]{tag}:[/] {escape(line)}", soft_wrap=True)
-    for line in inconclusive_lines(report):
-        err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)
+    print_verdict_lines(report)
     out.print(f"artifacts: {escape(str(result.out_dir))}")
     out.print(
         f"qconvert.json sha256: {sha256_file(result.out_dir / 'qconvert.json')}", soft_wrap=True

@@ -15,15 +15,15 @@ from rich.text import Text
 from qconvert.cli._common import (
     VERDICT_STYLES,
     ProgressView,
-    err,
     json_on_stdout,
     out,
     print_table,
+    print_verdict_lines,
     summary_line,
     write_json_stdout,
 )
 from qconvert.cli.options import CONFIDENCE, IMAGE_OPTIONS, TEXT_OPTIONS, Opt, command
-from qconvert.report import failure_lines, failure_tag, inconclusive_lines, interval_text, level_text, pct
+from qconvert.report import interval_text, level_text, pct
 from qconvert.settings import ValidateSettings
 
 if TYPE_CHECKING:
@@ -252,13 +252,7 @@ def print_validation(report: ValidationReport, tolerance: str | None) -> None:
             f"task metric {escape(task.metric)}: reference {task.reference:.6g}, "
             f"candidate {task.candidate:.6g}, drop {task.drop:.6g}"
         )
-    for note in report.notes:
-        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
-    tag, colour = failure_tag(report)
-    for line in failure_lines(report):
-        err.print(f"[{colour}]{tag}:[/] {escape(line)}", soft_wrap=True)
-    for line in inconclusive_lines(report):
-        err.print(f"[yellow]inconclusive:[/] {escape(line)}", soft_wrap=True)
+    print_verdict_lines(report)
 
 
 def print_collapse(collapse: Collapse) -> None:
